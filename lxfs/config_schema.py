@@ -1,0 +1,219 @@
+"""The single declaration of configuration keys: type, default, validation, when it applies.
+
+The mount, the CLI and the REST bridge all validate through ``validate_instance_key`` /
+``validate_server_key``; plugins add keys with the ``lxfs_config_keys`` hook.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from lxfs.errors import InvalidArgument
+
+Validator = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One configuration key (or a family: ``name`` ending with ``.*``)."""
+
+    name: str
+    validate: Validator = field(default=lambda v: None, compare=False)
+    default: str = ""
+    #: ``live``: applied to a running instance at once; ``start``: at the next start.
+    applies: str = "start"
+    #: Users may not set it (``volatile.*``).
+    readonly: bool = False
+    description: str = ""
+
+    def matches(self, key: str) -> bool:
+        if self.name.endswith(".*"):
+            prefix = self.name[:-1]
+            return key.startswith(prefix) and len(key) > len(prefix)
+        return key == self.name
+
+
+# --- value parsers --------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1, "B": 1,
+    "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15, "EB": 10**18,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50, "EiB": 2**60,
+    # LXD also accepts these short forms
+    "KB": 10**3, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: str) -> int:
+    """Parse ``512MiB``, ``1GB``, ``1048576`` into bytes (LXD's units: kB=1000, KiB=1024)."""
+    m = _SIZE.match(value)
+    if not m or m.group(2) not in _UNITS:
+        raise InvalidArgument(f"invalid size {value!r} (examples: 512MiB, 1GiB, 500MB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def check_bool(value: str) -> None:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise InvalidArgument(f"invalid boolean {value!r} (use true or false)")
+
+
+def is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1", "yes", "on")
+
+
+def check_int(minimum: int = 0) -> Validator:
+    def check(value: str) -> None:
+        try:
+            n = int(value)
+        except ValueError:
+            raise InvalidArgument(f"invalid integer {value!r}") from None
+        if n < minimum:
+            raise InvalidArgument(f"{value} is below the minimum {minimum}")
+
+    return check
+
+
+def check_memory(value: str) -> None:
+    if value.endswith("%"):
+        try:
+            pct = float(value[:-1])
+        except ValueError:
+            raise InvalidArgument(f"invalid percentage {value!r}") from None
+        if not 0 < pct <= 100:
+            raise InvalidArgument(f"percentage {value!r} must be in (0, 100]")
+        return
+    if parse_size(value) < 4 * 2**20:
+        raise InvalidArgument(f"memory limit {value!r} is too small (minimum 4MiB)")
+
+
+def memory_bytes(value: str, host_total: int | None = None) -> int:
+    """Bytes for a validated ``limits.memory`` value (percentages of the host's memory)."""
+    if value.endswith("%"):
+        if host_total is None:
+            host_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(host_total * float(value[:-1]) / 100)
+    return parse_size(value)
+
+
+_CPU_SET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def parse_cpu_set(value: str) -> list[int]:
+    """``0-2,5`` → [0, 1, 2, 5]."""
+    cpus: list[int] = []
+    for part in value.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return sorted(set(cpus))
+
+
+def check_cpu(value: str) -> None:
+    """``limits.cpu``: a count (``2``) or a set (``0-1``, ``0,2``, ``1-1``)."""
+    if value.isdigit():
+        if int(value) < 1:
+            raise InvalidArgument("limits.cpu must be at least 1")
+        if int(value) > (os.cpu_count() or 1):
+            raise InvalidArgument(
+                f"limits.cpu {value} is more than the host's {os.cpu_count()} CPUs")
+        return
+    if not _CPU_SET.match(value):
+        raise InvalidArgument(f"invalid CPU set {value!r} (examples: 2, 0-1, 0,2)")
+    host = os.cpu_count() or 1
+    bad = [c for c in parse_cpu_set(value) if c >= host]
+    if bad:
+        raise InvalidArgument(f"CPU {bad[0]} does not exist (the host has CPUs 0-{host - 1})")
+
+
+def cpu_set(value: str) -> str:
+    """The cpuset string for a validated ``limits.cpu`` value."""
+    if value.isdigit():
+        n = int(value)
+        return "0" if n == 1 else f"0-{n - 1}"
+    return value
+
+
+def check_raw_lxc(value: str) -> None:
+    for number, line in enumerate(value.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, _ = line.partition("=")
+        if not sep or not key.strip().startswith("lxc."):
+            raise InvalidArgument(
+                f"raw.lxc line {number}: expected 'lxc.KEY = VALUE', got {line!r}")
+        if key.strip() in ("lxc.rootfs.path", "lxc.logfile", "lxc.log.file"):
+            raise InvalidArgument(f"raw.lxc line {number}: {key.strip()} is managed by lxfs")
+
+
+def check_seconds(value: str) -> None:
+    check_int(0)(value)
+
+
+# --- the keys -------------------------------------------------------------------------------
+
+INSTANCE_KEYS: list[KeySpec] = [
+    KeySpec("security.privileged", check_bool, "false", "start",
+            description="run without a user namespace (root inside is root outside)"),
+    KeySpec("limits.memory", check_memory, "", "live",
+            description="memory limit: bytes with a unit (512MiB) or a percentage of the host"),
+    KeySpec("limits.processes", check_int(1), "", "live",
+            description="maximum number of processes (pids cgroup)"),
+    KeySpec("limits.cpu", check_cpu, "", "live",
+            description="number of CPUs or a CPU set (0-1)"),
+    KeySpec("environment.*", description="environment variables for exec and init"),
+    KeySpec("user.*", description="free-form user data"),
+    KeySpec("raw.lxc", check_raw_lxc, "", "start",
+            description="LXC configuration lines appended to the generated config"),
+    KeySpec("boot.autostart", check_bool, "false", "live",
+            description="start the instance when the daemon starts"),
+    KeySpec("boot.host_shutdown_timeout", check_seconds, "30", "live",
+            description="seconds a graceful stop waits before killing"),
+    KeySpec("image.*", description="properties copied from the image at creation"),
+    KeySpec("volatile.*", readonly=True, description="managed by lxfs"),
+]
+
+SERVER_KEYS: list[KeySpec] = [
+    KeySpec("core.https_address", description="address:port the REST API listens on"),
+    KeySpec("core.trust_password", description="password for `lxc remote add`"),
+    KeySpec("images.auto_update_interval", check_int(0), "6"),
+    KeySpec("images.remote_cache_expiry", check_int(0), "10"),
+    KeySpec("user.*"),
+]
+
+
+class Schema:
+    """The keys in force: the core's plus those plugins declared."""
+
+    def __init__(self, extra_instance_keys: Iterable[KeySpec] = ()) -> None:
+        self.instance_keys = list(INSTANCE_KEYS) + list(extra_instance_keys)
+        self.server_keys = list(SERVER_KEYS)
+
+    def instance_spec(self, key: str) -> KeySpec | None:
+        return next((s for s in self.instance_keys if s.matches(key)), None)
+
+    def validate_instance_key(self, key: str, value: str, *, internal: bool = False) -> None:
+        """Raise ``InvalidArgument`` naming the key if it is unknown or the value is bad."""
+        spec = self.instance_spec(key)
+        if spec is None:
+            raise InvalidArgument(f"unknown configuration key {key!r}")
+        if spec.readonly and not internal:
+            raise InvalidArgument(f"{key} is managed by lxfs and cannot be set")
+        if "\0" in value:
+            raise InvalidArgument(f"{key}: value contains a NUL byte")
+        try:
+            spec.validate(value)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{key}: {exc.message}") from None
+
+    def validate_server_key(self, key: str, value: str) -> None:
+        spec = next((s for s in self.server_keys if s.matches(key)), None)
+        if spec is None:
+            raise InvalidArgument(f"unknown server configuration key {key!r}")
+        try:
+            spec.validate(value)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{key}: {exc.message}") from None

@@ -1,0 +1,112 @@
+"""The records lxfs keeps: instances, snapshots, images, aliases, profiles."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Devices = dict[str, dict[str, str]]
+
+
+def now() -> float:
+    return time.time()
+
+
+def rfc3339(ts: float) -> str:
+    """UTC time as LXD prints it (``2026-11-23T12:00:00Z``)."""
+    if not ts:
+        return "1970-01-01T00:00:00Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@dataclass
+class Snapshot:
+    name: str
+    created_at: float
+    config: dict[str, str] = field(default_factory=dict)
+    devices: Devices = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Instance:
+    name: str
+    type: str = "container"
+    architecture: str = ""
+    created_at: float = 0.0
+    last_used_at: float = 0.0
+    ephemeral: bool = False
+    description: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    devices: Devices = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=lambda: ["default"])
+    #: fingerprint of the image the root filesystem was created from ("" before)
+    source: str = ""
+    #: "": record only; "creating": rootfs being made; "ready": rootfs exists
+    storage_state: str = ""
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    # filled by the server from profiles (not stored)
+    expanded_config: dict[str, str] = field(default_factory=dict, repr=False)
+    expanded_devices: Devices = field(default_factory=dict, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("expanded_config")
+        data.pop("expanded_devices")
+        data["snapshots"] = [asdict(s) for s in self.snapshots.values()]
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Instance:
+        data = dict(data)
+        snaps = data.pop("snapshots", [])
+        inst = cls(**data)
+        inst.snapshots = {s["name"]: Snapshot(**s) for s in snaps}
+        return inst
+
+    def root_pool(self) -> str:
+        """The pool of the root disk (``path=/``) in the expanded devices."""
+        for dev in self.expanded_devices.values():
+            if dev.get("type") == "disk" and dev.get("path") == "/":
+                return dev.get("pool", "")
+        return ""
+
+
+@dataclass
+class Image:
+    fingerprint: str
+    filename: str = ""
+    size: int = 0
+    architecture: str = ""
+    type: str = "container"
+    created_at: float = 0.0
+    uploaded_at: float = 0.0
+    expires_at: float = 0.0
+    public: bool = False
+    auto_update: bool = False
+    split: bool = False
+    properties: dict[str, str] = field(default_factory=dict)
+    templates: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Image:
+        return cls(**data)
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    devices: Devices = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Profile:
+        return cls(**data)

@@ -1,0 +1,570 @@
+"""The tree of the mount: what each directory lists and what each file reads and accepts.
+
+Nodes are small objects made on demand from the server's state; ``lxfs.fs`` maps the kernel's
+requests onto them. A directory lists names and makes child nodes; a file reads bytes and
+applies writes through the server (which validates them). See docs/filesystem.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lxfs.errors import InvalidArgument, LxfsError, NotFound, NotSupported, PermissionDenied
+from lxfs.model import Instance, Profile, rfc3339
+
+if TYPE_CHECKING:
+    from lxfs.server import Server
+
+Reader = Callable[[], Awaitable[str] | str]
+Writer = Callable[[str], Awaitable[None]]
+
+
+def text(value: object) -> bytes:
+    """A value as the mount shows it: text with one trailing newline."""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    s = str(value)
+    return (s if s.endswith("\n") or s == "" else s + "\n").encode()
+
+
+def lines(items: list[str]) -> str:
+    return "".join(f"{i}\n" for i in items)
+
+
+class Node:
+    kind = "node"
+    #: the error file this node's failures go to ("" = the root error file)
+    scope = ""
+
+
+class Dir(Node):
+    kind = "dir"
+    mtime: float = 0.0
+
+    def __init__(self, srv: Server, scope: str = "") -> None:
+        self.srv = srv
+        self.scope = scope
+
+    async def list(self) -> list[str]:
+        return []
+
+    async def child(self, name: str) -> Node | None:
+        return None
+
+    async def mkdir(self, name: str) -> None:
+        raise PermissionDenied("directories cannot be created here")
+
+    async def rmdir(self, name: str) -> None:
+        raise PermissionDenied("this directory cannot be removed")
+
+    def create(self, name: str) -> Node:
+        """A node for a file about to be created by ``open(O_CREAT)``; it exists once
+        written."""
+        raise PermissionDenied("files cannot be created here")
+
+    async def unlink(self, name: str) -> None:
+        raise PermissionDenied("this file cannot be removed")
+
+    async def symlink(self, name: str, target: str) -> None:
+        raise PermissionDenied("symbolic links cannot be created here")
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        raise PermissionDenied("entries here cannot be renamed")
+
+
+class StaticDir(Dir):
+    """A directory with a fixed set of children."""
+
+    def __init__(self, srv: Server, children: dict[str, Callable[[], Node | None]],
+                 scope: str = "") -> None:
+        super().__init__(srv, scope)
+        self.children = children
+
+    async def list(self) -> list[str]:
+        return [name for name, make in self.children.items() if make() is not None]
+
+    async def child(self, name: str) -> Node | None:
+        make = self.children.get(name)
+        return make() if make else None
+
+
+class File(Node):
+    kind = "file"
+    #: mode bits: 0o444 read-only, 0o644 read-write, 0o200 write-only
+    mode = 0o444
+    #: writes accumulate in one value (config values) or are applied chunk by chunk (actions)
+    accumulate = True
+    #: content changes by itself: size 0 (like procfs), every read sees the current value
+    dynamic = False
+    stream = False
+
+    def __init__(self, srv: Server, read: Reader | None = None, write: Writer | None = None,
+                 scope: str = "", dynamic: bool = False, accumulate: bool = True) -> None:
+        self.srv = srv
+        self._read = read
+        self._write = write
+        self.scope = scope
+        self.dynamic = dynamic
+        self.accumulate = accumulate
+        self.mode = (0o444 if read else 0) | (0o200 if write else 0)
+
+    async def read(self) -> bytes:
+        if self._read is None:
+            raise PermissionDenied("this file is write-only")
+        value = self._read()
+        if not isinstance(value, str):
+            value = await value
+        return text(value)
+
+    async def write(self, data: bytes) -> None:
+        if self._write is None:
+            raise PermissionDenied("this file is read-only")
+        try:
+            value = data.decode()
+        except UnicodeDecodeError:
+            raise InvalidArgument("values are UTF-8 text") from None
+        await self.srv.guarded(self.scope, self._write(value))
+
+
+class Link(Node):
+    kind = "link"
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
+class HostFile(Node):
+    """A file or directory of the host, passed through (instance root filesystems, image
+    exports)."""
+
+    kind = "host"
+
+    def __init__(self, path: Path, readonly: bool = False, scope: str = "") -> None:
+        self.path = path
+        self.readonly = readonly
+        self.scope = scope
+
+    def child(self, name: str) -> HostFile | None:
+        path = self.path / name
+        if not os.path.lexists(path):
+            return None
+        return HostFile(path, self.readonly, self.scope)
+
+
+# --- config directories ---------------------------------------------------------------------
+
+
+class KeyValueDir(Dir):
+    """``config/``: one file per key. Writing a file sets the key, ``rm`` unsets it."""
+
+    def __init__(self, srv: Server, get: Callable[[], dict[str, str]],
+                 set_key: Callable[[str, str], Awaitable[None]] | None,
+                 unset_key: Callable[[str], Awaitable[None]] | None,
+                 validate_name: Callable[[str], None] | None = None, scope: str = "") -> None:
+        super().__init__(srv, scope)
+        self.get = get
+        self.set_key = set_key
+        self.unset_key = unset_key
+        self.validate_name = validate_name
+
+    async def list(self) -> list[str]:
+        return sorted(self.get())
+
+    def _file(self, key: str) -> File:
+        write = (lambda v: self.set_key(key, v)) if self.set_key else None
+        return File(self.srv, lambda: self.get().get(key, ""), write, scope=self.scope)
+
+    async def child(self, name: str) -> Node | None:
+        return self._file(name) if name in self.get() else None
+
+    def create(self, name: str) -> Node:
+        if self.set_key is None:
+            raise PermissionDenied("read-only directory")
+        if self.validate_name:
+            try:
+                self.validate_name(name)
+            except LxfsError as exc:
+                self.srv.set_error(self.scope, exc.message)
+                raise
+        return self._file(name)
+
+    async def unlink(self, name: str) -> None:
+        if self.unset_key is None:
+            raise PermissionDenied("read-only directory")
+        if name not in self.get():
+            raise NotFound(f"{name} is not set")
+        await self.srv.guarded(self.scope, self.unset_key(name))
+
+
+class DevicesDir(Dir):
+    """``devices/``: a directory per device with a file per key."""
+
+    def __init__(self, srv: Server, owner: Callable[[], Instance | Profile], scope: str,
+                 readonly: bool = False) -> None:
+        super().__init__(srv, scope)
+        self.owner = owner
+        self.readonly = readonly
+
+    def _devices(self) -> dict[str, dict[str, str]]:
+        owner = self.owner()
+        return owner.expanded_devices if self.readonly else owner.devices
+
+    async def list(self) -> list[str]:
+        return sorted(self._devices())
+
+    async def child(self, name: str) -> Node | None:
+        if name not in self._devices():
+            return None
+        srv, owner = self.srv, self.owner
+
+        async def set_key(key: str, value: str) -> None:
+            await srv.set_device_key(owner(), name, key, value)
+
+        async def unset_key(key: str) -> None:
+            await srv.set_device_key(owner(), name, key, "")
+
+        return KeyValueDir(
+            srv, lambda: self._devices().get(name, {}),
+            None if self.readonly else set_key, None if self.readonly else unset_key,
+            scope=self.scope)
+
+    async def mkdir(self, name: str) -> None:
+        if self.readonly:
+            raise PermissionDenied("the expanded view is read-only")
+        await self.srv.guarded(self.scope, self.srv.add_device(self.owner(), name))
+
+    async def rmdir(self, name: str) -> None:
+        if self.readonly:
+            raise PermissionDenied("the expanded view is read-only")
+        await self.srv.guarded(self.scope, self.srv.remove_device(self.owner(), name))
+
+
+# --- instances ------------------------------------------------------------------------------
+
+
+class InstancesDir(Dir):
+    async def list(self) -> list[str]:
+        return sorted(self.srv.instances)
+
+    async def child(self, name: str) -> Node | None:
+        return InstanceDir(self.srv, name) if name in self.srv.instances else None
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.create_instance(name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded(name, self.srv.delete_instance(name))
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        if not isinstance(new_parent, InstancesDir):
+            raise InvalidArgument("instances can only be renamed within instances/")
+        await self.srv.guarded(old, self.srv.rename_instance(old, new))
+
+
+class InstanceDir(Dir):
+    def __init__(self, srv: Server, name: str) -> None:
+        super().__init__(srv, name)
+        self.name = name
+        self.inst = srv.instances[name]
+        self.mtime = self.inst.created_at
+
+    def _children(self) -> dict[str, Callable[[], Node | None]]:
+        srv, name, inst = self.srv, self.name, self.inst
+
+        def field(attr: str) -> Callable[[], str]:
+            return lambda: str(getattr(inst, attr))
+
+        def setter(attr: str) -> Writer:
+            return lambda v: srv.set_instance_field(name, attr, v)
+
+        async def set_key(key: str, value: str) -> None:
+            await srv.set_instance_key(name, key, value)
+
+        async def unset_key(key: str) -> None:
+            await srv.unset_instance_key(name, key)
+
+        def validate_key(key: str) -> None:
+            if srv.schema.instance_spec(key) is None:
+                raise InvalidArgument(f"unknown configuration key {key!r}")
+
+        def ready() -> bool:
+            return inst.storage_state == "ready"
+
+        return {
+            "source": lambda: File(srv, lambda: inst.source,
+                                   lambda v: srv.set_source(name, v), scope=name),
+            "state": lambda: File(srv, lambda: srv.state(name),
+                                  lambda v: srv.change_state(name, v), scope=name,
+                                  dynamic=True, accumulate=False),
+            "error": lambda: File(srv, lambda: srv.errors.get(name, ""), dynamic=True),
+            "pid": lambda: File(srv, lambda: _str(srv.pid(name)), dynamic=True),
+            "created_at": lambda: File(srv, lambda: rfc3339(inst.created_at)),
+            "last_used_at": lambda: File(srv, lambda: rfc3339(inst.last_used_at),
+                                         dynamic=True),
+            "architecture": lambda: File(srv, field("architecture")),
+            "type": lambda: File(srv, field("type")),
+            "ephemeral": lambda: File(srv, lambda: "true" if inst.ephemeral else "false",
+                                      setter("ephemeral"), scope=name),
+            "description": lambda: File(srv, field("description"), setter("description"),
+                                        scope=name),
+            "profiles": lambda: File(srv, lambda: lines(inst.profiles), setter("profiles"),
+                                     scope=name),
+            "config": lambda: KeyValueDir(srv, lambda: inst.config, set_key, unset_key,
+                                          validate_key, scope=name),
+            "devices": lambda: DevicesDir(srv, lambda: inst, name),
+            "expanded": lambda: StaticDir(srv, {
+                "config": lambda: KeyValueDir(srv, lambda: inst.expanded_config, None, None),
+                "devices": lambda: DevicesDir(srv, lambda: inst, name, readonly=True),
+            }),
+            "log": lambda: File(srv, lambda: srv.runtime.log(inst), dynamic=True),
+            "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True),
+            "rootfs": lambda: HostFile(srv.rootfs(inst), scope=name) if ready() else None,
+            "snapshots": lambda: SnapshotsDir(srv, name),
+            "restore": lambda: File(srv, None, lambda v: srv.restore_snapshot(name, v),
+                                    scope=name, accumulate=False),
+            "ipv4": lambda: File(srv, lambda: "", dynamic=True),
+            "ipv6": lambda: File(srv, lambda: "", dynamic=True),
+        }
+
+    async def list(self) -> list[str]:
+        return [k for k, make in self._children().items() if make() is not None]
+
+    async def child(self, name: str) -> Node | None:
+        make = self._children().get(name)
+        return make() if make else None
+
+
+async def _str(value: Awaitable[object]) -> str:
+    return str(await value)
+
+
+class SnapshotsDir(Dir):
+    def __init__(self, srv: Server, name: str) -> None:
+        super().__init__(srv, name)
+        self.inst = srv.instances[name]
+
+    async def list(self) -> list[str]:
+        return sorted(self.inst.snapshots, key=lambda s: self.inst.snapshots[s].created_at)
+
+    async def child(self, name: str) -> Node | None:
+        snap = self.inst.snapshots.get(name)
+        if snap is None:
+            return None
+        srv, inst = self.srv, self.inst
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: snap.name),
+            "created_at": lambda: File(srv, lambda: rfc3339(snap.created_at)),
+            "rootfs": lambda: HostFile(srv.snapshot_rootfs(inst, name), readonly=True),
+        }, scope=self.scope)
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded(self.scope, self.srv.create_snapshot(self.inst.name, name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded(self.scope, self.srv.delete_snapshot(self.inst.name, name))
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+class Upload(Node):
+    """A file being copied into ``images/``: bytes go to a staging file, imported at close."""
+
+    kind = "upload"
+
+    def __init__(self, srv: Server, name: str) -> None:
+        self.srv = srv
+        self.name = name
+
+
+class ImagesDir(Dir):
+    async def list(self) -> list[str]:
+        return sorted(self.srv.images) + ["aliases"] + sorted(self.srv.pending_uploads())
+
+    async def child(self, name: str) -> Node | None:
+        if name == "aliases":
+            return AliasesDir(self.srv)
+        if name in self.srv.images:
+            return ImageDir(self.srv, name)
+        pending = self.srv.pending_uploads().get(name)
+        if pending is not None:
+            return HostFile(pending, readonly=True)
+        return None
+
+    def create(self, name: str) -> Node:
+        if name == "aliases" or name in self.srv.images:
+            raise InvalidArgument(f"{name} exists")
+        return Upload(self.srv, name)
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_image(name))
+
+    async def unlink(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.drop_pending_upload(name))
+
+
+class ImageDir(Dir):
+    def __init__(self, srv: Server, fp: str) -> None:
+        super().__init__(srv)
+        self.fp = fp
+        self.image = srv.images[fp]
+        self.mtime = self.image.uploaded_at
+
+    def _children(self) -> dict[str, Callable[[], Node | None]]:
+        srv, image, fp = self.srv, self.image, self.fp
+
+        def ro(value: Callable[[], object]) -> Callable[[], Node]:
+            return lambda: File(srv, lambda: _fmt(value()))
+
+        def rw(attr: str) -> Callable[[], Node]:
+            return lambda: File(srv, lambda: _fmt(getattr(image, attr)),
+                                lambda v: srv.set_image_field(fp, attr, v))
+
+        async def set_prop(key: str, value: str) -> None:
+            await srv.set_image_field(fp, f"properties/{key}", value)
+
+        async def unset_prop(key: str) -> None:
+            await srv.set_image_field(fp, f"properties/{key}", "")
+
+        rootfs = srv.images_dir / f"{fp}.rootfs"
+        return {
+            "fingerprint": ro(lambda: fp),
+            "filename": ro(lambda: image.filename),
+            "size": ro(lambda: image.size),
+            "architecture": ro(lambda: image.architecture),
+            "type": ro(lambda: image.type),
+            "created_at": ro(lambda: rfc3339(image.created_at)),
+            "uploaded_at": ro(lambda: rfc3339(image.uploaded_at)),
+            "expires_at": ro(lambda: rfc3339(image.expires_at)),
+            "public": rw("public"),
+            "auto_update": rw("auto_update"),
+            "aliases": ro(lambda: lines(sorted(a for a, (f, _) in srv.aliases.items()
+                                               if f == fp))),
+            "properties": lambda: KeyValueDir(srv, lambda: image.properties, set_prop,
+                                              unset_prop),
+            "export": lambda: HostFile(srv.images_dir / fp, readonly=True),
+            "export.rootfs": lambda: HostFile(rootfs, readonly=True) if image.split else None,
+        }
+
+    async def list(self) -> list[str]:
+        return [k for k, make in self._children().items() if make() is not None]
+
+    async def child(self, name: str) -> Node | None:
+        make = self._children().get(name)
+        return make() if make else None
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class AliasesDir(Dir):
+    async def list(self) -> list[str]:
+        return sorted(self.srv.aliases)
+
+    async def child(self, name: str) -> Node | None:
+        entry = self.srv.aliases.get(name)
+        return Link(f"../{entry[0]}") if entry else None
+
+    async def symlink(self, name: str, target: str) -> None:
+        await self.srv.guarded("", self.srv.create_alias(name, target))
+
+    async def unlink(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_alias(name))
+
+
+# --- profiles, pools, server ----------------------------------------------------------------
+
+
+class ProfilesDir(Dir):
+    async def list(self) -> list[str]:
+        return sorted(self.srv.profiles)
+
+    async def child(self, name: str) -> Node | None:
+        profile = self.srv.profiles.get(name)
+        if profile is None:
+            return None
+        srv = self.srv
+
+        async def set_key(key: str, value: str) -> None:
+            await srv.set_profile_key(name, key, value)
+
+        async def unset_key(key: str) -> None:
+            await srv.set_profile_key(name, key, "")
+
+        def validate_key(key: str) -> None:
+            if srv.schema.instance_spec(key) is None:
+                raise InvalidArgument(f"unknown configuration key {key!r}")
+
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: profile.name),
+            "description": lambda: File(srv, lambda: profile.description,
+                                        lambda v: srv.set_profile_description(name, v)),
+            "config": lambda: KeyValueDir(srv, lambda: profile.config, set_key, unset_key,
+                                          validate_key),
+            "devices": lambda: DevicesDir(srv, lambda: profile, ""),
+            "used_by": lambda: File(srv, lambda: lines(srv.profile_used_by(name)),
+                                    dynamic=True),
+        })
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.create_profile(name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_profile(name))
+
+
+class PoolsDir(Dir):
+    async def list(self) -> list[str]:
+        return sorted(self.srv.pools)
+
+    async def child(self, name: str) -> Node | None:
+        driver = self.srv.pools.get(name)
+        if driver is None:
+            return None
+        srv, pool = self.srv, driver.pool
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: pool.name),
+            "driver": lambda: File(srv, lambda: pool.driver),
+            "description": lambda: File(srv, lambda: pool.description),
+            "config": lambda: KeyValueDir(srv, lambda: pool.config, None, None),
+            "used_by": lambda: File(srv, lambda: lines(srv.pool_used_by(name)), dynamic=True),
+        })
+
+    async def mkdir(self, name: str) -> None:
+        raise NotSupported("creating storage pools is not supported yet: the default dir "
+                           "pool is made at first start")
+
+
+class EventsFile(File):
+    stream = True
+
+    def __init__(self, srv: Server) -> None:
+        super().__init__(srv, read=lambda: "", dynamic=True)
+
+
+def root(srv: Server) -> StaticDir:
+    def server_key_name(key: str) -> None:
+        if not any(s.matches(key) for s in srv.schema.server_keys):
+            raise InvalidArgument(f"unknown server configuration key {key!r}")
+
+    async def unset(key: str) -> None:
+        await srv.set_server_key(key, "")
+
+    env = srv.environment()
+    return StaticDir(srv, {
+        "instances": lambda: InstancesDir(srv),
+        "images": lambda: ImagesDir(srv),
+        "profiles": lambda: ProfilesDir(srv),
+        "storage-pools": lambda: PoolsDir(srv),
+        "config": lambda: KeyValueDir(srv, lambda: srv.config, srv.set_server_key, unset,
+                                      server_key_name),
+        "environment": lambda: KeyValueDir(srv, lambda: env, None, None),
+        "events": lambda: EventsFile(srv),
+        "error": lambda: File(srv, lambda: srv.errors.get("", ""), dynamic=True),
+    })

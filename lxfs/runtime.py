@@ -1,0 +1,67 @@
+"""The runtime interface: what starts and stops instances of one type."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from lxfs.model import Instance
+    from lxfs.server import Server
+
+
+class Runtime(ABC):
+    """Drives instances of one ``type``. All methods block: the core calls them in threads,
+    one operation at a time per instance."""
+
+    type: ClassVar[str] = "container"
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    @abstractmethod
+    def state(self, instance: Instance) -> str:
+        """``RUNNING``, ``STOPPED``, ``FROZEN``, or a transient state the runtime reports."""
+
+    @abstractmethod
+    def pid(self, instance: Instance) -> int:
+        """The init process's PID on the host, 0 when not running."""
+
+    @abstractmethod
+    def start(self, instance: Instance, rootfs: Path, config_lines: list[str]) -> None:
+        """Start the instance from ``rootfs`` with the given extra config; return when it runs.
+        The instance must not depend on the daemon: it keeps running if the daemon exits."""
+
+    @abstractmethod
+    def shutdown(self, instance: Instance, timeout: float) -> bool:
+        """Ask the instance to stop; return whether it stopped within ``timeout`` seconds."""
+
+    @abstractmethod
+    def kill(self, instance: Instance) -> None:
+        """Stop the instance at once."""
+
+    @abstractmethod
+    def freeze(self, instance: Instance) -> None: ...
+
+    @abstractmethod
+    def unfreeze(self, instance: Instance) -> None: ...
+
+    @abstractmethod
+    def cleanup(self, instance: Instance) -> None:
+        """Remove what the runtime keeps for a stopped instance that is being deleted."""
+
+    @abstractmethod
+    def rename(self, instance: Instance, new_name: str) -> None:
+        """Follow a rename of a stopped instance."""
+
+    @abstractmethod
+    def log(self, instance: Instance) -> str:
+        """The runtime's log of the last start."""
+
+    @abstractmethod
+    def console_log(self, instance: Instance) -> str:
+        """What the instance wrote to its console."""
+
+    def after_stop(self, instance: Instance) -> None:
+        """Called once the instance is seen stopped (release cgroups...)."""

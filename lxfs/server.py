@@ -1,0 +1,954 @@
+"""The server: lxfs's state and every operation on it, independent of how it is reached.
+
+The filesystem (``lxfs.fs``) and later the REST bridge call these coroutines. The model lives
+in memory and is written through to SQLite before a change is visible; blocking work (storage,
+liblxc, sqlite) runs in worker threads; operations on one instance are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import platform
+import re
+import shutil
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pluggy
+import trio
+
+from lxfs import __version__, images
+from lxfs.config_schema import Schema, is_true
+from lxfs.db import Database
+from lxfs.errors import (
+    AlreadyExists,
+    Busy,
+    InvalidArgument,
+    LxfsError,
+    NotFound,
+    NotSupported,
+    OperationFailed,
+)
+from lxfs.events import EventBus
+from lxfs.model import Image, Instance, Profile, Snapshot, now
+from lxfs.runtime import Runtime
+from lxfs.storage import Pool, StorageDriver, valid_snapshot_name
+
+log = logging.getLogger("lxfs")
+T = TypeVar("T")
+
+_INSTANCE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
+_PROFILE_NAME = re.compile(r"^[^/\s]{1,63}$")
+_ALIAS_NAME = re.compile(r"^[^/\s:]{1,255}$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+ACTIONS = ("start", "stop", "kill", "restart", "freeze", "unfreeze")
+
+
+def validate_instance_name(name: str) -> None:
+    """LXD's rules: 1-63 characters, letters, digits and '-', starting with a letter and not
+    ending with '-'."""
+    if not _INSTANCE_NAME.match(name) or name.endswith("-"):
+        raise InvalidArgument(
+            f"invalid instance name {name!r}: use 1-63 letters, digits and '-', starting with "
+            "a letter and not ending with '-'")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def expand(instance: Instance, profiles: dict[str, Profile]) -> None:
+    """Fill ``expanded_config``/``expanded_devices``: profiles in order, then the instance's own
+    keys; a ``none`` device masks an inherited device of the same name."""
+    config: dict[str, str] = {}
+    devices: dict[str, dict[str, str]] = {}
+    for name in instance.profiles:
+        profile = profiles.get(name)
+        if profile:
+            config.update(profile.config)
+            devices.update({k: dict(v) for k, v in profile.devices.items()})
+    config.update(instance.config)
+    devices.update({k: dict(v) for k, v in instance.devices.items()})
+    instance.expanded_config = config
+    instance.expanded_devices = {k: v for k, v in devices.items() if v.get("type") != "none"}
+
+
+class Server:
+    def __init__(self, data_dir: Path, mount: Path, pm: pluggy.PluginManager) -> None:
+        self.data_dir = data_dir
+        self.mount = mount
+        self.pm = pm
+        self.hook = pm.hook
+        self.lxc_path = data_dir / "containers"
+        self.images_dir = data_dir / "images"
+        self.uploads_dir = data_dir / "uploads"
+        self.db: Database
+        self.schema = Schema(k for keys in self.hook.lxfs_config_keys() for k in keys)
+        self.events = EventBus()
+        self.storage_drivers: dict[str, type[StorageDriver]] = {}
+        for drivers in self.hook.lxfs_storage_drivers():
+            for driver in drivers:
+                self.storage_drivers[driver.name] = driver
+        runtimes = [r for rs in self.hook.lxfs_runtimes() for r in rs]
+        if not runtimes:
+            raise RuntimeError("no runtime plugin registered (is lxfs installed?)")
+        self.runtime: Runtime = runtimes[0](self)
+        self.pools: dict[str, StorageDriver] = {}
+        self.instances: dict[str, Instance] = {}
+        self.images: dict[str, Image] = {}
+        self.aliases: dict[str, tuple[str, str]] = {}
+        self.profiles: dict[str, Profile] = {}
+        self.config: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.transient: dict[str, str] = {}
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._image_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._running_pids: dict[str, int] = {}
+        self._restarting: set[str] = set()
+        self._pending: dict[str, tuple[Path, str]] = {}
+        self.nursery: trio.Nursery | None = None
+        self.on_change: Callable[[str, str], None] = lambda kind, name: None
+
+    # --- startup --------------------------------------------------------------------------
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        """Load the state, make the defaults on first start, repair what a crash left,
+        reattach running instances and start the autostart ones."""
+        self.nursery = nursery
+        await in_thread(self._open_sync)
+        for inst in list(self.instances.values()):
+            if inst.storage_state == "ready":
+                state = await in_thread(self.runtime.state, inst)
+                if state in ("RUNNING", "FROZEN"):
+                    pid = await in_thread(self.runtime.pid, inst)
+                    log.info("reattached %s (%s, pid %d)", inst.name, state, pid)
+                    self._watch(inst.name, pid)
+                elif is_true(inst.expanded_config.get("boot.autostart")):
+                    nursery.start_soon(self._autostart, inst.name)
+
+    def _open_sync(self) -> None:
+        for d in (self.data_dir, self.lxc_path, self.images_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o711)  # unprivileged containers traverse these
+        shutil.rmtree(self.uploads_dir, ignore_errors=True)
+        self.uploads_dir.mkdir(mode=0o700)
+        self.db = Database(self.data_dir / "lxfs.db")
+        self.config = self.db.load_server_config()
+        self.profiles = {k: Profile.from_record(v) for k, v in self.db.load("profiles").items()}
+        self.images = {k: Image.from_record(v) for k, v in self.db.load("images").items()}
+        self.aliases = self.db.load_aliases()
+        self.instances = {k: Instance.from_record(v) for k, v in self.db.load("instances").items()}
+        pools = self.db.load("pools")
+        if not pools:
+            pool = Pool("default", "dir", {"source": str(self.data_dir / "storage-pools/default")},
+                        "Default storage pool")
+            driver = self.storage_drivers["dir"](pool, self.data_dir)
+            driver.fill_defaults()
+            driver.create()
+            self.db.put("pools", pool.name, vars(pool))
+            pools = {pool.name: vars(pool)}
+        for name, rec in pools.items():
+            pool = Pool(**rec)
+            cls = self.storage_drivers.get(pool.driver)
+            if cls is None:
+                log.error("pool %s: no plugin provides storage driver %r", name, pool.driver)
+                continue
+            driver = cls(pool, self.data_dir)
+            driver.mount()
+            self.pools[name] = driver
+        if "default" not in self.profiles:
+            profile = Profile("default", "Default lxfs profile", {},
+                              {"root": {"type": "disk", "path": "/", "pool": "default"}})
+            self.db.put("profiles", "default", profile.to_record())
+            self.profiles["default"] = profile
+        for inst in self.instances.values():
+            expand(inst, self.profiles)
+        self._repair()
+        self.hook.lxfs_startup(server=self)
+
+    def _repair(self) -> None:
+        """Finish or roll back what a crash interrupted: no volume without its record, no
+        record without its volume."""
+        for inst in list(self.instances.values()):
+            if inst.storage_state in ("creating", "deleting"):
+                pool = self.pools.get(inst.root_pool())
+                if pool:
+                    pool.delete_volume("container", inst.name)
+                if inst.storage_state == "deleting":
+                    log.warning("finishing the interrupted deletion of %s", inst.name)
+                    self.runtime.cleanup(inst)
+                    self.db.delete("instances", inst.name)
+                    del self.instances[inst.name]
+                else:
+                    log.warning("rolling back the interrupted creation of %s", inst.name)
+                    inst.storage_state, inst.source = "", ""
+                    self.db.put("instances", inst.name, inst.to_record())
+        for pool in self.pools.values():
+            for vol in pool.list_volumes("container"):
+                inst = self.instances.get(vol)
+                if inst is None or inst.storage_state != "ready" or inst.root_pool() != \
+                        pool.pool.name:
+                    log.warning("pool %s: removing orphan volume %s", pool.pool.name, vol)
+                    pool.delete_volume("container", vol)
+            for fp in pool.list_volumes("image"):
+                if fp not in self.images:
+                    pool.delete_volume("image", fp)
+        for path in self.images_dir.iterdir():
+            if path.name.split(".")[0] not in self.images:
+                log.warning("removing orphan image file %s", path.name)
+                path.unlink()
+
+    async def _autostart(self, name: str) -> None:
+        try:
+            await self.change_state(name, "start")
+        except LxfsError as exc:
+            log.error("autostart of %s failed: %s", name, exc)
+
+    async def close(self) -> None:
+        await in_thread(self.hook.lxfs_shutdown, server=self)
+        self.db.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "server": "lxfs",
+            "server_version": __version__,
+            "server_pid": str(os.getpid()),
+            "data_dir": str(self.data_dir),
+            "lxc_path": str(self.lxc_path),
+            "mount": str(self.mount),
+            "kernel": platform.system(),
+            "kernel_version": platform.release(),
+            "architecture": platform.machine(),
+            "driver": self.runtime.type and "lxc",
+            "storage_drivers": " ".join(sorted(self.storage_drivers)),
+            "cgroup_layout": cgroup_layout(),
+        }
+        for extra in self.hook.lxfs_environment():
+            env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def instance(self, name: str) -> Instance:
+        inst = self.instances.get(name)
+        if inst is None:
+            raise NotFound(f"instance {name!r} not found")
+        return inst
+
+    def pool_of(self, inst: Instance) -> StorageDriver:
+        name = inst.root_pool()
+        if not name:
+            raise InvalidArgument(
+                f"instance {inst.name} has no root disk device (a disk with path=/ and pool=...)")
+        pool = self.pools.get(name)
+        if pool is None:
+            raise NotFound(f"storage pool {name!r} of instance {inst.name} not found")
+        return pool
+
+    def rootfs(self, inst: Instance) -> Path:
+        return self.pool_of(inst).volume_path("container", inst.name) / "rootfs"
+
+    def snapshot_rootfs(self, inst: Instance, snapshot: str) -> Path:
+        return self.pool_of(inst).snapshot_path("container", inst.name, snapshot) / "rootfs"
+
+    async def _save(self, inst: Instance) -> None:
+        await in_thread(self.db.put, "instances", inst.name, inst.to_record())
+
+    def set_error(self, scope: str, message: str) -> None:
+        self.errors[scope] = message
+        if message:
+            log.error("%s: %s", scope or "lxfs", message)
+
+    async def guarded(self, scope: str, op: Awaitable[T]) -> T:
+        """Run an operation, recording its error (or success) for ``scope``'s error file."""
+        try:
+            result = await op
+        except LxfsError as exc:
+            self.set_error(scope, exc.message)
+            raise
+        except OSError as exc:
+            self.set_error(scope, f"{exc.strerror or exc}" + (f": {exc.filename}"
+                                                               if exc.filename else ""))
+            raise
+        except Exception as exc:
+            log.exception("unexpected error in %s", scope or "lxfs")
+            self.set_error(scope, f"internal error: {exc!r}")
+            raise OperationFailed(f"internal error: {exc!r}") from exc
+        self.errors[scope] = ""
+        return result
+
+    # --- instances ------------------------------------------------------------------------
+
+    async def create_instance(self, name: str, *, profiles: list[str] | None = None,
+                              config: dict[str, str] | None = None, ephemeral: bool = False,
+                              description: str = "") -> Instance:
+        """Create an instance record (no root filesystem yet)."""
+        validate_instance_name(name)
+        if name in self.instances:
+            raise AlreadyExists(f"instance {name!r} already exists")
+        profiles = ["default"] if profiles is None else profiles
+        for p in profiles:
+            if p not in self.profiles:
+                raise NotFound(f"profile {p!r} not found")
+        for key, value in (config or {}).items():
+            self.schema.validate_instance_key(key, value)
+        t = now()
+        inst = Instance(name=name, architecture=platform.machine(), created_at=t,
+                        ephemeral=ephemeral, description=description, config=dict(config or {}),
+                        profiles=list(profiles))
+        expand(inst, self.profiles)
+        self.instances[name] = inst
+        try:
+            await self._save(inst)
+        except BaseException:
+            del self.instances[name]
+            raise
+        self.errors[name] = ""
+        self.events.lifecycle("instance-created", f"/1.0/instances/{name}", type="container")
+        return inst
+
+    def resolve_image(self, ref: str) -> Image:
+        """An alias, a fingerprint, or a unique fingerprint prefix."""
+        ref = ref.strip()
+        if ref.startswith("local:"):
+            ref = ref[len("local:"):]
+        if ref in self.aliases:
+            return self.images[self.aliases[ref][0]]
+        if ref in self.images:
+            return self.images[ref]
+        if re.fullmatch(r"[0-9a-f]{1,63}", ref):
+            matches = [fp for fp in self.images if fp.startswith(ref)]
+            if len(matches) == 1:
+                return self.images[matches[0]]
+            if len(matches) > 1:
+                raise InvalidArgument(f"fingerprint prefix {ref!r} is ambiguous")
+        if ":" in ref:
+            raise NotFound(f"image {ref!r} not found: remote image servers are not reachable "
+                           "from lxfs; build images with `lxfs image build`")
+        raise NotFound(f"image {ref!r} not found (no such alias or fingerprint)")
+
+    async def set_source(self, name: str, ref: str) -> None:
+        """Create the instance's root filesystem from an image; returns when it is done."""
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if inst.storage_state:
+                raise AlreadyExists(
+                    f"instance {name} was already created from image {inst.source or '?'}")
+            image = self.resolve_image(ref)
+            pool = self.pool_of(inst)
+            await in_thread(lambda: self.hook.lxfs_instance_pre_create(server=self,
+                                                                       instance=inst))
+            await self._ensure_image_volume(pool, image)
+            inst.storage_state, inst.source = "creating", image.fingerprint
+            await self._save(inst)
+            self.transient[name] = "CREATING"
+            try:
+                await in_thread(pool.create_volume_from_image, "container", name,
+                                image.fingerprint)
+                volume = pool.volume_path("container", name)
+                await in_thread(images.render_templates, volume, "create",
+                                {"name": name, "config": dict(inst.expanded_config)})
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await in_thread(pool.delete_volume, "container", name)
+                    inst.storage_state, inst.source = "", ""
+                    await self._save(inst)
+                    self.transient.pop(name, None)
+                raise
+            inst.architecture = image.architecture or inst.architecture
+            for key, value in image.properties.items():
+                inst.config[f"image.{key}"] = value
+            inst.storage_state = "ready"
+            await self._save(inst)
+            expand(inst, self.profiles)
+            self.transient.pop(name, None)
+        await in_thread(lambda: self.hook.lxfs_instance_post_create(server=self, instance=inst))
+
+    async def _ensure_image_volume(self, pool: StorageDriver, image: Image) -> None:
+        fp = image.fingerprint
+        async with self._image_locks[f"{pool.pool.name}/{fp}"]:
+            if await in_thread(pool.volume_exists, "image", fp):
+                return
+            path = self.images_dir / fp
+            rootfs = self.images_dir / f"{fp}.rootfs" if image.split else None
+            log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
+            await in_thread(pool.create_image_volume, fp,
+                            lambda dest: images.unpack_image(path, rootfs, dest))
+
+    async def state(self, name: str) -> str:
+        inst = self.instance(name)
+        if name in self.transient:
+            return self.transient[name]
+        if inst.storage_state != "ready":
+            return "STOPPED"
+        return await in_thread(self.runtime.state, inst)
+
+    async def pid(self, name: str) -> int:
+        inst = self.instance(name)
+        if inst.storage_state != "ready":
+            return 0
+        return await in_thread(self.runtime.pid, inst)
+
+    async def change_state(self, name: str, action: str) -> None:
+        """Run a state action; return when the transition is complete."""
+        action = action.strip().lower()
+        force = False
+        if action in ("stop --force", "stop -f", "force-stop"):
+            action, force = "kill", True
+        if action not in ACTIONS:
+            raise InvalidArgument(
+                f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+        inst = self.instance(name)
+        stopped_pid = 0
+        async with self._locks[name]:
+            if inst.storage_state != "ready":
+                raise NotFound(f"instance {name} has no root filesystem yet: write an image "
+                               "alias or fingerprint to its source file first", errno.ENOENT)
+            state = await in_thread(self.runtime.state, inst)
+            if action == "start":
+                if state != "STOPPED":
+                    raise Busy(f"instance {name} is already {state.lower()}")
+                await self._start(inst)
+            elif action in ("stop", "kill"):
+                if state == "STOPPED":
+                    raise Busy(f"instance {name} is already stopped")
+                stopped_pid = self._running_pids.get(name, 0)
+                await self._stop(inst, force=force or action == "kill")
+            elif action == "restart":
+                if state == "STOPPED":
+                    raise Busy(f"instance {name} is not running")
+                self._restarting.add(name)
+                try:
+                    old = self._running_pids.pop(name, 0)
+                    await self._stop(inst, force=False)
+                    await self._after_stop(inst, old, restarting=True)
+                    await self._start(inst)
+                finally:
+                    self._restarting.discard(name)
+                self.events.lifecycle("instance-restarted", f"/1.0/instances/{name}")
+            elif action == "freeze":
+                if state != "RUNNING":
+                    raise Busy(f"instance {name} is {state.lower()}, not running")
+                self.transient[name] = "FREEZING"
+                try:
+                    await in_thread(self.runtime.freeze, inst)
+                finally:
+                    self.transient.pop(name, None)
+                self.events.lifecycle("instance-paused", f"/1.0/instances/{name}")
+            elif action == "unfreeze":
+                if state != "FROZEN":
+                    raise Busy(f"instance {name} is {state.lower()}, not frozen")
+                await in_thread(self.runtime.unfreeze, inst)
+                self.events.lifecycle("instance-resumed", f"/1.0/instances/{name}")
+        if action in ("stop", "kill"):
+            await self._after_stop(inst, stopped_pid)
+
+    async def _start(self, inst: Instance) -> None:
+        name = inst.name
+        expand(inst, self.profiles)
+        rootfs = self.rootfs(inst)
+        self.transient[name] = "STARTING"
+        try:
+            lines = await in_thread(self._lxc_lines, inst)
+            await in_thread(lambda: self.hook.lxfs_instance_pre_start(server=self, instance=inst))
+            await in_thread(images.render_templates, rootfs.parent, "start",
+                            {"name": name, "config": dict(inst.expanded_config)})
+            await in_thread(self.runtime.start, inst, rootfs, lines)
+        finally:
+            self.transient.pop(name, None)
+        pid = await in_thread(self.runtime.pid, inst)
+        inst.last_used_at = now()
+        await self._save(inst)
+        self._watch(name, pid)
+        await in_thread(lambda: self.hook.lxfs_instance_post_start(server=self, instance=inst))
+        self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
+
+    def _lxc_lines(self, inst: Instance) -> list[str]:
+        lines: list[str] = []
+        for contributed in self.hook.lxfs_lxc_config(server=self, instance=inst):
+            lines.extend(contributed)
+        raw = inst.expanded_config.get("raw.lxc", "")
+        lines.extend(line for line in raw.splitlines() if line.strip())
+        return lines
+
+    async def _stop(self, inst: Instance, force: bool) -> None:
+        self.transient[inst.name] = "STOPPING"
+        try:
+            await in_thread(lambda: self.hook.lxfs_instance_pre_stop(server=self, instance=inst))
+            if force:
+                await in_thread(self.runtime.kill, inst)
+            else:
+                timeout = int(inst.expanded_config.get("boot.host_shutdown_timeout") or 30)
+                if not await in_thread(self.runtime.shutdown, inst, timeout):
+                    log.warning("%s did not stop within %ds: killing it", inst.name, timeout)
+                    await in_thread(self.runtime.kill, inst)
+        finally:
+            self.transient.pop(inst.name, None)
+
+    def _watch(self, name: str, pid: int) -> None:
+        """Follow a running instance's init: notice when it stops by itself."""
+        if pid <= 0 or self.nursery is None:
+            return
+        self._running_pids[name] = pid
+        self.nursery.start_soon(self._watch_task, name, pid)
+
+    async def _watch_task(self, name: str, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = -1
+        try:
+            if fd >= 0:
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if self._running_pids.get(name) != pid:
+            return  # an operation of ours handled this stop
+        inst = self.instances.get(name)
+        if inst is None:
+            return
+        async with self._locks[name]:
+            for _ in range(100):  # the monitor needs a moment to tear down
+                if await in_thread(self.runtime.state, inst) == "STOPPED":
+                    break
+                await trio.sleep(0.05)
+        if self._running_pids.get(name) == pid:
+            await self._after_stop(inst, pid)
+
+    async def _after_stop(self, inst: Instance, pid: int, restarting: bool = False) -> None:
+        """Once per stop of a given init PID: release, notify, delete if ephemeral."""
+        if pid and self._running_pids.get(inst.name) == pid:
+            del self._running_pids[inst.name]
+        elif pid:
+            return
+        await in_thread(self.runtime.after_stop, inst)
+        await in_thread(lambda: self.hook.lxfs_instance_post_stop(server=self, instance=inst))
+        self.events.lifecycle("instance-stopped", f"/1.0/instances/{inst.name}")
+        if inst.ephemeral and not restarting and inst.name in self.instances:
+            log.info("deleting ephemeral instance %s", inst.name)
+            try:
+                await self.delete_instance(inst.name)
+            except LxfsError as exc:
+                log.error("could not delete ephemeral instance %s: %s", inst.name, exc)
+            self.on_change("instance-deleted", inst.name)
+
+    async def delete_instance(self, name: str) -> None:
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if inst.storage_state == "ready":
+                state = await in_thread(self.runtime.state, inst)
+                if state != "STOPPED":
+                    raise Busy(f"instance {name} is {state.lower()}: stop it first "
+                               "(echo kill > state, or lxfs delete --force)")
+            await in_thread(lambda: self.hook.lxfs_instance_pre_delete(server=self,
+                                                                       instance=inst))
+            if inst.storage_state:
+                inst.storage_state = "deleting"
+                await self._save(inst)
+                with contextlib.suppress(LxfsError):
+                    pool = self.pool_of(inst)
+                    await in_thread(pool.delete_volume, "container", name)
+            await in_thread(self.runtime.cleanup, inst)
+            await in_thread(self.db.delete, "instances", name)
+            del self.instances[name]
+            self.errors.pop(name, None)
+        self._locks.pop(name, None)
+        await in_thread(lambda: self.hook.lxfs_instance_post_delete(server=self, instance=inst))
+        self.events.lifecycle("instance-deleted", f"/1.0/instances/{name}")
+
+    async def rename_instance(self, old: str, new: str) -> None:
+        inst = self.instance(old)
+        validate_instance_name(new)
+        if new in self.instances:
+            raise AlreadyExists(f"instance {new!r} already exists")
+        async with self._locks[old]:
+            if inst.storage_state == "ready":
+                state = await in_thread(self.runtime.state, inst)
+                if state != "STOPPED":
+                    raise Busy(f"instance {old} is {state.lower()}: stop it before renaming")
+                await in_thread(self.pool_of(inst).rename_volume, "container", old, new)
+            await in_thread(self.runtime.rename, inst, new)
+            inst.name = new
+            try:
+                await in_thread(self.db.rename, "instances", old, new, inst.to_record())
+            except BaseException:
+                inst.name = old
+                raise
+            self.instances[new] = self.instances.pop(old)
+            self.errors[new] = self.errors.pop(old, "")
+        self._locks.pop(old, None)
+        self.events.lifecycle("instance-renamed", f"/1.0/instances/{new}", old_name=old)
+
+    # --- instance configuration ---------------------------------------------------------
+
+    async def set_instance_key(self, name: str, key: str, value: str) -> None:
+        inst = self.instance(name)
+        value = value.removesuffix("\n")
+        if value == "":
+            return await self.unset_instance_key(name, key)
+        self.schema.validate_instance_key(key, value)
+        async with self._locks[name]:
+            old = inst.config.get(key)
+            inst.config[key] = value
+            try:
+                await self._save(inst)
+            except BaseException:
+                if old is None:
+                    inst.config.pop(key, None)
+                else:
+                    inst.config[key] = old
+                raise
+            expand(inst, self.profiles)
+        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+
+    async def unset_instance_key(self, name: str, key: str) -> None:
+        inst = self.instance(name)
+        spec = self.schema.instance_spec(key)
+        if spec and spec.readonly:
+            raise InvalidArgument(f"{key} is managed by lxfs and cannot be unset")
+        async with self._locks[name]:
+            if key not in inst.config:
+                raise NotFound(f"key {key} is not set on instance {name}")
+            old = inst.config.pop(key)
+            try:
+                await self._save(inst)
+            except BaseException:
+                inst.config[key] = old
+                raise
+            expand(inst, self.profiles)
+
+    async def set_instance_field(self, name: str, field: str, value: str) -> None:
+        """``description``, ``ephemeral`` or ``profiles`` (one per line)."""
+        inst = self.instance(name)
+        value = value.removesuffix("\n")
+        async with self._locks[name]:
+            if field == "description":
+                inst.description = value
+            elif field == "ephemeral":
+                from lxfs.config_schema import check_bool
+                check_bool(value)
+                inst.ephemeral = is_true(value)
+            elif field == "profiles":
+                names = [p.strip() for p in value.splitlines() if p.strip()]
+                for p in names:
+                    if p not in self.profiles:
+                        raise NotFound(f"profile {p!r} not found")
+                if len(set(names)) != len(names):
+                    raise InvalidArgument("a profile is listed twice")
+                inst.profiles = names
+            else:
+                raise InvalidArgument(f"unknown field {field}")
+            expand(inst, self.profiles)
+            await self._save(inst)
+        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+
+    async def set_device_key(self, owner: Instance | Profile, device: str, key: str,
+                             value: str) -> None:
+        from lxfs.devices import validate_device
+
+        value = value.removesuffix("\n")
+        devices = owner.devices
+        new = dict(devices.get(device, {}))
+        if value == "":
+            new.pop(key, None)
+        else:
+            new[key] = value
+        validate_device(device, new, partial=True)
+        devices[device] = new
+        await self._save_owner(owner)
+
+    async def add_device(self, owner: Instance | Profile, device: str) -> None:
+        if device in owner.devices:
+            raise AlreadyExists(f"device {device!r} already exists")
+        if not re.fullmatch(r"[^/\s]{1,64}", device):
+            raise InvalidArgument(f"invalid device name {device!r}")
+        owner.devices[device] = {}
+        await self._save_owner(owner)
+
+    async def remove_device(self, owner: Instance | Profile, device: str) -> None:
+        if device not in owner.devices:
+            raise NotFound(f"device {device!r} not found")
+        del owner.devices[device]
+        await self._save_owner(owner)
+
+    async def _save_owner(self, owner: Instance | Profile) -> None:
+        if isinstance(owner, Instance):
+            await self._save(owner)
+            expand(owner, self.profiles)
+        else:
+            await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
+            for inst in self.instances.values():
+                if owner.name in inst.profiles:
+                    expand(inst, self.profiles)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    async def create_snapshot(self, name: str, snapshot: str) -> None:
+        inst = self.instance(name)
+        if not valid_snapshot_name(snapshot):
+            raise InvalidArgument(f"invalid snapshot name {snapshot!r}")
+        async with self._locks[name]:
+            if inst.storage_state != "ready":
+                raise NotFound(f"instance {name} has no root filesystem yet")
+            if snapshot in inst.snapshots:
+                raise AlreadyExists(f"snapshot {name}/{snapshot} already exists")
+            pool = self.pool_of(inst)
+            await in_thread(pool.create_snapshot, "container", name, snapshot)
+            inst.snapshots[snapshot] = Snapshot(snapshot, now(), dict(inst.config),
+                                                {k: dict(v) for k, v in inst.devices.items()},
+                                                list(inst.profiles))
+            try:
+                await self._save(inst)
+            except BaseException:
+                del inst.snapshots[snapshot]
+                with trio.CancelScope(shield=True):
+                    await in_thread(pool.delete_snapshot, "container", name, snapshot)
+                raise
+        self.events.lifecycle("instance-snapshot-created",
+                              f"/1.0/instances/{name}/snapshots/{snapshot}")
+
+    async def delete_snapshot(self, name: str, snapshot: str) -> None:
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if snapshot not in inst.snapshots:
+                raise NotFound(f"snapshot {name}/{snapshot} not found")
+            await in_thread(self.pool_of(inst).delete_snapshot, "container", name, snapshot)
+            del inst.snapshots[snapshot]
+            await self._save(inst)
+        self.events.lifecycle("instance-snapshot-deleted",
+                              f"/1.0/instances/{name}/snapshots/{snapshot}")
+
+    async def restore_snapshot(self, name: str, snapshot: str) -> None:
+        """Restore the root filesystem and configuration; a running instance is stopped,
+        restored and started again (as LXD does)."""
+        inst = self.instance(name)
+        snapshot = snapshot.strip()
+        if snapshot not in inst.snapshots:
+            raise NotFound(f"snapshot {name}/{snapshot} not found")
+        async with self._locks[name]:
+            state = await in_thread(self.runtime.state, inst)
+            was_running = state != "STOPPED"
+            if was_running:
+                self._restarting.add(name)
+                old = self._running_pids.pop(name, 0)
+                try:
+                    await self._stop(inst, force=True)
+                    await self._after_stop(inst, old, restarting=True)
+                finally:
+                    self._restarting.discard(name)
+            await in_thread(self.pool_of(inst).restore_snapshot, "container", name, snapshot)
+            snap = inst.snapshots[snapshot]
+            inst.config = dict(snap.config) or inst.config
+            inst.devices = {k: dict(v) for k, v in snap.devices.items()}
+            inst.profiles = [p for p in snap.profiles if p in self.profiles] or inst.profiles
+            expand(inst, self.profiles)
+            await self._save(inst)
+            if was_running:
+                await self._start(inst)
+        self.events.lifecycle("instance-restored", f"/1.0/instances/{name}", snapshot=snapshot)
+
+    # --- images ---------------------------------------------------------------------------
+
+    def new_upload_path(self) -> Path:
+        fd, path = _mkstemp(self.uploads_dir)
+        os.close(fd)
+        return Path(path)
+
+    async def import_upload(self, path: Path, filename: str) -> Image | None:
+        """Import an uploaded file. Returns the image, or None when it is the first half of
+        a split image (kept pending until the other half arrives)."""
+        kind = await in_thread(images.classify_upload, path)
+        if kind is None:
+            raise InvalidArgument(
+                f"{filename}: not an LXD image (expected a tarball with metadata.yaml, or a "
+                "squashfs rootfs for a split image)")
+        if kind == "unified":
+            return await self._register_image(path, None, filename)
+        other = "squashfs" if kind == "metadata" else "metadata"
+        pending = self._pending.get(other)
+        if pending is None:
+            old = self._pending.pop(kind, None)
+            if old:
+                old[0].unlink(missing_ok=True)
+            self._pending[kind] = (path, filename)
+            return None
+        del self._pending[other]
+        meta, rootfs = (path, pending[0]) if kind == "metadata" else (pending[0], path)
+        meta_name = filename if kind == "metadata" else pending[1]
+        return await self._register_image(meta, rootfs, meta_name)
+
+    async def drop_pending_upload(self, name: str) -> None:
+        for kind, (path, filename) in list(self._pending.items()):
+            if filename == name:
+                path.unlink(missing_ok=True)
+                del self._pending[kind]
+                return
+        raise NotFound(f"{name} not found")
+
+    def pending_uploads(self) -> dict[str, Path]:
+        return {name: path for path, name in self._pending.values()}
+
+    async def _register_image(self, meta: Path, rootfs: Path | None, filename: str) -> Image:
+        try:
+            info = await in_thread(images.inspect_image, meta, rootfs)
+        except images.ImageError as exc:
+            raise InvalidArgument(f"{filename}: {exc}") from None
+        fp = info.fingerprint
+        if fp in self.images:
+            meta.unlink(missing_ok=True)
+            if rootfs:
+                rootfs.unlink(missing_ok=True)
+            log.info("image %s already present", fp[:12])
+            return self.images[fp]
+        image = Image(fingerprint=fp, filename=filename, size=info.size,
+                      architecture=info.architecture, created_at=info.created_at,
+                      uploaded_at=now(), expires_at=getattr(info, "expiry_date", 0) or 0,
+                      split=rootfs is not None,
+                      properties=dict(info.properties), templates=dict(info.templates or {}))
+        os.replace(meta, self.images_dir / fp)
+        if rootfs:
+            os.replace(rootfs, self.images_dir / f"{fp}.rootfs")
+        try:
+            await in_thread(self.db.put, "images", fp, image.to_record())
+        except BaseException:
+            (self.images_dir / fp).unlink(missing_ok=True)
+            (self.images_dir / f"{fp}.rootfs").unlink(missing_ok=True)
+            raise
+        self.images[fp] = image
+        log.info("imported image %s (%s)", fp, filename)
+        self.events.lifecycle("image-created", f"/1.0/images/{fp}")
+        return image
+
+    async def delete_image(self, fp: str) -> None:
+        if fp not in self.images:
+            raise NotFound(f"image {fp} not found")
+        async with self._image_locks[fp]:
+            await in_thread(self.db.delete_image, fp)
+            image = self.images.pop(fp)
+            self.aliases = {a: v for a, v in self.aliases.items() if v[0] != fp}
+            for pool in self.pools.values():
+                await in_thread(pool.delete_volume, "image", fp)
+            (self.images_dir / fp).unlink(missing_ok=True)
+            (self.images_dir / f"{fp}.rootfs").unlink(missing_ok=True)
+        self.events.lifecycle("image-deleted", f"/1.0/images/{image.fingerprint}")
+
+    async def set_image_field(self, fp: str, field: str, value: str) -> None:
+        image = self.images[fp]
+        value = value.strip()
+        if field in ("public", "auto_update"):
+            from lxfs.config_schema import check_bool
+            check_bool(value)
+            setattr(image, field, is_true(value))
+        elif field.startswith("properties/"):
+            key = field.split("/", 1)[1]
+            if value:
+                image.properties[key] = value
+            else:
+                image.properties.pop(key, None)
+        else:
+            raise InvalidArgument(f"{field} is read-only")
+        await in_thread(self.db.put, "images", fp, image.to_record())
+
+    async def create_alias(self, alias: str, target: str, description: str = "") -> None:
+        if not _ALIAS_NAME.match(alias) or alias in ("aliases", ".", ".."):
+            raise InvalidArgument(f"invalid alias name {alias!r}")
+        if alias in self.aliases:
+            raise AlreadyExists(f"alias {alias!r} already exists")
+        target = target.strip().rstrip("/")
+        target = target.rsplit("/", 1)[-1]  # ../FP or /lxfs/images/FP
+        image = self.resolve_image(target)
+        await in_thread(self.db.put_alias, alias, image.fingerprint, description)
+        self.aliases[alias] = (image.fingerprint, description)
+
+    async def delete_alias(self, alias: str) -> None:
+        if alias not in self.aliases:
+            raise NotFound(f"alias {alias!r} not found")
+        await in_thread(self.db.delete_alias, alias)
+        del self.aliases[alias]
+
+    # --- profiles -------------------------------------------------------------------------
+
+    async def create_profile(self, name: str) -> Profile:
+        if not _PROFILE_NAME.match(name) or name in (".", ".."):
+            raise InvalidArgument(f"invalid profile name {name!r}")
+        if name in self.profiles:
+            raise AlreadyExists(f"profile {name!r} already exists")
+        profile = Profile(name)
+        await in_thread(self.db.put, "profiles", name, profile.to_record())
+        self.profiles[name] = profile
+        return profile
+
+    def profile_used_by(self, name: str) -> list[str]:
+        return sorted(i.name for i in self.instances.values() if name in i.profiles)
+
+    async def delete_profile(self, name: str) -> None:
+        if name not in self.profiles:
+            raise NotFound(f"profile {name!r} not found")
+        if name == "default":
+            raise Busy("the default profile cannot be deleted")
+        used = self.profile_used_by(name)
+        if used:
+            raise Busy(f"profile {name} is used by {', '.join(used)}")
+        await in_thread(self.db.delete, "profiles", name)
+        del self.profiles[name]
+
+    async def set_profile_key(self, name: str, key: str, value: str) -> None:
+        profile = self.profiles[name]
+        value = value.removesuffix("\n")
+        if value == "":
+            profile.config.pop(key, None)
+        else:
+            self.schema.validate_instance_key(key, value)
+            profile.config[key] = value
+        await self._save_owner(profile)
+
+    async def set_profile_description(self, name: str, value: str) -> None:
+        profile = self.profiles[name]
+        profile.description = value.removesuffix("\n")
+        await self._save_owner(profile)
+
+    # --- server config --------------------------------------------------------------------
+
+    async def set_server_key(self, key: str, value: str) -> None:
+        value = value.removesuffix("\n")
+        if value == "":
+            await in_thread(self.db.set_server_config, key, None)
+            self.config.pop(key, None)
+            return
+        self.schema.validate_server_key(key, value)
+        await in_thread(self.db.set_server_config, key, value)
+        self.config[key] = value
+
+    # --- storage pools (management comes with the storage issue) ---------------------------
+
+    def pool_used_by(self, name: str) -> list[str]:
+        users = [f"instances/{i.name}" for i in self.instances.values()
+                 if i.root_pool() == name]
+        users += [f"profiles/{p.name}" for p in self.profiles.values()
+                  if any(d.get("pool") == name for d in p.devices.values())]
+        return sorted(users)
+
+    async def create_pool(self, name: str, driver: str, config: dict[str, str]) -> None:
+        raise NotSupported("creating storage pools comes with the storage plugins")
+
+
+def _mkstemp(directory: Path) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(dir=directory, prefix="upload-")
+
+
+def cgroup_layout() -> str:
+    """``v1``, ``v2`` or ``hybrid``, as seen from /sys/fs/cgroup."""
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").exists():
+        return "v2"
+    if (root / "unified" / "cgroup.controllers").exists():
+        return "hybrid"
+    return "v1"

@@ -1,0 +1,180 @@
+"""The storage driver interface, in the shape of LXD's storage drivers.
+
+A pool is a place where volumes live; a driver knows how to make pools and volumes on one kind
+of backing store. Volumes have a type:
+
+- ``image``: an image unpacked once per pool (``metadata.yaml``, ``templates/``, ``rootfs/``),
+  named by fingerprint; instances are created from it.
+- ``container``: an instance's volume (same layout as an image volume), named by instance name.
+- ``custom``: a user volume (plain directory tree).
+
+Every method is blocking: the core calls them from worker threads and serialises operations on
+one volume. A method that fails must leave no half-made volume behind (clean up, then raise
+``lxfs.errors.LxfsError`` or ``OSError``). Paths returned by ``volume_path`` and
+``snapshot_path`` are valid while the pool is mounted.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+VolumeType = Literal["image", "container", "custom"]
+VOLUME_TYPES: tuple[VolumeType, ...] = ("image", "container", "custom")
+
+
+@dataclass
+class PoolUsage:
+    used_bytes: int
+    total_bytes: int
+    used_inodes: int = 0
+    total_inodes: int = 0
+
+
+@dataclass
+class Pool:
+    """A pool's record: what the core hands to a driver."""
+
+    name: str
+    driver: str
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+class StorageDriver(ABC):
+    """Base class of storage drivers. Subclasses set ``name`` and implement every method."""
+
+    name: ClassVar[str]
+    #: Config keys a pool of this driver accepts (with a short description each).
+    pool_keys: ClassVar[dict[str, str]] = {"source": "where the pool's data lives"}
+    #: Whether snapshots and image→instance creation are copy-on-write (constant time).
+    copy_on_write: ClassVar[bool] = False
+
+    def __init__(self, pool: Pool, data_dir: Path) -> None:
+        self.pool = pool
+        self.data_dir = data_dir
+
+    # --- pool ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_host(cls) -> None:
+        """Raise ``LxfsError`` with a clear reason if this host cannot run this driver."""
+
+    def fill_defaults(self) -> None:
+        """Complete ``self.pool.config`` with defaults (``source``...) before ``create``."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the pool's backing store (directory, filesystem, loop file...) and mount it."""
+
+    @abstractmethod
+    def delete(self) -> None:
+        """Unmount and destroy the pool. The core only calls this on an empty pool."""
+
+    @abstractmethod
+    def mount(self) -> None:
+        """Make the pool usable (at daemon start). Idempotent: never mount twice."""
+
+    @abstractmethod
+    def unmount(self) -> None:
+        """Release the pool (daemon stop, pool delete). Running instances keep their mounts."""
+
+    @abstractmethod
+    def usage(self) -> PoolUsage:
+        """Space and inodes used and available."""
+
+    # --- volumes ------------------------------------------------------------------------
+
+    @abstractmethod
+    def volume_path(self, vtype: VolumeType, name: str) -> Path:
+        """Where a volume's files are (for image and container volumes, ``rootfs/`` is inside)."""
+
+    @abstractmethod
+    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
+        """Whether a volume exists."""
+
+    @abstractmethod
+    def list_volumes(self, vtype: VolumeType) -> list[str]:
+        """Names of the volumes of one type."""
+
+    @abstractmethod
+    def create_image_volume(self, fingerprint: str, unpack: Callable[[Path], None]) -> None:
+        """Create the image volume ``fingerprint``; ``unpack(dest)`` fills a new directory
+        ``dest`` with the image's files. The result is read-only from then on."""
+
+    @abstractmethod
+    def create_volume_from_image(self, vtype: VolumeType, name: str, fingerprint: str) -> None:
+        """Create a volume as a copy of an existing image volume (a clone where the backend
+        can: snapshot, reflink or overlay; a full copy otherwise)."""
+
+    @abstractmethod
+    def create_volume(self, vtype: VolumeType, name: str) -> None:
+        """Create an empty volume."""
+
+    @abstractmethod
+    def copy_volume(self, vtype: VolumeType, src: str, dst: str, snapshots: bool) -> None:
+        """Copy volume ``src`` to a new volume ``dst`` (with its snapshots if asked)."""
+
+    @abstractmethod
+    def delete_volume(self, vtype: VolumeType, name: str) -> None:
+        """Delete a volume and all its snapshots. Missing volumes are not an error."""
+
+    @abstractmethod
+    def rename_volume(self, vtype: VolumeType, old: str, new: str) -> None:
+        """Rename a volume and its snapshots."""
+
+    @abstractmethod
+    def volume_usage(self, vtype: VolumeType, name: str) -> int:
+        """Bytes used by a volume (exclusive usage where the backend shares blocks)."""
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    @abstractmethod
+    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
+        """Where a snapshot's files are."""
+
+    @abstractmethod
+    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
+        """Names of a volume's snapshots."""
+
+    @abstractmethod
+    def create_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        """Take a read-only snapshot of a volume (it may be in use by a running instance)."""
+
+    @abstractmethod
+    def delete_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        """Delete a snapshot."""
+
+    @abstractmethod
+    def rename_snapshot(self, vtype: VolumeType, name: str, old: str, new: str) -> None:
+        """Rename a snapshot."""
+
+    @abstractmethod
+    def restore_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        """Make the volume's content that of the snapshot (the instance is stopped)."""
+
+    def copy_snapshot_to_volume(
+        self, vtype: VolumeType, src: str, snapshot: str, dst: str
+    ) -> None:
+        """Create volume ``dst`` from a snapshot of ``src``. Default: copy the tree."""
+        import subprocess
+
+        dest = self.volume_path(vtype, dst)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(self.snapshot_path(vtype, src, snapshot)),
+             str(dest)],
+            check=True, capture_output=True,
+        )
+
+
+_SNAPSHOT_NAME = re.compile(r"^[^/\s]{1,63}$")
+
+
+def valid_snapshot_name(name: str) -> bool:
+    """Snapshot names: 1-63 characters, no slash and no white space (as LXD)."""
+    return bool(_SNAPSHOT_NAME.match(name)) and name not in (".", "..")

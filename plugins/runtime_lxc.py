@@ -1,0 +1,252 @@
+"""The LXC runtime: system containers through liblxc (python-lxc) and ``lxc-start``.
+
+Containers live in the lxc path ``DATA_DIR/containers/NAME/`` (``config``, ``lxc.log``,
+``console.log``); their root filesystem is the storage volume's ``rootfs/``.
+
+Starting goes through the ``lxc-start`` binary, never through ``Container.start()`` in the
+daemon: LXC's monitor is a fork of the process that starts the container, and a fork of the
+daemon would cost its whole RSS per container. The monitor of ``lxc-start`` is small and lives
+on its own, so containers keep running when the daemon stops or crashes; a restarted daemon
+finds them again through liblxc. Everything else (state, stop, freeze) goes through python-lxc,
+which talks to the monitor's command socket.
+
+Cgroups are named ``lxfs.<id>/NAME`` (payload) and ``lxfs.<id>.monitor/NAME``, where ``<id>``
+is derived from the data directory, so that several daemons never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import lxc
+
+from lxfs import hookimpl
+from lxfs.config_schema import cpu_set, memory_bytes
+from lxfs.errors import OperationFailed
+from lxfs.model import Instance
+from lxfs.runtime import Runtime
+from lxfs.server import Server, cgroup_layout
+
+log = logging.getLogger("lxfs.lxc")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNLIMITED = "-1"
+
+
+def cgroup_prefix(data_dir: Path) -> str:
+    return "lxfs." + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class LxcRuntime(Runtime):
+    type = "container"
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(server)
+        self.lxc_path = server.lxc_path
+        self.prefix = cgroup_prefix(server.data_dir)
+        self._containers: dict[str, lxc.Container] = {}
+        self._lock = threading.Lock()
+
+    def _container(self, name: str, reload: bool = False) -> lxc.Container:
+        with self._lock:
+            c = self._containers.get(name)
+            if c is None or reload:
+                c = lxc.Container(name, str(self.lxc_path))
+                self._containers[name] = c
+            return c
+
+    def _dir(self, inst: Instance) -> Path:
+        return self.lxc_path / inst.name
+
+    # --- queries --------------------------------------------------------------------------
+
+    def state(self, instance: Instance) -> str:
+        if not (self._dir(instance) / "config").exists():
+            return "STOPPED"
+        return self._container(instance.name).state
+
+    def pid(self, instance: Instance) -> int:
+        if not (self._dir(instance) / "config").exists():
+            return 0
+        return max(0, self._container(instance.name).init_pid)
+
+    def log(self, instance: Instance) -> str:
+        try:
+            return (self._dir(instance) / "lxc.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_log(self, instance: Instance) -> str:
+        try:
+            return (self._dir(instance) / "console.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # --- transitions ----------------------------------------------------------------------
+
+    def start(self, instance: Instance, rootfs: Path, config_lines: list[str]) -> None:
+        d = self._dir(instance)
+        d.mkdir(mode=0o711, exist_ok=True)
+        base = [
+            f"lxc.uts.name = {instance.name}",
+            f"lxc.rootfs.path = dir:{rootfs}",
+            f"lxc.log.file = {d / 'lxc.log'}",
+            "lxc.log.level = info",
+            f"lxc.console.logfile = {d / 'console.log'}",
+            "lxc.console.size = auto",
+            f"lxc.cgroup.dir.monitor = {self.prefix}.monitor/{instance.name}",
+            f"lxc.cgroup.dir.container = {self.prefix}/{instance.name}",
+        ]
+        write_atomic(d / "config", "\n".join(base + config_lines) + "\n")
+        (d / "lxc.log").write_text("")
+        (d / "console.log").unlink(missing_ok=True)
+        proc = subprocess.run(
+            ["lxc-start", "-P", str(self.lxc_path), "-n", instance.name],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )
+        c = self._container(instance.name, reload=True)
+        if proc.returncode != 0 or not c.running:
+            raise OperationFailed(
+                f"failed to start {instance.name}: {self._failure(instance, proc.stderr)}")
+
+    def _failure(self, instance: Instance, stderr: str) -> str:
+        errors = [line for line in self.log(instance).splitlines() if " ERROR " in line]
+        if errors:
+            return errors[-1].split(" - ", 2)[-1] + " (see the instance's log file)"
+        return stderr.strip().splitlines()[-1] if stderr.strip() else "unknown error"
+
+    def shutdown(self, instance: Instance, timeout: float) -> bool:
+        c = self._container(instance.name)
+        return bool(c.shutdown(int(timeout))) or c.state == "STOPPED"
+
+    def kill(self, instance: Instance) -> None:
+        c = self._container(instance.name)
+        if c.state == "FROZEN":
+            c.unfreeze()
+        if not c.stop() and c.state != "STOPPED":
+            raise OperationFailed(f"failed to stop {instance.name}")
+        c.wait("STOPPED", 10)
+
+    def freeze(self, instance: Instance) -> None:
+        if not self._container(instance.name).freeze():
+            raise OperationFailed(f"failed to freeze {instance.name}")
+
+    def unfreeze(self, instance: Instance) -> None:
+        if not self._container(instance.name).unfreeze():
+            raise OperationFailed(f"failed to unfreeze {instance.name}")
+
+    def after_stop(self, instance: Instance) -> None:
+        self._remove_cgroups(instance.name)
+
+    def cleanup(self, instance: Instance) -> None:
+        with self._lock:
+            self._containers.pop(instance.name, None)
+        d = self._dir(instance)
+        if d.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=False)
+        self._remove_cgroups(instance.name)
+        for parent in (self.prefix, f"{self.prefix}.monitor"):
+            for hierarchy in _hierarchies():
+                _rmdir_tree(hierarchy / parent, only_if_empty=True)
+
+    def rename(self, instance: Instance, new_name: str) -> None:
+        with self._lock:
+            self._containers.pop(instance.name, None)
+        old = self._dir(instance)
+        if old.exists():
+            os.rename(old, self.lxc_path / new_name)
+
+    def _remove_cgroups(self, name: str) -> None:
+        for hierarchy in _hierarchies():
+            for parent in (self.prefix, f"{self.prefix}.monitor"):
+                _rmdir_tree(hierarchy / parent / name)
+
+
+def _hierarchies() -> list[Path]:
+    if cgroup_layout() == "v2":
+        return [CGROUP_ROOT]
+    return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
+def _rmdir_tree(path: Path, only_if_empty: bool = False) -> None:
+    """Remove an (empty of tasks) cgroup directory and its children, deepest first."""
+    if not path.is_dir():
+        return
+    if only_if_empty and any(p.is_dir() for p in path.iterdir()):
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+# --- config contributed by this plugin --------------------------------------------------------
+
+
+def limit_lines(config: dict[str, str], layout: str) -> list[str]:
+    """cgroup limits for the layout the host has (v1 keys here, v2 on most hosts)."""
+    lines: list[str] = []
+    v2 = layout == "v2"
+    memory = config.get("limits.memory")
+    if memory:
+        n = memory_bytes(memory)
+        if v2:
+            lines.append(f"lxc.cgroup2.memory.max = {n}")
+        else:
+            lines.append(f"lxc.cgroup.memory.limit_in_bytes = {n}")
+    processes = config.get("limits.processes")
+    if processes:
+        key = "lxc.cgroup2.pids.max" if v2 else "lxc.cgroup.pids.max"
+        lines.append(f"{key} = {processes}")
+    cpu = config.get("limits.cpu")
+    if cpu:
+        key = "lxc.cgroup2.cpuset.cpus" if v2 else "lxc.cgroup.cpuset.cpus"
+        lines.append(f"{key} = {cpu_set(cpu)}")
+    return lines
+
+
+@hookimpl
+def lxfs_runtimes() -> list[type[Runtime]]:
+    return [LxcRuntime]
+
+
+@hookimpl
+def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+    config = instance.expanded_config
+    halt = config.get("image.lxfs.halt_signal") or "SIGPWR"
+    lines = [
+        "lxc.init.cmd = /sbin/init",
+        "lxc.autodev = 1",
+        "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force",
+        f"lxc.signal.halt = {halt}",
+        "lxc.tty.max = 0",
+        "lxc.pty.max = 1024",
+    ]
+    if not any(d.get("type") == "nic" for d in instance.expanded_devices.values()):
+        lines.append("lxc.net.0.type = empty")  # loopback only until a nic is attached
+    for key, value in sorted(config.items()):
+        if key.startswith("environment."):
+            lines.append(f"lxc.environment = {key[len('environment.'):]}={value}")
+    lines += limit_lines(config, cgroup_layout())
+    return lines
+
+
+@hookimpl
+def lxfs_environment() -> dict[str, str]:
+    return {"driver_version": lxc.version}

@@ -1,0 +1,214 @@
+"""The ``dir`` storage driver: volumes are plain directories.
+
+Layout under the pool's ``source``::
+
+    images/FINGERPRINT/           metadata.yaml, templates/, rootfs/ (unpacked once)
+    containers/NAME/              the instance's volume (same layout)
+    containers-snapshots/NAME/SNAP/
+    custom/NAME/, custom-snapshots/NAME/SNAP/
+
+Creating an instance copies the image volume with ``cp -a --reflink=auto``: a reflink clone
+(constant space) on filesystems that support it (btrfs, xfs), a full copy elsewhere.
+Snapshots and restores are copies too. Every copy goes to a hidden temporary name first and is
+renamed into place, so a crash never leaves a half-copied volume under a real name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from lxfs import hookimpl
+from lxfs.errors import AlreadyExists, NotFound, OperationFailed
+from lxfs.storage import PoolUsage, StorageDriver, VolumeType
+
+_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+
+
+def _run(*cmd: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OperationFailed(f"{cmd[0]} failed: {proc.stderr.strip() or proc.returncode}")
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a tree preserving everything (owners, modes, links, xattrs), reflinked when the
+    filesystem can. ``dst`` must not exist; on failure nothing is left at ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    remove_tree(tmp)
+    try:
+        _run("cp", "-a", "--reflink=auto", "--", str(src), str(tmp))
+        os.replace(tmp, dst)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        _run("rm", "-rf", "--one-file-system", "--", str(path))
+
+
+class DirDriver(StorageDriver):
+    name = "dir"
+    copy_on_write = False
+
+    @property
+    def root(self) -> Path:
+        return Path(self.pool.config["source"])
+
+    def fill_defaults(self) -> None:
+        self.pool.config.setdefault(
+            "source", str(self.data_dir / "storage-pools" / self.pool.name))
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if any(p for p in self.root.iterdir() if p.name not in _DIRS.values()
+               and not p.name.endswith("-snapshots")):
+            raise AlreadyExists(f"storage pool source {self.root} is not empty")
+        self.mount()
+
+    def delete(self) -> None:
+        for sub in list(_DIRS.values()) + ["containers-snapshots", "custom-snapshots"]:
+            remove_tree(self.root / sub)
+        if self.root.is_relative_to(self.data_dir):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def mount(self) -> None:
+        if not self.root.is_dir():
+            raise NotFound(f"storage pool {self.pool.name}: source {self.root} is missing")
+        os.chmod(self.root, 0o711)
+        for sub in list(_DIRS.values()) + ["containers-snapshots", "custom-snapshots"]:
+            (self.root / sub).mkdir(mode=0o711, exist_ok=True)
+
+    def unmount(self) -> None:
+        pass
+
+    def usage(self) -> PoolUsage:
+        st = os.statvfs(self.root)
+        return PoolUsage(
+            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+            total_bytes=st.f_blocks * st.f_frsize,
+            used_inodes=st.f_files - st.f_ffree,
+            total_inodes=st.f_files,
+        )
+
+    # --- volumes ------------------------------------------------------------------------
+
+    def volume_path(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / _DIRS[vtype] / name
+
+    def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / f"{_DIRS[vtype]}-snapshots" / name
+
+    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
+        return self.volume_path(vtype, name).is_dir()
+
+    def list_volumes(self, vtype: VolumeType) -> list[str]:
+        base = self.root / _DIRS[vtype]
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def create_image_volume(self, fingerprint: str, unpack: Callable[[Path], None]) -> None:
+        dest = self.volume_path("image", fingerprint)
+        tmp = dest.with_name(f".{fingerprint}.tmp")
+        remove_tree(tmp)
+        try:
+            unpack(tmp)
+            os.chmod(tmp, 0o711)
+            os.replace(tmp, dest)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+    def create_volume_from_image(self, vtype: VolumeType, name: str, fingerprint: str) -> None:
+        src = self.volume_path("image", fingerprint)
+        if not src.is_dir():
+            raise NotFound(f"image volume {fingerprint[:12]} is not in pool {self.pool.name}")
+        dst = self.volume_path(vtype, name)
+        if dst.exists():
+            raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        copy_tree(src, dst)
+
+    def create_volume(self, vtype: VolumeType, name: str) -> None:
+        path = self.volume_path(vtype, name)
+        if path.exists():
+            raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        path.mkdir(mode=0o711)
+
+    def copy_volume(self, vtype: VolumeType, src: str, dst: str, snapshots: bool) -> None:
+        copy_tree(self.volume_path(vtype, src), self.volume_path(vtype, dst))
+        if snapshots:
+            try:
+                for snap in self.list_snapshots(vtype, src):
+                    target = self._snapshots_dir(vtype, dst) / snap
+                    target.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                    copy_tree(self.snapshot_path(vtype, src, snap), target)
+            except BaseException:
+                self.delete_volume(vtype, dst)
+                raise
+
+    def delete_volume(self, vtype: VolumeType, name: str) -> None:
+        remove_tree(self._snapshots_dir(vtype, name))
+        remove_tree(self.volume_path(vtype, name))
+
+    def rename_volume(self, vtype: VolumeType, old: str, new: str) -> None:
+        if self.volume_path(vtype, new).exists():
+            raise AlreadyExists(f"volume {new} already exists in pool {self.pool.name}")
+        os.rename(self.volume_path(vtype, old), self.volume_path(vtype, new))
+        if self._snapshots_dir(vtype, old).exists():
+            os.rename(self._snapshots_dir(vtype, old), self._snapshots_dir(vtype, new))
+
+    def volume_usage(self, vtype: VolumeType, name: str) -> int:
+        out = subprocess.run(["du", "-sb", "--", str(self.volume_path(vtype, name))],
+                             capture_output=True, text=True)
+        return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
+        return self._snapshots_dir(vtype, name) / snapshot
+
+    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
+        base = self._snapshots_dir(vtype, name)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def create_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        target = self.snapshot_path(vtype, name, snapshot)
+        if target.exists():
+            raise AlreadyExists(f"snapshot {name}/{snapshot} already exists")
+        target.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        copy_tree(self.volume_path(vtype, name), target)
+
+    def delete_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        remove_tree(self.snapshot_path(vtype, name, snapshot))
+
+    def rename_snapshot(self, vtype: VolumeType, name: str, old: str, new: str) -> None:
+        os.rename(self.snapshot_path(vtype, name, old), self.snapshot_path(vtype, name, new))
+
+    def restore_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        src = self.snapshot_path(vtype, name, snapshot)
+        if not src.is_dir():
+            raise NotFound(f"snapshot {name}/{snapshot} not found in pool {self.pool.name}")
+        current = self.volume_path(vtype, name)
+        fresh = current.with_name(f".{name}.restore")
+        old = current.with_name(f".{name}.old")
+        remove_tree(fresh)
+        copy_tree(src, fresh)
+        remove_tree(old)
+        os.rename(current, old)
+        os.rename(fresh, current)
+        remove_tree(old)
+
+
+@hookimpl
+def lxfs_storage_drivers() -> list[type[StorageDriver]]:
+    return [DirDriver]

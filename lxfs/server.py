@@ -210,7 +210,7 @@ class Server:
             log.error("autostart of %s failed: %s", name, exc)
 
     async def close(self) -> None:
-        await in_thread(self.hook.lxfs_shutdown, server=self)
+        await in_thread(lambda: self.hook.lxfs_shutdown(server=self))
         self.db.close()
 
     # --- helpers --------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class Server:
                                 image.fingerprint)
                 volume = pool.volume_path("container", name)
                 await in_thread(images.render_templates, volume, "create",
-                                {"name": name, "config": dict(inst.expanded_config)})
+                                self._template_context(inst))
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await in_thread(pool.delete_volume, "container", name)
@@ -457,7 +457,7 @@ class Server:
             lines = await in_thread(self._lxc_lines, inst)
             await in_thread(lambda: self.hook.lxfs_instance_pre_start(server=self, instance=inst))
             await in_thread(images.render_templates, rootfs.parent, "start",
-                            {"name": name, "config": dict(inst.expanded_config)})
+                            self._template_context(inst))
             await in_thread(self.runtime.start, inst, rootfs, lines)
         finally:
             self.transient.pop(name, None)
@@ -467,6 +467,13 @@ class Server:
         self._watch(name, pid)
         await in_thread(lambda: self.hook.lxfs_instance_post_start(server=self, instance=inst))
         self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
+
+    @staticmethod
+    def _template_context(inst: Instance) -> images.TemplateContext:
+        return {"name": inst.name, "architecture": inst.architecture,
+                "privileged": is_true(inst.expanded_config.get("security.privileged")),
+                "ephemeral": inst.ephemeral, "config": dict(inst.expanded_config),
+                "devices": {k: dict(v) for k, v in inst.expanded_devices.items()}}
 
     def _lxc_lines(self, inst: Instance) -> list[str]:
         lines: list[str] = []

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Install everything lxfs needs on a Debian 12 host, idempotently:
+#   - Debian packages (apt-get update is skipped when all are already installed),
+#   - a subordinate uid/gid range for root in /etc/subuid and /etc/subgid,
+#   - a virtualenv at $REPO/.venv with lxfs installed editable ('.[test]'),
+#   - /usr/local/bin/lxfs and /usr/local/bin/lxfsd pointing into that venv.
+# Run as root, from anywhere: `sudo bash contrib/install-deps.sh`.
+#
+# Environment:
+#   LXFS_PYTHON=/path/to/python3   interpreter for a new venv (default: python3 on PATH if it is
+#                                  3.11 or newer, else /usr/bin/python3)
+#   LXFS_FORCE_PIP=1               run `pip install -e '.[test]'` even if nothing changed
+#   LXFS_SKIP_LINKS=1              leave /usr/local/bin alone (e.g. for a second checkout)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+STAMP="$VENV/.lxfs-deps-stamp"
+
+# Debian packages. Keep in sync with README.md ("Quick start").
+PACKAGES=(
+    lxc lxc-dev uidmap busybox-static debootstrap dnsmasq-base
+    fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev
+    btrfs-progs libbtrfsutil-dev squashfs-tools
+    nftables python3-nftables iputils-ping iproute2
+    xz-utils zstd tar gzip bzip2 git ca-certificates util-linux procps
+)
+# A kernel with AppArmor enabled needs the parser for LXC's profiles.
+if [[ -d /sys/kernel/security/apparmor ]]; then
+    PACKAGES+=(apparmor)
+fi
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "must run as root (try: sudo bash $0)"
+
+# Serialise concurrent runs (apt, the venv and /usr/local/bin are shared).
+LOCKFILE=/run/lock/lxfs-install-deps.lock
+[[ -d /run/lock ]] || LOCKFILE=/tmp/lxfs-install-deps.lock
+exec {lock_fd}>"$LOCKFILE"
+if ! flock -w 600 "$lock_fd"; then
+    die "another install-deps.sh holds $LOCKFILE for more than 10 minutes"
+fi
+
+# --- Debian packages -------------------------------------------------------------------------
+missing_packages() {
+    local p status
+    for p in "${PACKAGES[@]}"; do
+        status="$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
+        [[ $status == ii* ]] || printf '%s\n' "$p"
+    done
+}
+
+mapfile -t missing < <(missing_packages)
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt_opts=(-q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef
+              -o Dpkg::Options::=--force-confold)
+    apt-get "${apt_opts[@]}" update >/dev/null
+    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
+    mapfile -t still_missing < <(missing_packages)
+    ((${#still_missing[@]} == 0)) || die "packages not installed: ${still_missing[*]}"
+else
+    log "Debian packages: all present"
+fi
+
+# --- subordinate ids for root (LXD's default range) ------------------------------------------
+for f in /etc/subuid /etc/subgid; do
+    [[ -e $f ]] || install -m 0644 /dev/null "$f"
+    if ! grep -qE '^(root|0):' "$f"; then
+        # Make sure the last line is terminated before appending.
+        if [[ -s $f && -n "$(tail -c 1 "$f")" ]]; then
+            printf '\n' >>"$f"
+        fi
+        printf 'root:1000000:1000000000\n' >>"$f"
+        log "added root:1000000:1000000000 to $f"
+    fi
+done
+
+# --- FUSE ------------------------------------------------------------------------------------
+if [[ ! -c /dev/fuse ]]; then
+    log "warning: /dev/fuse is missing: lxfsd cannot mount (is the fuse module available?)"
+fi
+
+# --- Python virtualenv -----------------------------------------------------------------------
+python_ok() { # python_ok PYTHON: true if it runs and is >= 3.11
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null
+}
+
+pick_python() {
+    local candidate
+    for candidate in "${LXFS_PYTHON:-}" python3 /usr/bin/python3; do
+        [[ -n $candidate ]] || continue
+        if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+            # Resolve shims (pyenv) to the real interpreter.
+            "$candidate" -c 'import sys; print(sys.executable)'
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [[ -x $VENV/bin/python ]] && python_ok "$VENV/bin/python"; then
+    log "reusing virtualenv $VENV"
+else
+    if [[ -e $VENV ]]; then
+        log "virtualenv $VENV is broken (its python does not run): recreating it"
+        rm -rf "$VENV"
+    fi
+    PY="$(pick_python)" || die "no Python 3.11+ found (install python3, or set LXFS_PYTHON)"
+    log "creating virtualenv $VENV with $PY ($("$PY" --version 2>&1))"
+    "$PY" -m venv "$VENV" || die "'$PY -m venv' failed (on Debian: apt-get install python3-venv)"
+fi
+
+VPY="$VENV/bin/python"
+want_stamp="$( { sha256sum "$REPO/pyproject.toml"; "$VPY" -c 'import sys; print(sys.version)'; } \
+    | sha256sum | cut -d' ' -f1)"
+
+deps_ok() {
+    [[ -f $STAMP && "$(cat "$STAMP")" == "$want_stamp" ]] || return 1
+    [[ -x $VENV/bin/lxfs && -x $VENV/bin/lxfsd && -x $VENV/bin/ruff ]] || return 1
+    # The editable install must still point at this checkout.
+    # -I: do not put the current directory on sys.path (it may hold another checkout).
+    (cd / && "$VPY" -I - "$REPO") <<'EOF' 2>/dev/null
+import importlib.util, pathlib, sys
+import cryptography, lxc, pluggy, pyfuse3, pyroute2, pytest, pytest_trio, trio, yaml  # noqa
+spec = importlib.util.find_spec("lxfs")
+repo = pathlib.Path(sys.argv[1]).resolve()
+sys.exit(0 if spec and spec.origin and pathlib.Path(spec.origin).resolve().is_relative_to(repo)
+         else 1)
+EOF
+}
+
+if [[ ${LXFS_FORCE_PIP:-0} != 1 ]] && deps_ok; then
+    log "Python packages: up to date"
+else
+    log "pip install -e '.[test]' into $VENV"
+    rm -f "$STAMP"
+    piplog="$VENV/.lxfs-pip-install.log"
+    if ! (
+        cd "$REPO"
+        PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+            "$VPY" -m pip install -e '.[test]'
+    ) >"$piplog" 2>&1; then
+        tail -n 60 "$piplog" >&2
+        die "pip install -e '.[test]' failed (full output: $piplog)"
+    fi
+    printf '%s\n' "$want_stamp" >"$STAMP"
+    if ! deps_ok; then
+        rm -f "$STAMP"
+        die "pip install finished but the venv is still incomplete"
+    fi
+fi
+
+# --- commands on PATH ------------------------------------------------------------------------
+for cmd in lxfs lxfsd; do
+    [[ ${LXFS_SKIP_LINKS:-0} != 1 ]] || break
+    target="$VENV/bin/$cmd"
+    link="/usr/local/bin/$cmd"
+    if [[ "$(readlink "$link" 2>/dev/null || true)" != "$target" ]]; then
+        ln -sfn "$target" "$link"
+        log "linked $link -> $target"
+    fi
+done
+
+log "done"

@@ -299,6 +299,7 @@ class InstanceDir(Dir):
             "state": lambda: File(srv, lambda: srv.state(name),
                                   lambda v: srv.change_state(name, v), scope=name,
                                   dynamic=True, accumulate=False),
+            "status": lambda: File(srv, lambda: _status(srv.state(name)), dynamic=True),
             "error": lambda: File(srv, lambda: srv.errors.get(name, ""), dynamic=True),
             "pid": lambda: File(srv, lambda: _str(srv.pid(name)), dynamic=True),
             "created_at": lambda: File(srv, lambda: rfc3339(inst.created_at)),
@@ -335,6 +336,11 @@ class InstanceDir(Dir):
     async def child(self, name: str) -> Node | None:
         make = self._children().get(name)
         return make() if make else None
+
+
+async def _status(state: Awaitable[str]) -> str:
+    """LXD's status word (``Running``, ``Stopped``...) for a state."""
+    return (await state).capitalize()
 
 
 async def _str(value: Awaitable[object]) -> str:

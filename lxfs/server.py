@@ -396,13 +396,8 @@ class Server:
 
     async def change_state(self, name: str, action: str) -> None:
         """Run a state action; return when the transition is complete."""
-        action = action.strip().lower()
-        force = False
-        if action in ("stop --force", "stop -f", "force-stop"):
-            action, force = "kill", True
-        if action not in ACTIONS:
-            raise InvalidArgument(
-                f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+        action = _normalise_action(action)
+        force = action == "kill"
         inst = self.instance(name)
         stopped_pid = 0
         async with self._locks[name]:
@@ -410,18 +405,13 @@ class Server:
                 raise NotFound(f"instance {name} has no root filesystem yet: write an image "
                                "alias or fingerprint to its source file first", errno.ENOENT)
             state = await in_thread(self.runtime.state, inst)
+            _check_transition(name, action, state)
             if action == "start":
-                if state != "STOPPED":
-                    raise Busy(f"instance {name} is already {state.lower()}")
                 await self._start(inst)
             elif action in ("stop", "kill"):
-                if state == "STOPPED":
-                    raise Busy(f"instance {name} is already stopped")
                 stopped_pid = self._running_pids.get(name, 0)
                 await self._stop(inst, force=force or action == "kill")
             elif action == "restart":
-                if state == "STOPPED":
-                    raise Busy(f"instance {name} is not running")
                 self._restarting.add(name)
                 try:
                     old = self._running_pids.pop(name, 0)
@@ -432,8 +422,6 @@ class Server:
                     self._restarting.discard(name)
                 self.events.lifecycle("instance-restarted", f"/1.0/instances/{name}")
             elif action == "freeze":
-                if state != "RUNNING":
-                    raise Busy(f"instance {name} is {state.lower()}, not running")
                 self.transient[name] = "FREEZING"
                 try:
                     await in_thread(self.runtime.freeze, inst)
@@ -441,8 +429,6 @@ class Server:
                     self.transient.pop(name, None)
                 self.events.lifecycle("instance-paused", f"/1.0/instances/{name}")
             elif action == "unfreeze":
-                if state != "FROZEN":
-                    raise Busy(f"instance {name} is {state.lower()}, not frozen")
                 await in_thread(self.runtime.unfreeze, inst)
                 self.events.lifecycle("instance-resumed", f"/1.0/instances/{name}")
         if action in ("stop", "kill"):
@@ -943,6 +929,29 @@ class Server:
 
     async def create_pool(self, name: str, driver: str, config: dict[str, str]) -> None:
         raise NotSupported("creating storage pools comes with the storage plugins")
+
+
+def _normalise_action(action: str) -> str:
+    action = action.strip().lower()
+    if action in ("stop --force", "stop -f", "force-stop"):
+        return "kill"
+    if action not in ACTIONS:
+        raise InvalidArgument(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    return action
+
+
+def _check_transition(name: str, action: str, state: str) -> None:
+    """EBUSY with a reason when ``action`` makes no sense in ``state``."""
+    if action == "start" and state != "STOPPED":
+        raise Busy(f"instance {name} is already {state.lower()}")
+    if action in ("stop", "kill") and state == "STOPPED":
+        raise Busy(f"instance {name} is already stopped")
+    if action == "restart" and state == "STOPPED":
+        raise Busy(f"instance {name} is not running")
+    if action == "freeze" and state != "RUNNING":
+        raise Busy(f"instance {name} is {state.lower()}, not running")
+    if action == "unfreeze" and state != "FROZEN":
+        raise Busy(f"instance {name} is {state.lower()}, not frozen")
 
 
 def _mkstemp(directory: Path) -> tuple[int, str]:

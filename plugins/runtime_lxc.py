@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import select
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import lxc
@@ -126,9 +129,30 @@ class LxcRuntime(Runtime):
             return errors[-1].split(" - ", 2)[-1] + " (see the instance's log file)"
         return stderr.strip().splitlines()[-1] if stderr.strip() else "unknown error"
 
+    # python-lxc's shutdown() and wait() keep the GIL while they wait, which would freeze the
+    # whole daemon: signal init ourselves and wait on a pidfd instead.
+
     def shutdown(self, instance: Instance, timeout: float) -> bool:
         c = self._container(instance.name)
-        return bool(c.shutdown(int(timeout))) or c.state == "STOPPED"
+        pid = c.init_pid
+        if pid <= 0:
+            return True
+        if c.state == "FROZEN":
+            c.unfreeze()
+        halt = c.get_config_item("lxc.signal.halt") or "SIGPWR"
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._wait_stopped(c, 5)
+        try:
+            signal.pidfd_send_signal(fd, _signal_number(halt))
+            if not select.select([fd], [], [], timeout)[0]:
+                return False
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(fd)
+        return self._wait_stopped(c, 5)
 
     def kill(self, instance: Instance) -> None:
         c = self._container(instance.name)
@@ -136,7 +160,17 @@ class LxcRuntime(Runtime):
             c.unfreeze()
         if not c.stop() and c.state != "STOPPED":
             raise OperationFailed(f"failed to stop {instance.name}")
-        c.wait("STOPPED", 10)
+        self._wait_stopped(c, 10)
+
+    @staticmethod
+    def _wait_stopped(c: lxc.Container, timeout: float) -> bool:
+        """Wait (without holding the GIL) until the monitor reports STOPPED."""
+        deadline = time.monotonic() + timeout
+        while c.state != "STOPPED":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def freeze(self, instance: Instance) -> None:
         if not self._container(instance.name).freeze():
@@ -171,6 +205,18 @@ class LxcRuntime(Runtime):
         for hierarchy in _hierarchies():
             for parent in (self.prefix, f"{self.prefix}.monitor"):
                 _rmdir_tree(hierarchy / parent / name)
+
+
+def _signal_number(name: str) -> int:
+    """``SIGPWR``, ``PWR``, ``30`` or ``SIGRTMIN+3`` → the signal number."""
+    name = name.strip().upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if name.startswith("SIGRTMIN+"):
+        return signal.SIGRTMIN + int(name[len("SIGRTMIN+"):])
+    return int(getattr(signal, name))
 
 
 def _hierarchies() -> list[Path]:

@@ -325,9 +325,14 @@ def test_events_stream(daemon_with_busybox):
 
 def test_long_operation_does_not_block_other_files(daemon_with_busybox):
     d = daemon_with_busybox
-    launch_by_hand(d, "slow")
+    os.mkdir(d.path("instances", "slow"))
+    # an init that ignores the halt signal: the graceful stop waits for its timeout (2 s)
+    d.write("instances", "slow", "config", "raw.lxc", "lxc.signal.halt = SIGURG")
+    d.write("instances", "slow", "config", "boot.host_shutdown_timeout", "2")
+    d.write("instances", "slow", "source", "busybox")
+    d.write("instances", "slow", "state", "start")
     launch_by_hand(d, "other")
-    # busybox init needs a moment for a graceful stop: reads elsewhere go on meanwhile
+    # reads elsewhere go on while that stop runs
     stopper = threading.Thread(target=d.write, args=("instances", "slow", "state", "stop"))
     stopper.start()
     for _ in range(100):

@@ -1,0 +1,5 @@
+"""``python -m lxfs.cli``."""
+
+from lxfs.cli import main
+
+main()

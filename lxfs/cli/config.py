@@ -1,0 +1,361 @@
+"""``config`` (server and instance keys, devices) and basic ``profile`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lxfs.cli.instances import parse_pairs
+from lxfs.cli.mount import (
+    CLIError,
+    Mount,
+    list_dirs,
+    parse_bool,
+    read_devices,
+    read_dir_values,
+    read_lines,
+    read_opt,
+)
+from lxfs.cli.output import FORMATS, emit, natural_key, render_yaml
+
+
+def _key_path(base: Path, key: str) -> Path:
+    if not key or "/" in key or key in (".", ".."):
+        raise CLIError(f"Invalid config key: {key!r}")
+    return base / key
+
+
+def _targets(mount: Mount, instance: str | None) -> tuple[Path, Path | None]:
+    """``(config dir, error scope)`` of an instance, or of the server when ``instance`` is
+    None."""
+    if instance is None:
+        return mount.root / "config", None
+    inst = mount.instance(instance)
+    return inst / "config", inst
+
+
+def set_key(mount: Mount, instance: str | None, key: str, value: str) -> None:
+    """Set (or, for an empty value, unset) one config key."""
+    base, scope = _targets(mount, instance)
+    path = _key_path(base, key)
+    if value == "":
+        unset_key(mount, instance, key)
+        return
+    mount.write(path, value, scope, messages={
+        errno.EINVAL: f"Invalid config: unknown key or bad value for {key!r}",
+        errno.EACCES: f"Config key {key!r} is read-only",
+        errno.EPERM: f"Config key {key!r} is read-only",
+    })
+
+
+def unset_key(mount: Mount, instance: str | None, key: str) -> None:
+    """Remove one config key (not being set is fine)."""
+    base, scope = _targets(mount, instance)
+    path = _key_path(base, key)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CLIError(mount.error_message(exc, scope, f"Cannot unset {key!r}")) from exc
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    """``lxfs config get [NAME] KEY``."""
+    mount = Mount()
+    if len(args.args) == 1:
+        instance, key = None, args.args[0]
+    elif len(args.args) == 2:
+        instance, key = args.args
+    else:
+        raise CLIError("Usage: lxfs config get [NAME] KEY")
+    base, scope = _targets(mount, instance)
+    path = _key_path(base, key)
+    try:
+        value = mount.do(lambda: read_opt(path), scope)
+    except CLIError:
+        raise
+    sys.stdout.write(value + "\n")
+    return 0
+
+
+def parse_set_args(mount: Mount, args: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """Split ``config set`` arguments like lxc does: ``KEY VALUE`` / ``KEY=VALUE...`` for the
+    server, ``NAME KEY VALUE`` / ``NAME KEY=VALUE...`` for an instance."""
+    if not args:
+        raise CLIError("Usage: lxfs config set [NAME] KEY VALUE | [NAME] KEY=VALUE...")
+    if "=" in args[0]:
+        return None, parse_pairs(args)
+    if len(args) == 1:
+        raise CLIError("Usage: lxfs config set [NAME] KEY VALUE | [NAME] KEY=VALUE...")
+    if len(args) == 2:
+        if "=" not in args[1]:
+            return None, [(args[0], args[1])]
+        # ``NAME KEY=VALUE`` unless NAME is no instance and looks like a key with a value
+        if not (mount.instances / args[0]).is_dir() and "." in args[0]:
+            return None, [(args[0], args[1])]
+        return args[0], parse_pairs(args[1:])
+    if len(args) == 3 and "=" not in args[1]:
+        return args[0], [(args[1], args[2])]
+    return args[0], parse_pairs(args[1:])
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """``lxfs config set [NAME] KEY VALUE`` or ``[NAME] KEY=VALUE...``."""
+    mount = Mount()
+    instance, pairs = parse_set_args(mount, args.args)
+    if instance is not None:
+        mount.instance(instance)
+    for key, value in pairs:
+        set_key(mount, instance, key, value)
+    return 0
+
+
+def cmd_unset(args: argparse.Namespace) -> int:
+    """``lxfs config unset [NAME] KEY``."""
+    mount = Mount()
+    if len(args.args) == 1:
+        unset_key(mount, None, args.args[0])
+    elif len(args.args) == 2:
+        mount.instance(args.args[0])
+        unset_key(mount, args.args[0], args.args[1])
+    else:
+        raise CLIError("Usage: lxfs config unset [NAME] KEY")
+    return 0
+
+
+def instance_config(inst: Path, expanded: bool) -> dict[str, Any]:
+    """The YAML document of ``lxc config show`` for one instance."""
+    base = inst / "expanded" if expanded else inst
+    return {
+        "architecture": read_opt(inst / "architecture"),
+        "config": read_dir_values(base / "config"),
+        "devices": read_devices(base / "devices"),
+        "ephemeral": parse_bool(read_opt(inst / "ephemeral", "false")),
+        "profiles": read_lines(inst / "profiles"),
+        "stateful": False,
+        "description": read_opt(inst / "description"),
+    }
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``lxfs config show [NAME] [--expanded]``."""
+    mount = Mount()
+    if args.name is None:
+        data: dict[str, Any] = {"config": read_dir_values(mount.root / "config")}
+    else:
+        data = instance_config(mount.instance(args.name), args.expanded)
+    sys.stdout.write(render_yaml(data))
+    return 0
+
+
+# -- devices -----------------------------------------------------------------------------------
+def _device_dir(inst: Path, dev: str) -> Path:
+    if not dev or "/" in dev or dev in (".", ".."):
+        raise CLIError(f"Invalid device name: {dev!r}")
+    return inst / "devices" / dev
+
+
+def add_device(mount: Mount, inst: Path, dev: str, kind: str, pairs: list[tuple[str, str]]
+               ) -> None:
+    """mkdir ``devices/DEV``, write ``type`` first, then the other keys (rolled back on
+    failure)."""
+    ddir = _device_dir(inst, dev)
+    if ddir.exists():
+        raise CLIError("The device already exists")
+    mount.do(lambda: os.mkdir(ddir), inst, messages={errno.EEXIST: "The device already exists"})
+    try:
+        mount.write(ddir / "type", kind, inst,
+                    messages={errno.EINVAL: f"Invalid device type: {kind!r}"})
+        for key, value in pairs:
+            if key == "type":
+                continue
+            if "/" in key or key in ("", ".", ".."):
+                raise CLIError(f"Invalid device key: {key!r}")
+            mount.write(ddir / key, value, inst,
+                        messages={errno.EINVAL: f"Invalid device option {key}={value}"})
+    except BaseException:
+        _remove_tree(ddir)
+        raise
+
+
+def _remove_tree(ddir: Path) -> None:
+    try:
+        os.rmdir(ddir)
+        return
+    except OSError:
+        pass
+    try:
+        for entry in os.scandir(ddir):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+        os.rmdir(ddir)
+    except OSError:
+        pass
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    """``lxfs config device add|remove|list|show|get|set|unset NAME ...``."""
+    mount = Mount()
+    inst = mount.instance(args.name)
+    action = args.device_action
+    if action == "add":
+        add_device(mount, inst, args.device, args.type, parse_pairs(args.options))
+        print(f"Device {args.device} added to {args.name}")
+    elif action == "remove":
+        for dev in args.devices:
+            ddir = _device_dir(inst, dev)
+            if not ddir.is_dir():
+                if (inst / "expanded" / "devices" / dev).is_dir():
+                    raise CLIError("Device from profile(s) cannot be removed from individual "
+                                   "instance. Override device or modify profile instead")
+                raise CLIError(f"Device doesn't exist: {dev}")
+            mount.do(lambda d=ddir: os.rmdir(d), inst)
+            print(f"Device {dev} removed from {args.name}")
+    elif action == "list":
+        for dev in sorted(list_dirs(inst / "devices"), key=natural_key):
+            print(dev)
+    elif action == "show":
+        sys.stdout.write(render_yaml(read_devices(inst / "devices")))
+    elif action == "get":
+        ddir = _device_dir(inst, args.device)
+        if not ddir.is_dir():
+            ddir = inst / "expanded" / "devices" / args.device
+            if not ddir.is_dir():
+                raise CLIError(f"Device doesn't exist: {args.device}")
+        print(read_opt(_key_path(ddir, args.key)))
+    elif action == "set":
+        ddir = _device_dir(inst, args.device)
+        pairs = (parse_pairs(args.values) if "=" in args.values[0] or len(args.values) != 2
+                 else [(args.values[0], args.values[1])])
+        if not ddir.is_dir():
+            inherited = read_devices(inst / "expanded" / "devices").get(args.device)
+            if inherited is None:
+                raise CLIError(f"Device doesn't exist: {args.device}")
+            options = [(k, v) for k, v in inherited.items() if k != "type"]
+            add_device(mount, inst, args.device, inherited.get("type", ""), options)
+        for key, value in pairs:
+            path = _key_path(ddir, key)
+            if value == "":
+                mount.do(lambda p=path: os.unlink(p) if p.exists() else None, inst)
+            else:
+                mount.write(path, value, inst,
+                            messages={errno.EINVAL: f"Invalid device option {key}={value}"})
+    elif action == "unset":
+        ddir = _device_dir(inst, args.device)
+        if not ddir.is_dir():
+            raise CLIError(f"Device doesn't exist: {args.device}")
+        path = _key_path(ddir, args.key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CLIError(mount.error_message(exc, inst)) from exc
+    return 0
+
+
+# -- profiles ----------------------------------------------------------------------------------
+def cmd_profile_list(args: argparse.Namespace) -> int:
+    """``lxfs profile list``."""
+    mount = Mount()
+    rows, data = [], []
+    for name in sorted(list_dirs(mount.profiles), key=natural_key):
+        pdir = mount.profiles / name
+        used_by = read_lines(pdir / "used_by")
+        description = read_opt(pdir / "description")
+        rows.append([name, description, str(len(used_by))])
+        if args.format in ("json", "yaml"):
+            data.append(profile_object(pdir))
+    emit(args.format, ["NAME", "DESCRIPTION", "USED BY"], rows, data)
+    return 0
+
+
+def profile_object(pdir: Path) -> dict[str, Any]:
+    """A profile shaped like LXD's ``/1.0/profiles/NAME``."""
+    return {
+        "config": read_dir_values(pdir / "config"),
+        "description": read_opt(pdir / "description"),
+        "devices": read_devices(pdir / "devices"),
+        "name": pdir.name,
+        "used_by": [f"/1.0/instances/{n}" for n in read_lines(pdir / "used_by")],
+    }
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    """``lxfs profile show NAME``."""
+    mount = Mount()
+    sys.stdout.write(render_yaml(profile_object(mount.profile(args.name))))
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``config`` and ``profile``."""
+    config = sub.add_parser("config", help="Manage instance and server configuration")
+    csub = config.add_subparsers(dest="config_command", metavar="COMMAND")
+    csub.required = True
+
+    p = csub.add_parser("get", help="Get a config key: [NAME] KEY")
+    p.add_argument("args", metavar="[NAME] KEY", nargs="+")
+    p.set_defaults(func=cmd_get)
+
+    p = csub.add_parser("set", help="Set config keys: [NAME] KEY VALUE | [NAME] KEY=VALUE...")
+    p.add_argument("args", metavar="ARG", nargs="+")
+    p.set_defaults(func=cmd_set)
+
+    p = csub.add_parser("unset", help="Unset a config key: [NAME] KEY")
+    p.add_argument("args", metavar="[NAME] KEY", nargs="+")
+    p.set_defaults(func=cmd_unset)
+
+    p = csub.add_parser("show", help="Show instance or server configuration")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("-e", "--expanded", action="store_true", help="show the expanded config")
+    p.set_defaults(func=cmd_show)
+
+    device = csub.add_parser("device", help="Manage instance devices")
+    dsub = device.add_subparsers(dest="device_action", metavar="COMMAND")
+    dsub.required = True
+    p = dsub.add_parser("add", help="Add a device: NAME DEVICE TYPE [KEY=VALUE...]")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("type", metavar="TYPE")
+    p.add_argument("options", metavar="KEY=VALUE", nargs="*")
+    p = dsub.add_parser("remove", aliases=["rm"], help="Remove devices: NAME DEVICE...")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("devices", metavar="DEVICE", nargs="+")
+    p.set_defaults(device_action="remove")
+    p = dsub.add_parser("list", aliases=["ls"], help="List an instance's devices")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(device_action="list")
+    p = dsub.add_parser("show", help="Show an instance's devices")
+    p.add_argument("name", metavar="NAME")
+    p = dsub.add_parser("get", help="Get a device option: NAME DEVICE KEY")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("key", metavar="KEY")
+    p = dsub.add_parser("set", help="Set device options: NAME DEVICE KEY VALUE | KEY=VALUE...")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("values", metavar="ARG", nargs="+")
+    p = dsub.add_parser("unset", help="Unset a device option: NAME DEVICE KEY")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("key", metavar="KEY")
+    device.set_defaults(func=cmd_device)
+
+    profile = sub.add_parser("profile", help="Manage profiles")
+    psub = profile.add_subparsers(dest="profile_command", metavar="COMMAND")
+    psub.required = True
+    p = psub.add_parser("list", aliases=["ls"], help="List profiles")
+    p.add_argument("-f", "--format", choices=FORMATS, default="table")
+    p.set_defaults(func=cmd_profile_list)
+    p = psub.add_parser("show", help="Show a profile")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_profile_show)

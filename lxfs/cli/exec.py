@@ -1,0 +1,450 @@
+"""``lxfs exec``: run a command in a running instance through python-lxc (not the mount).
+
+The command runs in a child of this process that LXC attached to the container. Without a
+terminal it gets this process's own stdin/stdout/stderr (data streams natively, nothing is
+copied). With a terminal it gets a new pty, relayed here in raw mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import tty
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxfs.cli.mount import CLIError, Mount, read_opt, read_text
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2)
+VALUE_OPTIONS = ("--env", "--cwd", "--user", "--group")
+
+
+@dataclass
+class ChildSpec:
+    """What the attached child needs; prepared before attaching (the child imports nothing)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    explicit_cwd: bool
+    uid: int
+    use_pty: bool
+    max_fd: int = field(default_factory=lambda: os.sysconf("SC_OPEN_MAX"))
+
+
+def _passwd_entry(uid: int) -> tuple[str, str] | None:
+    """``(name, home)`` of ``uid`` in the container's /etc/passwd (read from inside)."""
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[0], fields[5]
+    except OSError:
+        return None
+    return None
+
+
+def attached_child(spec: ChildSpec) -> int:
+    """Runs inside the container (after LXC's fork and setns): set up and exec the command.
+
+    Returns only on failure; the returned number is the exit status.
+    """
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED_SIGNALS, signal.SIGCHLD,
+                    signal.SIGWINCH):
+            signal.signal(sig, signal.SIG_DFL)
+        if spec.use_pty:
+            try:
+                os.setsid()
+            except OSError:
+                pass
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        env = dict(spec.env)
+        if spec.uid > 0 and ("HOME" not in env or "USER" not in env):
+            entry = _passwd_entry(spec.uid)
+            if entry is not None:
+                env.setdefault("USER", entry[0])
+                env.setdefault("HOME", entry[1])
+        cwd = spec.cwd or env.get("HOME") or "/"
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            if spec.explicit_cwd:
+                os.write(2, f"Error: cannot change directory to {cwd}: {exc.strerror}\n"
+                         .encode())
+                return 1
+            os.chdir("/")
+        os.closerange(3, spec.max_fd)
+        os.execvpe(spec.argv[0], spec.argv, env)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            os.write(2, f"Error: command not found: {spec.argv[0]}\n".encode())
+            return 127
+        os.write(2, f"Error: cannot run {spec.argv[0]}: {exc.strerror}\n".encode())
+        return 126
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape into LXC's child
+        os.write(2, f"Error: {exc}\n".encode())
+        return 126
+    return 126  # pragma: no cover - execvpe does not return
+
+
+def exit_code(status: int) -> int:
+    """Exit status for a raw wait status (a signal gives 128+signal, like a shell)."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def build_env(mount: Mount, name: str, uid: int, use_pty: bool, extra: list[str]
+              ) -> dict[str, str]:
+    """LXD's defaults, then the instance's ``environment.*`` keys, then ``--env``."""
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+    if uid == 0:
+        env["HOME"] = "/root"
+        env["USER"] = "root"
+    term = os.environ.get("TERM")
+    if term:
+        env["TERM"] = term
+    elif use_pty:
+        env["TERM"] = "xterm"
+    config = mount.instances / name / "expanded" / "config"
+    try:
+        keys = sorted(k for k in os.listdir(config) if k.startswith("environment."))
+    except OSError:
+        keys = []
+    for key in keys:
+        try:
+            value = read_text(config / key)
+        except OSError:
+            continue
+        if key[len("environment."):]:
+            env[key[len("environment."):]] = value
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"Bad key=value pair: {item}")
+        env[key] = value
+    return env
+
+
+def _winsize(fd: int) -> bytes | None:
+    """The window size of a terminal (None when unknown or 0x0)."""
+    try:
+        size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+    rows, cols = struct.unpack("HHHH", size)[:2]
+    return size if rows and cols else None
+
+
+class Waiter:
+    """Signal plumbing while the command runs: forwards signals, wakes the relay loop."""
+
+    def __init__(self, pid: int, pty_master: int | None = None) -> None:
+        self.pid = pid
+        self.master = pty_master
+        self.status: int | None = None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old: dict[int, Any] = {}
+        self.old_wakeup = -1
+
+    def __enter__(self) -> Waiter:
+        self.old_wakeup = signal.set_wakeup_fd(self.wake_w)
+        for sig in FORWARDED_SIGNALS:
+            self.old[sig] = signal.signal(sig, self._forward)
+        self.old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        if self.master is not None:
+            self.old[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, self._winch)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self.old_wakeup)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _forward(self, sig: int, _frame: object) -> None:
+        if self.status is not None:
+            return
+        if sig in (signal.SIGINT, signal.SIGQUIT) and self.master is None:
+            try:
+                if os.getpgid(self.pid) == os.getpgrp():
+                    return  # the terminal already sent it to the whole process group
+            except OSError:
+                return
+        try:
+            os.kill(self.pid, sig)
+        except OSError:
+            pass
+
+    def _winch(self, _sig: int, _frame: object) -> None:
+        size = _winsize(sys.stdin.fileno()) or _winsize(sys.stdout.fileno())
+        if size is not None and self.master is not None:
+            try:
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
+            except OSError:
+                pass
+
+    def poll(self) -> int | None:
+        """Reap the child if it exited."""
+        if self.status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.status = 255 << 8
+                return self.status
+            if pid == self.pid:
+                self.status = status
+        return self.status
+
+    def wait(self) -> int:
+        """Block until the child exits."""
+        while self.status is None:
+            try:
+                _pid, status = os.waitpid(self.pid, 0)
+                self.status = status
+            except ChildProcessError:
+                self.status = 255 << 8
+        return self.status
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+def relay(waiter: Waiter, master: int, stdin_fd: int, stdout_fd: int) -> int:
+    """Copy between our stdin/stdout and the pty master until the command exits."""
+    os.set_blocking(master, False)
+    stdin_open = True
+    pending = b""
+    last_byte = b""
+    while True:
+        rlist = [master, waiter.wake_r]
+        if stdin_open and len(pending) < 65536:
+            rlist.append(stdin_fd)
+        wlist = [master] if pending else []
+        try:
+            # the timeout covers a SIGCHLD that came before the handlers were installed
+            readable, writable, _ = select.select(rlist, wlist, [], 1.0)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        if waiter.wake_r in readable:
+            waiter.drain_wakeups()
+        if master in readable:
+            try:
+                data = os.read(master, 65536)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                data = b""  # EIO: every holder of the slave closed it
+            if data == b"":
+                break
+            if data:
+                _write_all(stdout_fd, data)
+        if stdin_fd in readable:
+            try:
+                data = os.read(stdin_fd, 65536)
+            except OSError:
+                data = b""
+            if data:
+                pending += data
+                last_byte = data[-1:]
+            else:
+                stdin_open = False
+                if not os.isatty(stdin_fd):
+                    # end of input (canonical mode): a first ^D flushes an unfinished line
+                    pending += b"\x04" if last_byte in (b"", b"\n") else b"\x04\x04"
+        if pending and master in writable:
+            try:
+                pending = pending[os.write(master, pending):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                pending = b""
+        if waiter.poll() is not None:
+            _drain(master, stdout_fd)
+            break
+    return waiter.wait()
+
+
+def _drain(master: int, stdout_fd: int) -> None:
+    """Copy what the command wrote just before it exited."""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        _write_all(stdout_fd, data)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``lxfs exec NAME [options] [--] CMD...``."""
+    mount = Mount()
+    inst = mount.instance(args.name)
+    if read_opt(inst / "state").strip().upper() != "RUNNING":
+        raise CLIError("Instance is not running")
+    if not args.command:
+        raise CLIError("Missing command: lxfs exec NAME -- COMMAND [ARGS...]")
+    try:
+        import lxc  # noqa: PLC0415 - only exec needs python-lxc
+    except ImportError as exc:
+        raise CLIError("python-lxc is not installed (needed by exec)") from exc
+    lxc_path = mount.env("lxc_path")
+    if not lxc_path:
+        raise CLIError("The server does not publish environment/lxc_path")
+
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    if args.force_interactive:
+        use_pty = True
+    elif args.force_noninteractive:
+        use_pty = False
+    else:
+        use_pty = os.isatty(stdin_fd) and os.isatty(stdout_fd)
+
+    uid = 0 if args.user is None else args.user
+    gid = 0 if args.group is None else args.group
+    env = build_env(mount, args.name, uid, use_pty, args.env or [])
+    cwd = args.cwd or ("/root" if uid == 0 else None)
+    spec = ChildSpec(argv=list(args.command), env=env, cwd=cwd, explicit_cwd=bool(args.cwd),
+                     uid=uid, use_pty=use_pty)
+
+    container = lxc.Container(args.name, lxc_path)
+    if not container.running:
+        raise CLIError("Instance is not running")
+    options: dict[str, Any] = {
+        "env_policy": lxc.LXC_ATTACH_CLEAR_ENV,
+        "extra_env_vars": [f"{k}={v}" for k, v in env.items()],
+    }
+    if args.user is not None:
+        options["uid"] = uid
+    if args.group is not None or args.user is not None:
+        options["gid"] = gid
+    if cwd:
+        options["initial_cwd"] = cwd
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not use_pty:
+        return _run_plain(container, spec, options)
+    return _run_pty(container, spec, options, stdin_fd, stdout_fd)
+
+
+def _attach(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:
+    pid = container.attach(attached_child, spec, **options)
+    if pid is None or pid < 0:
+        raise CLIError("Failed to attach to the instance")
+    return int(pid)
+
+
+def _run_plain(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:
+    options = dict(options, stdin=0, stdout=1, stderr=2)
+    pid = _attach(container, spec, options)
+    with Waiter(pid) as waiter:
+        return exit_code(waiter.wait())
+
+
+def _run_pty(container: Any, spec: ChildSpec, options: dict[str, Any], stdin_fd: int,
+             stdout_fd: int) -> int:
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    saved = None
+    try:
+        if os.isatty(stdin_fd):
+            saved = termios.tcgetattr(stdin_fd)
+            termios.tcsetattr(slave, termios.TCSANOW, saved)
+        size = _winsize(stdin_fd) or _winsize(stdout_fd)
+        if size is None:
+            size = struct.pack("HHHH", 24, 80, 0, 0)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+        pid = _attach(container, spec, dict(options, stdin=slave, stdout=slave, stderr=slave))
+        os.close(slave)
+        slave = -1
+        with Waiter(pid, master) as waiter:
+            if saved is not None:
+                tty.setraw(stdin_fd, termios.TCSANOW)
+            status = relay(waiter, master, stdin_fd, stdout_fd)
+        return exit_code(status)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+def split_options(command: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``[options] [--] CMD...`` (what follows NAME) into options and the command."""
+    options: list[str] = []
+    i = 0
+    while i < len(command):
+        token = command[i]
+        if token == "--":
+            return options, command[i + 1:]
+        if not token.startswith("-") or token == "-":
+            break
+        options.append(token)
+        if token in VALUE_OPTIONS and i + 1 < len(command):
+            options.append(command[i + 1])
+            i += 1
+        i += 1
+    return options, command[i:]
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``exec`` (allowed before and after NAME)."""
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="environment variable to set")
+    p.add_argument("--cwd", help="directory to run the command in (default: the home)")
+    p.add_argument("--user", type=int, metavar="UID", help="user ID to run the command as")
+    p.add_argument("--group", type=int, metavar="GID", help="group ID to run the command as")
+    p.add_argument("-t", "--force-interactive", action="store_true",
+                   help="force a pseudo-terminal")
+    p.add_argument("-T", "--force-noninteractive", action="store_true",
+                   help="never use a pseudo-terminal")
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Entry of ``lxfs exec``: options after NAME are parsed here (argparse stops at NAME)."""
+    opts, command = split_options(list(args.command))
+    if opts:
+        parser = argparse.ArgumentParser(prog="lxfs exec", add_help=False)
+        add_options(parser)
+        parser.parse_args(opts, namespace=args)
+    args.command = command
+    if args.force_interactive and args.force_noninteractive:
+        raise CLIError("-t and -T cannot be used together")
+    return run(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``exec``."""
+    p = sub.add_parser("exec", help="Execute commands in instances",
+                       usage="lxfs exec NAME [options] [--] COMMAND [ARGS...]")
+    p.add_argument("name", metavar="NAME")
+    add_options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.set_defaults(func=cmd_exec)

@@ -1,0 +1,642 @@
+"""Instance commands: launch/create, list, info, start/stop..., delete, rename, snapshots."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lxfs.cli.mount import (
+    CLIError,
+    Mount,
+    list_dirs,
+    parse_bool,
+    read_devices,
+    read_dir_values,
+    read_lines,
+    read_opt,
+    strip_local_remote,
+)
+from lxfs.cli.names import random_name, valid_instance_name
+from lxfs.cli.output import FORMATS, emit, fmt_time, natural_key, render_table, render_yaml
+
+STATUS_CODES = {
+    "Running": 103, "Stopped": 102, "Frozen": 110, "Starting": 106, "Stopping": 107,
+    "Freezing": 109, "Thawed": 111, "Error": 112, "Aborting": 108,
+}
+
+
+def out(text: str = "") -> None:
+    """Print a line and flush (progress lines must show before slow operations)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def parse_pairs(items: list[str] | None, what: str = "key=value pair") -> list[tuple[str, str]]:
+    """Parse ``k=v`` arguments (``Bad key=value pair: X`` otherwise)."""
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"Bad {what}: {item}")
+        pairs.append((key, value))
+    return pairs
+
+
+# -- create / launch ---------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
+    """``lxfs create|launch IMAGE [NAME]``."""
+    mount = Mount()
+    image = strip_local_remote(args.image)
+    if not image:
+        raise CLIError("Image not found")
+    configs = parse_pairs(args.config)
+    generated = args.name is None
+    if args.name is not None:
+        name = args.name
+        if not valid_instance_name(name):
+            raise CLIError(f"Invalid instance name: {name!r} (1-63 letters, digits and '-', "
+                           "starting with a letter, not ending with '-')")
+    else:
+        name = random_name(lambda n: os.path.lexists(mount.instances / n))
+    if generated:
+        out("Creating the instance")
+        out(f"Instance name is: {name}")
+    else:
+        out(f"Creating {name}")
+    inst = mount.instances / name
+    mount.do(lambda: os.mkdir(inst), messages={
+        errno.EEXIST: f"Instance {name!r} already exists",
+        errno.EINVAL: f"Invalid instance name: {name!r}",
+    })
+    try:
+        if args.no_profiles:
+            mount.write(inst / "profiles", "", inst)
+        elif args.profile:
+            mount.write(inst / "profiles", "".join(p + "\n" for p in args.profile), inst,
+                        messages={errno.ENOENT: "Profile not found"})
+        for key, value in configs:
+            if value == "":
+                continue
+            mount.write(inst / "config" / key, value, inst,
+                        messages={errno.EINVAL: f"Invalid value for config key {key!r}"})
+        if args.ephemeral:
+            mount.write(inst / "ephemeral", "true", inst)
+        if args.description:
+            mount.write(inst / "description", args.description, inst)
+        mount.write(inst / "source", image, inst, messages={
+            errno.ENOENT: f"Image not found: {image}",
+        })
+    except (CLIError, KeyboardInterrupt):
+        try:
+            os.rmdir(inst)
+        except OSError:
+            pass
+        raise
+    if start:
+        out(f"Starting {name}")
+        try:
+            set_state(mount, name, "start")
+        except CLIError as exc:
+            raise CLIError(f"{exc.message}\nTry `lxfs info --show-log {name}` for more info"
+                           ) from exc
+    return 0
+
+
+# -- state changes -----------------------------------------------------------------------------
+BUSY_MESSAGES = {
+    "start": "The instance is already running",
+    "stop": "The instance is already stopped",
+    "kill": "The instance is already stopped",
+    "restart": "The instance isn't running",
+    "freeze": "The instance isn't running",
+    "unfreeze": "The instance isn't frozen",
+}
+
+
+def read_state(mount: Mount, name: str) -> str:
+    """The state of an instance (``RUNNING``, ``STOPPED``...)."""
+    inst = mount.instance(name)
+    return mount.do(lambda: read_opt(inst / "state"), inst).strip().upper()
+
+
+def set_state(mount: Mount, name: str, action: str) -> None:
+    """Write ``action`` to ``instances/NAME/state`` and wait for the transition."""
+    inst = mount.instance(name)
+    mount.write(inst / "state", action, inst, messages={
+        errno.EBUSY: BUSY_MESSAGES.get(action, "The instance is busy"),
+        errno.ENOENT: "The instance has no root filesystem",
+        errno.EINVAL: f"Invalid state action: {action}",
+    })
+
+
+def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
+    """Graceful stop, forced with ``kill`` after ``timeout`` seconds (client side)."""
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            set_state(mount, name, "stop")
+            result.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        set_state(mount, name, "kill")
+        worker.join(5)
+        return
+    if result and result[0] is not None:
+        raise result[0]
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """``lxfs start|stop|restart|freeze|pause|unfreeze NAME...``."""
+    mount = Mount()
+    command = args.state_action
+    force = getattr(args, "force", False)
+    timeout = getattr(args, "timeout", -1)
+    failed = 0
+    for name in args.names:
+        try:
+            if command == "stop":
+                if force:
+                    set_state(mount, name, "kill")
+                elif timeout is not None and timeout >= 0:
+                    stop_with_timeout(mount, name, timeout)
+                else:
+                    set_state(mount, name, "stop")
+            elif command == "restart" and (force or (timeout is not None and timeout >= 0)):
+                if read_state(mount, name) != "STOPPED":
+                    if force:
+                        set_state(mount, name, "kill")
+                    else:
+                        stop_with_timeout(mount, name, timeout)
+                set_state(mount, name, "start")
+            else:
+                set_state(mount, name, command)
+        except CLIError as exc:
+            if len(args.names) == 1:
+                raise
+            failed += 1
+            sys.stderr.write(f"Error: {name}: {exc.message}\n")
+    if failed:
+        return 1
+    return 0
+
+
+# -- delete / rename ---------------------------------------------------------------------------
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``lxfs delete NAME[/SNAP]... [--force]``."""
+    mount = Mount()
+    for target in args.names:
+        if "/" in target:
+            name, snap = target.split("/", 1)
+            inst = mount.instance(name)
+            snap_dir = inst / "snapshots" / snap
+            if not snap or "/" in snap or not snap_dir.is_dir():
+                raise CLIError("Snapshot not found")
+            mount.do(lambda d=snap_dir: os.rmdir(d), inst)
+            continue
+        inst = mount.instance(target)
+        state = read_state(mount, target)
+        if state not in ("STOPPED", ""):
+            if not args.force:
+                raise CLIError("The instance is currently running, stop it first or pass --force")
+            set_state(mount, target, "kill")
+        mount.do(lambda d=inst: os.rmdir(d), inst, messages={
+            errno.EBUSY: "The instance is currently running, stop it first or pass --force",
+        })
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    """``lxfs move|rename OLD NEW`` (also ``NAME/SNAP NAME/NEWSNAP``)."""
+    mount = Mount()
+    old, new = (strip_local_remote(args.old), strip_local_remote(args.new))
+    if "/" in old or "/" in new:
+        name, snap = old.split("/", 1) if "/" in old else (old, "")
+        new_name, new_snap = new.split("/", 1) if "/" in new else (name, new)
+        if not snap or new_name != name:
+            raise CLIError("Snapshots can only be renamed within their instance")
+        inst = mount.instance(name)
+        if not (inst / "snapshots" / snap).is_dir():
+            raise CLIError("Snapshot not found")
+        mount.do(lambda: os.rename(inst / "snapshots" / snap, inst / "snapshots" / new_snap),
+                 inst)
+        return 0
+    inst = mount.instance(old)
+    if not valid_instance_name(new):
+        raise CLIError(f"Invalid instance name: {new!r}")
+    if os.path.lexists(mount.instances / new):
+        raise CLIError(f"Instance {new!r} already exists")
+    mount.do(lambda: os.rename(inst, mount.instances / new), inst, messages={
+        errno.EBUSY: "Renaming of running instance not allowed",
+        errno.EEXIST: f"Instance {new!r} already exists",
+    })
+    return 0
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """``lxfs snapshot NAME [SNAP]``: default name ``snapN`` with the first free N."""
+    mount = Mount()
+    inst = mount.instance(args.name)
+    snap = args.snapshot
+    if snap is None:
+        taken = set(list_dirs(inst / "snapshots"))
+        n = 0
+        while f"snap{n}" in taken:
+            n += 1
+        snap = f"snap{n}"
+    elif "/" in snap or snap in ("", ".", ".."):
+        raise CLIError(f"Invalid snapshot name: {snap!r}")
+    mount.do(lambda: os.mkdir(inst / "snapshots" / snap), inst, messages={
+        errno.EEXIST: f"Snapshot {snap!r} already exists",
+    })
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """``lxfs restore NAME SNAP``."""
+    mount = Mount()
+    inst = mount.instance(args.name)
+    mount.write(inst / "restore", args.snapshot, inst,
+                messages={errno.ENOENT: "Snapshot not found"})
+    return 0
+
+
+# -- reading instances -------------------------------------------------------------------------
+def status_of(state: str) -> tuple[str, int]:
+    """LXD's ``status`` and ``status_code`` for an lxfs state."""
+    status = state.strip().capitalize() or "Error"
+    return status, STATUS_CODES.get(status, 112)
+
+
+def instance_object(inst: Path) -> dict[str, Any] | None:
+    """One entry shaped like LXD's ``/1.0/instances?recursion=1`` (None if it vanished)."""
+    state = read_opt(inst / "state")
+    if not state and not inst.is_dir():
+        return None
+    status, code = status_of(state)
+    return {
+        "architecture": read_opt(inst / "architecture"),
+        "config": read_dir_values(inst / "config"),
+        "devices": read_devices(inst / "devices"),
+        "ephemeral": parse_bool(read_opt(inst / "ephemeral", "false")),
+        "profiles": read_lines(inst / "profiles"),
+        "stateful": False,
+        "description": read_opt(inst / "description"),
+        "created_at": read_opt(inst / "created_at"),
+        "expanded_config": read_dir_values(inst / "expanded" / "config"),
+        "expanded_devices": read_devices(inst / "expanded" / "devices"),
+        "name": inst.name,
+        "status": status,
+        "status_code": code,
+        "last_used_at": read_opt(inst / "last_used_at"),
+        "location": "none",
+        "type": read_opt(inst / "type", "container") or "container",
+        "project": "default",
+    }
+
+
+def pid_namespace_counts() -> dict[str, int]:
+    """Number of host processes per PID namespace (``readlink /proc/P/ns/pid``)."""
+    counts: dict[str, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return counts
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                ns = os.readlink(f"/proc/{entry}/ns/pid")
+            except OSError:
+                continue
+            counts[ns] = counts.get(ns, 0) + 1
+    return counts
+
+
+def process_count(pid: int, counts: dict[str, int] | None = None) -> int | None:
+    """Processes in the PID namespace of ``pid`` (the container's init), None if unknown."""
+    if pid <= 0:
+        return None
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    if ns == os.readlink("/proc/self/ns/pid"):
+        return None
+    return (counts if counts is not None else pid_namespace_counts()).get(ns)
+
+
+class Row:
+    """Lazily read fields of one instance (only the files a listing needs)."""
+
+    def __init__(self, inst: Path, ctx: dict[str, Any]) -> None:
+        self.inst = inst
+        self.name = inst.name
+        self.ctx = ctx
+        self._cache: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        if key not in self._cache:
+            self._cache[key] = self._read(key)
+        return self._cache[key]
+
+    def _read(self, key: str) -> Any:
+        inst = self.inst
+        if key == "state":
+            return read_opt(inst / "state").strip().upper()
+        if key == "ephemeral":
+            return parse_bool(read_opt(inst / "ephemeral", "false"))
+        if key == "snapshots":
+            return len(list_dirs(inst / "snapshots"))
+        if key == "expanded_config":
+            return read_dir_values(inst / "expanded" / "config")
+        if key == "pid":
+            try:
+                return int(read_opt(inst / "pid", "0") or 0)
+            except ValueError:
+                return 0
+        if key in ("ipv4", "ipv6"):
+            return read_lines(inst / key)
+        if key == "profiles":
+            return read_lines(inst / "profiles")
+        return read_opt(inst / key)
+
+
+def _processes(row: Row) -> str:
+    if row.get("state") != "RUNNING":
+        return ""
+    counts = row.ctx.setdefault("pidns", None)
+    if counts is None:
+        counts = row.ctx["pidns"] = pid_namespace_counts()
+    n = process_count(row.get("pid"), counts)
+    return "" if n is None else str(n)
+
+
+def _type_cell(row: Row) -> str:
+    kind = (row.get("type") or "container").upper()
+    return f"{kind} (EPHEMERAL)" if row.get("ephemeral") else kind
+
+
+COLUMNS: dict[str, tuple[str, Callable[[Row], str]]] = {
+    "n": ("NAME", lambda r: r.name),
+    "s": ("STATE", lambda r: r.get("state")),
+    "4": ("IPV4", lambda r: "\n".join(r.get("ipv4"))),
+    "6": ("IPV6", lambda r: "\n".join(r.get("ipv6"))),
+    "t": ("TYPE", _type_cell),
+    "S": ("SNAPSHOTS", lambda r: str(r.get("snapshots"))),
+    "a": ("ARCHITECTURE", lambda r: r.get("architecture")),
+    "c": ("CREATED AT", lambda r: fmt_time(r.get("created_at"))),
+    "l": ("LAST USED AT", lambda r: fmt_time(r.get("last_used_at"))),
+    "d": ("DESCRIPTION", lambda r: r.get("description")),
+    "p": ("PID", lambda r: str(r.get("pid")) if r.get("pid") else ""),
+    "P": ("PROFILES", lambda r: "\n".join(r.get("profiles"))),
+    "N": ("PROCESSES", _processes),
+    "e": ("PROJECT", lambda r: "default"),
+    "L": ("LOCATION", lambda r: "none"),
+    "b": ("STORAGE POOL",
+          lambda r: read_opt(r.inst / "expanded" / "devices" / "root" / "pool")),
+}
+
+
+def parse_columns(spec: str) -> list[tuple[str, Callable[[Row], str]]]:
+    """``-c`` like lxc: letters (``ns46tS``) and comma separated config keys
+    (``image.os[:HEADER]``)."""
+    columns: list[tuple[str, Callable[[Row], str]]] = []
+    for token in spec.split(","):
+        if not token:
+            continue
+        if "." in token:
+            key, _, header = token.partition(":")
+            columns.append((header or key.upper(),
+                            lambda r, k=key: r.get("expanded_config").get(k, "")))
+            continue
+        for letter in token:
+            if letter not in COLUMNS:
+                raise CLIError(f"Invalid column: {letter!r}")
+            columns.append(COLUMNS[letter])
+    if not columns:
+        raise CLIError("No columns selected")
+    return columns
+
+
+def _match(row: Row, flt: str) -> bool:
+    key, sep, value = flt.partition("=")
+    if not sep:
+        if row.name.startswith(flt):
+            return True
+        try:
+            return re.fullmatch(flt, row.name) is not None
+        except re.error:
+            return False
+    lkey = key.lower()
+    if lkey in ("status", "state"):
+        return row.get("state").lower() == value.lower()
+    if lkey == "name":
+        try:
+            return re.fullmatch(value, row.name) is not None or row.name == value
+        except re.error:
+            return row.name == value
+    if lkey == "type":
+        return value.lower() in ("container", (row.get("type") or "container").lower())
+    if lkey == "ephemeral":
+        return row.get("ephemeral") == parse_bool(value)
+    if lkey in ("architecture", "description", "location"):
+        return row.get(lkey) == value
+    config = row.get("expanded_config")
+    if key in config:
+        return config[key] == value
+    return config.get("user." + key) == value
+
+
+def instance_names(mount: Mount) -> list[str]:
+    """Names of all instances, naturally sorted."""
+    return sorted(list_dirs(mount.instances), key=natural_key)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``lxfs list [FILTER...] [--format F] [-c COLUMNS]``."""
+    mount = Mount()
+    filters: list[str] = [strip_local_remote(f) if f.endswith(":") else f for f in args.filters]
+    filters = [f for f in filters if f]
+    ctx: dict[str, Any] = {}
+    rows = []
+    for name in instance_names(mount):
+        row = Row(mount.instances / name, ctx)
+        if all(_match(row, f) for f in filters):
+            rows.append(row)
+    if args.format in ("json", "yaml"):
+        objects = [instance_object(r.inst) for r in rows]
+        emit(args.format, [], [], [o for o in objects if o is not None])
+        return 0
+    columns = parse_columns(args.columns)
+    table = []
+    for row in rows:
+        cells = [fn(row) for _h, fn in columns]
+        if row.get("state") == "" and not row.inst.is_dir():
+            continue  # deleted while listing
+        table.append(cells)
+    emit(args.format, [h for h, _fn in columns], table, None)
+    return 0
+
+
+# -- info --------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    """``lxfs info [NAME] [--show-log]``."""
+    mount = Mount()
+    if args.name is None:
+        return server_info(mount)
+    inst = mount.instance(args.name)
+    state = read_state(mount, args.name)
+    kind = read_opt(inst / "type", "container") or "container"
+    ephemeral = parse_bool(read_opt(inst / "ephemeral", "false"))
+    lines = [f"Name: {args.name}"]
+    description = read_opt(inst / "description")
+    if description:
+        lines.append(f"Description: {description}")
+    lines += [
+        f"Status: {state}",
+        f"Type: {kind}{' (ephemeral)' if ephemeral else ''}",
+        f"Architecture: {read_opt(inst / 'architecture')}",
+    ]
+    try:
+        pid = int(read_opt(inst / "pid", "0") or 0)
+    except ValueError:
+        pid = 0
+    if pid > 0:
+        lines.append(f"PID: {pid}")
+    lines.append(f"Created: {fmt_time(read_opt(inst / 'created_at'))}")
+    lines.append(f"Last Used: {fmt_time(read_opt(inst / 'last_used_at'))}")
+    resources = []
+    if state == "RUNNING" and pid > 0:
+        count = process_count(pid)
+        if count is not None:
+            resources.append(f"  Processes: {count}")
+    ipv4, ipv6 = read_lines(inst / "ipv4"), read_lines(inst / "ipv6")
+    if ipv4 or ipv6:
+        resources.append("  Network usage:")
+        resources += [f"    IPv4: {a}" for a in ipv4] + [f"    IPv6: {a}" for a in ipv6]
+    if resources:
+        lines += ["", "Resources:"] + resources
+    text = "\n".join(lines) + "\n"
+    snaps = sorted(list_dirs(inst / "snapshots"), key=natural_key)
+    if snaps:
+        table = [[s, fmt_time(read_opt(inst / "snapshots" / s / "created_at")), "", "NO"]
+                 for s in snaps]
+        text += "\nSnapshots:\n" + render_table(["NAME", "TAKEN AT", "EXPIRES AT", "STATEFUL"],
+                                                table)
+    if args.show_log:
+        log = mount.do(lambda: read_opt(inst / "log"), inst)
+        text += "\nLog:\n\n" + log + ("\n" if log and not log.endswith("\n") else "")
+    sys.stdout.write(text)
+    return 0
+
+
+def server_info(mount: Mount) -> int:
+    """``lxfs info`` without a name: the server's config and environment, as YAML."""
+    env: dict[str, Any] = dict(read_dir_values(mount.root / "environment"))
+    arch = env.get("architecture", "")
+    environment: dict[str, Any] = {"architectures": [arch] if arch else []}
+    for key, value in env.items():
+        if key == "server_pid":
+            try:
+                environment[key] = int(value)
+                continue
+            except ValueError:
+                pass
+        if key == "storage_drivers":
+            environment[key] = [v for v in value.replace(",", "\n").split("\n") if v.strip()]
+            continue
+        environment[key] = value
+    environment.setdefault("server", "lxfs")
+    environment.setdefault("driver", "lxc")
+    data = {
+        "config": read_dir_values(mount.root / "config"),
+        "api_status": "stable",
+        "api_version": "1.0",
+        "auth": "trusted",
+        "public": False,
+        "environment": environment,
+    }
+    sys.stdout.write(render_yaml(data))
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------
+def _create_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("-c", "--config", action="append", metavar="KEY=VALUE",
+                   help="config key/value to apply to the new instance")
+    p.add_argument("-p", "--profile", action="append", metavar="PROFILE",
+                   help="profile to apply to the new instance (replaces `default`)")
+    p.add_argument("--no-profiles", action="store_true", help="create without any profile")
+    p.add_argument("-e", "--ephemeral", action="store_true", help="ephemeral instance")
+    p.add_argument("--description", help="instance description")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the instance commands."""
+    p = sub.add_parser("launch", help="Create and start instances from images")
+    _create_options(p)
+    p.set_defaults(func=lambda a: cmd_create(a, start=True))
+
+    p = sub.add_parser("create", help="Create instances from images")
+    _create_options(p)
+    p.set_defaults(func=lambda a: cmd_create(a, start=False))
+
+    p = sub.add_parser("list", aliases=["ls"], help="List instances")
+    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("-f", "--format", choices=FORMATS, default="table")
+    p.add_argument("-c", "--columns", default="ns46tS", help="columns (default ns46tS)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="Show instance or server information")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("--show-log", action="store_true", help="show the instance's last log")
+    p.set_defaults(func=cmd_info)
+
+    for command, help_text in (("start", "Start instances"), ("stop", "Stop instances"),
+                               ("restart", "Restart instances"), ("freeze", "Freeze instances"),
+                               ("pause", "Freeze instances"),
+                               ("unfreeze", "Unfreeze instances")):
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument("names", metavar="NAME", nargs="+")
+        if command in ("stop", "restart"):
+            p.add_argument("-f", "--force", action="store_true", help="force (kill)")
+            p.add_argument("--timeout", type=int, default=-1,
+                           help="seconds to wait before killing (-1: the server's default)")
+        action = "freeze" if command == "pause" else command
+        p.set_defaults(func=cmd_state, state_action=action)
+
+    p = sub.add_parser("delete", aliases=["rm"], help="Delete instances and snapshots")
+    p.add_argument("names", metavar="NAME[/SNAPSHOT]", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="kill running instances first")
+    p.set_defaults(func=cmd_delete)
+
+    for command, aliases in (("move", ["mv"]), ("rename", [])):
+        p = sub.add_parser(command, aliases=aliases, help="Rename instances or snapshots")
+        p.add_argument("old", metavar="OLD")
+        p.add_argument("new", metavar="NEW")
+        p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser("snapshot", help="Create instance snapshots")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("snapshot", metavar="SNAPSHOT", nargs="?")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("restore", help="Restore instances from snapshots")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("snapshot", metavar="SNAPSHOT")
+    p.set_defaults(func=cmd_restore)

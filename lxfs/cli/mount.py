@@ -1,0 +1,258 @@
+"""Access to the lxfs mount: plain file operations with LXD-style error reporting."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_MOUNT = "/lxfs"
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CLIError(Exception):
+    """An expected failure: printed as ``Error: MESSAGE`` and exit status 1."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class NoMount(CLIError):
+    """No lxfs daemon answers at the mount point (printed without the ``Error:`` prefix)."""
+
+
+def mount_root() -> Path:
+    """The configured mount point (env ``LXFS_MOUNT`` or ``/lxfs``)."""
+    return Path(os.environ.get("LXFS_MOUNT") or DEFAULT_MOUNT)
+
+
+def read_text(path: Path | str) -> str:
+    """Read a value file, dropping one trailing newline."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        data = f.read()
+    return data[:-1] if data.endswith("\n") else data
+
+
+def read_opt(path: Path | str, default: str = "") -> str:
+    """Read a value file, or ``default`` when it does not exist."""
+    try:
+        return read_text(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return default
+
+
+def read_lines(path: Path | str) -> list[str]:
+    """Read a list file (one item per line); a missing file is an empty list."""
+    return [line for line in read_opt(path).split("\n") if line]
+
+
+def write_raw(path: Path | str, value: str) -> None:
+    """Write ``value`` in a single write() on a truncated file; errors of close() surface too."""
+    data = value.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+
+
+def read_dir_values(directory: Path) -> dict[str, str]:
+    """Read every file of a directory as ``{name: value}`` (sorted; missing dir -> empty)."""
+    out: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        try:
+            if entry.is_file():
+                out[entry.name] = read_text(entry.path)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+    return out
+
+
+def read_devices(directory: Path) -> dict[str, dict[str, str]]:
+    """Read a ``devices/`` tree as ``{DEV: {key: value}}``."""
+    out: dict[str, dict[str, str]] = {}
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        if entry.is_dir():
+            out[entry.name] = read_dir_values(Path(entry.path))
+    return out
+
+
+def list_dirs(directory: Path) -> list[str]:
+    """Names of the subdirectories of ``directory`` (missing -> empty)."""
+    try:
+        return [e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def parse_bool(value: str) -> bool:
+    """Parse an lxfs boolean (``true``/``false``; also 1/yes/on)."""
+    return value.strip().lower() in ("true", "1", "yes", "on")
+
+
+class Mount:
+    """The root of an lxfs mount."""
+
+    def __init__(self, root: Path | None = None, check: bool = True) -> None:
+        self.root = root if root is not None else mount_root()
+        if check:
+            self.check()
+
+    def check(self) -> None:
+        """Fail with one clear line unless an lxfs daemon answers at the mount point."""
+        try:
+            os.stat(self.root / "environment" / "server_pid")
+        except FileNotFoundError as exc:
+            raise NoMount(
+                f"lxfs: no lxfs daemon mounted at {self.root} (start lxfsd, or set LXFS_MOUNT)"
+            ) from exc
+        except OSError as exc:
+            raise NoMount(
+                f"lxfs: the lxfs daemon at {self.root} is not answering ({exc.strerror}); "
+                "restart lxfsd"
+            ) from exc
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def aliases(self) -> Path:
+        return self.root / "images" / "aliases"
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profiles"
+
+    def instance(self, name: str, must_exist: bool = True) -> Path:
+        """Path of ``instances/NAME``; ``Instance not found`` when it does not exist."""
+        if not name or "/" in name or name in (".", ".."):
+            raise CLIError(f"Invalid instance name: {name!r}")
+        path = self.instances / name
+        if must_exist and not path.is_dir():
+            raise CLIError("Instance not found")
+        return path
+
+    def profile(self, name: str) -> Path:
+        """Path of ``profiles/NAME``; ``Profile not found`` when it does not exist."""
+        path = self.profiles / name
+        if "/" in name or not path.is_dir():
+            raise CLIError("Profile not found")
+        return path
+
+    # -- errors ------------------------------------------------------------------------------
+    def error_message(self, exc: OSError, scope: Path | None = None, fallback: str = "") -> str:
+        """Message for a failed operation: the ``error`` file of ``scope`` (an instance
+        directory) or of the root when there is no scope, else ``fallback`` or the errno's text."""
+        candidate = (scope if scope is not None else self.root) / "error"
+        try:
+            text = read_text(candidate).strip()
+        except OSError:
+            text = ""
+        if text:
+            return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+        if exc.errno == errno.ENOTCONN:
+            return f"the lxfs daemon is not answering ({exc.strerror})"
+        return fallback or exc.strerror or str(exc)
+
+    def do(self, fn: Callable[[], T], scope: Path | None = None, fallback: str = "",
+           messages: dict[int, str] | None = None) -> T:
+        """Run a mount operation; turn an OSError into a CLIError with the daemon's message.
+
+        ``messages`` maps errnos to messages used when no ``error`` file explains the failure.
+        """
+        try:
+            return fn()
+        except OSError as exc:
+            fb = (messages or {}).get(exc.errno or 0, fallback)
+            raise CLIError(self.error_message(exc, scope, fb)) from exc
+
+    def write(self, path: Path, value: str, scope: Path | None = None, fallback: str = "",
+              messages: dict[int, str] | None = None) -> None:
+        """Write a value file, reporting the daemon's error."""
+        self.do(lambda: write_raw(path, value), scope, fallback, messages)
+
+    def env(self, key: str, default: str = "") -> str:
+        """A value from ``environment/``."""
+        return read_opt(self.root / "environment" / key, default)
+
+    # -- images ------------------------------------------------------------------------------
+    def image_fingerprints(self) -> list[str]:
+        """Fingerprints of all images (directories named by a sha256)."""
+        return sorted(n for n in list_dirs(self.images) if FINGERPRINT_RE.match(n))
+
+    def resolve_image(self, ref: str) -> str:
+        """Fingerprint for an alias, a fingerprint or a unique fingerprint prefix."""
+        ref = strip_local_remote(ref)
+        if not ref:
+            raise CLIError("Image not found")
+        if "/" not in ref and ref not in (".", ".."):
+            alias = self.aliases / ref
+            if os.path.islink(alias):
+                try:
+                    target = os.readlink(alias)
+                except OSError:
+                    target = ""
+                fp = os.path.basename(target.rstrip("/"))
+                if FINGERPRINT_RE.match(fp):
+                    return fp
+                raise CLIError(f"Image alias {ref!r} points to no image")
+        ref = ref.lower()
+        if FINGERPRINT_RE.match(ref) and (self.images / ref).is_dir():
+            return ref
+        if re.fullmatch(r"[0-9a-f]+", ref):
+            matches = [fp for fp in self.image_fingerprints() if fp.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise CLIError(f"Image fingerprint prefix {ref!r} matches several images")
+        raise CLIError("Image not found")
+
+
+def strip_local_remote(ref: str) -> str:
+    """Drop a ``local:`` prefix; refuse any other remote."""
+    if ":" in ref:
+        remote, rest = ref.split(":", 1)
+        if remote == "local":
+            return rest
+        raise CLIError(
+            "remote image servers are not reachable; build images with `lxfs image build`"
+        )
+    return ref
+
+
+def iter_chunks(f, size: int = 1 << 20) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    """Read a binary file object in chunks of ``size`` bytes (1 MiB)."""
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            return
+        yield chunk

@@ -201,10 +201,19 @@ class LxcRuntime(Runtime):
         if old.exists():
             os.rename(old, self.lxc_path / new_name)
 
-    def _remove_cgroups(self, name: str) -> None:
-        for hierarchy in _hierarchies():
-            for parent in (self.prefix, f"{self.prefix}.monitor"):
-                _rmdir_tree(hierarchy / parent / name)
+    def _remove_cgroups(self, name: str, wait: float = 2.0) -> None:
+        """Remove an instance's cgroups. The monitor is still exiting right after the
+        container stopped: give its cgroup a moment to empty."""
+        deadline = time.monotonic() + wait
+        dirs = [h / parent / name for h in _hierarchies()
+                for parent in (self.prefix, f"{self.prefix}.monitor")]
+        while True:
+            for d in dirs:
+                _rmdir_tree(d)
+            dirs = [d for d in dirs if d.exists()]
+            if not dirs or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
 
 
 def _signal_number(name: str) -> int:

@@ -6,6 +6,7 @@ exec talks to LXC directly. Fails (never skips) when LXC, busybox or root are mi
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,23 +27,29 @@ BUSYBOX_APPLETS = ("sh", "cat", "echo", "env", "id", "pwd", "sleep", "wc", "head
                    "test", "[", "stty", "true", "ls")
 
 
-def _cleanup_cgroups(name: str) -> None:
-    """Remove the empty cgroups LXC leaves behind for this container (v1 and v2)."""
+def _cleanup_cgroups(name: str, timeout: float = 5.0) -> None:
+    """Remove the empty cgroups LXC leaves behind for this container (v1 and v2); the
+    monitor's cgroup empties only once the monitor process has exited."""
     base = Path("/sys/fs/cgroup")
-    candidates = []
-    for pattern in (f"lxc.monitor.{name}*", f"lxc.payload.{name}*", f"lxc.pivot*{name}*"):
-        candidates += list(base.glob(pattern)) + list(base.glob(f"*/{pattern}"))
-    for path in sorted(candidates, key=lambda p: len(p.parts), reverse=True):
-        for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if sub.is_dir():
-                try:
-                    sub.rmdir()
-                except OSError:
-                    pass
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+    deadline = time.monotonic() + timeout
+    while True:
+        candidates = []
+        for pattern in (f"lxc.monitor.{name}", f"lxc.payload.{name}"):
+            candidates += list(base.glob(pattern)) + list(base.glob(f"*/{pattern}"))
+        for path in candidates:
+            for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if sub.is_dir():
+                    try:
+                        sub.rmdir()
+                    except OSError:
+                        pass
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        if not any(p.exists() for p in candidates) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +87,17 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
         "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force\n"
         "lxc.apparmor.profile = unconfined\n"
         f"lxc.log.file = {lxc_path / name / 'lxc.log'}\n")
+    # started by lxc-start, not from this process: a python-lxc monitor is a fork of pytest
+    # that lingers (with its cgroup) until pytest exits
+    lxc_start = shutil.which("lxc-start")
+    if lxc_start is None:
+        pytest.fail("lxc-start is missing (install the lxc package)")
+    proc = subprocess.run([lxc_start, "-P", str(lxc_path), "-n", name], capture_output=True,
+                          text=True, timeout=60)
     c = lxc.Container(name, str(lxc_path))
-    if not c.start():
+    if proc.returncode != 0 or not c.wait("RUNNING", 10):
         log = (lxc_path / name / "lxc.log").read_text(errors="replace")
-        pytest.fail(f"cannot start the test container:\n{log}")
-    c.wait("RUNNING", 10)
+        pytest.fail(f"cannot start the test container: {proc.stderr}\n{log}")
 
     mnt = base / "mnt"
     (mnt / "environment").mkdir(parents=True)
@@ -96,7 +110,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
     try:
         yield name, mnt
     finally:
-        c.stop()
+        subprocess.run(["lxc-stop", "-P", str(lxc_path), "-n", name, "-k"],
+                       capture_output=True, timeout=60)
         c.wait("STOPPED", 10)
         _cleanup_cgroups(name)
         shutil.rmtree(base, ignore_errors=True)
@@ -205,3 +220,52 @@ def test_forced_pty_with_pipe(container: tuple[str, Path]) -> None:
                 stdin=b"piped")
     assert proc.returncode == 0
     assert b"TTY" in proc.stdout and b"piped" in proc.stdout
+
+
+def test_cli_end_to_end(daemon_with_busybox: Any) -> None:
+    """The CLI against a real lxfsd: launch, list, exec, config, files, snapshot, delete."""
+    d = daemon_with_busybox
+    assert d.cli("launch", "busybox", "e2e1").stdout == "Creating e2e1\nStarting e2e1\n"
+    listed = d.cli("list", "--format", "csv").stdout
+    assert listed.startswith("e2e1,RUNNING,"), listed
+    data = json.loads(d.cli("list", "--format", "json").stdout)
+    assert [(i["name"], i["status"], i["status_code"]) for i in data] == [
+        ("e2e1", "Running", 103)]
+
+    assert d.cli("exec", "e2e1", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+    assert d.cli("exec", "e2e1", "--", "cat", input="hi\n").stdout == "hi\n"
+    d.cli("config", "set", "e2e1", "environment.FOO", "bar")
+    assert d.cli("config", "get", "e2e1", "environment.FOO").stdout == "bar\n"
+    assert d.cli("exec", "e2e1", "--", "sh", "-c", "echo $FOO").stdout == "bar\n"
+    bad = d.cli("config", "set", "e2e1", "limits.memory", "lots", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: "), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr
+
+    src = d.base / "pushed.txt"
+    src.write_text("payload\n")
+    d.cli("file", "push", src, "e2e1/root/pushed.txt")
+    assert d.cli("exec", "e2e1", "--", "cat", "/root/pushed.txt").stdout == "payload\n"
+    assert d.cli("file", "pull", "e2e1/root/pushed.txt", "-").stdout == "payload\n"
+
+    d.cli("snapshot", "e2e1")
+    assert "snap0" in d.cli("info", "e2e1").stdout
+
+    refused = d.cli("delete", "e2e1", check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "Error: The instance is currently running, stop it first or pass --force\n")
+    d.cli("stop", "e2e1")
+    assert d.cli("list", "-f", "csv", "-c", "ns").stdout == "e2e1,STOPPED\n"
+    not_running = d.cli("exec", "e2e1", "--", "true", check=False)
+    assert (not_running.returncode, not_running.stderr) == (1, "Error: Instance is not running\n")
+    d.cli("delete", "e2e1")
+    assert d.cli("list", "-f", "csv").stdout == ""
+
+    failed = d.cli("launch", "no-such-image", "e2e2", check=False)
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: "), failed.stderr
+    assert d.cli("list", "-f", "csv").stdout == ""  # rolled back
+
+    built = d.cli("image", "build", "busybox", timeout=600)
+    fingerprint = built.stdout.strip().splitlines()[-1].rsplit(" ", 1)[-1]
+    assert d.read("images", "aliases", "busybox", "fingerprint") == fingerprint
+    images = d.cli("image", "list", "-f", "csv").stdout
+    assert f"busybox,{fingerprint[:12]},no," in images

@@ -45,9 +45,7 @@ def host_cgroups(d) -> list[str]:
     found = []
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         for name in (prefix, f"{prefix}.monitor"):
-            for p in hierarchy.glob(f"{name}/*"):
-                if p.is_dir():
-                    found.append(str(p))
+            found += [str(p) for p in hierarchy.glob(name) if p.is_dir()]
     return found
 
 
@@ -383,3 +381,15 @@ def test_autostart_on_daemon_start(daemon_with_busybox):
             break
         time.sleep(0.05)
     assert d.read("instances", "auto", "state") == "RUNNING"
+
+
+def test_debian_image_build_and_launch(lxfs_daemon):
+    """`lxfs image build debian` (debootstrap from the Debian mirror), then a real launch."""
+    d = lxfs_daemon
+    d.cli("image", "build", "debian", "--alias", "debian", timeout=1200)
+    d.cli("launch", "debian", "d1")
+    assert d.read("instances", "d1", "state") == "RUNNING"
+    assert d.cli("exec", "d1", "--", "cat", "/etc/debian_version").stdout.strip()
+    assert d.cli("exec", "d1", "--", "sh", "-c", "id -u; hostname").stdout.split() == ["0", "d1"]
+    d.cli("stop", "d1")  # graceful: the image's init stops on the halt signal
+    assert d.read("instances", "d1", "state") == "STOPPED"

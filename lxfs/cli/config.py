@@ -75,10 +75,7 @@ def cmd_get(args: argparse.Namespace) -> int:
         raise CLIError("Usage: lxfs config get [NAME] KEY")
     base, scope = _targets(mount, instance)
     path = _key_path(base, key)
-    try:
-        value = mount.do(lambda: read_opt(path), scope)
-    except CLIError:
-        raise
+    value = mount.do(lambda: read_opt(path), scope)
     sys.stdout.write(value + "\n")
     return 0
 

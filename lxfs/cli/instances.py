@@ -129,11 +129,16 @@ def read_state(mount: Mount, name: str) -> str:
 def set_state(mount: Mount, name: str, action: str) -> None:
     """Write ``action`` to ``instances/NAME/state`` and wait for the transition."""
     inst = mount.instance(name)
-    mount.write(inst / "state", action, inst, messages={
-        errno.EBUSY: BUSY_MESSAGES.get(action, "The instance is busy"),
-        errno.ENOENT: "The instance has no root filesystem",
-        errno.EINVAL: f"Invalid state action: {action}",
-    })
+    try:
+        mount.write(inst / "state", action, inst, messages={
+            errno.EBUSY: BUSY_MESSAGES.get(action, "The instance is busy"),
+            errno.ENOENT: "The instance has no root filesystem",
+            errno.EINVAL: f"Invalid state action: {action}",
+        })
+    except CLIError as exc:
+        if not inst.is_dir():
+            raise CLIError("Instance not found") from exc
+        raise
 
 
 def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
@@ -151,7 +156,16 @@ def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        set_state(mount, name, "kill")
+        try:
+            set_state(mount, name, "kill")
+        except CLIError:
+            # the graceful stop may have won the race (an ephemeral instance is then gone)
+            worker.join(5)
+            inst = mount.instances / name
+            if (result and result[0] is None) or not inst.is_dir() or \
+                    read_opt(inst / "state").strip().upper() == "STOPPED":
+                return
+            raise
         worker.join(5)
         return
     if result and result[0] is not None:

@@ -23,6 +23,9 @@ _TABLES = {
     "profiles": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "pools": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "server_config": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
+    # records of plugins (networks...), by kind
+    "documents": "kind TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, "
+                 "PRIMARY KEY (kind, name)",
 }
 _KEYS = {"instances": "name", "images": "fingerprint", "profiles": "name", "pools": "name"}
 
@@ -105,6 +108,24 @@ class Database:
         with self.transaction() as cur:
             cur.execute("DELETE FROM aliases WHERE fingerprint = ?", (fingerprint,))
             cur.execute("DELETE FROM images WHERE fingerprint = ?", (fingerprint,))
+
+    # --- plugins' documents ----------------------------------------------------------------
+
+    def load_documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        """All records of one kind a plugin stored (``networks``...)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, data FROM documents WHERE kind = ?",
+                                      (kind,)).fetchall()
+        return {n: json.loads(d) for n, d in rows}
+
+    def put_document(self, kind: str, name: str, data: dict[str, Any]) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
+                        (kind, name, json.dumps(data)))
+
+    def delete_document(self, kind: str, name: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM documents WHERE kind = ? AND name = ?", (kind, name))
 
     def load_server_config(self) -> dict[str, str]:
         with self._lock:

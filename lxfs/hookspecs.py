@@ -16,6 +16,7 @@ aborts the operation it belongs to: ``pre_*`` hooks are the place to refuse an o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -23,6 +24,7 @@ import pluggy
 if TYPE_CHECKING:
     from lxfs.config_schema import KeySpec
     from lxfs.model import Instance
+    from lxfs.nodes import Node
     from lxfs.runtime import Runtime
     from lxfs.server import Server
     from lxfs.storage import StorageDriver
@@ -129,6 +131,24 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     concatenated in plugin registration order; the instance's ``raw.lxc`` comes last so that
     users can override anything. Security plugins add idmaps and seccomp here, network plugins
     add ``lxc.net.*``.
+    """
+
+
+@hookspec
+def lxfs_mount_entries(server: Server) -> dict[str, Callable[[], Node | None]]:
+    """Return top-level entries a plugin adds to the mount, e.g. ``{"networks": make_dir}``.
+
+    Each value makes the node (``lxfs.nodes.Dir``, ``File``...) on demand; see
+    ``lxfs/nodes.py`` for the building blocks. Names must not clash with the core's.
+    """
+
+
+@hookspec
+def lxfs_instance_entries(server: Server, instance: Instance
+                          ) -> dict[str, Callable[[], Node | None]]:
+    """Return entries a plugin adds to (or overrides in) ``instances/NAME/``, e.g. ``ipv4``.
+
+    Called on every lookup in the instance's directory: keep it cheap.
     """
 
 

@@ -330,11 +330,17 @@ class InstanceDir(Dir):
             "ipv6": lambda: File(srv, lambda: "", dynamic=True),
         }
 
+    def _all_children(self) -> dict[str, Callable[[], Node | None]]:
+        children = self._children()
+        for extra in self.srv.hook.lxfs_instance_entries(server=self.srv, instance=self.inst):
+            children.update(extra)
+        return children
+
     async def list(self) -> list[str]:
-        return [k for k, make in self._children().items() if make() is not None]
+        return [k for k, make in self._all_children().items() if make() is not None]
 
     async def child(self, name: str) -> Node | None:
-        make = self._children().get(name)
+        make = self._all_children().get(name)
         return make() if make else None
 
 
@@ -563,7 +569,10 @@ def root(srv: Server) -> StaticDir:
         await srv.set_server_key(key, "")
 
     env = srv.environment()
-    return StaticDir(srv, {
+    extra: dict[str, Callable[[], Node | None]] = {}
+    for entries in srv.hook.lxfs_mount_entries(server=srv):
+        extra.update(entries)
+    return StaticDir(srv, extra | {
         "instances": lambda: InstancesDir(srv),
         "images": lambda: ImagesDir(srv),
         "profiles": lambda: ProfilesDir(srv),

@@ -177,7 +177,8 @@ def test_version(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_usage_error_is_one_error_line(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--format", "xml"]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith("Error: argument -f/--format: invalid choice")
+    assert err.startswith("Error: argument -f/--format: invalid choice")
+    assert err.endswith("(see `lxfs list --help`)\n") and err.count("\n") == 1
     assert "Traceback" not in err
 
 

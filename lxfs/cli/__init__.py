@@ -32,11 +32,10 @@ def cmd_init(_args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one ``Error:`` line plus the usage (exit status 1, like lxc)."""
+    """Usage errors as one ``Error:`` line (exit status 1, like lxc)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(self.format_usage())
-        raise CLIError(message)
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
 
 
 def _silence_stdout() -> None:

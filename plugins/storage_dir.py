@@ -85,6 +85,18 @@ class DirDriver(StorageDriver):
         os.chmod(self.root, 0o711)
         for sub in list(_DIRS.values()) + ["containers-snapshots", "custom-snapshots"]:
             (self.root / sub).mkdir(mode=0o711, exist_ok=True)
+            self._recover(self.root / sub)
+
+    @staticmethod
+    def _recover(base: Path) -> None:
+        """Repair what a crash left under hidden temporary names: a restore interrupted
+        between its two renames gets its volume back; half-made copies go."""
+        for leftover in sorted(base.glob(".*")):
+            name = leftover.name
+            if name.endswith(".old") and not (base / name[1:-len(".old")]).exists():
+                os.rename(leftover, base / name[1:-len(".old")])
+            elif name.endswith((".tmp", ".restore", ".old")):
+                remove_tree(leftover)
 
     def unmount(self) -> None:
         pass

@@ -157,6 +157,8 @@ class LxfsOperations(pyfuse3.Operations):
             e.st_uid, e.st_gid = st.st_uid, st.st_gid
             e.st_rdev = st.st_rdev
             e.st_size = st.st_size
+            if node.root is not None and stat.S_ISLNK(st.st_mode):
+                e.st_size = len(os.fsencode(node.link_target()))
             e.st_blocks = st.st_blocks
             e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = (st.st_atime_ns, st.st_mtime_ns,
                                                            st.st_ctime_ns)
@@ -260,7 +262,7 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(node, Link):
             return node.target.encode()
         if isinstance(node, HostFile):
-            return os.fsencode(os.readlink(node.path))
+            return os.fsencode(node.link_target())
         raise pyfuse3.FUSEError(errno.EINVAL)
 
     # --- directories ----------------------------------------------------------------------
@@ -440,7 +442,8 @@ class LxfsOperations(pyfuse3.Operations):
             target = parent.path / fname
             fd = os.open(target, flags | os.O_CREAT | os.O_NOFOLLOW, mode & 0o7777)
             os.fchown(fd, ctx.uid, ctx.gid)
-            node: Node = HostFile(target, scope=parent.scope)
+            node: Node = HostFile(target, scope=parent.scope, root=parent.root,
+                                  view=parent.view)
             handle = Handle(node, child_path, ctx.pid, fd=fd)
             info = pyfuse3.FileInfo(fh=self._new_handle(handle))
         elif isinstance(parent, Dir):

@@ -8,12 +8,22 @@ applies writes through the server (which validates them). See docs/filesystem.md
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lxfs.errors import InvalidArgument, LxfsError, NotFound, NotSupported, PermissionDenied
+import trio
+
+from lxfs.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LxfsError,
+    NotFound,
+    PermissionDenied,
+)
 from lxfs.model import Instance, Profile, rfc3339
+from lxfs.storage import VOLUME_TYPES, Pool, VolumeType
 
 if TYPE_CHECKING:
     from lxfs.server import Server
@@ -138,20 +148,39 @@ class Link(Node):
 
 class HostFile(Node):
     """A file or directory of the host, passed through (instance root filesystems, image
-    exports)."""
+    exports).
+
+    Inside a root filesystem (``root`` set), symbolic links are shown resolved as the
+    container would (``..`` stops at its ``/``) and rooted at the rootfs's place in the mount
+    (``view``): a link planted by a container can never lead a host-side ``cp`` or ``cat``
+    out of that container's files.
+    """
 
     kind = "host"
 
-    def __init__(self, path: Path, readonly: bool = False, scope: str = "") -> None:
+    def __init__(self, path: Path, readonly: bool = False, scope: str = "",
+                 root: Path | None = None, view: str = "") -> None:
         self.path = path
         self.readonly = readonly
         self.scope = scope
+        self.root = root
+        self.view = view
 
     def child(self, name: str) -> HostFile | None:
         path = self.path / name
         if not os.path.lexists(path):
             return None
-        return HostFile(path, self.readonly, self.scope)
+        return HostFile(path, self.readonly, self.scope, self.root, self.view)
+
+    def link_target(self) -> str:
+        target = os.readlink(self.path)
+        if self.root is None:
+            return target
+        if not target.startswith("/"):
+            here = "/" + str(self.path.parent.relative_to(self.root))
+            target = posixpath.join(here, target)
+        inside = posixpath.normpath("/" + target.lstrip("/")).lstrip("/")
+        return posixpath.join(self.view, inside) if inside else self.view
 
 
 # --- config directories ---------------------------------------------------------------------
@@ -322,7 +351,8 @@ class InstanceDir(Dir):
             }),
             "log": lambda: File(srv, lambda: srv.runtime.log(inst), dynamic=True),
             "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True),
-            "rootfs": lambda: HostFile(srv.rootfs(inst), scope=name) if ready() else None,
+            "rootfs": lambda: _rootfs(srv.rootfs(inst), f"instances/{name}/rootfs", srv,
+                                      scope=name) if ready() else None,
             "snapshots": lambda: SnapshotsDir(srv, name),
             "restore": lambda: File(srv, None, lambda v: srv.restore_snapshot(name, v),
                                     scope=name, accumulate=False),
@@ -342,6 +372,11 @@ class InstanceDir(Dir):
     async def child(self, name: str) -> Node | None:
         make = self._all_children().get(name)
         return make() if make else None
+
+
+def _rootfs(path: Path, where: str, srv: Server, scope: str = "",
+            readonly: bool = False) -> HostFile:
+    return HostFile(path, readonly, scope, root=path, view=f"{srv.mount}/{where}")
 
 
 async def _status(state: Awaitable[str]) -> str:
@@ -369,7 +404,9 @@ class SnapshotsDir(Dir):
         return StaticDir(srv, {
             "name": lambda: File(srv, lambda: snap.name),
             "created_at": lambda: File(srv, lambda: rfc3339(snap.created_at)),
-            "rootfs": lambda: HostFile(srv.snapshot_rootfs(inst, name), readonly=True),
+            "rootfs": lambda: _rootfs(srv.snapshot_rootfs(inst, name),
+                                      f"instances/{inst.name}/snapshots/{name}/rootfs", srv,
+                                      readonly=True),
         }, scope=self.scope)
 
     async def mkdir(self, name: str) -> None:
@@ -377,6 +414,11 @@ class SnapshotsDir(Dir):
 
     async def rmdir(self, name: str) -> None:
         await self.srv.guarded(self.scope, self.srv.delete_snapshot(self.inst.name, name))
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        if not (isinstance(new_parent, SnapshotsDir) and new_parent.inst is self.inst):
+            raise InvalidArgument("snapshots can only be renamed within their instance")
+        await self.srv.guarded(self.scope, self.srv.rename_snapshot(self.inst.name, old, new))
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -532,25 +574,112 @@ class ProfilesDir(Dir):
 
 
 class PoolsDir(Dir):
+    """``storage-pools/``: ``mkdir`` makes a pending pool (config, no driver); writing its
+    ``driver`` file creates it; ``rmdir`` deletes it (EBUSY while used)."""
+
     async def list(self) -> list[str]:
-        return sorted(self.srv.pools)
+        return sorted(set(self.srv.pools) | set(self.srv.pending_pools))
 
     async def child(self, name: str) -> Node | None:
-        driver = self.srv.pools.get(name)
-        if driver is None:
+        if name not in self.srv.pools and name not in self.srv.pending_pools:
             return None
-        srv, pool = self.srv, driver.pool
+        srv = self.srv
+
+        def pool() -> Pool:
+            return srv.pool_record(name)
+
+        async def set_key(key: str, value: str) -> None:
+            await srv.set_pool_key(name, key, value)
+
+        async def unset_key(key: str) -> None:
+            await srv.set_pool_key(name, key, "")
+
+        async def set_driver(value: str) -> None:
+            if name in srv.pools:
+                raise AlreadyExists(f"storage pool {name} already has driver {pool().driver}")
+            await srv.create_pool(name, value.strip())
+
+        def validate_key(key: str) -> None:
+            if key not in srv.pool_keys():
+                raise InvalidArgument(f"unknown storage pool key {key!r} (keys: "
+                                      f"{', '.join(sorted(srv.pool_keys()))})")
+
+        def created() -> bool:
+            return name in srv.pools
+
         return StaticDir(srv, {
-            "name": lambda: File(srv, lambda: pool.name),
-            "driver": lambda: File(srv, lambda: pool.driver),
-            "description": lambda: File(srv, lambda: pool.description),
-            "config": lambda: KeyValueDir(srv, lambda: pool.config, None, None),
+            "name": lambda: File(srv, lambda: name),
+            "driver": lambda: File(srv, lambda: pool().driver, set_driver),
+            "description": lambda: File(srv, lambda: pool().description,
+                                        lambda v: srv.set_pool_description(name, v)),
+            "config": lambda: KeyValueDir(srv, lambda: pool().config, set_key, unset_key,
+                                          validate_key),
             "used_by": lambda: File(srv, lambda: lines(srv.pool_used_by(name)), dynamic=True),
+            "resources": lambda: PoolResourcesDir(srv, name) if created() else None,
+            "volumes": lambda: StaticDir(srv, {
+                vtype: (lambda t=vtype: VolumesDir(srv, name, t)) for vtype in VOLUME_TYPES
+            }) if created() else None,
         })
 
     async def mkdir(self, name: str) -> None:
-        raise NotSupported("creating storage pools is not supported yet: the default dir "
-                           "pool is made at first start")
+        await self.srv.guarded("", self.srv.create_pending_pool(name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_pool(name))
+
+
+class PoolResourcesDir(Dir):
+    """``storage-pools/NAME/resources/``: space and inodes, used and total."""
+
+    FIELDS = {"space_used": "used_bytes", "space_total": "total_bytes",
+              "inodes_used": "used_inodes", "inodes_total": "total_inodes"}
+
+    def __init__(self, srv: Server, name: str) -> None:
+        super().__init__(srv)
+        self.name = name
+
+    async def list(self) -> list[str]:
+        return list(self.FIELDS)
+
+    async def child(self, name: str) -> Node | None:
+        attr = self.FIELDS.get(name)
+        if attr is None:
+            return None
+
+        async def read() -> str:
+            return str(getattr(await self.srv.pool_resources(self.name), attr))
+
+        return File(self.srv, read, dynamic=True)
+
+
+class VolumesDir(Dir):
+    """``storage-pools/NAME/volumes/TYPE/``: one directory per volume, with ``usage``
+    (bytes; exclusive bytes on copy-on-write drivers) and ``snapshots``."""
+
+    def __init__(self, srv: Server, pool: str, vtype: VolumeType) -> None:
+        super().__init__(srv)
+        self.pool = pool
+        self.vtype = vtype
+
+    async def list(self) -> list[str]:
+        return await self.srv.pool_volumes(self.pool, self.vtype)
+
+    async def child(self, name: str) -> Node | None:
+        if name not in await self.srv.pool_volumes(self.pool, self.vtype):
+            return None
+        srv, pool, vtype = self.srv, self.pool, self.vtype
+
+        async def snapshots() -> str:
+            backend = srv.pools[pool]
+            return lines(await trio.to_thread.run_sync(backend.list_snapshots, vtype, name))
+
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: name),
+            "type": lambda: File(srv, lambda: vtype),
+            "usage": lambda: File(srv, lambda: _str(srv.volume_usage(pool, vtype, name)),
+                                  dynamic=True),
+            "snapshots": lambda: File(srv, snapshots, dynamic=True),
+        })
 
 
 class EventsFile(File):

@@ -393,3 +393,54 @@ def test_debian_image_build_and_launch(lxfs_daemon):
     assert d.cli("exec", "d1", "--", "sh", "-c", "id -u; hostname").stdout.split() == ["0", "d1"]
     d.cli("stop", "d1")  # graceful: the image's init stops on the halt signal
     assert d.read("instances", "d1", "state") == "STOPPED"
+
+
+def test_rootfs_symlinks_never_lead_to_the_host(daemon_with_busybox):
+    """A link planted inside a container resolves inside that container's files."""
+    d = daemon_with_busybox
+    launch_by_hand(d, "c1")
+    victim = Path(f"/tmp/lxfs-victim-{os.getpid()}")  # /tmp exists inside the container too
+    victim.write_text("host file\n")
+    try:
+        _check_links(d, victim)
+    finally:
+        victim.unlink()
+
+
+def _check_links(d, victim: Path) -> None:
+    d.cli("exec", "c1", "--", "ln", "-s", str(victim), "/root/abs")
+    d.cli("exec", "c1", "--", "ln", "-s", "../../../../../../../../.." + str(victim),
+          "/root/rel")
+    rootfs = d.path("instances", "c1", "rootfs")
+    assert os.readlink(rootfs / "root" / "abs") == f"{rootfs}{victim}"
+    assert os.readlink(rootfs / "root" / "rel") == f"{rootfs}{victim}"
+    assert os.readlink(rootfs / "bin" / "sh") in (f"{rootfs}/bin/busybox", "busybox") or \
+        os.readlink(rootfs / "bin" / "sh").startswith(str(rootfs))
+    # dangling inside the container: cp refuses to write through it
+    assert subprocess.run(["cp", "/etc/hostname", str(rootfs / "root" / "abs")]).returncode
+    assert victim.read_text() == "host file\n"
+    d.cli("exec", "c1", "--", "touch", str(victim))
+    for link in ("abs", "rel"):
+        subprocess.run(["cp", "/etc/hostname", str(rootfs / "root" / link)], check=True)
+    assert victim.read_text() == "host file\n"
+    # the writes landed inside the container, where its links point
+    assert d.cli("exec", "c1", "--", "cat", str(victim)).stdout == \
+        Path("/etc/hostname").read_text()
+    # and the container still sees its links unchanged
+    assert d.cli("exec", "c1", "--", "readlink", "/root/abs").stdout.strip() == str(victim)
+
+
+def test_snapshot_rename_and_stop_timeout(daemon_with_busybox):
+    d = daemon_with_busybox
+    os.mkdir(d.path("instances", "c1"))
+    d.write("instances", "c1", "config", "raw.lxc", "lxc.signal.halt = SIGURG")
+    d.write("instances", "c1", "source", "busybox")
+    d.write("instances", "c1", "state", "start")
+    os.mkdir(d.path("instances", "c1", "snapshots", "a"))
+    os.rename(d.path("instances", "c1", "snapshots", "a"),
+              d.path("instances", "c1", "snapshots", "b"))
+    assert os.listdir(d.path("instances", "c1", "snapshots")) == ["b"]
+    # the init ignores the halt signal: `stop 1` kills it after one second
+    d.write("instances", "c1", "state", "stop 1")
+    assert d.read("instances", "c1", "state") == "STOPPED"
+    assert write_errno(d.path("instances", "c1", "state"), "stop soon") == errno.EINVAL

@@ -152,14 +152,13 @@ def test_no_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    "(start lxfsd, or set LXFS_MOUNT)\n")
 
 
-def test_default_mount_message(monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_mount(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lxfs.cli.mount import mount_root
+
     monkeypatch.delenv("LXFS_MOUNT", raising=False)
-    if os.path.exists("/lxfs/environment/server_pid"):
-        pytest.skip("a real lxfs daemon is mounted at /lxfs")
-    assert main(["list"]) == 1
-    assert capsys.readouterr().err == (
-        "lxfs: no lxfs daemon mounted at /lxfs (start lxfsd, or set LXFS_MOUNT)\n")
+    assert mount_root() == Path("/lxfs")
+    monkeypatch.setenv("LXFS_MOUNT", "/elsewhere")
+    assert mount_root() == Path("/elsewhere")
 
 
 def test_init_reserved(capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,5 +63,8 @@ class Runtime(ABC):
     def console_log(self, instance: Instance) -> str:
         """What the instance wrote to its console."""
 
+    def apply_limits(self, instance: Instance) -> None:
+        """Apply the expanded config's limits to the running instance (live changes)."""
+
     def after_stop(self, instance: Instance) -> None:
         """Called once the instance is seen stopped (release cgroups...)."""

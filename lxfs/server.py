@@ -37,7 +37,7 @@ from lxfs.errors import (
 from lxfs.events import EventBus
 from lxfs.model import Image, Instance, Profile, Snapshot, now
 from lxfs.runtime import Runtime
-from lxfs.storage import Pool, StorageDriver, valid_snapshot_name
+from lxfs.storage import Pool, PoolUsage, StorageDriver, VolumeType, valid_snapshot_name
 
 log = logging.getLogger("lxfs")
 T = TypeVar("T")
@@ -46,6 +46,15 @@ _INSTANCE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 _PROFILE_NAME = re.compile(r"^[^/\s]{1,63}$")
 _ALIAS_NAME = re.compile(r"^[^/\s:]{1,255}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_POOL_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+#: storage drivers of LXD that need what this kind of host lacks
+UNSUPPORTED_DRIVERS = {
+    "lvm": "LVM needs device-mapper, which this kernel does not have",
+    "ceph": "Ceph RBD needs a Ceph cluster and the rbd kernel driver (device-mapper too)",
+    "cephfs": "CephFS needs a Ceph cluster",
+    "cephobject": "Ceph object storage needs a Ceph cluster",
+    "powerflex": "PowerFlex needs a Dell PowerFlex cluster",
+}
 ACTIONS = ("start", "stop", "kill", "restart", "freeze", "unfreeze")
 
 
@@ -99,6 +108,7 @@ class Server:
             raise RuntimeError("no runtime plugin registered (is lxfs installed?)")
         self.runtime: Runtime = runtimes[0](self)
         self.pools: dict[str, StorageDriver] = {}
+        self.pending_pools: dict[str, Pool] = {}  # made by mkdir, no driver yet
         self.instances: dict[str, Instance] = {}
         self.images: dict[str, Image] = {}
         self.aliases: dict[str, tuple[str, str]] = {}
@@ -154,12 +164,19 @@ class Server:
             pools = {pool.name: vars(pool)}
         for name, rec in pools.items():
             pool = Pool(**rec)
+            if not pool.driver:
+                self.pending_pools[name] = pool
+                continue
             cls = self.storage_drivers.get(pool.driver)
             if cls is None:
                 log.error("pool %s: no plugin provides storage driver %r", name, pool.driver)
                 continue
             driver = cls(pool, self.data_dir)
-            driver.mount()
+            try:
+                driver.mount()
+            except (LxfsError, OSError) as exc:
+                log.error("pool %s (%s) cannot be mounted: %s", name, pool.driver, exc)
+                continue
             self.pools[name] = driver
         if "default" not in self.profiles:
             profile = Profile("default", "Default lxfs profile", {},
@@ -396,7 +413,7 @@ class Server:
 
     async def change_state(self, name: str, action: str) -> None:
         """Run a state action; return when the transition is complete."""
-        action = _normalise_action(action)
+        action, timeout = _normalise_action(action)
         force = action == "kill"
         inst = self.instance(name)
         stopped_pid = 0
@@ -410,7 +427,7 @@ class Server:
                 await self._start(inst)
             elif action in ("stop", "kill"):
                 stopped_pid = self._running_pids.get(name, 0)
-                await self._stop(inst, force=force or action == "kill")
+                await self._stop(inst, force=force, timeout=timeout)
             elif action == "restart":
                 self._restarting.add(name)
                 try:
@@ -469,14 +486,16 @@ class Server:
         lines.extend(line for line in raw.splitlines() if line.strip())
         return lines
 
-    async def _stop(self, inst: Instance, force: bool) -> None:
+    async def _stop(self, inst: Instance, force: bool, timeout: int | None = None) -> None:
         self.transient[inst.name] = "STOPPING"
         try:
             await in_thread(lambda: self.hook.lxfs_instance_pre_stop(server=self, instance=inst))
             if force:
                 await in_thread(self.runtime.kill, inst)
             else:
-                timeout = int(inst.expanded_config.get("boot.host_shutdown_timeout") or 30)
+                if timeout is None:
+                    timeout = int(inst.expanded_config.get("boot.host_shutdown_timeout")
+                                  or 30)
                 if not await in_thread(self.runtime.shutdown, inst, timeout):
                     log.warning("%s did not stop within %ds: killing it", inst.name, timeout)
                     await in_thread(self.runtime.kill, inst)
@@ -598,7 +617,21 @@ class Server:
                     inst.config[key] = old
                 raise
             expand(inst, self.profiles)
+            await self._apply_live(inst)
         self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+
+    async def _apply_live(self, inst: Instance) -> None:
+        """Apply what can change while the instance runs (limits); the rest waits for the
+        next start. A refusal by the kernel is reported, the new value is kept."""
+        if inst.storage_state != "ready" or inst.name in self.transient:
+            return
+        if await in_thread(self.runtime.state, inst) == "STOPPED":
+            return
+        try:
+            await in_thread(self.runtime.apply_limits, inst)
+        except (LxfsError, OSError) as exc:
+            self.set_error(inst.name, f"saved, but could not be applied to the running "
+                                      f"instance (applies at next start): {exc}")
 
     async def unset_instance_key(self, name: str, key: str) -> None:
         inst = self.instance(name)
@@ -615,6 +648,7 @@ class Server:
                 inst.config[key] = old
                 raise
             expand(inst, self.profiles)
+            await self._apply_live(inst)
 
     async def set_instance_field(self, name: str, field: str, value: str) -> None:
         """``description``, ``ephemeral`` or ``profiles`` (one per line)."""
@@ -639,6 +673,8 @@ class Server:
                 raise InvalidArgument(f"unknown field {field}")
             expand(inst, self.profiles)
             await self._save(inst)
+            if field == "profiles":
+                await self._apply_live(inst)
         self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
 
     async def set_device_key(self, owner: Instance | Profile, device: str, key: str,
@@ -676,9 +712,10 @@ class Server:
             expand(owner, self.profiles)
         else:
             await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
-            for inst in self.instances.values():
+            for inst in list(self.instances.values()):
                 if owner.name in inst.profiles:
                     expand(inst, self.profiles)
+                    await self._apply_live(inst)
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -716,6 +753,23 @@ class Server:
             await self._save(inst)
         self.events.lifecycle("instance-snapshot-deleted",
                               f"/1.0/instances/{name}/snapshots/{snapshot}")
+
+    async def rename_snapshot(self, name: str, old: str, new: str) -> None:
+        inst = self.instance(name)
+        if not valid_snapshot_name(new):
+            raise InvalidArgument(f"invalid snapshot name {new!r}")
+        async with self._locks[name]:
+            if old not in inst.snapshots:
+                raise NotFound(f"snapshot {name}/{old} not found")
+            if new in inst.snapshots:
+                raise AlreadyExists(f"snapshot {name}/{new} already exists")
+            await in_thread(self.pool_of(inst).rename_snapshot, "container", name, old, new)
+            snap = inst.snapshots.pop(old)
+            snap.name = new
+            inst.snapshots[new] = snap
+            await self._save(inst)
+        self.events.lifecycle("instance-snapshot-renamed",
+                              f"/1.0/instances/{name}/snapshots/{new}", old_name=old)
 
     async def restore_snapshot(self, name: str, snapshot: str) -> None:
         """Restore the root filesystem and configuration; a running instance is stopped,
@@ -918,7 +972,7 @@ class Server:
         await in_thread(self.db.set_server_config, key, value)
         self.config[key] = value
 
-    # --- storage pools (management comes with the storage issue) ---------------------------
+    # --- storage pools ---------------------------------------------------------------------
 
     def pool_used_by(self, name: str) -> list[str]:
         users = [f"instances/{i.name}" for i in self.instances.values()
@@ -927,17 +981,154 @@ class Server:
                   if any(d.get("pool") == name for d in p.devices.values())]
         return sorted(users)
 
-    async def create_pool(self, name: str, driver: str, config: dict[str, str]) -> None:
-        raise NotSupported("creating storage pools comes with the storage plugins")
+    def pool_record(self, name: str) -> Pool:
+        """A pool's record, created or pending (``mkdir`` done, no driver written yet)."""
+        if name in self.pools:
+            return self.pools[name].pool
+        if name in self.pending_pools:
+            return self.pending_pools[name]
+        raise NotFound(f"storage pool {name!r} not found")
+
+    def storage_driver_class(self, driver: str) -> type[StorageDriver]:
+        """The class of a driver name: EINVAL unknown, EOPNOTSUPP known but not available."""
+        cls = self.storage_drivers.get(driver)
+        if cls is not None:
+            return cls
+        if driver in UNSUPPORTED_DRIVERS:
+            raise NotSupported(f"storage driver {driver} is not supported on this host: "
+                               f"{UNSUPPORTED_DRIVERS[driver]}")
+        raise InvalidArgument(f"unknown storage driver {driver!r} (available: "
+                              f"{', '.join(sorted(self.storage_drivers))})")
+
+    def pool_keys(self) -> set[str]:
+        """Every pool config key some driver accepts (what a pending pool may hold)."""
+        return {k for cls in self.storage_drivers.values() for k in cls.pool_keys}
+
+    async def create_pending_pool(self, name: str) -> None:
+        """``mkdir storage-pools/NAME``: a record with config but no driver yet."""
+        if not _POOL_NAME.match(name) or name.endswith("."):
+            raise InvalidArgument(f"invalid storage pool name {name!r}: use 1-63 letters, "
+                                  "digits, '-', '_' and '.', starting with a letter or digit")
+        if name in self.pools or name in self.pending_pools:
+            raise AlreadyExists(f"storage pool {name!r} already exists")
+        pool = Pool(name, "")
+        await in_thread(self.db.put, "pools", name, vars(pool))
+        self.pending_pools[name] = pool
+
+    async def create_pool(self, name: str, driver: str, config: dict[str, str] | None = None
+                          ) -> None:
+        """Create a pool with ``driver`` (a pending pool's config is used when ``config`` is
+        None). Returns when the backing store exists and is mounted."""
+        driver = driver.strip()
+        async with self._locks[f"pool/{name}"]:
+            if name in self.pools:
+                raise AlreadyExists(f"storage pool {name!r} already exists")
+            pending = self.pending_pools.get(name)
+            if pending is None and (not _POOL_NAME.match(name) or name.endswith(".")):
+                raise InvalidArgument(f"invalid storage pool name {name!r}")
+            cls = self.storage_driver_class(driver)
+            await in_thread(cls.check_host)
+            config = dict(pending.config if config is None and pending else config or {})
+            for key in config:
+                if key not in cls.pool_keys:
+                    raise InvalidArgument(f"{driver} pools have no config key {key!r} "
+                                          f"(keys: {', '.join(sorted(cls.pool_keys))})")
+            pool = Pool(name, driver, config, pending.description if pending else "")
+            backend = cls(pool, self.data_dir)
+            await in_thread(backend.fill_defaults)
+            await in_thread(backend.create)
+            try:
+                await in_thread(self.db.put, "pools", name, vars(pool))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await in_thread(backend.delete)
+                raise
+            self.pending_pools.pop(name, None)
+            self.pools[name] = backend
+        log.info("created storage pool %s (%s): %s", name, driver, pool.config)
+        self.events.lifecycle("storage-pool-created", f"/1.0/storage-pools/{name}")
+
+    async def delete_pool(self, name: str) -> None:
+        """Delete a pool and its backing store (EBUSY while instances or profiles use it).
+        Images cached in the pool go with it."""
+        async with self._locks[f"pool/{name}"]:
+            if name in self.pending_pools:
+                await in_thread(self.db.delete, "pools", name)
+                del self.pending_pools[name]
+                return
+            backend = self.pools.get(name)
+            if backend is None:
+                raise NotFound(f"storage pool {name!r} not found")
+            used = self.pool_used_by(name)
+            if used:
+                raise Busy(f"storage pool {name} is used by {', '.join(used)}")
+            custom = await in_thread(backend.list_volumes, "custom")
+            if custom:
+                raise Busy(f"storage pool {name} holds custom volumes: {', '.join(custom)}")
+            for fp in await in_thread(backend.list_volumes, "image"):
+                async with self._image_locks[f"{name}/{fp}"]:
+                    await in_thread(backend.delete_volume, "image", fp)
+            await in_thread(backend.delete)
+            await in_thread(self.db.delete, "pools", name)
+            del self.pools[name]
+        self.events.lifecycle("storage-pool-deleted", f"/1.0/storage-pools/{name}")
+
+    async def set_pool_key(self, name: str, key: str, value: str) -> None:
+        """Set (empty value: unset) a pool config key. A pending pool takes any key a driver
+        knows; an existing pool asks its driver (most keys are fixed at creation)."""
+        value = value.removesuffix("\n")
+        async with self._locks[f"pool/{name}"]:
+            pool = self.pool_record(name)
+            if name in self.pending_pools:
+                if key not in self.pool_keys():
+                    raise InvalidArgument(f"unknown storage pool key {key!r} (keys: "
+                                          f"{', '.join(sorted(self.pool_keys()))})")
+                old = dict(pool.config)
+                if value:
+                    pool.config[key] = value
+                else:
+                    pool.config.pop(key, None)
+            else:
+                if pool.config.get(key, "") == value:
+                    return
+                old = dict(pool.config)
+                await in_thread(self.pools[name].update_pool_key, key, value)
+            try:
+                await in_thread(self.db.put, "pools", name, vars(pool))
+            except BaseException:
+                pool.config = old
+                raise
+
+    async def set_pool_description(self, name: str, value: str) -> None:
+        pool = self.pool_record(name)
+        pool.description = value.removesuffix("\n")
+        await in_thread(self.db.put, "pools", name, vars(pool))
+
+    async def pool_resources(self, name: str) -> PoolUsage:
+        backend = self.pools.get(name)
+        if backend is None:
+            return PoolUsage(0, 0)
+        return await in_thread(backend.usage)
+
+    async def pool_volumes(self, name: str, vtype: VolumeType) -> list[str]:
+        backend = self.pools.get(name)
+        return await in_thread(backend.list_volumes, vtype) if backend else []
+
+    async def volume_usage(self, name: str, vtype: VolumeType, volume: str) -> int:
+        return await in_thread(self.pools[name].volume_usage, vtype, volume)
 
 
-def _normalise_action(action: str) -> str:
-    action = action.strip().lower()
-    if action in ("stop --force", "stop -f", "force-stop"):
-        return "kill"
-    if action not in ACTIONS:
-        raise InvalidArgument(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
-    return action
+def _normalise_action(text: str) -> tuple[str, int | None]:
+    """``start``, ``stop``, ``stop 10`` (graceful, kill after 10 s), ``kill``..."""
+    words = text.strip().lower().split()
+    if words in (["stop", "--force"], ["stop", "-f"], ["force-stop"]):
+        return "kill", None
+    if len(words) == 2 and words[0] == "stop" and words[1].isdigit():
+        return "stop", int(words[1])
+    if len(words) != 1 or words[0] not in ACTIONS:
+        raise InvalidArgument(f"unknown action {text.strip()!r}: use one of "
+                              f"{', '.join(ACTIONS)} (or 'stop SECONDS')")
+    return words[0], None
 
 
 def _check_transition(name: str, action: str, state: str) -> None:

@@ -180,6 +180,18 @@ class LxcRuntime(Runtime):
         if not self._container(instance.name).unfreeze():
             raise OperationFailed(f"failed to unfreeze {instance.name}")
 
+    def apply_limits(self, instance: Instance) -> None:
+        layout = cgroup_layout()
+        wanted = dict(_unlimited(layout))
+        for line in limit_lines(instance.expanded_config, layout):
+            key, _, value = line.partition(" = ")
+            wanted[key] = value
+        c = self._container(instance.name)
+        for key, value in wanted.items():
+            item = key.split(".", 2)[2]  # lxc.cgroup.memory.x / lxc.cgroup2.memory.x
+            if not c.set_cgroup_item(item, value):
+                raise OperationFailed(f"the kernel refused {item} = {value}")
+
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
 
@@ -252,6 +264,16 @@ def _rmdir_tree(path: Path, only_if_empty: bool = False) -> None:
 
 
 # --- config contributed by this plugin --------------------------------------------------------
+
+
+def _unlimited(layout: str) -> dict[str, str]:
+    """What each limit key is when unset."""
+    cpus = f"0-{(os.cpu_count() or 1) - 1}"
+    if layout == "v2":
+        return {"lxc.cgroup2.memory.max": "max", "lxc.cgroup2.pids.max": "max",
+                "lxc.cgroup2.cpuset.cpus": cpus}
+    return {"lxc.cgroup.memory.limit_in_bytes": "-1", "lxc.cgroup.pids.max": "max",
+            "lxc.cgroup.cpuset.cpus": cpus}
 
 
 def limit_lines(config: dict[str, str], layout: str) -> list[str]:

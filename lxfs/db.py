@@ -87,6 +87,17 @@ class Database:
             cur.execute(f"INSERT INTO {table} ({key}, data) VALUES (?, ?)",
                         (new, json.dumps(data)))
 
+    def apply(self, changes: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Several puts (data) and deletes (None) across tables, in one transaction."""
+        with self.transaction() as cur:
+            for table, name, data in changes:
+                key = _KEYS[table]
+                if data is None:
+                    cur.execute(f"DELETE FROM {table} WHERE {key} = ?", (name,))
+                else:
+                    cur.execute(f"INSERT OR REPLACE INTO {table} ({key}, data) VALUES (?, ?)",
+                                (name, json.dumps(data)))
+
     # --- aliases and server config ----------------------------------------------------------
 
     def load_aliases(self) -> dict[str, tuple[str, str]]:

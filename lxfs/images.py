@@ -1260,3 +1260,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def publish_volume(
+    volume: Path | str,
+    out: Path | str,
+    architecture: str,
+    properties: Mapping[str, str],
+    compression: Compression = "xz",
+) -> None:
+    """Build a unified image tarball from an instance or snapshot volume (``metadata.yaml``,
+    ``templates/``, ``rootfs/``) without copying the root filesystem: it is bind-mounted
+    read-only into a staging directory while tar reads it."""
+    import time
+
+    import yaml
+
+    volume = Path(volume)
+    templates: dict[str, Any] = {}
+    meta_path = volume / "metadata.yaml"
+    if meta_path.is_file():
+        try:
+            templates = _parse_metadata(meta_path.read_bytes()).get("templates") or {}
+        except ImageError:
+            templates = {}
+    staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=Path(out).parent))
+    rootfs = staging / "rootfs"
+    mounted = False
+    try:
+        metadata = {
+            "architecture": architecture,
+            "creation_date": int(time.time()),
+            "properties": dict(properties),
+            "templates": templates,
+        }
+        (staging / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=True))
+        if (volume / "templates").is_dir():
+            _run(["cp", "-a", "--", str(volume / "templates"), str(staging / "templates")],
+                 "copying templates")
+        rootfs.mkdir()
+        _run(["mount", "--bind", "-o", "ro", str(volume / "rootfs"), str(rootfs)],
+             "bind-mounting the root filesystem")
+        mounted = True
+        _run(["mount", "-o", "remount,bind,ro", str(rootfs)], "making the bind read-only")
+        build_unified_tarball(staging, out, compression)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(rootfs)], check=False, capture_output=True)
+        if not os.path.ismount(rootfs):  # never delete through a bind still in place
+            shutil.rmtree(staging, ignore_errors=True)

@@ -358,6 +358,14 @@ class InstanceDir(Dir):
                                     scope=name, accumulate=False),
             "ipv4": lambda: File(srv, lambda: "", dynamic=True),
             "ipv6": lambda: File(srv, lambda: "", dynamic=True),
+            "usage": lambda: StaticDir(srv, {
+                **{key: _usage_file(srv, name, key)
+                   for key in ("processes", "memory", "memory_peak", "cpu")},
+                "disk": lambda: File(srv, lambda: _str(srv.disk_usage(name)), dynamic=True),
+            }),
+            "publish": lambda: File(srv, lambda: srv.published.get(name, ""),
+                                    lambda v: _publish(srv, name, "", v), scope=name,
+                                    accumulate=False),
         }
 
     def _all_children(self) -> dict[str, Callable[[], Node | None]]:
@@ -377,6 +385,17 @@ class InstanceDir(Dir):
 def _rootfs(path: Path, where: str, srv: Server, scope: str = "",
             readonly: bool = False) -> HostFile:
     return HostFile(path, readonly, scope, root=path, view=f"{srv.mount}/{where}")
+
+
+def _usage_file(srv: Server, name: str, key: str) -> Callable[[], Node]:
+    async def value() -> str:
+        return str((await srv.usage(name)).get(key, 0))
+
+    return lambda: File(srv, value, dynamic=True)
+
+
+async def _publish(srv: Server, name: str, snapshot: str, request: str) -> None:
+    await srv.publish(name, snapshot, request)
 
 
 async def _status(state: Awaitable[str]) -> str:
@@ -404,6 +423,9 @@ class SnapshotsDir(Dir):
         return StaticDir(srv, {
             "name": lambda: File(srv, lambda: snap.name),
             "created_at": lambda: File(srv, lambda: rfc3339(snap.created_at)),
+            "publish": lambda: File(srv, lambda: srv.published.get(f"{inst.name}/{name}", ""),
+                                    lambda v: _publish(srv, inst.name, name, v),
+                                    scope=inst.name, accumulate=False),
             "rootfs": lambda: _rootfs(srv.snapshot_rootfs(inst, name),
                                       f"instances/{inst.name}/snapshots/{name}/rootfs", srv,
                                       readonly=True),
@@ -571,6 +593,11 @@ class ProfilesDir(Dir):
 
     async def rmdir(self, name: str) -> None:
         await self.srv.guarded("", self.srv.delete_profile(name))
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        if not isinstance(new_parent, ProfilesDir):
+            raise InvalidArgument("profiles can only be renamed within profiles/")
+        await self.srv.guarded("", self.srv.rename_profile(old, new))
 
 
 class PoolsDir(Dir):

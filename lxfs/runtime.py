@@ -63,6 +63,10 @@ class Runtime(ABC):
     def console_log(self, instance: Instance) -> str:
         """What the instance wrote to its console."""
 
+    def usage(self, instance: Instance) -> dict[str, int]:
+        """``processes``, ``memory``, ``memory_peak`` (bytes), ``cpu`` (ns) while running."""
+        return {}
+
     def apply_limits(self, instance: Instance) -> None:
         """Apply the expanded config's limits to the running instance (live changes)."""
 

@@ -121,6 +121,8 @@ class Server:
         self._running_pids: dict[str, int] = {}
         self._restarting: set[str] = set()
         self._pending: dict[str, tuple[Path, str]] = {}
+        #: the last image published from each instance (or NAME/SNAP)
+        self.published: dict[str, str] = {}
         self.nursery: trio.Nursery | None = None
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
 
@@ -352,6 +354,8 @@ class Server:
     async def set_source(self, name: str, ref: str) -> None:
         """Create the instance's root filesystem from an image; returns when it is done."""
         inst = self.instance(name)
+        if ref.strip().startswith("instances/"):
+            return await self.copy_instance(name, ref)
         async with self._locks[name]:
             if inst.storage_state:
                 raise AlreadyExists(
@@ -385,6 +389,144 @@ class Server:
             expand(inst, self.profiles)
             self.transient.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(server=self, instance=inst))
+
+    async def copy_instance(self, name: str, ref: str) -> None:
+        """Make ``name`` a copy of ``instances/SRC`` or ``instances/SRC/snapshots/SNAP``
+        (`` --instance-only``: without snapshots): root filesystem, configuration (not
+        ``volatile.*``), devices and profiles; keys already set on ``name`` win."""
+        words = ref.split()
+        instance_only = "--instance-only" in words[1:]
+        if any(w != "--instance-only" for w in words[1:]):
+            raise InvalidArgument(f"unknown copy option in {ref.strip()!r}")
+        parts = words[0].strip("/").split("/")
+        if len(parts) == 2:
+            src_name, snapshot = parts[1], ""
+        elif len(parts) == 4 and parts[2] == "snapshots":
+            src_name, snapshot = parts[1], parts[3]
+        else:
+            raise InvalidArgument(f"{words[0]!r}: use instances/NAME or "
+                                  "instances/NAME/snapshots/SNAP")
+        src = self.instance(src_name)
+        if src_name == name:
+            raise InvalidArgument("an instance cannot be copied onto itself")
+        if src.storage_state != "ready":
+            raise NotFound(f"instance {src_name} has no root filesystem to copy")
+        if snapshot and snapshot not in src.snapshots:
+            raise NotFound(f"snapshot {src_name}/{snapshot} not found")
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if inst.storage_state:
+                raise AlreadyExists(f"instance {name} already has a root filesystem")
+            origin = src.snapshots[snapshot] if snapshot else src
+            own_config = dict(inst.config)
+            inst.config = {k: v for k, v in origin.config.items()
+                           if not k.startswith("volatile.")} | own_config
+            inst.devices = {k: dict(v) for k, v in origin.devices.items()} | inst.devices
+            if inst.profiles == ["default"]:
+                inst.profiles = [p for p in origin.profiles if p in self.profiles]
+            inst.architecture, inst.description = src.architecture, src.description
+            expand(inst, self.profiles)
+            src_pool, pool = self.pool_of(src), self.pool_of(inst)
+            if src_pool is not pool:
+                raise NotSupported("copying between storage pools is not supported yet")
+            with_snapshots = not instance_only and not snapshot
+            inst.storage_state, inst.source = "creating", words[0]
+            await self._save(inst)
+            self.transient[name] = "CREATING"
+            try:
+                if snapshot:
+                    await in_thread(pool.copy_snapshot_to_volume, "container", src_name,
+                                    snapshot, name)
+                else:
+                    await in_thread(pool.copy_volume, "container", src_name, name,
+                                    with_snapshots)
+                await in_thread(images.render_templates, pool.volume_path("container", name),
+                                "copy", self._template_context(inst))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await in_thread(pool.delete_volume, "container", name)
+                    inst.storage_state, inst.source = "", ""
+                    await self._save(inst)
+                    self.transient.pop(name, None)
+                raise
+            if with_snapshots:
+                inst.snapshots = {k: Snapshot(v.name, v.created_at, dict(v.config),
+                                              {d: dict(x) for d, x in v.devices.items()},
+                                              list(v.profiles))
+                                  for k, v in src.snapshots.items()}
+            inst.storage_state = "ready"
+            await self._save(inst)
+            self.transient.pop(name, None)
+        await in_thread(lambda: self.hook.lxfs_instance_post_create(server=self, instance=inst))
+        self.events.lifecycle("instance-created", f"/1.0/instances/{name}",
+                              copied_from=f"/1.0/{words[0]}")
+
+    async def publish(self, name: str, snapshot: str, request: str) -> Image:
+        """Build an LXD image from an instance (or snapshot) and import it."""
+        inst = self.instance(name)
+        aliases: list[str] = []
+        public = force = False
+        compression = "xz"
+        properties = {k[len("image."):]: v for k, v in inst.expanded_config.items()
+                      if k.startswith("image.")}
+        for token in request.split():
+            key, sep, value = token.partition("=")
+            if not sep:
+                raise InvalidArgument(f"publish: expected KEY=VALUE, got {token!r}")
+            if key == "alias":
+                aliases.append(value)
+            elif key == "public":
+                public = is_true(value)
+            elif key == "force":
+                force = is_true(value)
+            elif key == "compression":
+                if value not in ("xz", "gzip", "bzip2", "zstd", "none"):
+                    raise InvalidArgument(f"publish: unknown compression {value!r}")
+                compression = value
+            else:
+                properties[key] = value
+        for alias in aliases:
+            if alias in self.aliases:
+                raise AlreadyExists(f"alias {alias!r} already exists")
+        if inst.storage_state != "ready":
+            raise NotFound(f"instance {name} has no root filesystem")
+        if snapshot and snapshot not in inst.snapshots:
+            raise NotFound(f"snapshot {name}/{snapshot} not found")
+        async with self._locks[name]:
+            if not snapshot and not force:
+                state = await in_thread(self.runtime.state, inst)
+                if state != "STOPPED":
+                    raise Busy(f"instance {name} is {state.lower()}: stop it first, or "
+                               "publish with force=true")
+            pool = self.pool_of(inst)
+            volume = (pool.snapshot_path("container", name, snapshot) if snapshot
+                      else pool.volume_path("container", name))
+            out = self.new_upload_path()
+            await in_thread(images.publish_volume, volume, out, inst.architecture,
+                            properties, compression)
+        image = await self._register_image(out, None, f"{name}.tar.{compression}")
+        if public:
+            await self.set_image_field(image.fingerprint, "public", "true")
+        for alias in aliases:
+            await self.create_alias(alias, image.fingerprint)
+        self.published[name if not snapshot else f"{name}/{snapshot}"] = image.fingerprint
+        return image
+
+    async def usage(self, name: str) -> dict[str, int]:
+        """Processes, memory, memory peak and CPU time of a running instance; root disk."""
+        inst = self.instance(name)
+        result: dict[str, int] = {}
+        if inst.storage_state != "ready":
+            return result
+        if await in_thread(self.runtime.state, inst) != "STOPPED":
+            result.update(await in_thread(self.runtime.usage, inst))
+        return result
+
+    async def disk_usage(self, name: str) -> int:
+        inst = self.instance(name)
+        if inst.storage_state != "ready":
+            return 0
+        return await in_thread(self.pool_of(inst).volume_usage, "container", name)
 
     async def _ensure_image_volume(self, pool: StorageDriver, image: Image) -> None:
         fp = image.fingerprint
@@ -930,6 +1072,30 @@ class Server:
         await in_thread(self.db.put, "profiles", name, profile.to_record())
         self.profiles[name] = profile
         return profile
+
+    async def rename_profile(self, old: str, new: str) -> None:
+        """Rename a profile; the instances using it follow, in one transaction."""
+        if old not in self.profiles:
+            raise NotFound(f"profile {old!r} not found")
+        if old == "default":
+            raise Busy("the default profile cannot be renamed")
+        if not _PROFILE_NAME.match(new) or new in (".", ".."):
+            raise InvalidArgument(f"invalid profile name {new!r}")
+        if new in self.profiles:
+            raise AlreadyExists(f"profile {new!r} already exists")
+        profile = self.profiles[old]
+        users = [i for i in self.instances.values() if old in i.profiles]
+        changes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("profiles", old, None), ("profiles", new, {**profile.to_record(), "name": new})]
+        for inst in users:
+            rec = inst.to_record()
+            rec["profiles"] = [new if p == old else p for p in inst.profiles]
+            changes.append(("instances", inst.name, rec))
+        await in_thread(self.db.apply, changes)
+        profile.name = new
+        self.profiles[new] = self.profiles.pop(old)
+        for inst in users:
+            inst.profiles = [new if p == old else p for p in inst.profiles]
 
     def profile_used_by(self, name: str) -> list[str]:
         return sorted(i.name for i in self.instances.values() if name in i.profiles)

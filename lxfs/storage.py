@@ -21,7 +21,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from lxfs.model import Instance
+    from lxfs.server import Server
 
 VolumeType = Literal["image", "container", "custom"]
 VOLUME_TYPES: tuple[VolumeType, ...] = ("image", "container", "custom")
@@ -157,6 +161,19 @@ class StorageDriver(ABC):
     def restore_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
         """Make the volume's content that of the snapshot (the instance is stopped)."""
 
+    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
+        """Limit a volume to ``size`` bytes (None removes the limit). Returns False when the
+        driver has no quotas (the default): ``size`` is then ignored, as LXD's dir driver does
+        on filesystems without project quotas."""
+        return False
+
+    def update_pool_key(self, key: str, value: str) -> None:
+        """Change a config key of an existing pool (``size`` of a loop file...). Default:
+        every key is fixed at creation."""
+        from lxfs.errors import InvalidArgument
+
+        raise InvalidArgument(f"{key} cannot be changed on an existing {self.name} pool")
+
     def copy_snapshot_to_volume(
         self, vtype: VolumeType, src: str, snapshot: str, dst: str
     ) -> None:
@@ -173,6 +190,28 @@ class StorageDriver(ABC):
 
 
 _SNAPSHOT_NAME = re.compile(r"^[^/\s]{1,63}$")
+
+
+def root_disk_size(instance: Instance) -> int | None:
+    """The ``size`` of an instance's root disk device in bytes (None when unset)."""
+    from lxfs.config_schema import parse_size
+
+    for dev in instance.expanded_devices.values():
+        if dev.get("type") == "disk" and dev.get("path") == "/":
+            value = dev.get("size", "").strip()
+            return parse_size(value) if value else None
+    return None
+
+
+def apply_root_quota(server: Server, instance: Instance, driver: type[StorageDriver]) -> None:
+    """Set the quota of an instance's root volume from its root disk's ``size``, if the
+    instance's pool is of class ``driver`` (each quota-capable driver plugin calls this from
+    its ``lxfs_instance_post_create``/``pre_start`` hooks). Runs in a worker thread."""
+    if instance.storage_state != "ready":
+        return
+    pool = server.pools.get(instance.root_pool())
+    if isinstance(pool, driver):
+        pool.set_volume_quota("container", instance.name, root_disk_size(instance))
 
 
 def valid_snapshot_name(name: str) -> bool:

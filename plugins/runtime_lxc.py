@@ -180,6 +180,26 @@ class LxcRuntime(Runtime):
         if not self._container(instance.name).unfreeze():
             raise OperationFailed(f"failed to unfreeze {instance.name}")
 
+    def usage(self, instance: Instance) -> dict[str, int]:
+        c = self._container(instance.name)
+
+        def item(key: str) -> int:
+            value = c.get_cgroup_item(key)
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return 0
+
+        if cgroup_layout() == "v2":
+            cpu = 0
+            for line in (c.get_cgroup_item("cpu.stat") or "").splitlines():
+                if line.startswith("usage_usec"):
+                    cpu = int(line.split()[1]) * 1000
+            return {"processes": item("pids.current"), "memory": item("memory.current"),
+                    "memory_peak": item("memory.peak"), "cpu": cpu}
+        return {"processes": item("pids.current"), "memory": item("memory.usage_in_bytes"),
+                "memory_peak": item("memory.max_usage_in_bytes"), "cpu": item("cpuacct.usage")}
+
     def apply_limits(self, instance: Instance) -> None:
         layout = cgroup_layout()
         wanted = dict(_unlimited(layout))

@@ -161,9 +161,11 @@ def test_default_mount(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mount_root() == Path("/elsewhere")
 
 
-def test_init_reserved(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["init"]) == 1
-    assert capsys.readouterr().err == "lxfs init: not implemented yet\n"
+def test_init_needs_a_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LXFS_MOUNT", str(tmp_path / "nothing"))
+    assert main(["init", "--auto"]) == 1
+    assert "no lxfs daemon mounted" in capsys.readouterr().err
 
 
 def test_version(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None:

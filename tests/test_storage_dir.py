@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from lxfs_plugins.storage_dir import DirDriver
 
 from lxfs.errors import AlreadyExists, NotFound
 from lxfs.storage import Pool
-from lxfs_plugins.storage_dir import DirDriver
 
 
 @pytest.fixture

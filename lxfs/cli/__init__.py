@@ -8,8 +8,11 @@ import sys
 from collections.abc import Sequence
 
 import lxfs
-from lxfs.cli import config, files, images, instances
+from lxfs.cli import config, copying, files, images, instances, profiles, storage
+from lxfs.cli import console as console_
 from lxfs.cli import exec as exec_
+from lxfs.cli import init as init_
+from lxfs.cli import network as network_
 from lxfs.cli.mount import CLIError, Mount, NoMount
 
 
@@ -23,12 +26,6 @@ def cmd_version(_args: argparse.Namespace) -> int:
         server = "unreachable"
     print(f"Server version: {server}")
     return 0
-
-
-def cmd_init(_args: argparse.Namespace) -> int:
-    """``lxfs init``: reserved for the setup dialogue."""
-    sys.stderr.write("lxfs init: not implemented yet\n")
-    return 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     instances.register(sub)
     exec_.register(sub)
     config.register(sub)
+    profiles.register(sub)
+    copying.register(sub)
+    console_.register(sub)
     files.register(sub)
     images.register(sub)
-    p = sub.add_parser("init", help="Set up lxfs (not implemented yet)")
-    p.set_defaults(func=cmd_init)
+    storage.register(sub)
+    network_.register(sub)
+    init_.register(sub)
     p = sub.add_parser("version", help="Show client and server versions")
     p.set_defaults(func=cmd_version)
     return parser

@@ -1,4 +1,4 @@
-"""``config`` (server and instance keys, devices) and basic ``profile`` commands."""
+"""``config`` commands: server and instance keys, devices, ``edit``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lxfs.cli import editing
 from lxfs.cli.instances import parse_pairs
 from lxfs.cli.mount import (
     CLIError,
@@ -20,7 +21,7 @@ from lxfs.cli.mount import (
     read_lines,
     read_opt,
 )
-from lxfs.cli.output import FORMATS, emit, natural_key, render_yaml
+from lxfs.cli.output import natural_key, render_yaml
 
 
 def _key_path(base: Path, key: str) -> Path:
@@ -258,43 +259,16 @@ def cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- profiles ----------------------------------------------------------------------------------
-def cmd_profile_list(args: argparse.Namespace) -> int:
-    """``lxfs profile list``."""
+def cmd_edit(args: argparse.Namespace) -> int:
+    """``lxfs config edit NAME``: the YAML of ``config show`` in $EDITOR (or from stdin)."""
     mount = Mount()
-    rows, data = [], []
-    for name in sorted(list_dirs(mount.profiles), key=natural_key):
-        pdir = mount.profiles / name
-        used_by = read_lines(pdir / "used_by")
-        description = read_opt(pdir / "description")
-        rows.append([name, description, str(len(used_by))])
-        if args.format in ("json", "yaml"):
-            data.append(profile_object(pdir))
-    emit(args.format, ["NAME", "DESCRIPTION", "USED BY"], rows, data)
-    return 0
-
-
-def profile_object(pdir: Path) -> dict[str, Any]:
-    """A profile shaped like LXD's ``/1.0/profiles/NAME``."""
-    return {
-        "config": read_dir_values(pdir / "config"),
-        "description": read_opt(pdir / "description"),
-        "devices": read_devices(pdir / "devices"),
-        "name": pdir.name,
-        "used_by": [f"/1.0/instances/{n}" for n in read_lines(pdir / "used_by")],
-    }
-
-
-def cmd_profile_show(args: argparse.Namespace) -> int:
-    """``lxfs profile show NAME``."""
-    mount = Mount()
-    sys.stdout.write(render_yaml(profile_object(mount.profile(args.name))))
-    return 0
+    target = editing.Target(mount, mount.instance(args.name), "instance")
+    return editing.edit(target, instance_config(target.path, False), editing.INSTANCE_HEADER)
 
 
 # -- registration ------------------------------------------------------------------------------
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``config`` and ``profile``."""
+    """Add ``config``."""
     config = sub.add_parser("config", help="Manage instance and server configuration")
     csub = config.add_subparsers(dest="config_command", metavar="COMMAND")
     csub.required = True
@@ -315,6 +289,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", metavar="NAME", nargs="?")
     p.add_argument("-e", "--expanded", action="store_true", help="show the expanded config")
     p.set_defaults(func=cmd_show)
+
+    p = csub.add_parser("edit", help="Edit instance configuration as YAML ($EDITOR, or stdin "
+                        "if piped)")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_edit)
 
     device = csub.add_parser("device", help="Manage instance devices")
     dsub = device.add_subparsers(dest="device_action", metavar="COMMAND")
@@ -346,13 +325,3 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("key", metavar="KEY")
     device.set_defaults(func=cmd_device)
-
-    profile = sub.add_parser("profile", help="Manage profiles")
-    psub = profile.add_subparsers(dest="profile_command", metavar="COMMAND")
-    psub.required = True
-    p = psub.add_parser("list", aliases=["ls"], help="List profiles")
-    p.add_argument("-f", "--format", choices=FORMATS, default="table")
-    p.set_defaults(func=cmd_profile_list)
-    p = psub.add_parser("show", help="Show a profile")
-    p.add_argument("name", metavar="NAME")
-    p.set_defaults(func=cmd_profile_show)

@@ -24,7 +24,15 @@ from lxfs.cli.mount import (
     strip_local_remote,
 )
 from lxfs.cli.names import random_name, valid_instance_name
-from lxfs.cli.output import FORMATS, emit, fmt_time, natural_key, render_table, render_yaml
+from lxfs.cli.output import (
+    FORMATS,
+    emit,
+    fmt_time,
+    natural_key,
+    render_table,
+    render_yaml,
+    size_iec,
+)
 
 STATUS_CODES = {
     "Running": 103, "Stopped": 102, "Frozen": 110, "Starting": 106, "Stopping": 107,
@@ -90,6 +98,11 @@ def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
             mount.write(inst / "ephemeral", "true", inst)
         if args.description:
             mount.write(inst / "description", args.description, inst)
+        devices = parse_device_overrides(args.device)
+        if args.storage:
+            devices.setdefault("root", {}).update(pool=args.storage)
+        for dev, options in devices.items():
+            set_device(mount, inst, dev, options)
         mount.write(inst / "source", image, inst, messages={
             errno.ENOENT: f"Image not found: {image}",
         })
@@ -107,6 +120,38 @@ def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
             raise CLIError(f"{exc.message}\nTry `lxfs info --show-log {name}` for more info"
                            ) from exc
     return 0
+
+
+def parse_device_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """``-d root,size=1GiB`` options: ``{device: {key: value}}``."""
+    devices: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        dev, _, rest = item.partition(",")
+        if not dev or not rest:
+            raise CLIError(f"Bad device override syntax, expecting <device>,<key>=<value>: {item}")
+        devices.setdefault(dev, {}).update(parse_pairs(rest.split(",")))
+    return devices
+
+
+def set_device(mount: Mount, inst: Path, dev: str, options: dict[str, str]) -> None:
+    """Give an instance its own device ``dev`` with ``options`` on top of what it inherits
+    from its profiles (a root disk gets ``type=disk``, ``path=/`` and the inherited pool)."""
+    if not dev or "/" in dev or dev in (".", ".."):
+        raise CLIError(f"Invalid device name: {dev!r}")
+    ddir = inst / "devices" / dev
+    inherited = read_devices(inst / "expanded" / "devices").get(dev, {})
+    if dev == "root" and not inherited:
+        inherited = {"type": "disk", "path": "/"}
+    if not inherited and "type" not in options:
+        raise CLIError(f"Device {dev!r} is not inherited from a profile: give its type")
+    values = {**inherited, **options}
+    if not ddir.is_dir():
+        mount.do(lambda: os.mkdir(ddir), inst)
+    mount.write(ddir / "type", values.pop("type"), inst)
+    for key, value in values.items():
+        mount.write(ddir / key, value, inst, messages={
+            errno.EINVAL: f"Invalid device option {key}={value}",
+        })
 
 
 # -- state changes -----------------------------------------------------------------------------
@@ -532,11 +577,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"PID: {pid}")
     lines.append(f"Created: {fmt_time(read_opt(inst / 'created_at'))}")
     lines.append(f"Last Used: {fmt_time(read_opt(inst / 'last_used_at'))}")
-    resources = []
-    if state == "RUNNING" and pid > 0:
-        count = process_count(pid)
-        if count is not None:
-            resources.append(f"  Processes: {count}")
+    resources = usage_lines(inst, state == "RUNNING", pid)
     ipv4, ipv6 = read_lines(inst / "ipv4"), read_lines(inst / "ipv6")
     if ipv4 or ipv6:
         resources.append("  Network usage:")
@@ -555,6 +596,38 @@ def cmd_info(args: argparse.Namespace) -> int:
         text += "\nLog:\n\n" + log + ("\n" if log and not log.endswith("\n") else "")
     sys.stdout.write(text)
     return 0
+
+
+def read_usage(inst: Path) -> dict[str, int]:
+    """The numbers of ``usage/`` (missing, unreadable or not numeric: left out)."""
+    values: dict[str, int] = {}
+    for key in ("processes", "memory", "memory_peak", "cpu", "disk"):
+        try:
+            values[key] = int(read_opt(inst / "usage" / key).strip() or "0")
+        except (OSError, ValueError):
+            continue
+    return values
+
+
+def usage_lines(inst: Path, running: bool, pid: int) -> list[str]:
+    """The ``Resources:`` lines of ``lxc info`` (zero values left out, as LXD does)."""
+    usage = read_usage(inst)
+    lines = []
+    count: int | None = usage.get("processes") if running else None
+    if running and not count and pid > 0:
+        count = process_count(pid)  # older daemons have no usage/
+    if count:
+        lines.append(f"  Processes: {count}")
+    if usage.get("disk"):
+        lines += ["  Disk usage:", f"    root: {size_iec(usage['disk'])}"]
+    if usage.get("cpu"):
+        lines += ["  CPU usage:", f"    CPU usage (in seconds): {usage['cpu'] // 10**9}"]
+    memory = [f"    {label}: {size_iec(usage[key])}"
+              for key, label in (("memory", "Memory (current)"), ("memory_peak", "Memory (peak)"))
+              if usage.get(key)]
+    if memory:
+        lines += ["  Memory usage:", *memory]
+    return lines
 
 
 def server_info(mount: Mount) -> int:
@@ -598,6 +671,9 @@ def _create_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-profiles", action="store_true", help="create without any profile")
     p.add_argument("-e", "--ephemeral", action="store_true", help="ephemeral instance")
     p.add_argument("--description", help="instance description")
+    p.add_argument("-s", "--storage", metavar="POOL", help="storage pool of the root disk")
+    p.add_argument("-d", "--device", action="append", metavar="DEVICE,KEY=VALUE",
+                   help="override a device option (root,size=1GiB)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

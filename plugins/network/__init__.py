@@ -1,0 +1,189 @@
+"""The network plugin: managed bridges (``networks/`` on the mount), dnsmasq, nftables, and
+``nic`` devices of instances (``lxc.net.*``, ``instances/NAME/ipv4``/``ipv6``)."""
+
+from __future__ import annotations
+
+import socket
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from lxfs import hookimpl
+from lxfs.errors import LxfsError
+from lxfs.model import Instance
+from lxfs.nodes import Dir, File, KeyValueDir, Node, StaticDir, lines
+
+from . import config as cfg
+from .manager import NetworkManager
+
+if TYPE_CHECKING:
+    from lxfs.server import Server
+
+_managers: weakref.WeakKeyDictionary[Server, NetworkManager] = weakref.WeakKeyDictionary()
+
+
+def manager(server: Server) -> NetworkManager:
+    """The server's network manager (made on first use)."""
+    mgr = _managers.get(server)
+    if mgr is None:
+        mgr = _managers[server] = NetworkManager(server)
+    return mgr
+
+
+async def _thread(fn: Callable[..., object], *args: object) -> object:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+# --- the mount --------------------------------------------------------------------------------
+
+
+class NetworksDir(Dir):
+    """``networks/``: ``mkdir`` creates a managed bridge, ``rmdir`` deletes it."""
+
+    def __init__(self, srv: Server) -> None:
+        super().__init__(srv)
+        self.mgr = manager(srv)
+
+    async def list(self) -> list[str]:
+        return sorted(self.mgr.records)
+
+    async def child(self, name: str) -> Node | None:
+        return network_dir(self.srv, self.mgr, name) if name in self.mgr.records else None
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded("", _thread(self.mgr.create, name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", _thread(self.mgr.delete, name))
+
+
+def network_dir(srv: Server, mgr: NetworkManager, name: str) -> StaticDir:
+    rec = mgr.records[name]
+    scope = f"networks/{name}"
+
+    async def set_key(key: str, value: str) -> None:
+        await _thread(mgr.set_key, name, key, value)
+
+    async def unset_key(key: str) -> None:
+        await _thread(mgr.set_key, name, key, "")
+
+    def check_key(key: str) -> None:
+        if key not in cfg.KEYS and not key.startswith("user."):
+            cfg.validate_key(key, "")
+
+    async def link(field: str) -> str:
+        state = await trio.to_thread.run_sync(mgr.link_state, name)
+        value = state[field]
+        return lines(value) if isinstance(value, list) else str(value)
+
+    async def counters() -> dict[str, str]:
+        return (await trio.to_thread.run_sync(mgr.link_state, name))["counters"]
+
+    async def leases() -> str:
+        found = await trio.to_thread.run_sync(mgr.leases, name)
+        return lines([f"{x['hostname'] or '-'} {x['hwaddr']} {x['address']} "
+                      f"{_rfc3339(x['expiry'])} {x['type']}" for x in found])
+
+    async def set_description(value: str) -> None:
+        await _thread(mgr.set_description, name, value)
+
+    return StaticDir(srv, {
+        "name": lambda: File(srv, lambda: name),
+        "type": lambda: File(srv, lambda: rec.get("type", "bridge")),
+        "managed": lambda: File(srv, lambda: "true"),
+        "description": lambda: File(srv, lambda: rec.get("description", ""), set_description,
+                                    scope=scope),
+        "config": lambda: KeyValueDir(srv, lambda: rec["config"], set_key, unset_key,
+                                      check_key, scope=scope),
+        "state": lambda: File(srv, lambda: link("state"), dynamic=True),
+        "addresses": lambda: File(srv, lambda: link("addresses"), dynamic=True),
+        "hwaddr": lambda: File(srv, lambda: link("hwaddr"), dynamic=True),
+        "mtu": lambda: File(srv, lambda: link("mtu"), dynamic=True),
+        "counters": lambda: _AsyncKeyValueDir(srv, counters),
+        "leases": lambda: File(srv, leases, dynamic=True),
+        "used_by": lambda: File(srv, lambda: lines(mgr.used_by(name)), dynamic=True),
+        "error": lambda: File(srv, lambda: srv.errors.get(scope, "") or mgr.errors.get(name, ""),
+                              dynamic=True),
+    }, scope=scope)
+
+
+class _AsyncKeyValueDir(Dir):
+    """A read-only directory of values computed on each listing (``counters/``)."""
+
+    def __init__(self, srv: Server, values: Callable[[], object]) -> None:
+        super().__init__(srv)
+        self.values = values
+
+    async def list(self) -> list[str]:
+        return sorted(await self.values())  # type: ignore[misc]
+
+    async def child(self, name: str) -> Node | None:
+        values = await self.values()  # type: ignore[misc]
+        if name not in values:
+            return None
+        return File(self.srv, lambda: _current(self.values, name), dynamic=True)
+
+
+async def _current(values: Callable[[], object], name: str) -> str:
+    return (await values()).get(name, "")  # type: ignore[misc]
+
+
+def _rfc3339(expiry: str) -> str:
+    from lxfs.model import rfc3339
+
+    try:
+        return rfc3339(float(expiry))
+    except ValueError:
+        return expiry
+
+
+# --- hooks ------------------------------------------------------------------------------------
+
+
+@hookimpl
+def lxfs_startup(server: Server) -> None:
+    manager(server).restore()
+
+
+@hookimpl
+def lxfs_shutdown(server: Server) -> None:
+    manager(server).shutdown()
+
+
+@hookimpl
+def lxfs_mount_entries(server: Server) -> dict[str, Callable[[], Node | None]]:
+    return {"networks": lambda: NetworksDir(server)}
+
+
+@hookimpl
+def lxfs_instance_entries(server: Server, instance: Instance
+                          ) -> dict[str, Callable[[], Node | None]]:
+    mgr = manager(server)
+
+    def addresses(family: int) -> Callable[[], Node]:
+        async def read() -> str:
+            found = await trio.to_thread.run_sync(mgr.instance_addresses, instance, family)
+            return lines(found)
+
+        return lambda: File(server, read, dynamic=True)
+
+    return {"ipv4": addresses(socket.AF_INET), "ipv6": addresses(socket.AF_INET6)}
+
+
+@hookimpl
+def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+    return manager(server).lxc_lines(instance)
+
+
+@hookimpl
+def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
+    mgr = manager(server)
+    for device in instance.expanded_devices.values():
+        name = device.get("network")
+        if device.get("type") == "nic" and name in mgr.records:
+            try:
+                mgr.write_hosts(name, reload=True)
+            except (OSError, LxfsError):
+                pass

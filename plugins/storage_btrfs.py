@@ -1,0 +1,522 @@
+"""The ``btrfs`` storage driver: volumes are subvolumes, copies are snapshots.
+
+A pool lives either on an existing btrfs mount (``source=/path``, a directory on btrfs) or on
+a loop file the driver creates (``source`` = the file, ``DATA_DIR/disks/NAME.img`` by default,
+``size`` 10GiB sparse), formatted with mkfs.btrfs and mounted on ``DATA_DIR/storage-pools/NAME``.
+The loop device is set to auto-clear, so unmounting releases it. At daemon start the pool is
+mounted only if /proc/self/mountinfo does not show it mounted already (containers keep running
+across daemon restarts, so the mount usually survives).
+
+Layout under the pool's root::
+
+    images/FINGERPRINT/              read-only subvolume, unpacked once
+    containers/NAME/                 writable snapshot of the image subvolume
+    containers-snapshots/NAME/SNAP/  read-only snapshots
+    custom/NAME/, custom-snapshots/NAME/SNAP/
+
+Creating an instance, a snapshot, a copy or a restore is one subvolume snapshot: constant time
+and no data copied. Quotas use btrfs quota groups: the root disk's ``size`` limits the
+*referenced* bytes of the instance's subvolume (what the instance sees, shared image blocks
+included, as LXD does); ``volume_usage`` reports the qgroup's *exclusive* bytes (what the
+volume costs beyond what it shares). Snapshots are not recursive into nested subvolumes an
+instance made itself (they show up as empty directories in the snapshot); delete removes nested
+subvolumes too.
+
+btrfsutil (``btrfsutil==6.10`` against Debian's libbtrfsutil 6.2) is imported lazily, so the
+daemon starts without it; the ``btrfs`` command is used for what btrfsutil lacks (quota groups).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from lxfs import hookimpl
+from lxfs.config_schema import parse_size
+from lxfs.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+    OperationFailed,
+)
+from lxfs.model import Instance
+from lxfs.storage import PoolUsage, StorageDriver, VolumeType, apply_root_quota
+
+log = logging.getLogger("lxfs.btrfs")
+
+_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+_ALL_DIRS = ("images", "containers", "containers-snapshots", "custom", "custom-snapshots")
+BTRFS_SUPER_MAGIC = 0x9123683E
+DEFAULT_SIZE = "10GiB"
+MIN_SIZE = 128 * 2**20  # mkfs.btrfs refuses much smaller devices
+
+
+def btrfsutil() -> ModuleType:
+    """The btrfsutil module, imported on first use."""
+    try:
+        import btrfsutil as mod
+    except ImportError as exc:
+        raise OperationFailed(
+            f"the btrfs driver needs the btrfsutil Python module (pip install "
+            f"btrfsutil==6.10): {exc}") from None
+    return mod
+
+
+def _run(*cmd: str) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise OperationFailed(f"{cmd[0]} not found (install btrfs-progs)") from None
+    if proc.returncode != 0:
+        raise OperationFailed(
+            f"{' '.join(cmd[:3])} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
+
+
+def _unescape(field: str) -> str:
+    """Undo mountinfo's octal escapes (``\\040`` for a space...)."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_at(path: Path) -> list[tuple[str, str]]:
+    """``(fstype, source)`` of every mount on ``path``, from /proc/self/mountinfo."""
+    target = os.path.abspath(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rest = left.split(), right.split()
+            if len(fields) >= 5 and len(rest) >= 2 and _unescape(fields[4]) == target:
+                found.append((rest[0], _unescape(rest[1])))
+    return found
+
+
+def is_btrfs(path: Path) -> bool:
+    """Whether ``path`` is on a btrfs filesystem (asks the kernel through statfs)."""
+    try:
+        btrfsutil().subvolume_id(str(path))
+    except Exception:  # noqa: BLE001 - btrfsutil.BtrfsUtilError, OSError
+        return False
+    return True
+
+
+def _loop_device_of(image: Path) -> str:
+    """The loop device already attached to ``image``, or ""."""
+    out = _run("losetup", "--noheadings", "--output", "NAME", "-j", str(image))
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+class BtrfsDriver(StorageDriver):
+    name = "btrfs"
+    copy_on_write = True
+    pool_keys = {
+        "source": "an existing directory on btrfs, or the loop file to create "
+                  "(default DATA_DIR/disks/NAME.img)",
+        "size": "size of the loop file (default 10GiB, sparse)",
+    }
+
+    # --- pool ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_host(cls) -> None:
+        try:
+            with open("/proc/filesystems") as f:
+                known = f.read().split()
+        except OSError:
+            known = []
+        if "btrfs" not in known:
+            raise NotSupported("btrfs is not supported on this host: the kernel has no btrfs "
+                               "(not in /proc/filesystems)")
+        for tool in ("btrfs", "mkfs.btrfs", "losetup", "mount", "umount"):
+            if shutil.which(tool) is None:
+                raise NotSupported(f"btrfs pools need the {tool} command (install "
+                                   "btrfs-progs and util-linux)")
+        try:
+            btrfsutil()
+        except OperationFailed as exc:
+            raise NotSupported(exc.message) from None
+
+    @property
+    def loop(self) -> bool:
+        """Whether the pool is a loop file (else a directory on an existing btrfs)."""
+        return not Path(self.pool.config["source"]).is_dir()
+
+    @property
+    def root(self) -> Path:
+        if self.loop:
+            return self.data_dir / "storage-pools" / self.pool.name
+        return Path(self.pool.config["source"])
+
+    def fill_defaults(self) -> None:
+        config = self.pool.config
+        source = config.get("source", "").strip()
+        if source and Path(source).is_dir():
+            if "size" in config:
+                raise InvalidArgument("size only applies to loop-file pools (no source, or "
+                                      "source = a file to create)")
+            return
+        if source and not os.path.isabs(source):
+            raise InvalidArgument(f"source {source!r} must be an absolute path")
+        config.setdefault("source", str(self.data_dir / "disks" / f"{self.pool.name}.img"))
+        if not config["source"]:
+            config["source"] = str(self.data_dir / "disks" / f"{self.pool.name}.img")
+        config.setdefault("size", DEFAULT_SIZE)
+        if parse_size(config["size"]) < MIN_SIZE:
+            raise InvalidArgument(f"size {config['size']} is too small for btrfs "
+                                  "(at least 128MiB)")
+
+    def create(self) -> None:
+        if not self.loop:
+            root = self.root
+            if not is_btrfs(root):
+                raise InvalidArgument(f"source {root} is not on a btrfs filesystem")
+            if any(p for p in root.iterdir() if p.name not in _ALL_DIRS):
+                raise AlreadyExists(f"storage pool source {root} is not empty")
+            self.mount()
+            return
+        image = Path(self.pool.config["source"])
+        image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise AlreadyExists(f"loop file {image} already exists") from None
+        try:
+            try:
+                os.ftruncate(fd, parse_size(self.pool.config["size"]))
+            finally:
+                os.close(fd)
+            _run("mkfs.btrfs", "-q", "-L", f"lxfs-{self.pool.name}"[:255], str(image))
+            self.mount()
+            _run("btrfs", "quota", "enable", str(self.root))
+        except BaseException:
+            self.unmount()
+            image.unlink(missing_ok=True)
+            raise
+
+    def delete(self) -> None:
+        for sub in _ALL_DIRS:
+            base = self.root / sub
+            if base.is_dir() and not base.is_symlink():
+                for entry in base.iterdir():
+                    if sub.endswith("-snapshots"):
+                        for snap in entry.iterdir():
+                            self._delete_path(snap)
+                    self._delete_path(entry)
+        if self.loop:
+            self.unmount()
+            Path(self.pool.config["source"]).unlink(missing_ok=True)
+            try:
+                self.root.rmdir()
+            except FileNotFoundError:
+                pass
+        else:
+            for sub in _ALL_DIRS:
+                shutil.rmtree(self.root / sub, ignore_errors=True)
+
+    def mount(self) -> None:
+        root = self.root
+        if self.loop:
+            mounted = mounts_at(root)
+            if mounted:
+                if mounted[-1][0] != "btrfs":
+                    raise OperationFailed(f"{root} is mounted, but not as btrfs")
+            else:
+                self._mount_loop()
+        if not root.is_dir():
+            raise NotFound(f"storage pool {self.pool.name}: source {root} is missing")
+        if not is_btrfs(root):
+            raise OperationFailed(f"storage pool {self.pool.name}: {root} is not on btrfs")
+        os.chmod(root, 0o711)
+        for sub in _ALL_DIRS:
+            (root / sub).mkdir(mode=0o711, exist_ok=True)
+
+    def _mount_loop(self) -> None:
+        image = Path(self.pool.config["source"])
+        if not image.is_file():
+            raise NotFound(f"storage pool {self.pool.name}: source {image} is missing (neither "
+                           "a btrfs directory nor a loop file)")
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        device = _loop_device_of(image)
+        if not device:
+            device = _run("losetup", "--find", "--show", str(image)).strip()
+        try:
+            _run("mount", "-t", "btrfs", "-o", "user_subvol_rm_allowed", device, str(self.root))
+        finally:
+            # Detaching a loop device in use sets auto-clear: it goes away at the unmount
+            # (or now, if the mount failed).
+            subprocess.run(["losetup", "-d", device], capture_output=True)
+        log.info("pool %s: mounted %s (%s) on %s", self.pool.name, image, device, self.root)
+
+    def unmount(self) -> None:
+        if not self.loop:
+            return
+        for _ in mounts_at(self.root):
+            _run("umount", str(self.root))
+
+    def usage(self) -> PoolUsage:
+        st = os.statvfs(self.root)
+        return PoolUsage(
+            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+            total_bytes=st.f_blocks * st.f_frsize,
+            used_inodes=st.f_files - st.f_ffree,
+            total_inodes=st.f_files,
+        )
+
+    def update_pool_key(self, key: str, value: str) -> None:
+        """``size`` of a loop pool can grow (file, loop device and filesystem)."""
+        if key != "size" or not self.loop:
+            super().update_pool_key(key, value)
+        new = parse_size(value)
+        image = Path(self.pool.config["source"])
+        if new < image.stat().st_size:
+            raise InvalidArgument("a btrfs loop pool can only grow")
+        os.truncate(image, new)
+        device = _loop_device_of(image)
+        if device:
+            _run("losetup", "-c", device)
+        _run("btrfs", "filesystem", "resize", "max", str(self.root))
+        self.pool.config["size"] = value
+
+    # --- volumes ------------------------------------------------------------------------
+
+    def volume_path(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / _DIRS[vtype] / name
+
+    def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / f"{_DIRS[vtype]}-snapshots" / name
+
+    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
+        return self.volume_path(vtype, name).is_dir()
+
+    def list_volumes(self, vtype: VolumeType) -> list[str]:
+        base = self.root / _DIRS[vtype]
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def _delete_path(self, path: Path) -> None:
+        """Delete a subvolume with the subvolumes nested in it (or a plain tree)."""
+        bu = btrfsutil()
+        if not os.path.lexists(path):
+            return
+        if path.is_dir() and not path.is_symlink() and bu.is_subvolume(str(path)):
+            if bu.get_subvolume_read_only(str(path)):
+                bu.set_subvolume_read_only(str(path), False)
+            for child, _info in list(bu.SubvolumeIterator(str(path), post_order=True)):
+                child_path = path / child
+                if bu.get_subvolume_read_only(str(child_path)):
+                    bu.set_subvolume_read_only(str(child_path), False)
+            bu.delete_subvolume(str(path), recursive=True)
+        elif path.is_dir() and not path.is_symlink():
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+        else:
+            path.unlink()
+
+    def _snapshot(self, src: Path, dst: Path, read_only: bool) -> None:
+        """Snapshot ``src`` to ``dst`` through a hidden name (never half-made under ``dst``)."""
+        if os.path.lexists(dst):
+            raise AlreadyExists(f"{dst.name} already exists in pool {self.pool.name}")
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        self._delete_path(tmp)
+        dst.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        try:
+            btrfsutil().create_snapshot(str(src), str(tmp), read_only=read_only)
+            os.rename(tmp, dst)
+        except BaseException:
+            self._delete_path(tmp)
+            raise
+
+    def create_image_volume(self, fingerprint: str, unpack: Callable[[Path], None]) -> None:
+        dest = self.volume_path("image", fingerprint)
+        if dest.exists():
+            raise AlreadyExists(f"image volume {fingerprint[:12]} already exists")
+        tmp = dest.with_name(f".{fingerprint}.tmp")
+        self._delete_path(tmp)
+        bu = btrfsutil()
+        try:
+            bu.create_subvolume(str(tmp))
+            os.chmod(tmp, 0o711)
+            unpack(tmp)
+            bu.set_subvolume_read_only(str(tmp), True)
+            os.rename(tmp, dest)
+        except BaseException:
+            self._delete_path(tmp)
+            raise
+
+    def create_volume_from_image(self, vtype: VolumeType, name: str, fingerprint: str) -> None:
+        src = self.volume_path("image", fingerprint)
+        if not src.is_dir():
+            raise NotFound(f"image volume {fingerprint[:12]} is not in pool {self.pool.name}")
+        self._snapshot(src, self.volume_path(vtype, name), read_only=False)
+
+    def create_volume(self, vtype: VolumeType, name: str) -> None:
+        path = self.volume_path(vtype, name)
+        if os.path.lexists(path):
+            raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        btrfsutil().create_subvolume(str(path))
+        os.chmod(path, 0o711)
+
+    def copy_volume(self, vtype: VolumeType, src: str, dst: str, snapshots: bool) -> None:
+        limit = self._limit(self.volume_path(vtype, src))
+        self._snapshot(self.volume_path(vtype, src), self.volume_path(vtype, dst), False)
+        try:
+            if snapshots:
+                for snap in self.list_snapshots(vtype, src):
+                    self._snapshot(self.snapshot_path(vtype, src, snap),
+                                   self.snapshot_path(vtype, dst, snap), read_only=True)
+            if limit:
+                self._set_limit(self.volume_path(vtype, dst), limit)
+        except BaseException:
+            self.delete_volume(vtype, dst)
+            raise
+
+    def delete_volume(self, vtype: VolumeType, name: str) -> None:
+        snaps = self._snapshots_dir(vtype, name)
+        if snaps.is_dir():
+            for snap in snaps.iterdir():
+                self._delete_path(snap)
+            snaps.rmdir()
+        self._delete_path(self.volume_path(vtype, name))
+
+    def rename_volume(self, vtype: VolumeType, old: str, new: str) -> None:
+        if os.path.lexists(self.volume_path(vtype, new)):
+            raise AlreadyExists(f"volume {new} already exists in pool {self.pool.name}")
+        os.rename(self.volume_path(vtype, old), self.volume_path(vtype, new))
+        if self._snapshots_dir(vtype, old).exists():
+            os.rename(self._snapshots_dir(vtype, old), self._snapshots_dir(vtype, new))
+
+    def volume_usage(self, vtype: VolumeType, name: str) -> int:
+        path = self.volume_path(vtype, name)
+        qgroup = self._qgroup(path)
+        if qgroup is not None:
+            return qgroup["excl"]
+        out = subprocess.run(["du", "-sb", "--", str(path)], capture_output=True, text=True)
+        return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
+
+    # --- quotas -------------------------------------------------------------------------
+
+    def _qgroup(self, path: Path) -> dict[str, int] | None:
+        """The level-0 qgroup of the subvolume at ``path``: ``rfer``, ``excl``, ``max_rfer``
+        (0 = no limit); None when quotas are off. Syncs first so the numbers are current."""
+        bu = btrfsutil()
+        subvol = bu.subvolume_id(str(path))
+        bu.sync(str(path))
+        proc = subprocess.run(["btrfs", "qgroup", "show", "--raw", "-r", "-f", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None
+        for line in proc.stdout.splitlines():
+            fields = line.split()
+            if fields and fields[0] == f"0/{subvol}":
+                limit = fields[3]
+                return {"rfer": int(fields[1]), "excl": int(fields[2]),
+                        "max_rfer": 0 if limit == "none" else int(limit)}
+        return None
+
+    def _limit(self, path: Path) -> int:
+        if not path.is_dir():
+            return 0
+        qgroup = self._qgroup(path)
+        return qgroup["max_rfer"] if qgroup else 0
+
+    def _set_limit(self, path: Path, size: int | None) -> None:
+        _run("btrfs", "qgroup", "limit", str(size) if size else "none", str(path))
+
+    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
+        path = self.volume_path(vtype, name)
+        if size:
+            _run("btrfs", "quota", "enable", str(self.root))  # no-op when already on
+        elif self._qgroup(path) is None:
+            return True  # quotas off: nothing to remove
+        self._set_limit(path, size)
+        return True
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
+        return self._snapshots_dir(vtype, name) / snapshot
+
+    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
+        base = self._snapshots_dir(vtype, name)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def create_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        src = self.volume_path(vtype, name)
+        if not src.is_dir():
+            raise NotFound(f"volume {name} not found in pool {self.pool.name}")
+        self._snapshot(src, self.snapshot_path(vtype, name, snapshot), read_only=True)
+
+    def delete_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        self._delete_path(self.snapshot_path(vtype, name, snapshot))
+
+    def rename_snapshot(self, vtype: VolumeType, name: str, old: str, new: str) -> None:
+        if os.path.lexists(self.snapshot_path(vtype, name, new)):
+            raise AlreadyExists(f"snapshot {name}/{new} already exists")
+        os.rename(self.snapshot_path(vtype, name, old), self.snapshot_path(vtype, name, new))
+
+    def restore_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
+        src = self.snapshot_path(vtype, name, snapshot)
+        if not src.is_dir():
+            raise NotFound(f"snapshot {name}/{snapshot} not found in pool {self.pool.name}")
+        current = self.volume_path(vtype, name)
+        limit = self._limit(current)
+        fresh = current.with_name(f".{name}.restore")
+        old = current.with_name(f".{name}.old")
+        self._delete_path(fresh)
+        self._snapshot(src, fresh, read_only=False)
+        try:
+            if limit:
+                self._set_limit(fresh, limit)
+        except BaseException:
+            self._delete_path(fresh)
+            raise
+        self._delete_path(old)
+        os.rename(current, old)
+        os.rename(fresh, current)
+        self._delete_path(old)
+
+    def copy_snapshot_to_volume(
+        self, vtype: VolumeType, src: str, snapshot: str, dst: str
+    ) -> None:
+        self._snapshot(self.snapshot_path(vtype, src, snapshot), self.volume_path(vtype, dst),
+                       read_only=False)
+
+
+@hookimpl
+def lxfs_storage_drivers() -> list[type[StorageDriver]]:
+    return [BtrfsDriver]
+
+
+@hookimpl
+def lxfs_instance_post_create(server: object, instance: Instance) -> None:
+    _apply_quota(server, instance)
+
+
+@hookimpl
+def lxfs_instance_pre_start(server: object, instance: Instance) -> None:
+    _apply_quota(server, instance)
+
+
+def _apply_quota(server: object, instance: Instance) -> None:
+    try:
+        apply_root_quota(server, instance, BtrfsDriver)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise OperationFailed(f"could not set the root disk quota of {instance.name}: "
+                              f"{exc}") from exc

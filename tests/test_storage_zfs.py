@@ -1,0 +1,389 @@
+"""The zfs driver against a fake of the libzfs_core calls it uses (this kernel has no ZFS),
+plus its clear refusal on this host. Real-kernel tests skip only when /dev/zfs is missing."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxfs_plugins import storage_zfs
+from lxfs_plugins.storage_zfs import ZfsDriver
+
+from lxfs.errors import AlreadyExists, Busy, NotFound, NotSupported
+from lxfs.storage import Pool
+
+FP = "f" * 64
+
+
+class FakeZfs:
+    """The state behind the fake module: datasets with props, snapshots with clones, in the
+    shapes and with the errors of pyzfs (names are bytes; failures raise its exceptions)."""
+
+    def __init__(self, pools: tuple[str, ...] = ("tank",)) -> None:
+        self.datasets: dict[str, dict[str, Any]] = {p: {"props": {}, "origin": None}
+                                                    for p in pools}
+        self.snaps: dict[str, dict[str, Any]] = {}
+        self.counter = itertools.count()
+        self.calls: list[str] = []
+
+    def module(self) -> types.ModuleType:
+        mod = types.ModuleType("libzfs_core")
+        exc = types.ModuleType("libzfs_core.exceptions")
+
+        class ZFSError(Exception):
+            errno = errno.EIO
+
+            def __init__(self, name: bytes | None = None) -> None:
+                super().__init__(name)
+                self.name = name
+
+        def error(cls_name: str, code: int) -> type:
+            return type(cls_name, (ZFSError,), {"errno": code})
+
+        exc.ZFSError = ZFSError
+        for cls_name, code in (("FilesystemExists", errno.EEXIST),
+                               ("DatasetNotFound", errno.ENOENT),
+                               ("ParentNotFound", errno.ENOENT),
+                               ("SnapshotExists", errno.EEXIST),
+                               ("SnapshotNotFound", errno.ENOENT),
+                               ("SnapshotNotLatest", errno.EEXIST),
+                               ("SnapshotIsCloned", errno.EEXIST),
+                               ("DatasetBusy", errno.EBUSY),
+                               ("SnapshotFailure", errno.EEXIST),
+                               ("SnapshotDestructionFailure", errno.EEXIST)):
+            setattr(exc, cls_name, error(cls_name, code))
+        mod.exceptions = exc
+        for name in dir(self):
+            if name.startswith("lzc_"):
+                setattr(mod, name, getattr(self, name))
+        self.exc = exc
+        return mod
+
+    @staticmethod
+    def _s(name: bytes) -> str:
+        assert isinstance(name, bytes), f"libzfs_core takes bytes, got {name!r}"
+        return name.decode()
+
+    def _parent_exists(self, name: str) -> bool:
+        return "/" not in name or name.rsplit("/", 1)[0] in self.datasets
+
+    def lzc_exists(self, name: bytes) -> bool:
+        n = self._s(name)
+        return n in self.datasets or n in self.snaps
+
+    def lzc_create(self, name: bytes, ds_type: str = "zfs",
+                   props: dict[bytes, Any] | None = None, key: bytes | None = None) -> None:
+        n = self._s(name)
+        self.calls.append(f"create {n}")
+        if n in self.datasets:
+            raise self.exc.FilesystemExists(name)
+        if not self._parent_exists(n):
+            raise self.exc.ParentNotFound(name)
+        self.datasets[n] = {"props": {self._s(k): v for k, v in (props or {}).items()},
+                            "origin": None}
+
+    def lzc_clone(self, name: bytes, origin: bytes, props: dict[bytes, Any] | None = None
+                  ) -> None:
+        n, o = self._s(name), self._s(origin)
+        self.calls.append(f"clone {o} {n}")
+        if n in self.datasets:
+            raise self.exc.FilesystemExists(name)
+        if o not in self.snaps or not self._parent_exists(n):
+            raise self.exc.DatasetNotFound(name)
+        self.datasets[n] = {"props": {self._s(k): v for k, v in (props or {}).items()},
+                            "origin": o}
+        self.snaps[o]["clones"].add(n)
+
+    def lzc_snapshot(self, snaps: list[bytes], props: dict[bytes, Any] | None = None) -> None:
+        names = [self._s(s) for s in snaps]
+        for n in names:
+            ds = n.split("@", 1)[0]
+            if n in self.snaps or ds not in self.datasets:
+                raise self.exc.SnapshotFailure(n.encode())
+        for n in names:
+            self.calls.append(f"snapshot {n}")
+            self.snaps[n] = {"clones": set(), "order": next(self.counter), "deferred": False}
+
+    def lzc_destroy_snaps(self, snaps: list[bytes], defer: bool) -> None:
+        for name in snaps:
+            n = self._s(name)
+            if n not in self.snaps:
+                continue  # missing snapshots are ignored
+            if self.snaps[n]["clones"]:
+                if not defer:
+                    raise self.exc.SnapshotDestructionFailure(name)
+                self.snaps[n]["deferred"] = True
+                continue
+            self.calls.append(f"destroy {n}")
+            del self.snaps[n]
+
+    def lzc_destroy(self, name: bytes) -> None:
+        n = self._s(name)
+        if n not in self.datasets:
+            raise self.exc.DatasetNotFound(name)
+        if any(s.startswith(f"{n}@") for s in self.snaps) or \
+                any(d.startswith(f"{n}/") for d in self.datasets):
+            raise self.exc.DatasetBusy(name)
+        self.calls.append(f"destroy {n}")
+        origin = self.datasets.pop(n)["origin"]
+        if origin:
+            snap = self.snaps[origin]
+            snap["clones"].discard(n)
+            if snap["deferred"] and not snap["clones"]:
+                del self.snaps[origin]
+                parked = origin.split("@", 1)[0]
+                if "/deleted/" in parked and not any(s.startswith(f"{parked}@")
+                                                     for s in self.snaps):
+                    self.datasets.pop(parked, None)
+
+    def lzc_rename(self, source: bytes, target: bytes) -> None:
+        s, t = self._s(source), self._s(target)
+        self.calls.append(f"rename {s} {t}")
+        if t in self.datasets or t in self.snaps:
+            raise self.exc.FilesystemExists(target)
+        if s in self.snaps:
+            self.snaps[t] = self.snaps.pop(s)
+            for ds in self.datasets.values():
+                if ds["origin"] == s:
+                    ds["origin"] = t
+            return
+        if s not in self.datasets:
+            raise self.exc.DatasetNotFound(source)
+        if not self._parent_exists(t):
+            raise self.exc.ParentNotFound(target)
+        self.datasets[t] = self.datasets.pop(s)
+        origin = self.datasets[t]["origin"]
+        if origin:
+            self.snaps[origin]["clones"].discard(s)
+            self.snaps[origin]["clones"].add(t)
+        for snap in [x for x in self.snaps if x.startswith(f"{s}@")]:
+            new = t + snap[len(s):]
+            self.snaps[new] = self.snaps.pop(snap)
+            for clone in self.snaps[new]["clones"]:
+                self.datasets[clone]["origin"] = new
+
+    def lzc_rollback_to(self, name: bytes, snap: bytes) -> None:
+        n, sn = self._s(name), self._s(snap)
+        mine = [x for x in self.snaps if x.startswith(f"{n}@")]
+        if sn not in mine:
+            raise self.exc.SnapshotNotFound(snap)
+        if max(mine, key=lambda x: self.snaps[x]["order"]) != sn:
+            raise self.exc.SnapshotNotLatest(snap)
+        self.calls.append(f"rollback {n} {sn}")
+
+    def lzc_set_props(self, name: bytes, prop: bytes, val: Any) -> None:
+        n = self._s(name)
+        if n not in self.datasets:
+            raise self.exc.DatasetNotFound(name)
+        self.datasets[n]["props"][self._s(prop)] = val
+
+    def lzc_get_props(self, name: bytes) -> dict[bytes, Any]:
+        n = self._s(name)
+        if n not in self.datasets:
+            raise self.exc.DatasetNotFound(name)
+        props = {k.encode(): v for k, v in self.datasets[n]["props"].items() if v}
+        props[b"usedbydataset"] = 4096
+        return props
+
+    def lzc_list_children(self, name: bytes) -> Iterator[bytes]:
+        n = self._s(name)
+        if n not in self.datasets:
+            raise self.exc.DatasetNotFound(name)
+        for ds in sorted(self.datasets):
+            if ds.startswith(f"{n}/") and "/" not in ds[len(n) + 1:]:
+                yield ds.encode()
+
+    def lzc_list_snaps(self, name: bytes) -> Iterator[bytes]:
+        n = self._s(name)
+        if n not in self.datasets:
+            raise self.exc.DatasetNotFound(name)
+        for snap in sorted(self.snaps, key=lambda x: self.snaps[x]["order"]):
+            if snap.startswith(f"{n}@"):
+                yield snap.encode()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeZfs:
+    """The fake module in sys.modules, and mount/umount that move a dataset's files between a
+    backing directory (its "disk") and its mount point."""
+    state = FakeZfs()
+    monkeypatch.setitem(sys.modules, "libzfs_core", state.module())
+    mounted: dict[Path, str] = {}
+    backing = tmp_path / "backing"
+    backing.mkdir()
+
+    def store(dataset: str) -> Path:
+        return backing / dataset.replace("/", "%")
+
+    rename = state.lzc_rename
+
+    def lzc_rename(source: bytes, target: bytes) -> None:
+        rename(source, target)
+        if store(source.decode()).exists():
+            os.rename(store(source.decode()), store(target.decode()))
+
+    sys.modules["libzfs_core"].lzc_rename = lzc_rename
+
+    def mount(self: ZfsDriver, dataset: str, path: Path) -> None:
+        assert state.datasets[dataset]["props"].get("mountpoint") == b"legacy"
+        if path in mounted:
+            return
+        if store(dataset).exists():
+            os.rename(store(dataset), path)
+        else:
+            path.mkdir(mode=0o711)
+        mounted[path] = dataset
+
+    def umount(self: ZfsDriver, path: Path) -> None:
+        dataset = mounted.pop(path, None)
+        if dataset is not None:
+            os.rename(path, store(dataset))
+
+    monkeypatch.setattr(ZfsDriver, "_mount", mount)
+    monkeypatch.setattr(ZfsDriver, "_umount", umount)
+    state.mounted = mounted  # type: ignore[attr-defined]
+    return state
+
+
+@pytest.fixture
+def pool(fake: FakeZfs, tmp_path: Path) -> ZfsDriver:
+    fake.datasets["tank/lxfs"] = {"props": {}, "origin": None}
+    driver = ZfsDriver(Pool("z", "zfs", {"source": "tank/lxfs"}), tmp_path)
+    driver.fill_defaults()
+    driver.create()
+    return driver
+
+
+def unpack(dest: Path) -> None:
+    (dest / "metadata.yaml").write_text("architecture: x86_64\n")
+    (dest / "rootfs").mkdir()
+    (dest / "rootfs" / "hello").write_text("hi\n")
+
+
+def test_check_host_fails_clearly_without_zfs() -> None:
+    if os.path.exists("/dev/zfs"):
+        pytest.skip("this host has ZFS: the refusal cannot be observed")
+    with pytest.raises(NotSupported, match="not supported on this host.*no ZFS"):
+        ZfsDriver.check_host()
+
+
+def test_pool_on_dataset(pool: ZfsDriver, fake: FakeZfs) -> None:
+    assert not pool.loop and pool.dataset == "tank/lxfs"
+    for sub in ("images", "containers", "custom", "deleted"):
+        assert fake.datasets[f"tank/lxfs/{sub}"]["props"] == {"mountpoint": b"none"}
+    with pytest.raises(NotFound):
+        ZfsDriver(Pool("y", "zfs", {"source": "tank/none"}), pool.data_dir).create()
+
+
+def test_image_clone_snapshots_quota(pool: ZfsDriver, fake: FakeZfs) -> None:
+    pool.create_image_volume(FP, unpack)
+    image = f"tank/lxfs/images/{FP}"
+    assert image in fake.datasets and f"{image}@readonly" in fake.snaps
+    assert pool.list_volumes("image") == [FP] and pool.volume_exists("image", FP)
+    assert (pool.volume_path("image", FP) / "rootfs" / "hello").read_text() == "hi\n"
+
+    pool.create_volume_from_image("container", "c1", FP)
+    assert fake.datasets["tank/lxfs/containers/c1"]["origin"] == f"{image}@readonly"
+    assert pool.volume_path("container", "c1") in fake.mounted  # type: ignore[attr-defined]
+    with pytest.raises(AlreadyExists):
+        pool.create_volume_from_image("container", "c1", FP)
+    with pytest.raises(NotFound):
+        pool.create_volume_from_image("container", "c9", "0" * 64)
+
+    assert pool.set_volume_quota("container", "c1", 2**30)
+    assert fake.datasets["tank/lxfs/containers/c1"]["props"]["refquota"] == 2**30
+    assert pool.volume_usage("container", "c1") == 4096
+
+    pool.create_snapshot("container", "c1", "s1")
+    pool.create_snapshot("container", "c1", "s2")
+    with pytest.raises(AlreadyExists):
+        pool.create_snapshot("container", "c1", "s2")
+    assert pool.list_snapshots("container", "c1") == ["s1", "s2"]
+    assert pool.snapshot_path("container", "c1", "s1") == \
+        pool.volume_path("container", "c1") / ".zfs/snapshot/snapshot-s1"
+    with pytest.raises(Busy, match="latest snapshot"):
+        pool.restore_snapshot("container", "c1", "s1")
+    pool.restore_snapshot("container", "c1", "s2")
+    assert "rollback tank/lxfs/containers/c1 tank/lxfs/containers/c1@snapshot-s2" in fake.calls
+    pool.rename_snapshot("container", "c1", "s1", "first")
+    assert pool.list_snapshots("container", "c1") == ["first", "s2"]
+
+    pool.copy_volume("container", "c1", "c2", snapshots=False)
+    assert fake.datasets["tank/lxfs/containers/c2"]["props"]["refquota"] == 2**30
+    pool.copy_snapshot_to_volume("container", "c1", "s2", "c3")
+    assert fake.datasets["tank/lxfs/containers/c3"]["origin"] == \
+        "tank/lxfs/containers/c1@snapshot-s2"
+    pool.rename_volume("container", "c3", "c4")
+    assert pool.list_volumes("container") == ["c1", "c2", "c4"]
+
+    # an image still cloned is parked, and goes once its last clone is gone
+    pool.delete_volume("image", FP)
+    assert pool.list_volumes("image") == []
+    assert f"tank/lxfs/deleted/images-{FP}" in fake.datasets
+    for name in ("c4", "c2", "c1"):
+        pool.delete_volume("container", name)
+    pool.delete_volume("container", "missing")
+    assert pool.list_volumes("container") == []
+    assert sorted(fake.datasets) == ["tank", "tank/lxfs", "tank/lxfs/containers",
+                                     "tank/lxfs/custom", "tank/lxfs/deleted",
+                                     "tank/lxfs/images"]
+    assert fake.snaps == {}
+
+
+def test_failed_unpack_leaves_nothing(pool: ZfsDriver, fake: FakeZfs) -> None:
+    def boom(dest: Path) -> None:
+        raise RuntimeError("bad image")
+
+    with pytest.raises(RuntimeError):
+        pool.create_image_volume(FP, boom)
+    assert not [d for d in fake.datasets if d.startswith("tank/lxfs/images/")]
+
+
+def test_loop_pool_commands(fake: FakeZfs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                            ) -> None:
+    commands: list[tuple[str, ...]] = []
+
+    def run(*cmd: str) -> str:
+        commands.append(cmd)
+        if cmd[:2] == ("zpool", "create"):
+            fake.datasets[cmd[-2]] = {"props": {}, "origin": None}
+        return ""
+
+    monkeypatch.setattr(storage_zfs, "_run", run)
+    monkeypatch.setattr(ZfsDriver, "_zpool_imported", lambda self: True)
+    driver = ZfsDriver(Pool("zl", "zfs", {"size": "1GiB"}), tmp_path)
+    driver.fill_defaults()
+    assert driver.loop and driver.dataset == "zl"
+    assert driver.pool.config["source"] == str(tmp_path / "disks/zl.img")
+    driver.create()
+    image = tmp_path / "disks/zl.img"
+    assert image.stat().st_size == 2**30
+    assert ("zpool", "create", "-m", "none", "-O", "compression=on", "zl", str(image)) in \
+        commands
+    assert "zl/containers" in fake.datasets
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zfs"),
+                    reason="this kernel has no ZFS (/dev/zfs is missing): real zfs pools "
+                           "cannot be tested here")
+def test_real_zfs_pool(tmp_path: Path) -> None:
+    ZfsDriver.check_host()
+    driver = ZfsDriver(Pool("lxfs-test-zfs", "zfs", {"size": "1GiB"}), tmp_path)
+    driver.fill_defaults()
+    driver.create()
+    try:
+        driver.create_image_volume(FP, unpack)
+        driver.create_volume_from_image("container", "c1", FP)
+        driver.create_snapshot("container", "c1", "s1")
+        driver.restore_snapshot("container", "c1", "s1")
+        driver.delete_volume("container", "c1")
+        driver.delete_volume("image", FP)
+    finally:
+        driver.delete()

@@ -120,6 +120,15 @@ until serving; do
     sleep 0.2
 done
 
+# The default bridge, as `lxd init --auto` makes it (lxdbr0, a free private /24 with NAT):
+# only on first setup, when no network exists yet. LXFS_INIT_BRIDGE_IPV4 chooses the subnet.
+if [[ -d $MOUNT/networks && -z $(ls -A "$MOUNT/networks") ]]; then
+    log "creating the default bridge (lxfs init --auto)"
+    "$VENV_BIN/lxfs" init --auto || die "lxfs init --auto failed"
+else
+    log "networks exist: $(ls "$MOUNT/networks" 2>/dev/null | tr '\n' ' ')"
+fi
+
 alias_path="$MOUNT/images/aliases/busybox"
 if [[ -L $alias_path || -e $alias_path ]]; then
     log "image alias busybox exists"

@@ -153,6 +153,71 @@ def check_seconds(value: str) -> None:
     check_int(0)(value)
 
 
+def check_range(lo: int, hi: int) -> Validator:
+    def check(value: str) -> None:
+        check_int(lo)(value)
+        if int(value) > hi:
+            raise InvalidArgument(f"{value} is above the maximum {hi}")
+
+    return check
+
+
+_ALLOWANCE = re.compile(r"^(\d+)%$|^(\d+)ms/(\d+)ms$")
+
+
+def check_allowance(value: str) -> None:
+    """``limits.cpu.allowance``: ``50%`` (a share under contention) or ``25ms/100ms``
+    (a hard quota per period)."""
+    m = _ALLOWANCE.match(value)
+    if not m:
+        raise InvalidArgument(f"invalid CPU allowance {value!r} (examples: 50%, 25ms/100ms)")
+    if m.group(1) is not None and not 0 < int(m.group(1)) <= 100:
+        raise InvalidArgument(f"CPU allowance {value!r} must be in (0%, 100%]")
+    if m.group(2) is not None and (int(m.group(2)) < 1 or int(m.group(3)) < 1):
+        raise InvalidArgument(f"CPU allowance {value!r}: both times must be at least 1ms")
+
+
+_IDMAP_LINE = re.compile(r"^(uid|gid|both)\s+(\d+)(?:-(\d+))?\s+(\d+)(?:-(\d+))?$")
+
+
+def parse_raw_idmap(value: str) -> list[tuple[str, int, int, int]]:
+    """``raw.idmap`` lines (``both 1000 1000``, ``uid 50-60 500-510``) → (kind, host, inside,
+    count) entries with kind ``u`` or ``g``."""
+    entries: list[tuple[str, int, int, int]] = []
+    for number, line in enumerate(value.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        m = _IDMAP_LINE.match(line)
+        if not m:
+            raise InvalidArgument(f"raw.idmap line {number}: expected 'uid|gid|both HOST "
+                                  f"CONTAINER' (ranges as A-B), got {line!r}")
+        kind, h1, h2, c1, c2 = m.groups()
+        count = int(h2 or h1) - int(h1) + 1
+        if count != int(c2 or c1) - int(c1) + 1 or count < 1:
+            raise InvalidArgument(f"raw.idmap line {number}: ranges of different sizes")
+        for k in ("u", "g") if kind == "both" else (kind[0],):
+            entries.append((k, int(h1), int(c1), count))
+    return entries
+
+
+def check_raw_idmap(value: str) -> None:
+    parse_raw_idmap(value)
+
+
+def check_modules(value: str) -> None:
+    for name in value.split(","):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name.strip()):
+            raise InvalidArgument(f"invalid kernel module name {name.strip()!r}")
+
+
+def check_seccomp(value: str) -> None:
+    first = value.strip().splitlines()[0].strip() if value.strip() else ""
+    if first not in ("1", "2"):
+        raise InvalidArgument("raw.seccomp must be an LXC seccomp policy starting with its "
+                              "version line (2)")
+
+
 # --- the keys -------------------------------------------------------------------------------
 
 INSTANCE_KEYS: list[KeySpec] = [
@@ -164,6 +229,34 @@ INSTANCE_KEYS: list[KeySpec] = [
             description="maximum number of processes (pids cgroup)"),
     KeySpec("limits.cpu", check_cpu, "", "live",
             description="number of CPUs or a CPU set (0-1)"),
+    KeySpec("limits.cpu.allowance", check_allowance, "", "live",
+            description="CPU share under contention (50%) or hard quota (25ms/100ms)"),
+    KeySpec("limits.memory.swap", check_bool, "true", "live",
+            description="whether the instance may use swap beyond limits.memory"),
+    KeySpec("limits.disk.priority", check_range(0, 10), "5", "live",
+            description="block I/O weight under contention, 0 (lowest) to 10"),
+    KeySpec("limits.network.priority", check_range(0, 10), "0", "start",
+            description="network priority 0-10 (needs the net_prio cgroup controller)"),
+    KeySpec("security.nesting", check_bool, "false", "start",
+            description="allow containers inside (writable proc/sys, cgroup namespace)"),
+    KeySpec("security.idmap.isolated", check_bool, "false", "start",
+            description="a uid/gid range of its own, not shared with other instances"),
+    KeySpec("security.idmap.size", check_range(65536, 2**31), "65536", "start",
+            description="size of the instance's uid/gid range"),
+    KeySpec("raw.idmap", check_raw_idmap, "", "start",
+            description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')"),
+    KeySpec("raw.seccomp", check_seccomp, "", "start",
+            description="an LXC seccomp policy replacing the default one"),
+    KeySpec("raw.apparmor", description="AppArmor rules appended to the profile (hosts with "
+                                        "AppArmor)"),
+    KeySpec("linux.kernel_modules", check_modules, "", "start",
+            description="kernel modules that must be available before start"),
+    KeySpec("boot.autostart.delay", check_seconds, "0", "live",
+            description="seconds to wait after starting this instance at daemon start"),
+    KeySpec("boot.autostart.priority", check_int(0), "0", "live",
+            description="higher starts first at daemon start"),
+    KeySpec("boot.stop.priority", check_int(0), "0", "live",
+            description="higher stops first when stopping all"),
     KeySpec("environment.*", description="environment variables for exec and init"),
     KeySpec("user.*", description="free-form user data"),
     KeySpec("raw.lxc", check_raw_lxc, "", "start",

@@ -133,6 +133,7 @@ class Server:
         reattach running instances and start the autostart ones."""
         self.nursery = nursery
         await in_thread(self._open_sync)
+        autostart: list[Instance] = []
         for inst in list(self.instances.values()):
             if inst.storage_state == "ready":
                 state = await in_thread(self.runtime.state, inst)
@@ -141,7 +142,11 @@ class Server:
                     log.info("reattached %s (%s, pid %d)", inst.name, state, pid)
                     self._watch(inst.name, pid)
                 elif is_true(inst.expanded_config.get("boot.autostart")):
-                    nursery.start_soon(self._autostart, inst.name)
+                    autostart.append(inst)
+        if autostart:
+            autostart.sort(key=lambda i: -int(i.expanded_config.get("boot.autostart.priority")
+                                               or 0))
+            nursery.start_soon(self._autostart, [i.name for i in autostart])
 
     def _open_sync(self) -> None:
         for d in (self.data_dir, self.lxc_path, self.images_dir):
@@ -222,11 +227,18 @@ class Server:
                 log.warning("removing orphan image file %s", path.name)
                 path.unlink()
 
-    async def _autostart(self, name: str) -> None:
-        try:
-            await self.change_state(name, "start")
-        except LxfsError as exc:
-            log.error("autostart of %s failed: %s", name, exc)
+    async def _autostart(self, names: list[str]) -> None:
+        """Start instances by ``boot.autostart.priority`` (highest first), waiting
+        ``boot.autostart.delay`` seconds after each."""
+        for name in names:
+            try:
+                await self.change_state(name, "start")
+            except LxfsError as exc:
+                log.error("autostart of %s failed: %s", name, exc)
+                continue
+            inst = self.instances.get(name)
+            delay = int(inst.expanded_config.get("boot.autostart.delay") or 0) if inst else 0
+            await trio.sleep(delay)
 
     async def close(self) -> None:
         await in_thread(lambda: self.hook.lxfs_shutdown(server=self))

@@ -29,7 +29,7 @@ from pathlib import Path
 import lxc
 
 from lxfs import hookimpl
-from lxfs.config_schema import cpu_set, memory_bytes
+from lxfs.config_schema import cpu_set, is_true, memory_bytes
 from lxfs.errors import OperationFailed
 from lxfs.model import Instance
 from lxfs.runtime import Runtime
@@ -207,10 +207,13 @@ class LxcRuntime(Runtime):
             key, _, value = line.partition(" = ")
             wanted[key] = value
         c = self._container(instance.name)
-        for key, value in wanted.items():
-            item = key.split(".", 2)[2]  # lxc.cgroup.memory.x / lxc.cgroup2.memory.x
-            if not c.set_cgroup_item(item, value):
-                raise OperationFailed(f"the kernel refused {item} = {value}")
+        items = [(key.split(".", 2)[2], value) for key, value in wanted.items()]
+        # memory+swap must stay >= memory: growing needs memsw first, shrinking memory first
+        for order in (items, sorted(items, key=lambda kv: "memsw" not in kv[0])):
+            failed = [f"{k} = {v}" for k, v in order if not c.set_cgroup_item(k, v)]
+            if not failed:
+                return
+        raise OperationFailed(f"the kernel refused {', '.join(failed)}")
 
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
@@ -286,14 +289,28 @@ def _rmdir_tree(path: Path, only_if_empty: bool = False) -> None:
 # --- config contributed by this plugin --------------------------------------------------------
 
 
+def _blkio_weight_available() -> bool:
+    if cgroup_layout() == "v2":
+        controllers = Path("/sys/fs/cgroup/cgroup.controllers")
+        return "io" in controllers.read_text().split() if controllers.exists() else False
+    return Path("/sys/fs/cgroup/blkio/blkio.weight").exists()
+
+
 def _unlimited(layout: str) -> dict[str, str]:
     """What each limit key is when unset."""
     cpus = f"0-{(os.cpu_count() or 1) - 1}"
     if layout == "v2":
-        return {"lxc.cgroup2.memory.max": "max", "lxc.cgroup2.pids.max": "max",
-                "lxc.cgroup2.cpuset.cpus": cpus}
-    return {"lxc.cgroup.memory.limit_in_bytes": "-1", "lxc.cgroup.pids.max": "max",
-            "lxc.cgroup.cpuset.cpus": cpus}
+        return {"lxc.cgroup2.memory.max": "max", "lxc.cgroup2.memory.swap.max": "max",
+                "lxc.cgroup2.pids.max": "max", "lxc.cgroup2.cpuset.cpus": cpus,
+                "lxc.cgroup2.cpu.weight": "100", "lxc.cgroup2.cpu.max": "max 100000"}
+    unlimited = {"lxc.cgroup.memory.limit_in_bytes": "-1", "lxc.cgroup.pids.max": "max",
+                 "lxc.cgroup.cpuset.cpus": cpus, "lxc.cgroup.cpu.shares": "1024",
+                 "lxc.cgroup.cpu.cfs_quota_us": "-1", "lxc.cgroup.cpu.cfs_period_us": "100000"}
+    if _blkio_weight_available():
+        unlimited["lxc.cgroup.blkio.weight"] = "500"
+    if Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
+        unlimited["lxc.cgroup.memory.memsw.limit_in_bytes"] = "-1"
+    return unlimited
 
 
 def limit_lines(config: dict[str, str], layout: str) -> list[str]:
@@ -307,6 +324,11 @@ def limit_lines(config: dict[str, str], layout: str) -> list[str]:
             lines.append(f"lxc.cgroup2.memory.max = {n}")
         else:
             lines.append(f"lxc.cgroup.memory.limit_in_bytes = {n}")
+        if config.get("limits.memory.swap", "true") == "false":
+            if v2:
+                lines.append("lxc.cgroup2.memory.swap.max = 0")
+            elif Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
+                lines.append(f"lxc.cgroup.memory.memsw.limit_in_bytes = {n}")
     processes = config.get("limits.processes")
     if processes:
         key = "lxc.cgroup2.pids.max" if v2 else "lxc.cgroup.pids.max"
@@ -315,6 +337,26 @@ def limit_lines(config: dict[str, str], layout: str) -> list[str]:
     if cpu:
         key = "lxc.cgroup2.cpuset.cpus" if v2 else "lxc.cgroup.cpuset.cpus"
         lines.append(f"{key} = {cpu_set(cpu)}")
+    allowance = config.get("limits.cpu.allowance")
+    if allowance and allowance.endswith("%"):
+        pct = int(allowance[:-1])
+        lines.append(f"lxc.cgroup2.cpu.weight = {max(1, pct)}" if v2
+                     else f"lxc.cgroup.cpu.shares = {max(2, 1024 * pct // 100)}")
+    elif allowance:
+        quota, period = (int(t.removesuffix("ms")) * 1000 for t in allowance.split("/"))
+        if v2:
+            lines.append(f"lxc.cgroup2.cpu.max = {quota} {period}")
+        else:
+            lines += [f"lxc.cgroup.cpu.cfs_period_us = {period}",
+                      f"lxc.cgroup.cpu.cfs_quota_us = {quota}"]
+    priority = config.get("limits.disk.priority")
+    if priority and not _blkio_weight_available():
+        log.warning("limits.disk.priority: this kernel's block layer has no I/O weights "
+                    "(blkio.weight); the key is kept but not enforced")
+    elif priority:
+        weight = max(1, int(priority)) * 100
+        lines.append(f"lxc.cgroup2.io.weight = default {weight}" if v2
+                     else f"lxc.cgroup.blkio.weight = {weight}")
     return lines
 
 
@@ -330,7 +372,9 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     lines = [
         "lxc.init.cmd = /sbin/init",
         "lxc.autodev = 1",
-        "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force",
+        "lxc.mount.auto = proc:rw sys:rw cgroup:rw:force"
+        if is_true(config.get("security.nesting"))
+        else "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force",
         f"lxc.signal.halt = {halt}",
         "lxc.tty.max = 0",
         "lxc.pty.max = 1024",

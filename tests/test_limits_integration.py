@@ -71,3 +71,65 @@ def test_cpu_pinning(daemon_with_busybox):
             else "0")
     expected = "0-1" if (os.cpu_count() or 1) > 1 else "0"
     assert inside(d, "c1", "cat", "/sys/fs/cgroup/cpuset/cpuset.cpus") == expected
+
+
+def test_cpu_allowance_and_swap(daemon_with_busybox):
+    d = daemon_with_busybox
+    d.cli("launch", "busybox", "a1", "-c", "limits.cpu.allowance=25ms/100ms",
+          "-c", "limits.memory=64MiB", "-c", "limits.memory.swap=false")
+    assert inside(d, "a1", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") == "25000"
+    assert inside(d, "a1", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_period_us") == "100000"
+    assert int(inside(d, "a1", "cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")) \
+        == 64 * 2**20
+    d.write("instances", "a1", "config", "limits.cpu.allowance", "50%")
+    assert inside(d, "a1", "cat", "/sys/fs/cgroup/cpu/cpu.shares") == "512"
+    assert inside(d, "a1", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") == "-1"
+    # growing the memory limit live moves memory+swap along
+    d.write("instances", "a1", "config", "limits.memory", "128MiB")
+    assert int(inside(d, "a1", "cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")) \
+        == 128 * 2**20
+
+
+def uid_map(d, name: str) -> list[list[str]]:
+    return [line.split() for line in inside(d, name, "cat", "/proc/self/uid_map").splitlines()]
+
+
+def test_isolated_idmaps_and_raw_idmap(daemon_with_busybox):
+    d = daemon_with_busybox
+    d.cli("launch", "busybox", "shared")
+    d.cli("launch", "busybox", "iso1", "-c", "security.idmap.isolated=true")
+    d.cli("launch", "busybox", "iso2", "-c", "security.idmap.isolated=true")
+    bases = {n: int(uid_map(d, n)[0][1]) for n in ("shared", "iso1", "iso2")}
+    assert len(set(bases.values())) == 3
+    assert abs(bases["iso1"] - bases["iso2"]) >= 65536
+    assert d.read("instances", "iso1", "config", "volatile.idmap.base")
+    # the allocation is kept across restarts
+    d.cli("restart", "iso1")
+    assert int(uid_map(d, "iso1")[0][1]) == bases["iso1"]
+    # a host id delegated to root (inside root's range, past the shared 65536), mapped as is
+    host = int(uid_map(d, "shared")[0][1]) + 5_000_000
+    d.cli("launch", "busybox", "raw1", "-c", f"raw.idmap=both {host} 1000")
+    assert ["1000", str(host), "1"] in uid_map(d, "raw1")
+    assert sum(int(r[2]) for r in uid_map(d, "raw1")) == 65536
+    # a host id root may not map: a clear error naming /etc/subuid
+    r = d.cli("launch", "busybox", "raw2", "-c", "raw.idmap=uid 4242 1000", check=False)
+    assert r.returncode != 0
+    assert "not delegated to root in /etc/subuid" in d.read("instances", "raw2", "error")
+
+
+def test_raw_seccomp_and_kernel_modules(daemon_with_busybox):
+    d = daemon_with_busybox
+    policy = "2\ndenylist\n[all]\nmkdir errno 1\nmkdirat errno 1\n"
+    d.cli("launch", "busybox", "s1", "-c", f"raw.seccomp={policy}")
+    r = d.cli("exec", "s1", "--", "mkdir", "/tmp/x", check=False)
+    assert r.returncode != 0
+    os.mkdir(d.path("instances", "k1"))
+    d.write("instances", "k1", "config", "linux.kernel_modules", "no_such_module_xyz")
+    d.write("instances", "k1", "source", "busybox")
+    with pytest.raises(OSError):
+        d.write("instances", "k1", "state", "start")
+    assert "no_such_module_xyz" in d.read("instances", "k1", "error")
+    with pytest.raises(OSError):
+        d.write("instances", "k1", "config", "limits.cpu.allowance", "lots")
+    with pytest.raises(OSError):
+        d.write("instances", "k1", "config", "raw.idmap", "both 1 2-3")

@@ -444,3 +444,35 @@ def test_snapshot_rename_and_stop_timeout(daemon_with_busybox):
     d.write("instances", "c1", "state", "stop 1")
     assert d.read("instances", "c1", "state") == "STOPPED"
     assert write_errno(d.path("instances", "c1", "state"), "stop soon") == errno.EINVAL
+
+
+def test_split_image_upload_and_server_config(lxfs_daemon, busybox_image, tmp_path):
+    """The split form (metadata tarball + squashfs rootfs) imports through cp, in either order,
+    and launches; server keys live in config/."""
+    d = lxfs_daemon
+    src = tmp_path / "src"
+    src.mkdir()
+    subprocess.run(["tar", "-xJf", str(busybox_image), "-C", str(src)], check=True)
+    meta = tmp_path / "meta.tar.gz"
+    subprocess.run(["tar", "-czf", str(meta), "-C", str(src), "metadata.yaml", "templates"],
+                   check=True)
+    squash = tmp_path / "rootfs.squashfs"
+    subprocess.run(["mksquashfs", str(src / "rootfs"), str(squash), "-noappend", "-quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
+    fp = hashlib.sha256(meta.read_bytes() + squash.read_bytes()).hexdigest()
+    subprocess.run(["cp", str(squash), str(d.path("images"))], check=True)
+    assert "rootfs.squashfs" in os.listdir(d.path("images"))  # pending its other half
+    subprocess.run(["cp", str(meta), str(d.path("images"))], check=True)
+    assert sorted(os.listdir(d.path("images"))) == sorted([fp, "aliases"])
+    assert hashlib.sha256(d.path("images", fp, "export").read_bytes()).hexdigest() == \
+        hashlib.sha256(meta.read_bytes()).hexdigest()
+    assert d.path("images", fp, "export.rootfs").stat().st_size == squash.stat().st_size
+    os.symlink(fp, d.path("images", "aliases", "split"))
+    launch_by_hand(d, "s1", "split")
+    assert d.read("instances", "s1", "state") == "RUNNING"
+    # server configuration
+    d.write("config", "core.https_address", "127.0.0.1:8443")
+    assert d.read("config", "core.https_address") == "127.0.0.1:8443"
+    assert write_errno(d.path("config", "core.bogus"), "1") == errno.EINVAL
+    os.unlink(d.path("config", "core.https_address"))
+    assert os.listdir(d.path("config")) == []

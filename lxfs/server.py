@@ -121,6 +121,8 @@ class Server:
         self._running_pids: dict[str, int] = {}
         self._restarting: set[str] = set()
         self._pending: dict[str, tuple[Path, str]] = {}
+        #: what a successful operation wants the user to know (shown in the error file)
+        self._notices: dict[str, str] = {}
         #: the last image published from each instance (or NAME/SNAP)
         self.published: dict[str, str] = {}
         self.nursery: trio.Nursery | None = None
@@ -310,7 +312,7 @@ class Server:
             log.exception("unexpected error in %s", scope or "lxfs")
             self.set_error(scope, f"internal error: {exc!r}")
             raise OperationFailed(f"internal error: {exc!r}") from exc
-        self.errors[scope] = ""
+        self.errors[scope] = self._notices.pop(scope, "")
         return result
 
     # --- instances ------------------------------------------------------------------------
@@ -844,7 +846,7 @@ class Server:
             new[key] = value
         validate_device(device, new, partial=True)
         devices[device] = new
-        await self._save_owner(owner)
+        await self._save_owner(owner, devices=True)
 
     async def add_device(self, owner: Instance | Profile, device: str) -> None:
         if device in owner.devices:
@@ -852,18 +854,22 @@ class Server:
         if not re.fullmatch(r"[^/\s]{1,64}", device):
             raise InvalidArgument(f"invalid device name {device!r}")
         owner.devices[device] = {}
-        await self._save_owner(owner)
+        await self._save_owner(owner, devices=True)
 
     async def remove_device(self, owner: Instance | Profile, device: str) -> None:
         if device not in owner.devices:
             raise NotFound(f"device {device!r} not found")
         del owner.devices[device]
-        await self._save_owner(owner)
+        await self._save_owner(owner, devices=True)
 
-    async def _save_owner(self, owner: Instance | Profile) -> None:
+    async def _save_owner(self, owner: Instance | Profile, devices: bool = False) -> None:
         if isinstance(owner, Instance):
             await self._save(owner)
             expand(owner, self.profiles)
+            if devices and owner.storage_state == "ready" and \
+                    await in_thread(self.runtime.state, owner) != "STOPPED":
+                self._notices[owner.name] = (f"saved: device changes apply at the next start "
+                                             f"of {owner.name}")
         else:
             await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
             for inst in list(self.instances.values()):

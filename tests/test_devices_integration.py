@@ -96,3 +96,14 @@ def test_missing_source_is_a_clear_start_error(daemon_with_busybox):
     with pytest.raises(OSError):
         d.write("instances", "c1", "state", "start")
     assert "/nonexistent/dir does not exist" in d.read("instances", "c1", "error")
+
+
+def test_device_change_on_running_instance_says_next_start(daemon_with_busybox, host_dir):
+    d = daemon_with_busybox
+    d.cli("launch", "busybox", "c1")
+    add_device(d, ("instances", "c1"), "share", type="disk", source=str(host_dir),
+               path="/mnt/share")
+    assert "apply at the next start" in d.read("instances", "c1", "error")
+    d.cli("restart", "c1")
+    assert d.read("instances", "c1", "error") == ""
+    assert d.cli("exec", "c1", "--", "cat", "/mnt/share/hello").stdout == "from the host\n"

@@ -69,6 +69,13 @@ def test_shell_launch_and_state_machine(daemon_with_busybox):
     assert d.read("instances", "b1", "state") == "RUNNING"
     pid = int(d.read("instances", "b1", "pid"))
     assert Path(f"/proc/{pid}").exists()
+    # the container's monitor is a small lxc-start, not a fork of the daemon
+    monitor = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert monitor != d.proc.pid
+    status = Path(f"/proc/{monitor}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS"))
+                 .split()[1])
+    assert rss_kb < 20_000, f"monitor RSS {rss_kb} kB"
     assert d.read("instances", "b1", "rootfs", "etc", "hostname") == "b1"  # template applied
     fp = d.read("instances", "b1", "source")
     assert len(fp) == 64 and d.path("images", fp).is_dir()
@@ -92,6 +99,9 @@ def test_exec_through_cli(daemon_with_busybox):
     uid_map = d.cli("exec", "b1", "--", "cat", "/proc/self/uid_map").stdout.split()
     assert uid_map[:2] != ["0", "0"], f"identity map: {uid_map}"
     assert d.cli("exec", "b1", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+    # the default seccomp denylist is in force for attached processes too
+    status = d.cli("exec", "b1", "--", "cat", "/proc/self/status").stdout
+    assert "Seccomp:\t2" in status
     assert d.cli("exec", "b1", "--", "cat", input="hi\n").stdout == "hi\n"
     d.write("instances", "b1", "config", "environment.FOO", "bar")
     assert d.cli("exec", "b1", "--", "sh", "-c", "echo $FOO").stdout == "bar\n"

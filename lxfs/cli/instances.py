@@ -7,7 +7,6 @@ import errno
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,34 +186,8 @@ def set_state(mount: Mount, name: str, action: str) -> None:
 
 
 def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
-    """Graceful stop, forced with ``kill`` after ``timeout`` seconds (client side)."""
-    result: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            set_state(mount, name, "stop")
-            result.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            result.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        try:
-            set_state(mount, name, "kill")
-        except CLIError:
-            # the graceful stop may have won the race (an ephemeral instance is then gone)
-            worker.join(5)
-            inst = mount.instances / name
-            if (result and result[0] is None) or not inst.is_dir() or \
-                    read_opt(inst / "state").strip().upper() == "STOPPED":
-                return
-            raise
-        worker.join(5)
-        return
-    if result and result[0] is not None:
-        raise result[0]
+    """Graceful stop, killed by the daemon after ``timeout`` seconds (``stop N``)."""
+    set_state(mount, name, f"stop {max(0, int(timeout))}")
 
 
 def cmd_state(args: argparse.Namespace) -> int:

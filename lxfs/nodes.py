@@ -358,6 +358,8 @@ class InstanceDir(Dir):
                                     scope=name, accumulate=False),
             "ipv4": lambda: File(srv, lambda: "", dynamic=True),
             "ipv6": lambda: File(srv, lambda: "", dynamic=True),
+            "pool": lambda: File(srv, lambda: inst.root_pool(),
+                                 lambda v: srv.move_to_pool(name, v), scope=name),
             "usage": lambda: StaticDir(srv, {
                 **{key: _usage_file(srv, name, key)
                    for key in ("processes", "memory", "memory_peak", "cpu")},

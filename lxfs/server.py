@@ -37,7 +37,14 @@ from lxfs.errors import (
 from lxfs.events import EventBus
 from lxfs.model import Image, Instance, Profile, Snapshot, now
 from lxfs.runtime import Runtime
-from lxfs.storage import Pool, PoolUsage, StorageDriver, VolumeType, valid_snapshot_name
+from lxfs.storage import (
+    Pool,
+    PoolUsage,
+    StorageDriver,
+    VolumeType,
+    transfer_volume,
+    valid_snapshot_name,
+)
 
 log = logging.getLogger("lxfs")
 T = TypeVar("T")
@@ -441,14 +448,19 @@ class Server:
             inst.architecture, inst.description = src.architecture, src.description
             expand(inst, self.profiles)
             src_pool, pool = self.pool_of(src), self.pool_of(inst)
-            if src_pool is not pool:
-                raise NotSupported("copying between storage pools is not supported yet")
             with_snapshots = not instance_only and not snapshot
             inst.storage_state, inst.source = "creating", words[0]
             await self._save(inst)
             self.transient[name] = "CREATING"
             try:
-                if snapshot:
+                if src_pool is not pool:
+                    if snapshot:
+                        raise NotSupported("copying a snapshot to another pool is not "
+                                           "supported yet: copy the instance")
+                    snaps = sorted(src.snapshots, key=lambda n: src.snapshots[n].created_at)
+                    await in_thread(transfer_volume, src_pool, src_name, pool, name,
+                                    snaps if with_snapshots else [])
+                elif snapshot:
                     await in_thread(pool.copy_snapshot_to_volume, "container", src_name,
                                     snapshot, name)
                 else:
@@ -729,6 +741,44 @@ class Server:
         self._locks.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_delete(server=self, instance=inst))
         self.events.lifecycle("instance-deleted", f"/1.0/instances/{name}")
+
+    async def move_to_pool(self, name: str, pool_name: str) -> None:
+        """Move a stopped instance's root volume (with snapshots) to another pool; its own
+        root disk device then names that pool."""
+        inst = self.instance(name)
+        pool_name = pool_name.strip()
+        if pool_name not in self.pools:
+            raise NotFound(f"storage pool {pool_name!r} not found")
+        async with self._locks[name]:
+            src = self.pool_of(inst)
+            dst = self.pools[pool_name]
+            if src is dst:
+                return
+            if inst.storage_state == "ready":
+                state = await in_thread(self.runtime.state, inst)
+                if state != "STOPPED":
+                    raise Busy(f"instance {name} is {state.lower()}: stop it before moving "
+                               "it to another pool")
+                snaps = sorted(inst.snapshots, key=lambda n: inst.snapshots[n].created_at)
+                await in_thread(transfer_volume, src, name, dst, name, snaps)
+            root = next((d for d, dev in inst.expanded_devices.items()
+                         if dev.get("type") == "disk" and dev.get("path") == "/"), "root")
+            device = dict(inst.expanded_devices.get(root, {"type": "disk", "path": "/"}))
+            device["pool"] = pool_name
+            inst.devices[root] = device
+            for snap in inst.snapshots.values():  # a restore brings their devices back
+                snap.devices[root] = dict(device)
+            try:
+                await self._save(inst)
+            except BaseException:
+                del inst.devices[root]
+                with trio.CancelScope(shield=True):
+                    await in_thread(dst.delete_volume, "container", name)
+                raise
+            expand(inst, self.profiles)
+            if inst.storage_state == "ready":
+                await in_thread(src.delete_volume, "container", name)
+        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}", pool=pool_name)
 
     async def rename_instance(self, old: str, new: str) -> None:
         inst = self.instance(old)

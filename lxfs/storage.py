@@ -217,3 +217,28 @@ def apply_root_quota(server: Server, instance: Instance, driver: type[StorageDri
 def valid_snapshot_name(name: str) -> bool:
     """Snapshot names: 1-63 characters, no slash and no white space (as LXD)."""
     return bool(_SNAPSHOT_NAME.match(name)) and name not in (".", "..")
+
+
+def transfer_volume(src: StorageDriver, src_name: str, dst: StorageDriver, dst_name: str,
+                    snapshots: list[str]) -> None:
+    """Copy a container volume to another pool (any drivers): each snapshot in turn becomes
+    the new volume's content and is snapshotted there, then the volume itself is copied. On
+    failure the new volume is removed."""
+    import subprocess
+
+    def fill(from_path: Path) -> None:
+        target = dst.volume_path("container", dst_name)
+        for entry in list(target.iterdir()):
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(entry)], check=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", "--", f"{from_path}/.", str(target)],
+                       check=True, capture_output=True)
+
+    dst.create_volume("container", dst_name)
+    try:
+        for snap in snapshots:
+            fill(src.snapshot_path("container", src_name, snap))
+            dst.create_snapshot("container", dst_name, snap)
+        fill(src.volume_path("container", src_name))
+    except BaseException:
+        dst.delete_volume("container", dst_name)
+        raise

@@ -7,6 +7,7 @@ Every loop device made by a daemon here is detached at the end, even when a test
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -270,3 +271,41 @@ def test_dir_pool_and_storage_cli(loop_guard, daemon_with_busybox):
     d.cli("storage", "delete", "d2")
     d.cli("storage", "delete", "bt")
     assert sorted(os.listdir(d.path("storage-pools"))) == ["default"]
+
+
+def test_move_between_dir_and_btrfs_pools(loop_guard, daemon_with_busybox):
+    """`lxfs move c1 c1 -s POOL` moves the root volume and its snapshots across drivers."""
+    d = daemon_with_busybox
+    loop_guard.append(d.base)
+    make_btrfs_pool(d, "bmove")
+    try:
+        d.cli("launch", "busybox", "m1")
+        d.cli("exec", "m1", "--", "sh", "-c", "echo before > /root/f")
+        d.cli("snapshot", "m1", "s0")
+        d.cli("exec", "m1", "--", "sh", "-c", "echo after > /root/f")
+        with pytest.raises(OSError):  # running
+            d.write("instances", "m1", "pool", "bmove")
+        d.cli("stop", "--force", "m1")
+        d.cli("move", "m1", "m1", "-s", "bmove")
+        assert d.read("instances", "m1", "pool") == "bmove"
+        assert d.read("instances", "m1", "devices", "root", "pool") == "bmove"
+        dir_pool = d.data_dir / "storage-pools" / "default"
+        assert os.listdir(dir_pool / "containers") == []
+        d.cli("start", "m1")
+        assert d.cli("exec", "m1", "--", "cat", "/root/f").stdout == "after\n"
+        d.cli("restore", "m1", "s0")
+        assert d.cli("exec", "m1", "--", "cat", "/root/f").stdout == "before\n"
+        # and back to dir
+        d.cli("stop", "--force", "m1")
+        d.cli("move", "m1", "m1", "-s", "default")
+        d.cli("start", "m1")
+        assert d.cli("exec", "m1", "--", "cat", "/root/f").stdout == "before\n"
+        assert os.listdir(dir_pool / "containers") == ["m1"]
+    finally:
+        for name in os.listdir(d.path("instances")):
+            with contextlib.suppress(OSError):
+                d.write("instances", name, "state", "kill")
+            with contextlib.suppress(OSError):
+                os.rmdir(d.path("instances", name))
+        with contextlib.suppress(OSError):
+            os.rmdir(d.path("storage-pools", "bmove"))

@@ -21,6 +21,7 @@ from lxfs.cli.mount import (
     read_lines,
     read_opt,
     strip_local_remote,
+    write_raw,
 )
 from lxfs.cli.names import random_name, valid_instance_name
 from lxfs.cli.output import (
@@ -266,6 +267,12 @@ def cmd_rename(args: argparse.Namespace) -> int:
                  inst)
         return 0
     inst = mount.instance(old)
+    pool = getattr(args, "storage", None)
+    if pool:
+        mount.do(lambda: write_raw(inst / "pool", pool), inst, messages={
+            errno.EBUSY: "Moving a running instance to another pool is not allowed: stop it"})
+        if new == old:
+            return 0
     if not valid_instance_name(new):
         raise CLIError(f"Invalid instance name: {new!r}")
     if os.path.lexists(mount.instances / new):
@@ -692,6 +699,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p = sub.add_parser(command, aliases=aliases, help="Rename instances or snapshots")
         p.add_argument("old", metavar="OLD")
         p.add_argument("new", metavar="NEW")
+        if command == "move":
+            p.add_argument("-s", "--storage", metavar="POOL",
+                           help="move the root volume (and snapshots) to this pool")
         p.set_defaults(func=cmd_rename)
 
     p = sub.add_parser("snapshot", help="Create instance snapshots")

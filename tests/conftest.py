@@ -596,3 +596,19 @@ def daemon_with_busybox(lxfs_daemon: LxfsDaemon, busybox_image: Path) -> LxfsDae
     """``lxfs_daemon`` with the busybox image imported under the alias ``busybox``."""
     lxfs_daemon.cli("image", "import", busybox_image, "--alias", "busybox", timeout=120)
     return lxfs_daemon
+
+
+@pytest.fixture(scope="session")
+def debian_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian (bookworm minbase) image tarball, built once per session by
+    contrib/images/debian.sh (debootstrap from the Debian mirror: about a minute)."""
+    out_dir = tmp_path_factory.mktemp("debian-image")
+    result = subprocess.run(
+        ["bash", str(REPO / "contrib" / "images" / "debian.sh"), str(out_dir), "bookworm"],
+        cwd=REPO, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL,
+    )
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines:
+        pytest.fail(f"debian.sh exited with {result.returncode}\n{result.stderr[-3000:]}",
+                    pytrace=False)
+    return Path(lines[-1])

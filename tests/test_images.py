@@ -730,9 +730,9 @@ def test_busybox_init_halts(tmp_path: Path, sig: signal.Signals) -> None:
 
 
 @pytest.mark.integration
-def test_debian_recipe(tmp_path: Path) -> None:
-    image = run_recipe("debian.sh", str(tmp_path), "bookworm", timeout=900)
-    assert image == tmp_path / "debian-bookworm.tar.xz"
+def test_debian_recipe(tmp_path: Path, debian_image: Path) -> None:
+    image = debian_image
+    assert image.name == "debian-bookworm.tar.xz"
     info = inspect_image(image)
     assert info.properties["os"] == "debian" and info.properties["release"] == "bookworm"
     vol = tmp_path / "vol"

@@ -309,3 +309,31 @@ def test_move_between_dir_and_btrfs_pools(loop_guard, daemon_with_busybox):
                 os.rmdir(d.path("instances", name))
         with contextlib.suppress(OSError):
             os.rmdir(d.path("storage-pools", "bmove"))
+
+
+def test_debian_on_btrfs_copies_no_data(loop_guard, lxfs_daemon, debian_image):
+    """Issue 5's acceptance on the ~200 MB Debian image: an instance is a snapshot of the
+    image's subvolume, so its exclusive usage starts near zero; snapshot, copy, restore and
+    delete are subvolume operations and leave nothing behind."""
+    d = lxfs_daemon
+    loop_guard.append(d.base)
+    root = make_btrfs_pool(d, "deb", "4GiB")
+    d.cli("image", "import", debian_image, "--alias", "debian", timeout=300)
+    d.cli("launch", "debian", "d1", "-s", "deb", timeout=300)
+    assert d.cli("exec", "d1", "--", "cat", "/etc/debian_version").stdout.strip()
+    image_bytes = int(subprocess.run(["du", "-sb", str(root / "images")], capture_output=True,
+                                     text=True).stdout.split()[0])
+    assert image_bytes > 100_000_000
+    exclusive = int(d.read("instances", "d1", "usage", "disk"))
+    assert exclusive < 10_000_000, f"{exclusive} bytes exclusive: file data was copied"
+    d.cli("snapshot", "d1", "s0")
+    d.cli("exec", "d1", "--", "sh", "-c", "echo changed > /etc/motd")
+    d.cli("copy", "d1", "d2")
+    assert int(d.read("instances", "d2", "usage", "disk")) < 10_000_000
+    d.cli("restore", "d1", "s0")
+    assert "changed" not in d.cli("exec", "d1", "--", "cat", "/etc/motd").stdout
+    for name in ("d1", "d2"):
+        d.cli("delete", "--force", name)
+    leftovers = subprocess.run(["btrfs", "subvolume", "list", "-o", str(root)],
+                               capture_output=True, text=True).stdout
+    assert "containers" not in leftovers, leftovers

@@ -697,18 +697,65 @@ class VolumesDir(Dir):
         if name not in await self.srv.pool_volumes(self.pool, self.vtype):
             return None
         srv, pool, vtype = self.srv, self.pool, self.vtype
+        backend = srv.pools[pool]
 
         async def snapshots() -> str:
-            backend = srv.pools[pool]
             return lines(await trio.to_thread.run_sync(backend.list_snapshots, vtype, name))
 
-        return StaticDir(srv, {
+        children: dict[str, Callable[[], Node | None]] = {
             "name": lambda: File(srv, lambda: name),
             "type": lambda: File(srv, lambda: vtype),
             "usage": lambda: File(srv, lambda: _str(srv.volume_usage(pool, vtype, name)),
                                   dynamic=True),
             "snapshots": lambda: File(srv, snapshots, dynamic=True),
-        })
+        }
+        if vtype == "custom":
+            children |= {
+                "snapshots": lambda: CustomSnapshotsDir(srv, pool, name),
+                "data": lambda: HostFile(backend.volume_path("custom", name)),
+                "used_by": lambda: File(srv, lambda: lines(srv.custom_volume_users(pool, name)),
+                                        dynamic=True),
+                "copy": lambda: File(srv, None,
+                                     lambda v: srv.copy_custom_volume(pool, name, v)),
+                "restore": lambda: File(srv, None,
+                                        lambda v: srv.restore_custom_volume(pool, name, v)),
+            }
+        return StaticDir(srv, children)
+
+    async def mkdir(self, name: str) -> None:
+        if self.vtype != "custom":
+            raise PermissionDenied(f"{self.vtype} volumes are made by lxfs; create custom ones")
+        await self.srv.guarded("", self.srv.create_custom_volume(self.pool, name))
+
+    async def rmdir(self, name: str) -> None:
+        if self.vtype != "custom":
+            raise PermissionDenied(f"{self.vtype} volumes go with their image or instance")
+        await self.srv.guarded("", self.srv.delete_custom_volume(self.pool, name))
+
+
+class CustomSnapshotsDir(Dir):
+    """``volumes/custom/VOL/snapshots/``: ``mkdir`` snapshots, ``rmdir`` deletes."""
+
+    def __init__(self, srv: Server, pool: str, volume: str) -> None:
+        super().__init__(srv)
+        self.pool, self.volume = pool, volume
+        self.backend = srv.pools[pool]
+
+    async def list(self) -> list[str]:
+        return await trio.to_thread.run_sync(self.backend.list_snapshots, "custom", self.volume)
+
+    async def child(self, name: str) -> Node | None:
+        if name not in await self.list():
+            return None
+        path = self.backend.snapshot_path("custom", self.volume, name)
+        return StaticDir(self.srv, {"data": lambda: HostFile(path, readonly=True)})
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.snapshot_custom_volume(self.pool, self.volume, name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_custom_snapshot(self.pool, self.volume,
+                                                                   name))
 
 
 class EventsFile(File):

@@ -1344,6 +1344,75 @@ class Server:
             return PoolUsage(0, 0)
         return await in_thread(backend.usage)
 
+    # --- custom volumes -------------------------------------------------------------------
+
+    def custom_volume_users(self, pool: str, volume: str) -> list[str]:
+        """Instances and profiles with a disk device on a custom volume."""
+        users = []
+        owners: list[tuple[str, dict[str, dict[str, str]]]] = [
+            (f"instances/{i.name}", i.devices) for i in self.instances.values()]
+        owners += [(f"profiles/{p.name}", p.devices) for p in self.profiles.values()]
+        for label, devices in owners:
+            if any(d.get("type") == "disk" and d.get("pool") == pool
+                   and d.get("source") == volume and d.get("path") != "/"
+                   for d in devices.values()):
+                users.append(label)
+        return users
+
+    def _custom_pool(self, pool: str) -> StorageDriver:
+        backend = self.pools.get(pool)
+        if backend is None:
+            raise NotFound(f"storage pool {pool!r} not found")
+        return backend
+
+    async def create_custom_volume(self, pool: str, volume: str) -> None:
+        if not _POOL_NAME.match(volume):
+            raise InvalidArgument(f"invalid volume name {volume!r}")
+        backend = self._custom_pool(pool)
+        if await in_thread(backend.volume_exists, "custom", volume):
+            raise AlreadyExists(f"volume {volume} already exists in pool {pool}")
+        await in_thread(backend.create_volume, "custom", volume)
+        self.events.lifecycle("storage-volume-created",
+                              f"/1.0/storage-pools/{pool}/volumes/custom/{volume}")
+
+    async def delete_custom_volume(self, pool: str, volume: str) -> None:
+        users = self.custom_volume_users(pool, volume)
+        if users:
+            raise Busy(f"volume {volume} is used by {', '.join(users)}")
+        await in_thread(self._custom_pool(pool).delete_volume, "custom", volume)
+        self.events.lifecycle("storage-volume-deleted",
+                              f"/1.0/storage-pools/{pool}/volumes/custom/{volume}")
+
+    async def copy_custom_volume(self, pool: str, volume: str, target: str) -> None:
+        target = target.strip()
+        if not _POOL_NAME.match(target):
+            raise InvalidArgument(f"invalid volume name {target!r}")
+        backend = self._custom_pool(pool)
+        if await in_thread(backend.volume_exists, "custom", target):
+            raise AlreadyExists(f"volume {target} already exists in pool {pool}")
+        await in_thread(backend.copy_volume, "custom", volume, target, False)
+
+    async def snapshot_custom_volume(self, pool: str, volume: str, snapshot: str) -> None:
+        if not valid_snapshot_name(snapshot):
+            raise InvalidArgument(f"invalid snapshot name {snapshot!r}")
+        await in_thread(self._custom_pool(pool).create_snapshot, "custom", volume, snapshot)
+
+    async def delete_custom_snapshot(self, pool: str, volume: str, snapshot: str) -> None:
+        await in_thread(self._custom_pool(pool).delete_snapshot, "custom", volume, snapshot)
+
+    async def restore_custom_volume(self, pool: str, volume: str, snapshot: str) -> None:
+        backend = self._custom_pool(pool)
+        snapshot = snapshot.strip()
+        if snapshot not in await in_thread(backend.list_snapshots, "custom", volume):
+            raise NotFound(f"snapshot {volume}/{snapshot} not found")
+        running = [u for u in self.custom_volume_users(pool, volume)
+                   if u.startswith("instances/") and self.instances[u[10:]].storage_state ==
+                   "ready" and await in_thread(self.runtime.state, self.instances[u[10:]])
+                   != "STOPPED"]
+        if running:
+            raise Busy(f"volume {volume} is in use by running {', '.join(running)}")
+        await in_thread(backend.restore_snapshot, "custom", volume, snapshot)
+
     async def pool_volumes(self, name: str, vtype: VolumeType) -> list[str]:
         backend = self.pools.get(name)
         return await in_thread(backend.list_volumes, vtype) if backend else []

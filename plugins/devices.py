@@ -25,11 +25,23 @@ def _target(path: str) -> str:
     return os.path.normpath("/" + path).lstrip("/")
 
 
-def disk_lines(name: str, dev: dict[str, str], privileged: bool) -> list[str]:
+def disk_lines(name: str, dev: dict[str, str], privileged: bool,
+               server: Server | None = None) -> list[str]:
     source, path = dev.get("source", ""), dev.get("path", "")
     if not source or not path:
         raise InvalidArgument(f"disk device {name}: needs source and path")
     src = Path(source)
+    if dev.get("pool") and not source.startswith("/"):
+        # a custom volume of a pool: stored unshifted like root filesystems, so idmapped
+        backend = server.pools.get(dev["pool"]) if server else None
+        if backend is None:
+            raise NotFound(f"disk device {name}: storage pool {dev['pool']!r} not found")
+        src = backend.volume_path("custom", source)
+        if not src.is_dir():
+            raise NotFound(f"disk device {name}: volume {source} not found in pool "
+                           f"{dev['pool']}")
+        dev = dict(dev, source=str(src), shift="true")
+        source = str(src)
     if not src.exists():
         if dev.get("required", "true") == "false":
             return []
@@ -77,7 +89,7 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     for name, dev in sorted(instance.expanded_devices.items()):
         dtype = dev.get("type")
         if dtype == "disk" and dev.get("path") != "/":
-            lines += disk_lines(name, dev, privileged)
+            lines += disk_lines(name, dev, privileged, server)
         elif dtype in ("unix-char", "unix-block"):
             lines += unix_lines(name, dev)
     return lines

@@ -337,3 +337,39 @@ def test_debian_on_btrfs_copies_no_data(loop_guard, lxfs_daemon, debian_image):
     leftovers = subprocess.run(["btrfs", "subvolume", "list", "-o", str(root)],
                                capture_output=True, text=True).stdout
     assert "containers" not in leftovers, leftovers
+
+
+def test_custom_volumes(daemon_with_busybox):
+    """A custom volume: created, attached to two instances, written from one and read from
+    the other, snapshotted and restored, refused deletion while attached."""
+    d = daemon_with_busybox
+    d.cli("storage", "volume", "create", "default", "shared")
+    assert "shared" in os.listdir(d.path("storage-pools", "default", "volumes", "custom"))
+    d.cli("launch", "busybox", "v1")
+    d.cli("launch", "busybox", "v2")
+    d.cli("storage", "volume", "attach", "default", "shared", "v1", "/srv")
+    d.cli("storage", "volume", "attach", "default", "shared", "v2", "data", "/data")
+    d.cli("restart", "v1")
+    d.cli("restart", "v2")
+    d.cli("exec", "v1", "--", "sh", "-c", "echo one > /srv/f; chown 1000 /srv/f")
+    assert d.cli("exec", "v2", "--", "cat", "/data/f").stdout == "one\n"
+    # stored unshifted, like root filesystems: the container's uid on disk and on the mount
+    data = d.path("storage-pools", "default", "volumes", "custom", "shared", "data")
+    assert (data / "f").stat().st_uid == 1000
+    assert sorted(d.read("storage-pools", "default", "volumes", "custom", "shared",
+                         "used_by").split()) == ["instances/v1", "instances/v2"]
+    d.cli("storage", "volume", "snapshot", "default", "shared", "s0")
+    d.cli("exec", "v1", "--", "sh", "-c", "echo two > /srv/f")
+    r = d.cli("storage", "volume", "delete", "default", "shared", check=False)
+    assert r.returncode != 0 and "used by instances/v1" in r.stderr
+    d.cli("stop", "--force", "v1", "v2")
+    d.cli("storage", "volume", "restore", "default", "shared", "s0")
+    assert (data / "f").read_text() == "one\n"
+    d.cli("storage", "volume", "copy", "default/shared", "default/shared2")
+    assert (d.path("storage-pools", "default", "volumes", "custom", "shared2", "data", "f")
+            .read_text()) == "one\n"
+    d.cli("storage", "volume", "detach", "default", "shared", "v1")
+    d.cli("storage", "volume", "detach", "default", "shared", "v2")
+    d.cli("storage", "volume", "delete", "default", "shared")
+    d.cli("storage", "volume", "delete", "default", "shared2")
+    assert os.listdir(d.path("storage-pools", "default", "volumes", "custom")) == []

@@ -232,6 +232,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("values", metavar="ARG", nargs="+")
     p.set_defaults(func=cmd_set)
 
+    from lxfs.cli import volumes
+
+    volumes.register(ssub)
+
     p = ssub.add_parser("unset", help="Unset a storage pool key: POOL KEY")
     p.add_argument("pool", metavar="POOL")
     p.add_argument("key", metavar="KEY")

@@ -202,7 +202,7 @@ class Server:
         for inst in self.instances.values():
             expand(inst, self.profiles)
         self._repair()
-        self.hook.lxfs_startup(server=self)
+        self._call_each("lxfs_startup")
 
     def _repair(self) -> None:
         """Finish or roll back what a crash interrupted: no volume without its record, no
@@ -242,15 +242,27 @@ class Server:
         for name in names:
             try:
                 await self.change_state(name, "start")
-            except LxfsError as exc:
-                log.error("autostart of %s failed: %s", name, exc)
+            except (LxfsError, OSError) as exc:
+                self.set_error(name, f"autostart failed: {exc}")
+                continue
+            except Exception:
+                log.exception("autostart of %s failed", name)
                 continue
             inst = self.instances.get(name)
             delay = int(inst.expanded_config.get("boot.autostart.delay") or 0) if inst else 0
             await trio.sleep(delay)
 
+    def _call_each(self, hook: str) -> None:
+        """Call every plugin's implementation of a startup/shutdown hook; one plugin's
+        failure is logged and does not keep the others (or the daemon) from running."""
+        for impl in getattr(self.hook, hook).get_hookimpls():
+            try:
+                impl.function(server=self)
+            except Exception:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook)
+
     async def close(self) -> None:
-        await in_thread(lambda: self.hook.lxfs_shutdown(server=self))
+        await in_thread(self._call_each, "lxfs_shutdown")
         self.db.close()
 
     # --- helpers --------------------------------------------------------------------------
@@ -678,6 +690,13 @@ class Server:
         self.nursery.start_soon(self._watch_task, name, pid)
 
     async def _watch_task(self, name: str, pid: int) -> None:
+        """A task of the server's nursery: nothing may escape it, or the daemon would stop."""
+        try:
+            await self._watch_pid(name, pid)
+        except Exception:
+            log.exception("while handling the stop of %s", name)
+
+    async def _watch_pid(self, name: str, pid: int) -> None:
         try:
             fd = os.pidfd_open(pid)
         except OSError:

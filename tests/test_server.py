@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 from lxfs_plugins import storage_dir
 
 from lxfs import hookimpl
@@ -205,3 +206,31 @@ async def test_state_survives_restart(tmp_path, image, nursery):
     with pytest.raises(Busy):
         await srv2.delete_profile("extra")
     await srv2.close()
+
+
+class BrokenPlugin:
+    @hookimpl
+    def lxfs_instance_post_stop(self, server, instance):
+        raise RuntimeError("a plugin bug")
+
+    @hookimpl
+    def lxfs_startup(self, server):
+        raise RuntimeError("another plugin bug")
+
+
+async def test_plugin_bugs_never_stop_the_daemon(tmp_path, image, nursery):
+    """A failing startup hook is logged; a failing post_stop hook while handling a stop the
+    daemon noticed by itself is logged: the server goes on."""
+    FakeRuntime.states = {}
+    pm = plugin_manager(load_entry_points=False,
+                        extra=(storage_dir, FakeRuntimePlugin(), BrokenPlugin()))
+    srv = Server(tmp_path / "data", tmp_path / "mnt", pm)
+    await srv.open(nursery)
+    await import_image(srv, image)
+    await srv.create_instance("c1")
+    await srv.set_source("c1", "img")
+    proc = await trio.lowlevel.open_process(["sleep", "0.1"])
+    srv._running_pids["c1"] = proc.pid
+    await srv._watch_task("c1", proc.pid)  # must not raise
+    await proc.wait()
+    assert "c1" not in srv._running_pids or srv._running_pids["c1"] != proc.pid

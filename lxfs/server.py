@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -507,7 +508,11 @@ class Server:
         compression = "xz"
         properties = {k[len("image."):]: v for k, v in inst.expanded_config.items()
                       if k.startswith("image.")}
-        for token in request.split():
+        try:
+            tokens = shlex.split(request)
+        except ValueError as exc:
+            raise InvalidArgument(f"publish: {exc}") from None
+        for token in tokens:
             key, sep, value = token.partition("=")
             if not sep:
                 raise InvalidArgument(f"publish: expected KEY=VALUE, got {token!r}")

@@ -101,10 +101,12 @@ def test_publish(mnt: Path, rec: Recorder, monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().out == f"Instance published with fingerprint: {FP}\n"
     assert main(["publish", "u1", "local:", "--alias", "a", "--alias", "b", "--public",
                  "--force", "--compression", "gzip", "os=busybox", "release=1"]) == 0
+    assert main(["publish", "--alias", "c", "u1", "k=v", "--alias=d", "-f"]) == 0
     assert rec.writes == [
         ("instances/u1/snapshots/2024-01-01/publish", "alias=foo-2.0 public=true"),
         ("instances/u1/publish", "alias=a alias=b public=true force=true compression=gzip "
                                  "os=busybox release=1"),
+        ("instances/u1/publish", "alias=c alias=d force=true k=v"),
     ]
 
 

@@ -342,9 +342,14 @@ def test_config_edit_from_stdin(mnt: Path, rec: Recorder, monkeypatch: pytest.Mo
                                 capsys: pytest.CaptureFixture[str]) -> None:
     make_instance(mnt, "c1", config={"user.a": "1"})
     monkeypatch.setattr(sys, "stdin", io.StringIO(
-        "config:\n  user.a: 1\n  security.privileged: true\nprofiles:\n- default\n"))
+        "config:\n  user.a: 1\n  security.privileged: true\n  user.b: yes\n"
+        "profiles:\n- default\nephemeral: False\n"))
     assert main(["config", "edit", "c1"]) == 0
-    assert rec.writes == [("instances/c1/config/security.privileged", "true")]
+    assert rec.writes == [("instances/c1/config/security.privileged", "true"),
+                          ("instances/c1/config/user.b", "yes")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("config:\n  a: [\n"))
+    assert main(["config", "edit", "c1"]) == 1
+    assert capsys.readouterr().err.startswith("Error: YAML: ")
     monkeypatch.setattr(sys, "stdin", io.StringIO("profiles: default\n"))
     assert main(["config", "edit", "c1"]) == 1
     assert capsys.readouterr().err == "Error: profiles: expected a list\n"

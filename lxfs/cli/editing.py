@@ -182,13 +182,12 @@ def unset_device_key(target: Target, dev: str, key: str) -> None:
 
 # -- documents ---------------------------------------------------------------------------------
 class _Loader(yaml.SafeLoader):
-    """Plain numbers stay text as written (``mode: 0660``, ``limits.cpu: 2``): every
-    value of a config or device is a string, as in LXD."""
+    """Plain scalars stay text as written (``mode: 0660``, ``limits.cpu: 2``,
+    ``security.nesting: yes``): every value of a config or device is a string, as in LXD."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:null"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -216,8 +215,13 @@ def parse_document(text: str, kind: str) -> dict[str, Any]:
     missing section is empty, as a PUT in LXD)."""
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p)
+        raise CLIError(f"YAML: {problem}{where}") from exc
     except yaml.YAMLError as exc:
-        raise CLIError(str(exc).replace("\n", " ")) from exc
+        raise CLIError(f"YAML: {exc}") from exc
     data = _mapping(data, "document")
     config = {k: _text(v, f"config.{k}") for k, v in _mapping(data.get("config"), "config").items()}
     devices: dict[str, dict[str, str]] = {}
@@ -237,10 +241,10 @@ def parse_document(text: str, kind: str) -> dict[str, Any]:
         if not isinstance(profiles, list):
             raise CLIError("profiles: expected a list")
         doc["profiles"] = [_text(p, "profiles") for p in profiles]
-        ephemeral = data.get("ephemeral", False)
-        if not isinstance(ephemeral, bool):
+        ephemeral = _text(data.get("ephemeral"), "ephemeral").lower() or "false"
+        if ephemeral not in ("true", "false"):
             raise CLIError("ephemeral: expected true or false")
-        doc["ephemeral"] = ephemeral
+        doc["ephemeral"] = ephemeral == "true"
     return doc
 
 

@@ -371,3 +371,22 @@ def test_init_interactive_through_pty(netd):
     assert d.read("networks", name, "config", "ipv4.address") == str(iface)
     assert d.read("networks", name, "config", "ipv6.address") == "none"
     assert d.read("profiles", "default", "devices", "eth0", "network") == name
+
+
+def test_nic_bandwidth_limits(netd):
+    """limits.ingress shapes the host side of the veth, limits.egress the instance's side,
+    both as token buckets set through netlink."""
+    d, net = netd
+    name, _iface = net.create()
+    nic_in_profile(d, name)
+    d.write("profiles", "default", "devices", "eth0", "limits.ingress", "10Mbit")
+    d.write("profiles", "default", "devices", "eth0", "limits.egress", "2Mbit")
+    with pytest.raises(OSError):
+        d.write("profiles", "default", "devices", "eth0", "limits.egress", "fast")
+    d.cli("launch", "busybox", "q1")
+    pid = d.read("instances", "q1", "pid")
+    host = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
+    assert "rate 10Mbit" in host, host
+    inner = subprocess.run(["nsenter", "-t", pid, "-n", "tc", "qdisc", "show", "dev", "eth0"],
+                           capture_output=True, text=True).stdout
+    assert "tbf" in inner and "rate 2Mbit" in inner, inner

@@ -178,6 +178,11 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
 
 
 @hookimpl
+def lxfs_instance_post_start(server: Server, instance: Instance) -> None:
+    manager(server).apply_limits(instance)
+
+
+@hookimpl
 def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
     mgr = manager(server)
     for device in instance.expanded_devices.values():

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lxfs.config_schema import check_bool, check_int, is_true
+from lxfs.devices import parse_rate
 from lxfs.errors import InvalidArgument
 
 IPv4Net = ipaddress.IPv4Network
@@ -368,3 +369,10 @@ def check_nic(dev_name: str, device: dict[str, str]) -> None:
     if device.get("host_name") and not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}",
                                                      device["host_name"]):
         raise InvalidArgument(f"device {dev_name}: invalid host_name {device['host_name']!r}")
+    for key in ("limits.ingress", "limits.egress"):
+        if device.get(key):
+            try:
+                parse_rate(device[key])
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"device {dev_name}: {key}: {exc.message}") from None
+

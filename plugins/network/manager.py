@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +68,9 @@ def host_routes() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     return routes, addrs
 
 
-def netns_addresses(pid: int) -> list[tuple[int, str, int, str]]:
-    """``(family, address, prefix length, interface)`` of the global addresses in the network
-    namespace of ``pid``. The namespace is entered by a short-lived thread of its own, so no
-    other thread ever runs in it."""
+def in_netns(pid: int, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in the network namespace of ``pid``, in a short-lived thread of its own so
+    that no other thread ever runs in that namespace."""
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -83,12 +83,7 @@ def netns_addresses(pid: int) -> list[tuple[int, str, int, str]]:
         try:
             _setns(target)
             try:
-                with IPRoute() as ipr:
-                    names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
-                    result["addrs"] = [
-                        (a["family"], a.get("address"), a["prefixlen"], names.get(a["index"], ""))
-                        for a in ipr.get_addr() if a["scope"] == 0
-                        and names.get(a["index"]) != "lo"]
+                result["value"] = fn()
             finally:
                 _setns(own)
         except Exception as exc:  # reported to the caller's thread
@@ -102,7 +97,40 @@ def netns_addresses(pid: int) -> list[tuple[int, str, int, str]]:
     thread.join(5)
     if "error" in result:
         raise result["error"]
-    return result.get("addrs", [])
+    return result.get("value")
+
+
+def netns_addresses(pid: int) -> list[tuple[int, str, int, str]]:
+    """``(family, address, prefix length, interface)`` of the global addresses in the network
+    namespace of ``pid``."""
+
+    def read() -> list[tuple[int, str, int, str]]:
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
+            return [(a["family"], a.get("address"), a["prefixlen"], names.get(a["index"], ""))
+                    for a in ipr.get_addr() if a["scope"] == 0
+                    and names.get(a["index"]) != "lo"]
+
+    return in_netns(pid, read) or []
+
+
+def shape(ifname: str, rate: str) -> None:
+    """A token bucket on ``ifname``'s egress (in the current network namespace)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NotFound(f"interface {ifname} not found for traffic limits")
+        bits = cfg.parse_rate(rate)
+        burst = max(16384, bits // 8 // 100)  # 10 ms worth, at least 16 KiB
+        ipr.tc("replace", "tbf", found[0], 0x10000, rate=bits // 8, burst=burst,
+               latency="50ms")
+
+
+def host_veth_name(server_dir: str, instance: str, device: str) -> str:
+    """A stable host-side veth name (15 characters at most) for a nic."""
+    import hashlib
+
+    return "lxf" + hashlib.sha1(f"{server_dir}/{instance}/{device}".encode()).hexdigest()[:10]
 
 
 class NetworkManager:
@@ -512,8 +540,9 @@ class NetworkManager:
                 lines.append(f"{p}.type = veth")
                 if nictype != "p2p":
                     lines.append(f"{p}.link = {link}")
-                if device.get("host_name"):
-                    lines.append(f"{p}.veth.pair = {device['host_name']}")
+                pair = device.get("host_name") or host_veth_name(
+                    str(self.server.data_dir), inst.name, dev)
+                lines.append(f"{p}.veth.pair = {pair}")
             lines += [f"{p}.flags = up", f"{p}.hwaddr = {mac}",
                       f"{p}.name = {device.get('name') or dev}"]
             if mtu:
@@ -521,6 +550,20 @@ class NetworkManager:
         for net in networks:
             self.write_hosts(net, reload=True)
         return lines
+
+    def apply_limits(self, inst: Instance) -> None:
+        """``limits.ingress`` (towards the instance: the host side's egress) and
+        ``limits.egress`` (from it: its own side's egress) as token buckets, via netlink."""
+        pid = self.server.runtime.pid(inst)
+        for dev, device in sorted(inst.expanded_devices.items()):
+            if device.get("type") != "nic" or device.get("nictype") in ("macvlan",):
+                continue
+            if device.get("limits.ingress"):
+                shape(device.get("host_name") or host_veth_name(
+                    str(self.server.data_dir), inst.name, dev), device["limits.ingress"])
+            if device.get("limits.egress") and pid > 0:
+                name, rate = device.get("name") or dev, device["limits.egress"]
+                in_netns(pid, lambda n=name, r=rate: shape(n, r))
 
     def instance_addresses(self, inst: Instance, family: int) -> list[str]:
         """``ADDRESS (IFACE)`` lines of a running instance, from netlink in its namespace."""

@@ -373,3 +373,14 @@ def test_custom_volumes(daemon_with_busybox):
     d.cli("storage", "volume", "delete", "default", "shared")
     d.cli("storage", "volume", "delete", "default", "shared2")
     assert os.listdir(d.path("storage-pools", "default", "volumes", "custom")) == []
+
+
+def test_storage_and_network_edit_from_stdin(daemon_with_busybox):
+    """`storage edit` / `network edit` take the YAML of `show` on stdin (the editor otherwise)."""
+    d = daemon_with_busybox
+    shown = d.cli("storage", "show", "default").stdout
+    edited = shown.replace("description: Default storage pool", "description: edited")
+    d.cli("storage", "edit", "default", input=edited)
+    assert d.read("storage-pools", "default", "description") == "edited"
+    bad = edited.replace("config:", "config: [not, a, mapping]\nx:")
+    assert d.cli("storage", "edit", "default", input=bad, check=False).returncode != 0

@@ -366,22 +366,22 @@ def stdin_is_terminal() -> bool:
         return False
 
 
-def edit(target: Target, shown: dict[str, Any], header: str) -> int:
-    """``config edit`` / ``profile edit``: YAML from stdin when it is not a terminal, else
-    the editor, reopened with the error on top until the document applies or the user gives
-    up (ctrl+c)."""
+def edit_loop(initial: str, apply: Callable[[str], None]) -> int:
+    """The editing dialogue of every ``edit`` command: YAML from stdin when it is not a
+    terminal, else ``$EDITOR``, reopened with the error on top until ``apply`` accepts the
+    text or the user gives up (ctrl+c), as LXD does."""
     if not stdin_is_terminal():
         try:
             text = sys.stdin.read()
         except (OSError, ValueError) as exc:
             raise CLIError(f"Cannot read the YAML from stdin: {exc}") from exc
-        update(target, parse_document(text, target.kind))
+        apply(text)
         return 0
-    text = header + render_yaml(shown)
+    text = initial
     while True:
         text = run_editor(text)
         try:
-            update(target, parse_document(text, target.kind))
+            apply(text)
             return 0
         except CLIError as exc:
             sys.stderr.write(f"Config parsing error: {exc.message}\n")
@@ -390,3 +390,9 @@ def edit(target: Target, shown: dict[str, Any], header: str) -> int:
             if not sys.stdin.readline():
                 raise
             text = with_error(text, exc.message)
+
+
+def edit(target: Target, shown: dict[str, Any], header: str) -> int:
+    """``config edit`` / ``profile edit``."""
+    return edit_loop(header + render_yaml(shown),
+                     lambda text: update(target, parse_document(text, target.kind)))

@@ -160,21 +160,31 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    """Non-interactive: a YAML network (as ``show`` prints it) on stdin replaces config and
-    description."""
+    """``network edit NAME``: the YAML of ``show`` in $EDITOR (or on stdin); config and
+    description are replaced by what comes back."""
+    from lxfs.cli.editing import edit_loop
+
     mount = Mount()
     path = network_path(mount, args.name)
-    if sys.stdin.isatty():
-        raise CLIError("give the new definition on stdin: lxfs network show N | ... | "
-                       "lxfs network edit N")
-    new = yaml.safe_load(sys.stdin.read()) or {}
-    config = {str(k): str(v) for k, v in (new.get("config") or {}).items()}
-    old = read_dir_values(path / "config")
-    set_keys(mount, path, {k: "" for k in old if k not in config})
-    set_keys(mount, path, {k: v for k, v in config.items() if old.get(k) != v})
-    if "description" in new:
-        mount.write(path / "description", str(new["description"] or ""), path)
-    return 0
+
+    def apply(text: str) -> None:
+        try:
+            new = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise CLIError(f"invalid YAML: {exc}") from None
+        if not isinstance(new, dict) or not isinstance(new.get("config") or {}, dict):
+            raise CLIError("expected a mapping with a config mapping")
+        config = {str(k): str(v) for k, v in (new.get("config") or {}).items()}
+        old = read_dir_values(path / "config")
+        set_keys(mount, path, {k: "" for k in old if k not in config})
+        set_keys(mount, path, {k: v for k, v in config.items() if old.get(k) != v})
+        if "description" in new:
+            mount.write(path / "description", str(new["description"] or ""), path)
+
+    shown = {"config": read_dir_values(path / "config"),
+             "description": read_opt(path / "description"), "name": args.name,
+             "type": "bridge"}
+    return edit_loop(render_yaml(shown), apply)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -56,7 +56,10 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
     return [f"lxc.mount.entry = {source} {_target(path)} none {','.join(options)} 0 0"]
 
 
-def unix_lines(name: str, dev: dict[str, str]) -> list[str]:
+def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool) -> list[str]:
+    """A device node made for the instance (``major``/``minor`` from the keys or from the
+    host's ``source``; ``uid``/``gid``/``mode`` as the container sees them, 0/0/0660 by
+    default) and bound into its ``/dev`` through an idmapped mount."""
     kind = "c" if dev["type"] == "unix-char" else "b"
     source = dev.get("source") or dev.get("path", "")
     path = dev.get("path") or source
@@ -74,12 +77,25 @@ def unix_lines(name: str, dev: dict[str, str]) -> list[str]:
         if not want(st.st_mode):
             raise InvalidArgument(f"{dev['type']} device {name}: {source} is not a "
                                   f"{'character' if kind == 'c' else 'block'} device")
-        major, minor = str(os.major(st.st_rdev)), str(os.minor(st.st_rdev))
+        major = major or str(os.major(st.st_rdev))
+        minor = minor or str(os.minor(st.st_rdev))
+    try:
+        mode = int(dev.get("mode", "0660"), 8)
+        uid, gid = int(dev.get("uid", "0")), int(dev.get("gid", "0"))
+        rdev = os.makedev(int(major), int(minor))
+    except ValueError:
+        raise InvalidArgument(f"{dev['type']} device {name}: major, minor, uid, gid must be "
+                              "numbers and mode octal (0660)") from None
+    staging.mkdir(mode=0o711, parents=True, exist_ok=True)
+    node = staging / name
+    node.unlink(missing_ok=True)
+    os.mknod(node, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK), rdev)
+    os.chmod(node, mode)
+    os.chown(node, uid, gid)
+    options = "bind,create=file" + ("" if privileged else ",idmap=container")
     key = "lxc.cgroup2.devices.allow" if cgroup_layout() == "v2" else "lxc.cgroup.devices.allow"
-    lines = [f"{key} = {kind} {major}:{minor} rwm"]
-    if source and os.path.exists(source):
-        lines.append(f"lxc.mount.entry = {source} {_target(path)} none bind,create=file 0 0")
-    return lines
+    return [f"{key} = {kind} {major}:{minor} rwm",
+            f"lxc.mount.entry = {node} {_target(path)} none {options} 0 0"]
 
 
 @hookimpl
@@ -91,5 +107,6 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
         if dtype == "disk" and dev.get("path") != "/":
             lines += disk_lines(name, dev, privileged, server)
         elif dtype in ("unix-char", "unix-block"):
-            lines += unix_lines(name, dev)
+            lines += unix_lines(name, dev, server.lxc_path / instance.name / "devices",
+                                privileged)
     return lines

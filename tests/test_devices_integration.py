@@ -107,3 +107,20 @@ def test_device_change_on_running_instance_says_next_start(daemon_with_busybox, 
     d.cli("restart", "c1")
     assert d.read("instances", "c1", "error") == ""
     assert d.cli("exec", "c1", "--", "cat", "/mnt/share/hello").stdout == "from the host\n"
+
+
+def test_unix_char_owner_and_mode(daemon_with_busybox):
+    d = daemon_with_busybox
+    os.mkdir(d.path("instances", "c1"))
+    add_device(d, ("instances", "c1"), "z", type="unix-char", source="/dev/zero",
+               path="/dev/myzero", uid="1000", gid="1001", mode="0640")
+    add_device(d, ("instances", "c1"), "n", type="unix-char", path="/dev/mynull",
+               major="1", minor="3")
+    d.write("instances", "c1", "source", "busybox")
+    d.write("instances", "c1", "state", "start")
+    out = d.cli("exec", "c1", "--", "stat", "-c", "%u %g %a %t,%T", "/dev/myzero").stdout
+    assert out.split() == ["1000", "1001", "640", "1,5"]
+    assert d.cli("exec", "c1", "--", "sh", "-c", "echo x > /dev/mynull && echo ok").stdout \
+        == "ok\n"
+    assert d.cli("exec", "c1", "--", "stat", "-c", "%u %a", "/dev/mynull").stdout.split() == \
+        ["0", "660"]

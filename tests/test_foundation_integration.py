@@ -340,9 +340,9 @@ def test_events_stream(daemon_with_busybox):
 def test_long_operation_does_not_block_other_files(daemon_with_busybox):
     d = daemon_with_busybox
     os.mkdir(d.path("instances", "slow"))
-    # an init that ignores the halt signal: the graceful stop waits for its timeout (2 s)
+    # an init that ignores the halt signal: the graceful stop waits for its timeout (4 s)
     d.write("instances", "slow", "config", "raw.lxc", "lxc.signal.halt = SIGURG")
-    d.write("instances", "slow", "config", "boot.host_shutdown_timeout", "2")
+    d.write("instances", "slow", "config", "boot.host_shutdown_timeout", "4")
     d.write("instances", "slow", "source", "busybox")
     d.write("instances", "slow", "state", "start")
     launch_by_hand(d, "other")

@@ -120,6 +120,14 @@ def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
     """After an instance was deleted; release everything kept for it."""
 
 
+@hookspec(firstresult=True)
+def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict[str, str],
+                        new: dict[str, str]) -> bool | None:
+    """A device of a running instance changed (``old``/``new``: its expanded definitions,
+    ``{}`` when absent). Apply it live and return True, or return None to leave it for the
+    next start (the user is told so). The first plugin returning a value wins."""
+
+
 # --- runtime configuration -----------------------------------------------------------------
 
 @hookspec

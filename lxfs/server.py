@@ -939,17 +939,45 @@ class Server:
     async def _save_owner(self, owner: Instance | Profile, devices: bool = False) -> None:
         if isinstance(owner, Instance):
             await self._save(owner)
+            before = owner.expanded_devices
             expand(owner, self.profiles)
-            if devices and owner.storage_state == "ready" and \
-                    await in_thread(self.runtime.state, owner) != "STOPPED":
-                self._notices[owner.name] = (f"saved: device changes apply at the next start "
-                                             f"of {owner.name}")
+            if devices:
+                await self._hotplug(owner, before, owner.name)
         else:
             await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
             for inst in list(self.instances.values()):
                 if owner.name in inst.profiles:
+                    before = inst.expanded_devices
                     expand(inst, self.profiles)
                     await self._apply_live(inst)
+                    if devices:
+                        await self._hotplug(inst, before, "")
+
+    async def _hotplug(self, inst: Instance, before: dict[str, dict[str, str]],
+                       scope: str) -> None:
+        """Apply device changes to a running instance through plugins; what no plugin can
+        apply live waits for the next start, and the user is told."""
+        if inst.storage_state != "ready" or \
+                await in_thread(self.runtime.state, inst) == "STOPPED":
+            return
+        after = inst.expanded_devices
+        pending = []
+        for name in sorted(set(before) | set(after)):
+            old, new = before.get(name, {}), after.get(name, {})
+            if old == new:
+                continue
+            try:
+                done = await in_thread(lambda o=old, n=new, d=name: self.hook.lxfs_device_hotplug(
+                    server=self, instance=inst, name=d, old=o, new=n))
+            except (LxfsError, OSError) as exc:
+                self._notices[scope] = (f"saved, but device {name} could not be changed in the "
+                                        f"running {inst.name} (applies at next start): {exc}")
+                continue
+            if not done:
+                pending.append(name)
+        if pending:
+            self._notices[scope] = (f"saved: changes to device {', '.join(pending)} apply at "
+                                    f"the next start of {inst.name}")
 
     # --- snapshots ------------------------------------------------------------------------
 

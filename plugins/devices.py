@@ -110,3 +110,61 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
             lines += unix_lines(name, dev, server.lxc_path / instance.name / "devices",
                                 privileged)
     return lines
+
+
+def _bind_source(server: Server, dev: dict[str, str]) -> tuple[str, bool] | None:
+    """(host path, needs idmap) of a complete disk bind, None while incomplete/optional."""
+    source, path = dev.get("source", ""), dev.get("path", "")
+    if dev.get("type") != "disk" or not source or not path or path == "/":
+        return None
+    if dev.get("pool") and not source.startswith("/"):
+        backend = server.pools.get(dev["pool"])
+        if backend is None:
+            raise NotFound(f"storage pool {dev['pool']!r} not found")
+        return str(backend.volume_path("custom", source)), True
+    if not os.path.exists(source):
+        if dev.get("required", "true") == "false":
+            return None
+        raise NotFound(f"source {source} does not exist")
+    return source, is_true(dev.get("shift"))
+
+
+@hookimpl
+def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict[str, str],
+                        new: dict[str, str]) -> bool | None:
+    """Disk binds are plugged into (and out of) running containers live."""
+    import subprocess
+    import sys
+
+    for dev in (old, new):
+        if dev and (dev.get("type") not in ("disk", None) or dev.get("path") == "/"):
+            return None
+    pid = server.runtime.pid(instance)
+    if pid <= 0:
+        return None
+    privileged = is_true(instance.expanded_config.get("security.privileged"))
+
+    def run(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "lxfs_plugins.hotplug", *args],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise OSError(proc.stderr.strip() or f"hotplug exited with {proc.returncode}")
+
+    if _bind_source(server, old) is not None:
+        run("detach", str(pid), "/" + _target(old["path"]))
+    bind = _bind_source(server, new)
+    if bind is not None:
+        source, idmap = bind
+        # the mount point is made on the host side, in the root filesystem as stored: through
+        # the container's idmapped view host root could not create it
+        point = server.rootfs(instance) / _target(new["path"])
+        if not os.path.lexists(point):
+            if os.path.isdir(source):
+                point.mkdir(parents=True, exist_ok=True)
+            else:
+                point.parent.mkdir(parents=True, exist_ok=True)
+                point.touch()
+        flags = (["ro"] if is_true(new.get("readonly")) else []) + \
+            (["idmap"] if idmap and not privileged else [])
+        run("attach", str(pid), source, "/" + _target(new["path"]), *flags)
+    return True

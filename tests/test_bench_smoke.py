@@ -1,0 +1,59 @@
+"""Smoke test of the benchmark (``python -m bench --quick``), so that it never rots.
+
+It checks that every section runs and produces figures, never how fast they are: the targets
+of issue 6 belong to the benchmark (docs/benchmarks.md), not to timed assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, integration_problems
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    problems = integration_problems()
+    if problems:
+        pytest.fail("cannot run the benchmark here:\n  - " + "\n  - ".join(problems),
+                    pytrace=False)
+    before = _leftovers()
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, LXFS_BENCH_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    data = json.loads(out.read_text())
+    rows = {(r["section"], r["name"]): r for r in data["rows"]}
+    errors = [f"{k}: {r['error']}" for k, r in rows.items() if r["error"]]
+    assert not errors, "\n".join(errors) + "\n" + result.stderr
+    for key in [("dir", "launch busybox"), ("btrfs", "snapshot (running)"),
+                ("btrfs", "exec true"), ("scale", "list, N=4 running"),
+                ("fs", "open+read+close instances/X/state"), ("rate", "launch 4 busybox, "
+                f"parallel {os.cpu_count()}"), ("leaks", "fd growth over 2 cycles")]:
+        assert key in rows, f"no row {key}: {sorted(rows)}"
+        assert rows[key]["samples"], f"{key} has no figures"
+    assert "lxfs-mount" in rows[("dir", "start")]["samples"]
+    assert "| dir | launch busybox |" in result.stdout
+    left = _leftovers() - before
+    assert not left, f"the benchmark left these behind: {sorted(left)}"
+
+
+def _leftovers() -> set[str]:
+    """Benchmark directories, mounts and loop devices that exist now."""
+    found = {str(p) for p in Path("/var/tmp").glob("lxfs-bench-*")}
+    found |= {str(p) for p in Path("/dev/shm").glob("lxfs-bench-*")}
+    with open("/proc/self/mountinfo") as f:
+        found |= {line.split()[4] for line in f if "/lxfs-bench-" in line}
+    loops = subprocess.run(["losetup", "--noheadings", "--list", "--output", "BACK-FILE"],
+                           capture_output=True, text=True, check=False).stdout
+    found |= {line.strip() for line in loops.splitlines() if "/lxfs-bench-" in line}
+    return found

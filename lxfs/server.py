@@ -505,7 +505,7 @@ class Server:
         inst = self.instance(name)
         aliases: list[str] = []
         public = force = False
-        compression = "xz"
+        compression = "gzip"  # as LXD: xz packs smaller but is 5x slower here
         properties = {k[len("image."):]: v for k, v in inst.expanded_config.items()
                       if k.startswith("image.")}
         try:
@@ -547,7 +547,9 @@ class Server:
             out = self.new_upload_path()
             await in_thread(images.publish_volume, volume, out, inst.architecture,
                             properties, compression)
-        image = await self._register_image(out, None, f"{name}.tar.{compression}")
+        suffix = {"gzip": ".gz", "xz": ".xz", "bzip2": ".bz2", "zstd": ".zst"}
+        image = await self._register_image(out, None,
+                                           f"{name}.tar{suffix.get(compression, '')}")
         if public:
             await self.set_image_field(image.fingerprint, "public", "true")
         for alias in aliases:

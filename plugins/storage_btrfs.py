@@ -439,11 +439,16 @@ class BtrfsDriver(StorageDriver):
 
     def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
         path = self.volume_path(vtype, name)
+        applied: dict[str, int | None] = self.__dict__.setdefault("_applied_limits", {})
+        if not size and str(path) in applied and applied[str(path)] is None:
+            return True  # no limit, and none set since we last looked: skip the qgroup query
         if size:
             _run("btrfs", "quota", "enable", str(self.root))  # no-op when already on
         elif self._qgroup(path) is None:
+            applied[str(path)] = None
             return True  # quotas off: nothing to remove
         self._set_limit(path, size)
+        applied[str(path)] = size or None
         return True
 
     # --- snapshots ----------------------------------------------------------------------

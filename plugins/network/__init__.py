@@ -164,6 +164,8 @@ def lxfs_instance_entries(server: Server, instance: Instance
 
     def addresses(family: int) -> Callable[[], Node]:
         async def read() -> str:
+            if not any(d.get("type") == "nic" for d in instance.expanded_devices.values()):
+                return ""  # no nic: nothing to ask the kernel
             found = await trio.to_thread.run_sync(mgr.instance_addresses, instance, family)
             return lines(found)
 

@@ -184,15 +184,22 @@ class LxcRuntime(Runtime):
         c = self._container(instance.name)
 
         def item(key: str) -> int:
-            value = c.get_cgroup_item(key)
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
+            # liblxc raises ValueError when it cannot reach the monitor for the cgroup path
+            # (seen under load right after a start): retry briefly, then report 0
+            for attempt in range(5):
+                try:
+                    return int(c.get_cgroup_item(key))
+                except (TypeError, ValueError):
+                    time.sleep(0.01 * (attempt + 1))
+            return 0
 
         if cgroup_layout() == "v2":
             cpu = 0
-            for line in (c.get_cgroup_item("cpu.stat") or "").splitlines():
+            try:
+                stat_text = c.get_cgroup_item("cpu.stat") or ""
+            except ValueError:
+                stat_text = ""
+            for line in stat_text.splitlines():
                 if line.startswith("usage_usec"):
                     cpu = int(line.split()[1]) * 1000
             return {"processes": item("pids.current"), "memory": item("memory.current"),

@@ -366,6 +366,20 @@ def stdin_is_terminal() -> bool:
         return False
 
 
+def parse_config_document(text: str) -> tuple[dict[str, str], str | None]:
+    """The ``config`` mapping and ``description`` (None when absent) of an edited YAML
+    document (networks, storage pools)."""
+    try:
+        new = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CLIError(f"invalid YAML: {exc}") from None
+    if not isinstance(new, dict) or not isinstance(new.get("config") or {}, dict):
+        raise CLIError("expected a mapping with a config mapping")
+    config = {str(k): str(v) for k, v in (new.get("config") or {}).items()}
+    description = str(new["description"] or "") if "description" in new else None
+    return config, description
+
+
 def edit_loop(initial: str, apply: Callable[[str], None]) -> int:
     """The editing dialogue of every ``edit`` command: YAML from stdin when it is not a
     terminal, else ``$EDITOR``, reopened with the error on top until ``apply`` accepts the

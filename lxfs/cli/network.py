@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lxfs.cli.mount import (
     CLIError,
     Mount,
@@ -162,24 +160,18 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     """``network edit NAME``: the YAML of ``show`` in $EDITOR (or on stdin); config and
     description are replaced by what comes back."""
-    from lxfs.cli.editing import edit_loop
+    from lxfs.cli.editing import edit_loop, parse_config_document
 
     mount = Mount()
     path = network_path(mount, args.name)
 
     def apply(text: str) -> None:
-        try:
-            new = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise CLIError(f"invalid YAML: {exc}") from None
-        if not isinstance(new, dict) or not isinstance(new.get("config") or {}, dict):
-            raise CLIError("expected a mapping with a config mapping")
-        config = {str(k): str(v) for k, v in (new.get("config") or {}).items()}
+        config, description = parse_config_document(text)
         old = read_dir_values(path / "config")
         set_keys(mount, path, {k: "" for k in old if k not in config})
         set_keys(mount, path, {k: v for k, v in config.items() if old.get(k) != v})
-        if "description" in new:
-            mount.write(path / "description", str(new["description"] or ""), path)
+        if description is not None:
+            mount.write(path / "description", description, path)
 
     shown = {"config": read_dir_values(path / "config"),
              "description": read_opt(path / "description"), "name": args.name,

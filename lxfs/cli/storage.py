@@ -195,21 +195,13 @@ def cmd_unset(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     """``lxfs storage edit POOL``: the YAML of ``show`` in $EDITOR (or on stdin); config and
     description are replaced by what comes back (keys the driver fixes are refused)."""
-    import yaml
-
-    from lxfs.cli.editing import edit_loop
+    from lxfs.cli.editing import edit_loop, parse_config_document
 
     mount = Mount()
     pdir = pool_dir(mount, args.pool)
 
     def apply(text: str) -> None:
-        try:
-            new = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise CLIError(f"invalid YAML: {exc}") from None
-        if not isinstance(new, dict) or not isinstance(new.get("config") or {}, dict):
-            raise CLIError("expected a mapping with a config mapping")
-        config = {str(k): str(v) for k, v in (new.get("config") or {}).items()}
+        config, description = parse_config_document(text)
         old = read_dir_values(pdir / "config")
         for key in old:
             if key not in config:
@@ -219,8 +211,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 mount.write(_key_path(pdir, key), value, messages={
                     errno.EINVAL: f"Invalid value or key {key!r} for storage pool "
                                   f"{args.pool}"})
-        if "description" in new:
-            mount.write(pdir / "description", str(new["description"] or ""))
+        if description is not None:
+            mount.write(pdir / "description", description)
 
     return edit_loop(render_yaml(pool_object(pdir)), apply)
 

@@ -189,6 +189,46 @@ class StorageDriver(ABC):
         )
 
 
+VOLUME_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+
+
+class DirectoryLayout(StorageDriver):
+    """The on-disk layout shared by drivers whose volumes are directories under ``root``::
+
+        images/FP/  containers/NAME/  custom/NAME/  containers-snapshots/NAME/SNAP/ ...
+
+    Names starting with a dot are temporary and never listed."""
+
+    @property
+    @abstractmethod
+    def root(self) -> Path:
+        """Where the pool's volumes live while it is mounted."""
+
+    def volume_path(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / VOLUME_DIRS[vtype] / name
+
+    def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
+        return self.root / f"{VOLUME_DIRS[vtype]}-snapshots" / name
+
+    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
+        return self.volume_path(vtype, name).is_dir()
+
+    def list_volumes(self, vtype: VolumeType) -> list[str]:
+        return _visible(self.root / VOLUME_DIRS[vtype])
+
+    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
+        return self._snapshots_dir(vtype, name) / snapshot
+
+    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
+        return _visible(self._snapshots_dir(vtype, name))
+
+
+def _visible(base: Path) -> list[str]:
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+
 _SNAPSHOT_NAME = re.compile(r"^[^/\s]{1,63}$")
 
 

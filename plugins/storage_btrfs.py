@@ -46,11 +46,18 @@ from lxfs.errors import (
     OperationFailed,
 )
 from lxfs.model import Instance
-from lxfs.storage import PoolUsage, StorageDriver, VolumeType, apply_root_quota
+from lxfs.storage import (
+    VOLUME_DIRS,
+    DirectoryLayout,
+    PoolUsage,
+    StorageDriver,
+    VolumeType,
+    apply_root_quota,
+)
 
 log = logging.getLogger("lxfs.btrfs")
 
-_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+_DIRS = VOLUME_DIRS
 _ALL_DIRS = ("images", "containers", "containers-snapshots", "custom", "custom-snapshots")
 BTRFS_SUPER_MAGIC = 0x9123683E
 DEFAULT_SIZE = "10GiB"
@@ -121,7 +128,7 @@ def _loop_device_of(image: Path) -> str:
     return lines[0] if lines else ""
 
 
-class BtrfsDriver(StorageDriver):
+class BtrfsDriver(DirectoryLayout):
     name = "btrfs"
     copy_on_write = True
     pool_keys = {
@@ -294,21 +301,6 @@ class BtrfsDriver(StorageDriver):
 
     # --- volumes ------------------------------------------------------------------------
 
-    def volume_path(self, vtype: VolumeType, name: str) -> Path:
-        return self.root / _DIRS[vtype] / name
-
-    def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
-        return self.root / f"{_DIRS[vtype]}-snapshots" / name
-
-    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
-        return self.volume_path(vtype, name).is_dir()
-
-    def list_volumes(self, vtype: VolumeType) -> list[str]:
-        base = self.root / _DIRS[vtype]
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
-
     def _delete_path(self, path: Path) -> None:
         """Delete a subvolume with the subvolumes nested in it (or a plain tree)."""
         bu = btrfsutil()
@@ -452,15 +444,6 @@ class BtrfsDriver(StorageDriver):
         return True
 
     # --- snapshots ----------------------------------------------------------------------
-
-    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
-        return self._snapshots_dir(vtype, name) / snapshot
-
-    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
-        base = self._snapshots_dir(vtype, name)
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
 
     def create_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
         src = self.volume_path(vtype, name)

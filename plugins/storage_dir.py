@@ -23,9 +23,15 @@ from pathlib import Path
 
 from lxfs import hookimpl
 from lxfs.errors import AlreadyExists, NotFound, OperationFailed
-from lxfs.storage import PoolUsage, StorageDriver, VolumeType
+from lxfs.storage import (
+    VOLUME_DIRS,
+    DirectoryLayout,
+    PoolUsage,
+    StorageDriver,
+    VolumeType,
+)
 
-_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+_DIRS = VOLUME_DIRS
 
 
 def _run(*cmd: str) -> None:
@@ -54,7 +60,7 @@ def remove_tree(path: Path) -> None:
         _run("rm", "-rf", "--one-file-system", "--", str(path))
 
 
-class DirDriver(StorageDriver):
+class DirDriver(DirectoryLayout):
     name = "dir"
     copy_on_write = False
 
@@ -112,21 +118,6 @@ class DirDriver(StorageDriver):
 
     # --- volumes ------------------------------------------------------------------------
 
-    def volume_path(self, vtype: VolumeType, name: str) -> Path:
-        return self.root / _DIRS[vtype] / name
-
-    def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
-        return self.root / f"{_DIRS[vtype]}-snapshots" / name
-
-    def volume_exists(self, vtype: VolumeType, name: str) -> bool:
-        return self.volume_path(vtype, name).is_dir()
-
-    def list_volumes(self, vtype: VolumeType) -> list[str]:
-        base = self.root / _DIRS[vtype]
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
-
     def create_image_volume(self, fingerprint: str, unpack: Callable[[Path], None]) -> None:
         dest = self.volume_path("image", fingerprint)
         tmp = dest.with_name(f".{fingerprint}.tmp")
@@ -183,15 +174,6 @@ class DirDriver(StorageDriver):
         return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout else 0
 
     # --- snapshots ----------------------------------------------------------------------
-
-    def snapshot_path(self, vtype: VolumeType, name: str, snapshot: str) -> Path:
-        return self._snapshots_dir(vtype, name) / snapshot
-
-    def list_snapshots(self, vtype: VolumeType, name: str) -> list[str]:
-        base = self._snapshots_dir(vtype, name)
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
 
     def create_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
         target = self.snapshot_path(vtype, name, snapshot)

@@ -295,33 +295,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=cmd_edit)
 
-    device = csub.add_parser("device", help="Manage instance devices")
+    add_device_parsers(csub, "instance", "NAME").set_defaults(func=cmd_device)
+
+
+def add_device_parsers(sub: argparse._SubParsersAction, owner: str,  # type: ignore[type-arg]
+                       metavar: str) -> argparse.ArgumentParser:
+    """The ``device add|remove|list|show|get|set|unset`` subcommands, for instances
+    (``config device``) and profiles (``profile device``); returns the ``device`` parser."""
+    device = sub.add_parser("device", help=f"Manage {owner} devices")
     dsub = device.add_subparsers(dest="device_action", metavar="COMMAND")
     dsub.required = True
-    p = dsub.add_parser("add", help="Add a device: NAME DEVICE TYPE [KEY=VALUE...]")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("type", metavar="TYPE")
-    p.add_argument("options", metavar="KEY=VALUE", nargs="*")
-    p = dsub.add_parser("remove", aliases=["rm"], help="Remove devices: NAME DEVICE...")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("devices", metavar="DEVICE", nargs="+")
-    p.set_defaults(device_action="remove")
-    p = dsub.add_parser("list", aliases=["ls"], help="List an instance's devices")
-    p.add_argument("name", metavar="NAME")
-    p.set_defaults(device_action="list")
-    p = dsub.add_parser("show", help="Show an instance's devices")
-    p.add_argument("name", metavar="NAME")
-    p = dsub.add_parser("get", help="Get a device option: NAME DEVICE KEY")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("key", metavar="KEY")
-    p = dsub.add_parser("set", help="Set device options: NAME DEVICE KEY VALUE | KEY=VALUE...")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("values", metavar="ARG", nargs="+")
-    p = dsub.add_parser("unset", help="Unset a device option: NAME DEVICE KEY")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("key", metavar="KEY")
-    device.set_defaults(func=cmd_device)
+    forms = [
+        ("add", [], f"Add a device: {metavar} DEVICE TYPE [KEY=VALUE...]",
+         [("device", "DEVICE", None), ("type", "TYPE", None), ("options", "KEY=VALUE", "*")]),
+        ("remove", ["rm"], f"Remove devices: {metavar} DEVICE...",
+         [("devices", "DEVICE", "+")]),
+        ("list", ["ls"], f"List an {owner}'s devices" if owner[0] in "aeiou"
+         else f"List a {owner}'s devices", []),
+        ("show", [], f"Show the {owner}'s devices", []),
+        ("get", [], f"Get a device option: {metavar} DEVICE KEY",
+         [("device", "DEVICE", None), ("key", "KEY", None)]),
+        ("set", [], f"Set device options: {metavar} DEVICE KEY VALUE | KEY=VALUE...",
+         [("device", "DEVICE", None), ("values", "ARG", "+")]),
+        ("unset", [], f"Unset a device option: {metavar} DEVICE KEY",
+         [("device", "DEVICE", None), ("key", "KEY", None)]),
+    ]
+    for action, aliases, helptext, arguments in forms:
+        p = dsub.add_parser(action, aliases=aliases, help=helptext)
+        p.add_argument("name", metavar=metavar)
+        for dest, meta, nargs in arguments:
+            p.add_argument(dest, metavar=meta, nargs=nargs)
+        p.set_defaults(device_action=action)
+    return device

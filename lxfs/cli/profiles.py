@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lxfs.cli import editing
+from lxfs.cli.config import add_device_parsers
 from lxfs.cli.editing import Target
 from lxfs.cli.instances import parse_pairs
 from lxfs.cli.mount import (
@@ -266,37 +267,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 # -- registration ------------------------------------------------------------------------------
 def _register_devices(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    device = psub.add_parser("device", help="Manage profile devices")
-    dsub = device.add_subparsers(dest="device_action", metavar="COMMAND")
-    dsub.required = True
-    p = dsub.add_parser("add", help="Add a device: PROFILE DEVICE TYPE [KEY=VALUE...]")
-    p.add_argument("name", metavar="PROFILE")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("type", metavar="TYPE")
-    p.add_argument("options", metavar="KEY=VALUE", nargs="*")
-    p = dsub.add_parser("remove", aliases=["rm"], help="Remove devices: PROFILE DEVICE...")
-    p.add_argument("name", metavar="PROFILE")
-    p.add_argument("devices", metavar="DEVICE", nargs="+")
-    p.set_defaults(device_action="remove")
-    p = dsub.add_parser("list", aliases=["ls"], help="List a profile's devices")
-    p.add_argument("name", metavar="PROFILE")
-    p.set_defaults(device_action="list")
-    p = dsub.add_parser("show", help="Show a profile's devices")
-    p.add_argument("name", metavar="PROFILE")
-    p = dsub.add_parser("get", help="Get a device option: PROFILE DEVICE KEY")
-    p.add_argument("name", metavar="PROFILE")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("key", metavar="KEY")
-    p = dsub.add_parser("set", help="Set device options: PROFILE DEVICE KEY VALUE | "
-                        "KEY=VALUE...")
-    p.add_argument("name", metavar="PROFILE")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("values", metavar="ARG", nargs="+")
-    p = dsub.add_parser("unset", help="Unset a device option: PROFILE DEVICE KEY")
-    p.add_argument("name", metavar="PROFILE")
-    p.add_argument("device", metavar="DEVICE")
-    p.add_argument("key", metavar="KEY")
-    device.set_defaults(func=cmd_device)
+    add_device_parsers(psub, "profile", "PROFILE").set_defaults(func=cmd_device)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -201,6 +201,35 @@ def test_console_script_subprocess(mnt: Path) -> None:
     assert (proc.returncode, proc.stderr) == (1, "Error: Instance not found\n")
 
 
+
+def test_lazy_command_table_matches_the_full_parser() -> None:
+    """Every top-level command (and alias) maps to the module that registers it."""
+    import argparse
+    import importlib
+
+    from lxfs.cli import COMMAND_MODULES, MODULE_ORDER
+    from lxfs.cli import build_parser as build
+
+    for module in MODULE_ORDER:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"lxfs.cli.{module}").register(sub)
+        for word in sub.choices:
+            assert COMMAND_MODULES.get(word) == module, word
+    full = build()
+    actions = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(actions[0].choices) == {*COMMAND_MODULES, "version"}
+
+
+def test_cli_start_up_imports_only_the_command() -> None:
+    """``lxfs exec``/``list`` never import yaml, hashlib, subprocess or pluggy (tens of ms)."""
+    code = ("import sys; from lxfs.cli import build_parser; build_parser(sys.argv[1:]);"
+            "print(' '.join(sorted(m for m in ('yaml', 'hashlib', 'subprocess', 'pluggy',"
+            "'lxfs.cli.images', 'lxfs.cli.config') if m in sys.modules)))")
+    for argv in (["exec", "c1", "--", "true"], ["list"], ["start", "c1"]):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                              text=True, cwd=REPO, check=True)
+        assert proc.stdout.strip() == "", (argv, proc.stdout)
+
 # -- output helpers ----------------------------------------------------------------------------
 def test_table_like_lxc() -> None:
     text = render_table(
@@ -263,6 +292,24 @@ def test_list_table_exact(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None
         "| c10  | STOPPED |                 |                | CONTAINER (EPHEMERAL) | 2         |",
         sep,
     ]
+
+
+def test_list_reads_the_list_file(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``instances/.list``, the default columns come from that one file (the per-
+    instance files are then not read: here they disagree on purpose)."""
+    make_instance(mnt, "c2", "STOPPED")
+    make_instance(mnt, "c10", "STOPPED")
+    put(mnt / "instances" / ".list",
+        "NAME\tSTATE\tPID\tTYPE\tEPHEMERAL\tSNAPSHOTS\tIPV4\tIPV6\n"
+        "c10\tRUNNING\t77\tcontainer\ttrue\t3\t10.0.3.5 (eth0), 10.0.4.5 (eth1)\t\n"
+        "c2\tFROZEN\t78\tcontainer\tfalse\t0\t\tfd42::6 (eth0)\n")
+    assert main(["list", "-f", "csv", "-c", "ns46tSp"]) == 0
+    assert capsys.readouterr().out == (
+        'c2,FROZEN,,fd42::6 (eth0),CONTAINER,0,78\n'
+        'c10,RUNNING,"10.0.3.5 (eth0)\n10.0.4.5 (eth1)",,CONTAINER (EPHEMERAL),3,77\n')
+    # other columns still come from the instance's files
+    assert main(["list", "c2", "-f", "csv", "-c", "nl"]) == 0
+    assert capsys.readouterr().out.startswith("c2,2026/11/23")
 
 
 def test_list_empty(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 import lxfs
-from lxfs.cli import config, copying, files, images, instances, profiles, storage
-from lxfs.cli import console as console_
-from lxfs.cli import exec as exec_
-from lxfs.cli import init as init_
-from lxfs.cli import network as network_
 from lxfs.cli.mount import CLIError, Mount, NoMount
+
+# Top-level command (and alias) -> the module of lxfs.cli that registers it. Only the named
+# command's module is imported and its parser built: start-up is most of what a short command
+# costs (tests/test_cli_unit.py checks this table against the full parser).
+COMMAND_MODULES = {
+    **dict.fromkeys(("launch", "create", "list", "ls", "info", "start", "stop", "restart",
+                     "freeze", "pause", "unfreeze", "delete", "rm", "snapshot", "restore",
+                     "move", "mv", "rename"), "instances"),
+    "exec": "exec",
+    "config": "config",
+    "profile": "profiles",
+    **dict.fromkeys(("copy", "cp", "publish"), "copying"),
+    "console": "console",
+    "file": "files",
+    "image": "images",
+    "storage": "storage",
+    "network": "network",
+    "init": "init",
+}
+MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "console", "files",
+                "images", "storage", "network", "init")
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -28,8 +45,32 @@ def cmd_version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _columns() -> int:
+    """The terminal's width, as ``shutil.get_terminal_size`` finds it (without importing
+    shutil: argparse would, for every parser it builds, 5 ms of start-up)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one ``Error:`` line (exit status 1, like lxc)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CLIError(f"{message} (see `{self.prog} --help`)")
@@ -45,23 +86,31 @@ def _silence_stdout() -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not an option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+        if arg == "--":
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every command's, or only the one ``argv`` names (when known)."""
     parser = _Parser(prog="lxfs", description="Manage system containers through the lxfs "
                      "filesystem (LXD's lxc commands).")
     parser.add_argument("--version", action="version", version=lxfs.__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    instances.register(sub)
-    exec_.register(sub)
-    config.register(sub)
-    profiles.register(sub)
-    copying.register(sub)
-    console_.register(sub)
-    files.register(sub)
-    images.register(sub)
-    storage.register(sub)
-    network_.register(sub)
-    init_.register(sub)
+    word = None if argv is None else command_word(argv)
+    if word in COMMAND_MODULES:
+        modules: Sequence[str] = (COMMAND_MODULES[word],)
+    elif word == "version" or (word is None and argv and "--version" in argv):
+        modules = ()
+    else:  # help, or an unknown command: the usage message lists them all
+        modules = MODULE_ORDER
+    for module in modules:
+        importlib.import_module(f"lxfs.cli.{module}").register(sub)
     p = sub.add_parser("version", help="Show client and server versions")
     p.set_defaults(func=cmd_version)
     return parser
@@ -70,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (and exits with it when run as a script)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(args_list)
     try:
         args = parser.parse_args(args_list)
         func = getattr(args, "func", None)

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from lxfs.cli.mount import (
     CLIError,
@@ -26,6 +19,10 @@ from lxfs.cli.mount import (
     read_opt,
 )
 from lxfs.cli.output import render_yaml
+
+TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 ERROR_PREFIX = "# Error: "
 
@@ -67,14 +64,16 @@ PROFILE_HEADER = """\
 """
 
 
-@dataclass
 class Target:
     """An instance (``instances/NAME``) or a profile (``profiles/NAME``): what has
     ``config/``, ``devices/`` and ``description``."""
 
-    mount: Mount
-    path: Path
-    kind: str  # "instance" or "profile"
+    __slots__ = ("mount", "path", "kind")
+
+    def __init__(self, mount: Mount, path: Path, kind: str) -> None:
+        self.mount = mount
+        self.path = path
+        self.kind = kind  # "instance" or "profile"
 
     @property
     def name(self) -> str:
@@ -181,15 +180,19 @@ def unset_device_key(target: Target, dev: str, key: str) -> None:
 
 
 # -- documents ---------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """Plain scalars stay text as written (``mode: 0660``, ``limits.cpu: 2``,
-    ``security.nesting: yes``): every value of a config or device is a string, as in LXD."""
+def _yaml_loader() -> Any:
+    """A SafeLoader whose plain scalars stay text as written (``mode: 0660``, ``limits.cpu:
+    2``, ``security.nesting: yes``): every value of a config or device is a string, as in
+    LXD. yaml is imported here, not at start-up (15 ms the other commands do not pay)."""
+    import yaml  # noqa: PLC0415
 
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:null"]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:null"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    return Loader
 
 
 def _text(value: Any, where: str) -> str:
@@ -213,8 +216,10 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 def parse_document(text: str, kind: str) -> dict[str, Any]:
     """Parse an edited YAML document into its normalized form (strings everywhere; a
     missing section is empty, as a PUT in LXD)."""
+    import yaml  # noqa: PLC0415
+
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -325,12 +330,17 @@ def update(target: Target, new: dict[str, Any]) -> int:
 # -- the editor --------------------------------------------------------------------------------
 def editor_command() -> list[str]:
     """``$EDITOR``, else ``$VISUAL``, else ``vi`` (may carry arguments: ``code -w``)."""
+    import shlex  # noqa: PLC0415
+
     editor = os.environ.get("EDITOR") or os.environ.get("VISUAL") or "vi"
     return shlex.split(editor)
 
 
 def run_editor(text: str) -> str:
     """Let the user edit ``text`` in a temporary ``.yaml`` file; return the result."""
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
     fd, tmp = tempfile.mkstemp(prefix="lxfs_editor_", suffix=".yaml")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -369,6 +379,8 @@ def stdin_is_terminal() -> bool:
 def parse_config_document(text: str) -> tuple[dict[str, str], str | None]:
     """The ``config`` mapping and ``description`` (None when absent) of an edited YAML
     document (networks, storage pools)."""
+    import yaml  # noqa: PLC0415
+
     try:
         new = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -22,11 +22,15 @@ class Runtime(ABC):
 
     @abstractmethod
     def state(self, instance: Instance) -> str:
-        """``RUNNING``, ``STOPPED``, ``FROZEN``, or a transient state the runtime reports."""
+        """``RUNNING``, ``STOPPED``, ``FROZEN``, or a transient state the runtime reports.
+        Asked at daemon start-up (to reattach) and before each transition; reads of the
+        ``state`` file are answered from the daemon's own record (see ``pid``)."""
 
     @abstractmethod
     def pid(self, instance: Instance) -> int:
-        """The init process's PID on the host, 0 when not running."""
+        """The init process's PID on the host, 0 when not running. Asked right after a start:
+        the daemon follows that process with a pidfd, and the instance is RUNNING for readers
+        until it ends."""
 
     @abstractmethod
     def start(self, instance: Instance, rootfs: Path, config_lines: list[str]) -> None:

@@ -126,7 +126,8 @@ class Server:
         self.transient: dict[str, str] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._image_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
-        self._running_pids: dict[str, int] = {}
+        self._running_pids: dict[str, int] = {}  # the init of every running instance
+        self._frozen: set[str] = set()
         self._restarting: set[str] = set()
         self._pending: dict[str, tuple[Path, str]] = {}
         #: what a successful operation wants the user to know (shown in the error file)
@@ -150,6 +151,8 @@ class Server:
                 if state in ("RUNNING", "FROZEN"):
                     pid = await in_thread(self.runtime.pid, inst)
                     log.info("reattached %s (%s, pid %d)", inst.name, state, pid)
+                    if state == "FROZEN":
+                        self._frozen.add(inst.name)
                     self._watch(inst.name, pid)
                 elif is_true(inst.expanded_config.get("boot.autostart")):
                     autostart.append(inst)
@@ -585,18 +588,19 @@ class Server:
                             lambda dest: images.unpack_image(path, rootfs, dest))
 
     async def state(self, name: str) -> str:
+        """The state as the daemon follows it (no runtime query: a ``state`` read is the most
+        frequent request). Every start registers its init, a pidfd notices its end, and
+        freeze/unfreeze go through ``change_state``; the runtime is asked at start-up."""
         inst = self.instance(name)
         if name in self.transient:
             return self.transient[name]
-        if inst.storage_state != "ready":
+        if inst.storage_state != "ready" or name not in self._running_pids:
             return "STOPPED"
-        return await in_thread(self.runtime.state, inst)
+        return "FROZEN" if name in self._frozen else "RUNNING"
 
     async def pid(self, name: str) -> int:
-        inst = self.instance(name)
-        if inst.storage_state != "ready":
-            return 0
-        return await in_thread(self.runtime.pid, inst)
+        self.instance(name)
+        return self._running_pids.get(name, 0)
 
     async def change_state(self, name: str, action: str) -> None:
         """Run a state action; return when the transition is complete."""
@@ -629,11 +633,13 @@ class Server:
                 self.transient[name] = "FREEZING"
                 try:
                     await in_thread(self.runtime.freeze, inst)
+                    self._frozen.add(name)
                 finally:
                     self.transient.pop(name, None)
                 self.events.lifecycle("instance-paused", f"/1.0/instances/{name}")
             elif action == "unfreeze":
                 await in_thread(self.runtime.unfreeze, inst)
+                self._frozen.discard(name)
                 self.events.lifecycle("instance-resumed", f"/1.0/instances/{name}")
         if action in ("stop", "kill"):
             await self._after_stop(inst, stopped_pid)
@@ -649,12 +655,12 @@ class Server:
             await in_thread(images.render_templates, rootfs.parent, "start",
                             self._template_context(inst))
             await in_thread(self.runtime.start, inst, rootfs, lines)
+            self._frozen.discard(name)
+            self._watch(name, await in_thread(self.runtime.pid, inst))
         finally:
             self.transient.pop(name, None)
-        pid = await in_thread(self.runtime.pid, inst)
         inst.last_used_at = now()
         await self._save(inst)
-        self._watch(name, pid)
         await in_thread(lambda: self.hook.lxfs_instance_post_start(server=self, instance=inst))
         self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
 
@@ -691,10 +697,11 @@ class Server:
 
     def _watch(self, name: str, pid: int) -> None:
         """Follow a running instance's init: notice when it stops by itself."""
-        if pid <= 0 or self.nursery is None:
+        if pid <= 0:
             return
         self._running_pids[name] = pid
-        self.nursery.start_soon(self._watch_task, name, pid)
+        if self.nursery is not None:
+            self.nursery.start_soon(self._watch_task, name, pid)
 
     async def _watch_task(self, name: str, pid: int) -> None:
         """A task of the server's nursery: nothing may escape it, or the daemon would stop."""
@@ -719,11 +726,18 @@ class Server:
         inst = self.instances.get(name)
         if inst is None:
             return
-        async with self._locks[name]:
-            for _ in range(100):  # the monitor needs a moment to tear down
-                if await in_thread(self.runtime.state, inst) == "STOPPED":
-                    break
-                await trio.sleep(0.05)
+        mine = name not in self.transient  # init is gone: no longer RUNNING for readers
+        if mine:
+            self.transient[name] = "STOPPING"
+        try:
+            async with self._locks[name]:
+                for _ in range(100):  # the monitor needs a moment to tear down
+                    if await in_thread(self.runtime.state, inst) == "STOPPED":
+                        break
+                    await trio.sleep(0.05)
+        finally:
+            if mine and self.transient.get(name) == "STOPPING":
+                del self.transient[name]
         if self._running_pids.get(name) == pid:
             await self._after_stop(inst, pid)
 
@@ -733,6 +747,7 @@ class Server:
             del self._running_pids[inst.name]
         elif pid:
             return
+        self._frozen.discard(inst.name)
         await in_thread(self.runtime.after_stop, inst)
         await in_thread(lambda: self.hook.lxfs_instance_post_stop(server=self, instance=inst))
         self.events.lifecycle("instance-stopped", f"/1.0/instances/{inst.name}")

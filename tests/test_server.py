@@ -18,27 +18,41 @@ from lxfs.server import Server
 
 
 class FakeRuntime(Runtime):
+    """States in a dict; a running instance's "init" is a real ``sleep`` process, so the
+    server's pidfd watch works as with LXC."""
+
     states: dict[str, str] = {}
+    inits: dict[str, subprocess.Popen[bytes]] = {}
     fail_start = False
 
     def state(self, instance):
         return self.states.get(instance.name, "STOPPED")
 
     def pid(self, instance):
-        return 0
+        proc = self.inits.get(instance.name)
+        return proc.pid if proc is not None and proc.poll() is None else 0
 
     def start(self, instance, rootfs, config_lines):
         assert rootfs.is_dir()
         if FakeRuntime.fail_start:
             raise OperationFailed("start failed on purpose")
         self.states[instance.name] = "RUNNING"
+        self.inits[instance.name] = subprocess.Popen(["sleep", "600"])
+
+    def _end(self, name):
+        proc = self.inits.pop(name, None)
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
     def shutdown(self, instance, timeout):
         self.states[instance.name] = "STOPPED"
+        self._end(instance.name)
         return True
 
     def kill(self, instance):
         self.states[instance.name] = "STOPPED"
+        self._end(instance.name)
 
     def freeze(self, instance):
         self.states[instance.name] = "FROZEN"
@@ -48,15 +62,25 @@ class FakeRuntime(Runtime):
 
     def cleanup(self, instance):
         self.states.pop(instance.name, None)
+        self._end(instance.name)
 
     def rename(self, instance, new_name):
         self.states[new_name] = self.states.pop(instance.name, "STOPPED")
+        if instance.name in self.inits:
+            self.inits[new_name] = self.inits.pop(instance.name)
 
     def log(self, instance):
         return ""
 
     def console_log(self, instance):
         return ""
+
+
+@pytest.fixture(autouse=True)
+def _end_fake_inits():
+    yield
+    for name in list(FakeRuntime.inits):
+        FakeRuntime._end(FakeRuntime, name)  # type: ignore[arg-type]
 
 
 class FakeRuntimePlugin:

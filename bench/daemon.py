@@ -100,7 +100,7 @@ class BenchDaemon:
     def remove_instances(self, parallel: int = 4) -> None:
         """Kill and delete every instance through the mount (errors ignored)."""
         try:
-            names = os.listdir(self.path("instances"))
+            names = [n for n in os.listdir(self.path("instances")) if not n.startswith(".")]
         except OSError:
             return
 

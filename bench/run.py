@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 suite.log("== scale")
 
                 def micro() -> None:
-                    names = sorted(os.listdir(daemon.path("instances")))
+                    names = sorted(n for n in os.listdir(daemon.path("instances"))
+                                   if not n.startswith("."))
                     fs_micro(suite, daemon.mount, names[0])
 
                 suite.scale([mount] + ([lxd] if lxd else []), systems, micro, monitor_pss)

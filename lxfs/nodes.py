@@ -274,11 +274,57 @@ class DevicesDir(Dir):
 # --- instances ------------------------------------------------------------------------------
 
 
+#: ``instances/.list``: every instance in one read (what ``lxfs list`` shows)
+LISTING = ".list"
+LISTING_COLUMNS = ("NAME", "STATE", "PID", "TYPE", "EPHEMERAL", "SNAPSHOTS", "IPV4", "IPV6")
+
+
+async def instances_table(srv: Server) -> str:
+    """``instances/.list``: a header, then one tab-separated line per instance (columns
+    ``LISTING_COLUMNS``; addresses as in ``ipv4``/``ipv6``, joined by ``, ``). One read
+    instead of one per instance and column: its cost barely grows with the number of
+    instances. The addresses of running instances are read concurrently."""
+    rows: dict[str, list[str]] = {}
+    addresses: dict[str, tuple[str, str]] = {}
+
+    async def read_addresses(name: str, inst: Instance) -> None:
+        entries: dict[str, Callable[[], Node | None]] = {}
+        for extra in srv.hook.lxfs_instance_entries(server=srv, instance=inst):
+            entries.update(extra)
+        found = []
+        for key in ("ipv4", "ipv6"):
+            node = entries[key]() if key in entries else None
+            try:
+                data = (await node.read()).decode() if isinstance(node, File) else ""
+            except LxfsError:
+                data = ""
+            found.append(", ".join(line for line in data.splitlines() if line))
+        addresses[name] = (found[0], found[1])
+
+    async with trio.open_nursery() as nursery:
+        for name in sorted(srv.instances):
+            inst = srv.instances.get(name)
+            if inst is None:
+                continue
+            state = await srv.state(name)
+            pid = await srv.pid(name)
+            rows[name] = [name, state, str(pid), inst.type,
+                          "true" if inst.ephemeral else "false", str(len(inst.snapshots))]
+            if pid > 0:
+                nursery.start_soon(read_addresses, name, inst)
+    out = ["\t".join(LISTING_COLUMNS)]
+    for name, row in rows.items():
+        out.append("\t".join([*row, *addresses.get(name, ("", ""))]))
+    return lines(out)
+
+
 class InstancesDir(Dir):
     async def list(self) -> list[str]:
-        return sorted(self.srv.instances)
+        return [LISTING, *sorted(self.srv.instances)]
 
     async def child(self, name: str) -> Node | None:
+        if name == LISTING:
+            return File(self.srv, lambda: instances_table(self.srv), dynamic=True)
         return InstanceDir(self.srv, name) if name in self.srv.instances else None
 
     async def mkdir(self, name: str) -> None:

@@ -365,6 +365,10 @@ class LxfsDaemon:
         """A path inside the mount: ``d.path("instances", "c1", "state")``."""
         return self.mount.joinpath(*parts)
 
+    def instance_names(self) -> list[str]:
+        """The instances' directories (``instances/`` without its ``.list`` file), sorted."""
+        return sorted(n for n in os.listdir(self.path("instances")) if not n.startswith("."))
+
     def read(self, *parts: str) -> str:
         """Read a file of the mount, without its trailing newline."""
         return self.path(*parts).read_text().rstrip("\n")
@@ -427,7 +431,7 @@ class LxfsDaemon:
     def _remove_instances(self) -> None:
         instances = self.mount / "instances"
         try:
-            names = call_with_timeout(lambda: sorted(os.listdir(instances)), 5.0, "list instances")
+            names = call_with_timeout(self.instance_names, 5.0, "list instances")
         except (OSError, TimeoutError):
             return
         for name in names:

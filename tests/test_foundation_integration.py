@@ -222,6 +222,68 @@ def test_daemon_kill9_keeps_containers(daemon_with_busybox):
     assert d.read("instances", "b1", "state") == "STOPPED"
 
 
+def test_instances_list_file_and_state_from_memory(daemon_with_busybox):
+    """``instances/.list`` holds every instance in one read; ``state`` follows an init that
+    dies behind the daemon's back, and a frozen instance stays FROZEN across a restart."""
+    d = daemon_with_busybox
+    launch_by_hand(d, "b1")
+    os.mkdir(d.path("instances", "b2"))
+    d.write("instances", "b2", "source", "busybox")
+    os.mkdir(d.path("instances", "b1", "snapshots", "s0"))
+    assert ".list" in os.listdir(d.path("instances"))
+    # a dot file: the shell's globs (and ls) show only the instances
+    assert subprocess.run(["sh", "-c", "echo *"], cwd=d.path("instances"), check=True,
+                          capture_output=True, text=True).stdout == "b1 b2\n"
+    table = [line.split("\t") for line in d.read("instances", ".list").splitlines()]
+    assert table[0] == ["NAME", "STATE", "PID", "TYPE", "EPHEMERAL", "SNAPSHOTS", "IPV4", "IPV6"]
+    pid = int(d.read("instances", "b1", "pid"))
+    assert table[1:] == [["b1", "RUNNING", str(pid), "container", "false", "1", "", ""],
+                         ["b2", "STOPPED", "0", "container", "false", "0", "", ""]]
+    assert write_errno(d.path("instances", ".list"), "x") == errno.EACCES
+    # the CLI lists from it
+    out = d.cli("list", "-f", "csv", "-c", "nsS").stdout
+    assert out == "b1,RUNNING,1\nb2,STOPPED,0\n"
+    # frozen, then a daemon restart: asked from liblxc again
+    d.write("instances", "b1", "state", "freeze")
+    d.restart()
+    assert d.read("instances", "b1", "state") == "FROZEN"
+    d.write("instances", "b1", "state", "unfreeze")
+    assert d.read("instances", "b1", "state") == "RUNNING"
+    # init killed from outside: the pidfd notices, no query needed
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while d.read("instances", "b1", "state") != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.read("instances", "b1", "state") == "STOPPED"
+    assert d.read("instances", "b1", "pid") == "0"
+    d.write("instances", "b1", "state", "start")
+    assert d.read("instances", "b1", "state") == "RUNNING"
+
+
+def test_lifecycles_leave_no_open_files_in_the_daemon(daemon_with_busybox):
+    """create/start/stop/delete cycles do not grow the daemon's open fds (each replaced
+    liblxc Container, and the lxc.log it holds, is released at once)."""
+    d = daemon_with_busybox
+
+    def cycle(i: int) -> None:
+        launch_by_hand(d, f"f{i}")
+        d.write("instances", f"f{i}", "state", "kill")
+        d.write("instances", f"f{i}", "state", "start")
+        d.write("instances", f"f{i}", "state", "kill")
+        os.rmdir(d.path("instances", f"f{i}"))
+
+    def open_fds() -> int:
+        return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+    for i in range(3):
+        cycle(i)
+    before = open_fds()
+    for i in range(3, 15):
+        cycle(i)
+    assert open_fds() <= before + 2, sorted(
+        os.readlink(f"/proc/{d.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
 def test_sigterm_unmounts_and_leaves_containers_running(daemon_with_busybox):
     d = daemon_with_busybox
     launch_by_hand(d)
@@ -258,7 +320,7 @@ def test_rename_with_mv(daemon_with_busybox):
     assert exc.value.errno == errno.EBUSY
     d.write("instances", "a1", "state", "kill")
     os.rename(d.path("instances", "a1"), d.path("instances", "a2"))
-    assert os.listdir(d.path("instances")) == ["a2"]
+    assert d.instance_names() == ["a2"]
     d.write("instances", "a2", "state", "start")
     assert d.read("instances", "a2", "state") == "RUNNING"
 
@@ -354,7 +416,7 @@ def test_long_operation_does_not_block_other_files(daemon_with_busybox):
             break
         time.sleep(0.01)
     assert d.read("instances", "other", "state") == "RUNNING"
-    assert os.listdir(d.path("instances")) == ["other", "slow"]
+    assert d.instance_names() == ["other", "slow"]
     saw_stopping_while_busy = stopper.is_alive()
     stopper.join(60)
     assert saw_stopping_while_busy

@@ -302,7 +302,7 @@ def test_move_between_dir_and_btrfs_pools(loop_guard, daemon_with_busybox):
         assert d.cli("exec", "m1", "--", "cat", "/root/f").stdout == "before\n"
         assert os.listdir(dir_pool / "containers") == ["m1"]
     finally:
-        for name in os.listdir(d.path("instances")):
+        for name in d.instance_names():
             with contextlib.suppress(OSError):
                 d.write("instances", name, "state", "kill")
             with contextlib.suppress(OSError):

@@ -100,6 +100,9 @@ def in_netns(pid: int, fn: Callable[[], Any]) -> Any:
     return result.get("value")
 
 
+ADDRESS_CACHE_SECONDS = 0.5
+
+
 def netns_addresses(pid: int) -> list[tuple[int, str, int, str]]:
     """``(family, address, prefix length, interface)`` of the global addresses in the network
     namespace of ``pid``."""
@@ -145,6 +148,7 @@ class NetworkManager:
         self.lock = threading.RLock()
         self.closing = False
         self.errors: dict[str, str] = {}
+        self._addresses: dict[int, tuple[float, list[tuple[int, str, int, str]]]] = {}
 
     # --- records ----------------------------------------------------------------------------
 
@@ -572,10 +576,19 @@ class NetworkManager:
         pid = self.server.runtime.pid(inst)
         if pid <= 0:
             return []
-        try:
-            addrs = netns_addresses(pid)
-        except OSError:
-            return []
+        now = time.monotonic()
+        cached = self._addresses.get(pid)
+        if cached is not None and now - cached[0] < ADDRESS_CACHE_SECONDS:
+            addrs = cached[1]
+        else:
+            try:
+                addrs = netns_addresses(pid)
+            except OSError:
+                return []
+            # one netlink dump serves both families (``ipv4`` then ``ipv6``, ``lxfs list``)
+            self._addresses = {p: v for p, v in self._addresses.items()
+                               if now - v[0] < ADDRESS_CACHE_SECONDS}
+            self._addresses[pid] = (now, addrs)
         return [f"{addr} ({iface})" for fam, addr, _plen, iface in addrs if fam == family]
 
 

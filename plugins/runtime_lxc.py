@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import _lxc
 import lxc
 
 from lxfs import hookimpl
@@ -51,6 +52,15 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Container(lxc.Container):
+    """python-lxc's Container without its ``network`` helper, which refers back to the
+    container: that cycle kept every replaced object, and the ``lxc.log`` it holds open, alive
+    until Python's cyclic garbage collector ran (open fds grew with each start)."""
+
+    def __init__(self, name: str, config_path: str) -> None:
+        _lxc.Container.__init__(self, name, config_path)
+
+
 class LxcRuntime(Runtime):
     type = "container"
 
@@ -58,14 +68,14 @@ class LxcRuntime(Runtime):
         super().__init__(server)
         self.lxc_path = server.lxc_path
         self.prefix = cgroup_prefix(server.data_dir)
-        self._containers: dict[str, lxc.Container] = {}
+        self._containers: dict[str, Container] = {}
         self._lock = threading.Lock()
 
-    def _container(self, name: str, reload: bool = False) -> lxc.Container:
+    def _container(self, name: str, reload: bool = False) -> Container:
         with self._lock:
             c = self._containers.get(name)
             if c is None or reload:
-                c = lxc.Container(name, str(self.lxc_path))
+                c = Container(name, str(self.lxc_path))
                 self._containers[name] = c
             return c
 
@@ -163,7 +173,7 @@ class LxcRuntime(Runtime):
         self._wait_stopped(c, 10)
 
     @staticmethod
-    def _wait_stopped(c: lxc.Container, timeout: float) -> bool:
+    def _wait_stopped(c: Container, timeout: float) -> bool:
         """Wait (without holding the GIL) until the monitor reports STOPPED."""
         deadline = time.monotonic() + timeout
         while c.state != "STOPPED":

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="containers for the launch rate (128; 0 skips)")
     p.add_argument("--cycles", type=int, default=50, metavar="K",
                    help="create/start/stop/delete cycles of the leak check (50; 0 skips)")
+    p.add_argument("--lxd-cycles", type=int, metavar="K",
+                   help="cycles of the leak check for LXD (default: --cycles; LXD takes about "
+                   "1 s per cycle)")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--vs-lxd", action="store_true",
@@ -54,7 +57,7 @@ def cached_image(recipe: str, filename: str) -> Path:
 
 def options(args: argparse.Namespace) -> Options:
     opts = Options(runs=args.runs, warmup=args.warmup, launch_rate=args.launch_rate,
-                   cycles=args.cycles)
+                   cycles=args.cycles, lxd_cycles=args.lxd_cycles)
     if args.scale_steps:
         opts.scale = [int(x) for x in args.scale_steps.split(",")]
     elif args.scale:
@@ -64,6 +67,7 @@ def options(args: argparse.Namespace) -> Options:
         opts.scale = opts.scale if args.scale_steps else [0, 4]
         opts.launch_rate = min(args.launch_rate, 4)
         opts.cycles = min(args.cycles, 2)
+        opts.lxd_cycles = None
     return opts
 
 

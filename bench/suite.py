@@ -31,6 +31,7 @@ class Options:
     scale: list[int] | None = None
     launch_rate: int = 128
     cycles: int = 20
+    lxd_cycles: int | None = None  # None: as many as cycles
     parallel: int = os.cpu_count() or 2
     batch: int = 20  # sequential / parallel launches
     quick: bool = False  # slow operations (graceful stop, restart, publish) on one system
@@ -407,13 +408,16 @@ class Suite:
         self.record("rate", f"stop+delete {count}, parallel {p}", "/s", remove)
 
     def leaks(self, systems: list[System]) -> None:
-        """Daemon RSS and fd count before and after K create/start/stop/delete cycles."""
-        k = self.opts.cycles
-        if k <= 0:
-            return
-        before: dict[str, tuple[float, int]] = {}
-        after: dict[str, tuple[float, int]] = {}
+        """Daemon RSS and fd count before and after K create/start/stop/delete cycles (LXD:
+        ``lxd_cycles`` when given)."""
+        results: dict[int, dict[str, tuple[float, int, float, int]]] = {}
         for s in systems:
+            k = self.opts.cycles
+            if s.name == "lxd" and self.opts.lxd_cycles is not None:
+                k = self.opts.lxd_cycles
+            if k <= 0:
+                continue
+
             def cycle(s: System = s) -> None:
                 n = self.unique("k")
                 s.launch("busybox", n, s.pools["dir"])
@@ -423,19 +427,22 @@ class Suite:
             for _ in range(min(5, k)):  # warm caches and pools first
                 cycle()
             time.sleep(0.5)
-            before[s.name] = (s.daemon_rss(), fd_count(s.daemon_pid))
+            rss, fds = s.daemon_rss(), fd_count(s.daemon_pid)
             start = time.perf_counter()
             for _ in range(k):
                 cycle()
             elapsed = time.perf_counter() - start
             time.sleep(1)
-            after[s.name] = (s.daemon_rss(), fd_count(s.daemon_pid))
+            results.setdefault(k, {})[s.name] = (rss, fds, s.daemon_rss(),
+                                                 fd_count(s.daemon_pid))
             self.log(f"  {k} cycles on {s.name} in {elapsed:.1f}s")
-        self.record("leaks", f"RSS before {k} cycles", "MB", {n: v[0] for n, v in before.items()})
-        self.record("leaks", f"RSS growth over {k} cycles", "MB",
-                    {n: after[n][0] - before[n][0] for n in after})
-        self.record("leaks", f"fd growth over {k} cycles", "fds",
-                    {n: after[n][1] - before[n][1] for n in after})
+        for k, by_system in sorted(results.items()):
+            self.record("leaks", f"RSS before {k} cycles", "MB",
+                        {n: v[0] for n, v in by_system.items()})
+            self.record("leaks", f"RSS growth over {k} cycles", "MB",
+                        {n: v[2] - v[0] for n, v in by_system.items()})
+            self.record("leaks", f"fd growth over {k} cycles", "fds",
+                        {n: v[3] - v[1] for n, v in by_system.items()})
 
 
 def _quiet(fn: Callable[[], Any]) -> None:

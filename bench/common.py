@@ -33,6 +33,17 @@ def run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
     return result
 
 
+def cat(path: Path | str) -> None:
+    """open, read to the end, close: what ``cat`` does (no isatty ioctl, unlike Python's
+    buffered ``open``, which costs a FUSE round trip more)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, 1 << 16):
+            pass
+    finally:
+        os.close(fd)
+
+
 def timed(fn: Callable[[], Any]) -> float:
     """Seconds ``fn()`` takes (monotonic clock)."""
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, fd_count, pss_mb, timed
+from bench.common import Row, cat, fd_count, pss_mb, timed
 from bench.systems import System
 
 Step = Callable[[System, int], Any]
@@ -483,17 +483,9 @@ def fs_micro(suite: Suite, mount: Path, instance: str, loops: int = 2000) -> Non
                 fn()
             return (time.perf_counter() - start) / n * 1e6
 
-        def read(p: Path) -> None:  # as cat does it (Python's open() adds an isatty ioctl)
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                while os.read(fd, 1 << 16):
-                    pass
-            finally:
-                os.close(fd)
-
         cases: list[tuple[str, Callable[[Path, Path], Callable[[], Any]], int]] = [
             ("stat instances/X/state", lambda d, f: lambda: os.stat(f), loops),
-            ("open+read+close instances/X/state", lambda d, f: lambda: read(f), loops // 2),
+            ("open+read+close instances/X/state", lambda d, f: lambda: cat(f), loops // 2),
             (f"ls instances/ ({count} entries)", lambda d, f: lambda: os.listdir(d), loops // 10),
         ]
         for label, make, n in cases:

@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bench.common import BenchError, rss_mb, run
+from bench.common import BenchError, cat, rss_mb, run
 from bench.daemon import BenchDaemon, venv_command
 
 
@@ -221,7 +221,7 @@ class LxfsMount(System):
     def list(self) -> None:
         """``cat instances/.list``: every instance's state, type, snapshots and addresses in
         one read (what ``lxfs list`` reads)."""
-        _cat(self.d.path("instances", ".list"))
+        cat(self.d.path("instances", ".list"))
 
     def list_files(self) -> None:
         """``ls instances/`` and ``cat`` of each state: the per-file way."""
@@ -230,7 +230,7 @@ class LxfsMount(System):
             if entry.startswith("."):
                 continue
             try:
-                _cat(base / entry / "state")
+                cat(base / entry / "state")
             except FileNotFoundError:
                 pass
 
@@ -253,17 +253,6 @@ class LxfsMount(System):
 
     def init_pid(self, name: str) -> int:
         return int(self.d.read("instances", name, "pid"))
-
-
-def _cat(path: Path) -> None:
-    """open, read to the end, close: what ``cat`` does (no isatty ioctl, unlike Python's
-    buffered ``open``, which costs a FUSE round trip more)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while os.read(fd, 1 << 16):
-            pass
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

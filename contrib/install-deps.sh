@@ -2,14 +2,17 @@
 # Install everything lxfs needs on a Debian 12 host, idempotently:
 #   - Debian packages (apt-get update is skipped when all are already installed),
 #   - a subordinate uid/gid range for root in /etc/subuid and /etc/subgid,
-#   - a virtualenv at $REPO/.venv with lxfs installed editable ('.[test]'),
+#   - a virtualenv at $REPO/.venv with lxfs installed editable ('.[test]'), in setuptools'
+#     strict mode: a tree of links under build/ on a plain .pth, not an import hook that every
+#     Python start (each `lxfs` command) would pay 10 ms for; adding or removing a module
+#     reinstalls (the stamp below lists them),
 #   - /usr/local/bin/lxfs and /usr/local/bin/lxfsd pointing into that venv.
 # Run as root, from anywhere: `sudo bash contrib/install-deps.sh`.
 #
 # Environment:
 #   LXFS_PYTHON=/path/to/python3   interpreter for a new venv (default: python3 on PATH if it is
 #                                  3.11 or newer, else /usr/bin/python3)
-#   LXFS_FORCE_PIP=1               run `pip install -e '.[test]'` even if nothing changed
+#   LXFS_FORCE_PIP=1               run the pip install even if nothing changed
 #   LXFS_SKIP_LINKS=1              leave /usr/local/bin alone (e.g. for a second checkout)
 set -euo pipefail
 
@@ -115,7 +118,8 @@ else
 fi
 
 VPY="$VENV/bin/python"
-want_stamp="$( { sha256sum "$REPO/pyproject.toml"; "$VPY" -c 'import sys; print(sys.version)'; } \
+want_stamp="$( { sha256sum "$REPO/pyproject.toml"; "$VPY" -c 'import sys; print(sys.version)'
+                 (cd "$REPO" && find lxfs plugins -type f ! -path '*/__pycache__/*' | sort); } \
     | sha256sum | cut -d' ' -f1)"
 
 deps_ok() {
@@ -136,13 +140,13 @@ EOF
 if [[ ${LXFS_FORCE_PIP:-0} != 1 ]] && deps_ok; then
     log "Python packages: up to date"
 else
-    log "pip install -e '.[test]' into $VENV"
+    log "pip install -e '.[test]' (strict editable mode) into $VENV"
     rm -f "$STAMP"
     piplog="$VENV/.lxfs-pip-install.log"
     if ! (
         cd "$REPO"
         PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-            "$VPY" -m pip install -e '.[test]'
+            "$VPY" -m pip install --config-settings editable_mode=strict -e '.[test]'
     ) >"$piplog" 2>&1; then
         tail -n 60 "$piplog" >&2
         die "pip install -e '.[test]' failed (full output: $piplog)"

@@ -1032,13 +1032,57 @@ def test_exec_environment(mnt: Path) -> None:
     put(inst / "expanded" / "config" / "environment.FOO", "bar\n")
     put(inst / "expanded" / "config" / "environment.PATH", "/opt/bin:/bin\n")
     put(inst / "expanded" / "config" / "limits.memory", "1GB\n")
-    env = cli_exec.build_env(cli_mount.Mount(), "c1", 0, False, ["FOO=override", "X=1=2"])
+    env = cli_exec.build_env(str(inst), 0, False, ["FOO=override", "X=1=2"])
     assert env["FOO"] == "override" and env["X"] == "1=2"
     assert env["PATH"] == "/opt/bin:/bin"
     assert (env["HOME"], env["USER"], env["LANG"]) == ("/root", "root", "C.UTF-8")
     assert "limits.memory" not in env
-    env = cli_exec.build_env(cli_mount.Mount(), "c1", 1000, False, [])
+    env = cli_exec.build_env(str(inst), 1000, False, [])
     assert "HOME" not in env and "USER" not in env
+
+
+def test_exec_path_imports_no_argparse_re_or_pathlib() -> None:
+    """What ``lxfs exec`` imports before attaching (run with -S: site's own imports aside)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import lxfs.cli;"
+            "from lxfs.cli import exec as e; assert e.parse_fast(['c1', '--', 'true']);"
+            "print(' '.join(m for m in ('argparse', 're', 'pathlib', 'typing', 'yaml', 'enum')"
+            " if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == ""
+
+
+def test_exec_fast_parse_agrees_with_argparse() -> None:
+    """``lxfs exec`` parses without argparse when it can, to the same result; anything else
+    (help, abbreviations, bad values) goes to argparse."""
+    from lxfs.cli import build_parser
+
+    cases = [
+        ["c1", "--", "true"],
+        ["c1", "ls", "-la"],
+        ["c1", "--env", "A=1", "--env=B=2", "-t", "--", "sh", "-c", "echo $A"],
+        ["--user", "1000", "c1", "--group=100", "--cwd", "/tmp", "id"],
+        ["-T", "c1", "--force-interactive", "--", "--env"],
+        ["c1"],
+    ]
+    fields = ("name", "env", "cwd", "user", "group", "force_interactive",
+              "force_noninteractive", "command")
+    for argv in cases:
+        fast = cli_exec.parse_fast(argv)
+        assert fast is not None, argv
+        slow = build_parser(["exec", *argv]).parse_args(["exec", *argv])
+        opts, command = cli_exec.split_options(list(slow.command))
+        if opts:
+            import argparse
+
+            parser = argparse.ArgumentParser(add_help=False)
+            cli_exec.add_options(parser)
+            parser.parse_args(opts, namespace=slow)
+        slow.command = command
+        assert [getattr(fast, f) for f in fields] == [getattr(slow, f) for f in fields], argv
+    for argv in (["-h"], ["c1", "--us", "1000", "id"], ["c1", "--user", "root", "id"],
+                 ["--env"], []):
+        assert cli_exec.parse_fast(argv) is None, argv
 
 
 def test_exec_option_split() -> None:

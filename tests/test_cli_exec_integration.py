@@ -163,14 +163,16 @@ def test_environment_and_cwd(container: tuple[str, Path]) -> None:
 
 
 def test_not_running(container: tuple[str, Path], tmp_path: Path) -> None:
+    """liblxc says whether the instance runs (a frozen one does not: attaching would hang)."""
     name, mnt = container
-    state = mnt / "instances" / name / "state"
-    state.write_text("STOPPED\n")
+    lxc_path = (mnt / "environment" / "lxc_path").read_text().strip()
+    subprocess.run(["lxc-freeze", "-P", lxc_path, "-n", name], check=True, timeout=30)
     try:
         proc = lxfs(mnt, "exec", name, "--", "true")
     finally:
-        state.write_text("RUNNING\n")
+        subprocess.run(["lxc-unfreeze", "-P", lxc_path, "-n", name], check=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (1, b"Error: Instance is not running\n")
+    assert lxfs(mnt, "exec", "nope", "--", "true").stderr == b"Error: Instance not found\n"
 
 
 def test_pty(container: tuple[str, Path]) -> None:

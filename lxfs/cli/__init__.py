@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from collections.abc import Sequence
 
 import lxfs
-from lxfs.cli.mount import CLIError, Mount, NoMount
+from lxfs.cli.base import CLIError, NoMount
+
+TYPE_CHECKING = False  # the common path imports neither typing nor argparse
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 # Top-level command (and alias) -> the module of lxfs.cli that registers it. Only the named
 # command's module is imported and its parser built: start-up is most of what a short command
@@ -35,6 +37,8 @@ MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "console",
 
 def cmd_version(_args: argparse.Namespace) -> int:
     """``lxfs version``: client and server versions."""
+    from lxfs.cli.mount import Mount  # noqa: PLC0415
+
     print(f"Client version: {lxfs.__version__}")
     try:
         mount = Mount()
@@ -43,37 +47,6 @@ def cmd_version(_args: argparse.Namespace) -> int:
         server = "unreachable"
     print(f"Server version: {server}")
     return 0
-
-
-def _columns() -> int:
-    """The terminal's width, as ``shutil.get_terminal_size`` finds it (without importing
-    shutil: argparse would, for every parser it builds, 5 ms of start-up)."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Formatter(argparse.HelpFormatter):
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         _columns() - 2 if width is None else width)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one ``Error:`` line (exit status 1, like lxc)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(f"{message} (see `{self.prog} --help`)")
 
 
 def _silence_stdout() -> None:
@@ -86,48 +59,34 @@ def _silence_stdout() -> None:
         pass
 
 
-def command_word(argv: Sequence[str]) -> str | None:
-    """The command named in ``argv`` (the first word that is not an option)."""
-    for arg in argv:
-        if not arg.startswith("-"):
-            return arg
-        if arg == "--":
-            return None
-    return None
-
-
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser: every command's, or only the one ``argv`` names (when known)."""
-    parser = _Parser(prog="lxfs", description="Manage system containers through the lxfs "
-                     "filesystem (LXD's lxc commands).")
-    parser.add_argument("--version", action="version", version=lxfs.__version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    word = None if argv is None else command_word(argv)
-    if word in COMMAND_MODULES:
-        modules: Sequence[str] = (COMMAND_MODULES[word],)
-    elif word == "version" or (word is None and argv and "--version" in argv):
-        modules = ()
-    else:  # help, or an unknown command: the usage message lists them all
-        modules = MODULE_ORDER
-    for module in modules:
-        importlib.import_module(f"lxfs.cli.{module}").register(sub)
-    p = sub.add_parser("version", help="Show client and server versions")
-    p.set_defaults(func=cmd_version)
-    return parser
+    from lxfs.cli.parser import build_parser as build  # noqa: PLC0415
+
+    return build(argv)
+
+
+def _run(args_list: list[str]) -> int:
+    if args_list[:1] == ["exec"]:  # the latency-critical command: no argparse when it can
+        from lxfs.cli import exec as exec_  # noqa: PLC0415
+
+        fast = exec_.parse_fast(args_list[1:])
+        if fast is not None:
+            return exec_.run(fast)  # type: ignore[arg-type]
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    return int(func(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (and exits with it when run as a script)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(args_list)
     try:
-        args = parser.parse_args(args_list)
-        func = getattr(args, "func", None)
-        if func is None:
-            parser.print_help()
-            code = 0
-        else:
-            code = func(args)
+        code = _run(args_list)
     except NoMount as exc:
         sys.stderr.write(exc.message + "\n")
         code = exc.code

@@ -7,21 +7,25 @@ copied). With a terminal it gets a new pty, relayed here in raw mode.
 
 from __future__ import annotations
 
-import argparse
+# the C module under ``signal``: the same functions and numbers, without the enums (importing
+# enum is 4 ms, an eighth of a short exec)
+import _signal as signal
 import errno
 import fcntl
 import os
 import select
-import signal
 import struct
 import sys
 import termios
 import tty
+import warnings  # noqa: F401 - see attached_child
+from types import SimpleNamespace
 
-from lxfs.cli.mount import CLIError, Mount, read_opt, read_text
+from lxfs.cli.base import CLIError, check_mount, instance_dir, mount_point, read_opt, read_text
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -62,6 +66,8 @@ def _passwd_entry(uid: int) -> tuple[str, str] | None:
 
 def attached_child(spec: ChildSpec) -> int:
     """Runs inside the container (after LXC's fork and setns): set up and exec the command.
+    It sees the container's files, not the host's Python: whatever it uses must be imported
+    beforehand (``os.execvpe`` imports ``warnings``: hence the import at the top).
 
     Returns only on failure; the returned number is the exit status.
     """
@@ -111,8 +117,7 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def build_env(mount: Mount, name: str, uid: int, use_pty: bool, extra: list[str]
-              ) -> dict[str, str]:
+def build_env(inst: str, uid: int, use_pty: bool, extra: list[str]) -> dict[str, str]:
     """LXD's defaults, then the instance's ``environment.*`` keys, then ``--env``."""
     env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
     if uid == 0:
@@ -123,14 +128,14 @@ def build_env(mount: Mount, name: str, uid: int, use_pty: bool, extra: list[str]
         env["TERM"] = term
     elif use_pty:
         env["TERM"] = "xterm"
-    config = mount.instances / name / "expanded" / "config"
+    config = os.path.join(inst, "expanded", "config")
     try:
         keys = sorted(k for k in os.listdir(config) if k.startswith("environment."))
     except OSError:
         keys = []
     for key in keys:
         try:
-            value = read_text(config / key)
+            value = read_text(os.path.join(config, key))
         except OSError:
             continue
         if key[len("environment."):]:
@@ -309,11 +314,13 @@ def _drain(master: int, stdout_fd: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``lxfs exec NAME [options] [--] CMD...``."""
-    mount = Mount()
-    inst = mount.instance(args.name)
-    if read_opt(inst / "state").strip().upper() != "RUNNING":
-        raise CLIError("Instance is not running")
+    """``lxfs exec NAME [options] [--] CMD...`` (``args`` as ``parse_fast`` or argparse
+    make it). Whether the instance runs is asked from liblxc, not read from the mount."""
+    if args.force_interactive and args.force_noninteractive:
+        raise CLIError("-t and -T cannot be used together")
+    root = mount_point()
+    check_mount(root)
+    inst = instance_dir(root, args.name)
     if not args.command:
         raise CLIError("Missing command: lxfs exec NAME -- COMMAND [ARGS...]")
     try:
@@ -322,9 +329,12 @@ def run(args: argparse.Namespace) -> int:
         import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
     except ImportError as exc:
         raise CLIError("python-lxc is not installed (needed by exec)") from exc
-    lxc_path = mount.env("lxc_path")
+    lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
     if not lxc_path:
         raise CLIError("The server does not publish environment/lxc_path")
+    container = lxc.Container(args.name, lxc_path)
+    if container.state != "RUNNING":
+        raise CLIError("Instance is not running")
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     if args.force_interactive:
@@ -336,14 +346,11 @@ def run(args: argparse.Namespace) -> int:
 
     uid = 0 if args.user is None else args.user
     gid = 0 if args.group is None else args.group
-    env = build_env(mount, args.name, uid, use_pty, args.env or [])
+    env = build_env(inst, uid, use_pty, args.env or [])
     cwd = args.cwd or ("/root" if uid == 0 else None)
     spec = ChildSpec(argv=list(args.command), env=env, cwd=cwd, explicit_cwd=bool(args.cwd),
                      uid=uid, use_pty=use_pty)
 
-    container = lxc.Container(args.name, lxc_path)
-    if not container.running:
-        raise CLIError("Instance is not running")
     options: dict[str, Any] = {
         "env_policy": lxc.LXC_ATTACH_CLEAR_ENV,
         "extra_env_vars": [f"{k}={v}" for k, v in env.items()],
@@ -435,21 +442,69 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="never use a pseudo-terminal")
 
 
+FLAG_OPTIONS = {"-t": "force_interactive", "--force-interactive": "force_interactive",
+                "-T": "force_noninteractive", "--force-noninteractive": "force_noninteractive"}
+
+
+def parse_fast(argv: list[str]) -> SimpleNamespace | None:
+    """``exec``'s arguments (what follows ``exec``) without argparse, which with its imports
+    is a tenth of a short exec's time. Options may come before and after NAME, up to ``--``
+    or the command. None for anything else (help, unknown or abbreviated options, a missing
+    value): argparse then parses, or explains."""
+    ns = SimpleNamespace(name=None, env=None, cwd=None, user=None, group=None,
+                         force_interactive=False, force_noninteractive=False, command=[])
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            ns.command = argv[i + 1:]
+            break
+        if not token.startswith("-") or token == "-":
+            if ns.name is not None:
+                ns.command = argv[i:]
+                break
+            ns.name = token
+        elif token in FLAG_OPTIONS:
+            setattr(ns, FLAG_OPTIONS[token], True)
+        else:
+            key, sep, value = token.partition("=")
+            if key not in VALUE_OPTIONS:
+                return None
+            if not sep:
+                if i + 1 >= len(argv):
+                    return None
+                i += 1
+                value = argv[i]
+            if key == "--env":
+                ns.env = [*(ns.env or []), value]
+            elif key in ("--user", "--group"):
+                if not value.isdigit():
+                    return None
+                setattr(ns, key[2:], int(value))
+            else:
+                ns.cwd = value
+        i += 1
+    return ns if ns.name is not None else None
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    """Entry of ``lxfs exec``: options after NAME are parsed here (argparse stops at NAME)."""
+    """Entry of ``lxfs exec`` through argparse: options after NAME are parsed here (argparse
+    stops at NAME)."""
+    import argparse  # noqa: PLC0415
+
     opts, command = split_options(list(args.command))
     if opts:
         parser = argparse.ArgumentParser(prog="lxfs exec", add_help=False)
         add_options(parser)
         parser.parse_args(opts, namespace=args)
     args.command = command
-    if args.force_interactive and args.force_noninteractive:
-        raise CLIError("-t and -T cannot be used together")
     return run(args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``exec``."""
+    import argparse  # noqa: PLC0415
+
     p = sub.add_parser("exec", help="Execute commands in instances",
                        usage="lxfs exec NAME [options] [--] COMMAND [ARGS...]")
     p.add_argument("name", metavar="NAME")

@@ -8,47 +8,28 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lxfs.cli.base import (  # CLIError and NoMount: the commands import them from here
+    CLIError,
+    NoMount,  # noqa: F401
+    check_mount,
+    instance_dir,
+    mount_point,
+    read_opt,
+    read_text,
+)
+
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
 if TYPE_CHECKING:
     from typing import TypeVar
 
     T = TypeVar("T")
 
-DEFAULT_MOUNT = "/lxfs"
 FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CLIError(Exception):
-    """An expected failure: printed as ``Error: MESSAGE`` and exit status 1."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-class NoMount(CLIError):
-    """No lxfs daemon answers at the mount point (printed without the ``Error:`` prefix)."""
 
 
 def mount_root() -> Path:
     """The configured mount point (env ``LXFS_MOUNT`` or ``/lxfs``)."""
-    return Path(os.environ.get("LXFS_MOUNT") or DEFAULT_MOUNT)
-
-
-def read_text(path: Path | str) -> str:
-    """Read a value file, dropping one trailing newline."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        data = f.read()
-    return data[:-1] if data.endswith("\n") else data
-
-
-def read_opt(path: Path | str, default: str = "") -> str:
-    """Read a value file, or ``default`` when it does not exist."""
-    try:
-        return read_text(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return default
+    return Path(mount_point())
 
 
 def read_lines(path: Path | str) -> list[str]:
@@ -126,17 +107,7 @@ class Mount:
 
     def check(self) -> None:
         """Fail with one clear line unless an lxfs daemon answers at the mount point."""
-        try:
-            os.stat(self.root / "environment" / "server_pid")
-        except FileNotFoundError as exc:
-            raise NoMount(
-                f"lxfs: no lxfs daemon mounted at {self.root} (start lxfsd, or set LXFS_MOUNT)"
-            ) from exc
-        except OSError as exc:
-            raise NoMount(
-                f"lxfs: the lxfs daemon at {self.root} is not answering ({exc.strerror}); "
-                "restart lxfsd"
-            ) from exc
+        check_mount(str(self.root))
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -157,12 +128,11 @@ class Mount:
 
     def instance(self, name: str, must_exist: bool = True) -> Path:
         """Path of ``instances/NAME``; ``Instance not found`` when it does not exist."""
+        if must_exist:
+            return Path(instance_dir(str(self.root), name))
         if not name or "/" in name or name in (".", ".."):
             raise CLIError(f"Invalid instance name: {name!r}")
-        path = self.instances / name
-        if must_exist and not path.is_dir():
-            raise CLIError("Instance not found")
-        return path
+        return self.instances / name
 
     def profile(self, name: str) -> Path:
         """Path of ``profiles/NAME``; ``Profile not found`` when it does not exist."""

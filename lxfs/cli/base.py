@@ -1,0 +1,67 @@
+"""What every ``lxfs`` command needs, on ``os`` alone: the CLI's errors, the mount point and
+value files. ``lxfs exec`` runs on this module only (no argparse, re or pathlib: start-up is
+most of a short command's time); ``lxfs.cli.mount`` builds the rest on it."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_MOUNT = "/lxfs"
+
+
+class CLIError(Exception):
+    """An expected failure: printed as ``Error: MESSAGE`` and exit status 1."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class NoMount(CLIError):
+    """No lxfs daemon answers at the mount point (printed without the ``Error:`` prefix)."""
+
+
+def mount_point() -> str:
+    """The configured mount point (env ``LXFS_MOUNT`` or ``/lxfs``)."""
+    return os.environ.get("LXFS_MOUNT") or DEFAULT_MOUNT
+
+
+def check_mount(root: str) -> None:
+    """Fail with one clear line unless an lxfs daemon answers at ``root``."""
+    try:
+        os.stat(os.path.join(root, "environment", "server_pid"))
+    except FileNotFoundError as exc:
+        raise NoMount(
+            f"lxfs: no lxfs daemon mounted at {root} (start lxfsd, or set LXFS_MOUNT)"
+        ) from exc
+    except OSError as exc:
+        raise NoMount(
+            f"lxfs: the lxfs daemon at {root} is not answering ({exc.strerror}); "
+            "restart lxfsd"
+        ) from exc
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read a value file, dropping one trailing newline."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        data = f.read()
+    return data[:-1] if data.endswith("\n") else data
+
+
+def read_opt(path: str | os.PathLike[str], default: str = "") -> str:
+    """Read a value file, or ``default`` when it does not exist."""
+    try:
+        return read_text(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return default
+
+
+def instance_dir(root: str, name: str) -> str:
+    """``ROOT/instances/NAME``; ``Instance not found`` when it does not exist."""
+    if not name or "/" in name or name in (".", ".."):
+        raise CLIError(f"Invalid instance name: {name!r}")
+    path = os.path.join(root, "instances", name)
+    if not os.path.isdir(path):
+        raise CLIError("Instance not found")
+    return path

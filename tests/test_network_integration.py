@@ -75,7 +75,11 @@ class Net:
         return name, iface
 
     def pid(self, name: str) -> int:
-        return int((self.d.data_dir / "networks" / name / "dnsmasq.pid").read_text())
+        """dnsmasq's pid file (0 while a restart has removed it or not yet written it)."""
+        try:
+            return int((self.d.data_dir / "networks" / name / "dnsmasq.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
 
     def cleanup(self) -> None:
         d = self.d

@@ -220,6 +220,22 @@ def test_lazy_command_table_matches_the_full_parser() -> None:
     assert set(actions[0].choices) == {*COMMAND_MODULES, "version"}
 
 
+def test_only_the_named_command_is_built(capsys: pytest.CaptureFixture[str]) -> None:
+    """``lxfs start ...`` builds the ``start`` parser only; aliases find their command."""
+    import argparse
+
+    from lxfs.cli import build_parser as build
+
+    for argv, expected in ((["start", "c1"], {"start", "version"}),
+                           (["rm", "c1"], {"delete", "rm", "version"}),
+                           (["image", "ls"], {"image", "version"})):
+        parser = build(argv)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert set(sub.choices) == expected, argv
+    assert main(["stop", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: lxfs stop [-h] [-f]")
+
+
 def test_cli_start_up_imports_only_the_command() -> None:
     """``lxfs exec``/``list`` never import yaml, hashlib, subprocess or pluggy (tens of ms)."""
     code = ("import sys; from lxfs.cli import build_parser; build_parser(sys.argv[1:]);"

@@ -22,7 +22,6 @@ from lxfs.cli.mount import (
     strip_local_remote,
     write_raw,
 )
-from lxfs.cli.names import random_name, valid_instance_name
 from lxfs.cli.output import (
     FORMATS,
     emit,
@@ -67,6 +66,8 @@ def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
     image = strip_local_remote(args.image)
     if not image:
         raise CLIError("Image not found")
+    from lxfs.cli.names import random_name, valid_instance_name  # noqa: PLC0415 - random: 2 ms
+
     configs = parse_pairs(args.config)
     generated = args.name is None
     if args.name is not None:
@@ -276,6 +277,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
             errno.EBUSY: "Moving a running instance to another pool is not allowed: stop it"})
         if new == old:
             return 0
+    from lxfs.cli.names import valid_instance_name  # noqa: PLC0415
+
     if not valid_instance_name(new):
         raise CLIError(f"Invalid instance name: {new!r}")
     if os.path.lexists(mount.instances / new):

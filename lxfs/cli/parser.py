@@ -6,11 +6,15 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import lxfs
 from lxfs.cli import COMMAND_MODULES, MODULE_ORDER, cmd_version
 from lxfs.cli.base import CLIError
+
+TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _columns() -> int:
@@ -54,6 +58,34 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _Unused:
+    """Stands for the parser of a command not named on the command line: every call (and
+    attribute set) is accepted and ignored, so a module's ``register`` needs no changes."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unused]:
+        return self._ignore
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+    def _ignore(self, *args: object, **kwargs: object) -> _Unused:
+        return self
+
+
+class _OnlyCommand:
+    """The subparsers of the top-level parser, building only the parser of ``word`` (a module
+    registers up to 18 commands: building them all is most of a short command's start)."""
+
+    def __init__(self, sub: argparse._SubParsersAction, word: str) -> None:  # type: ignore[type-arg]
+        self.sub = sub
+        self.word = word
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser | _Unused:
+        if name == self.word or self.word in kwargs.get("aliases", ()):
+            return self.sub.add_parser(name, **kwargs)
+        return _Unused()
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser: every command's, or only the one ``argv`` names (when known)."""
     parser = _Parser(prog="lxfs", description="Manage system containers through the lxfs "
@@ -61,14 +93,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=lxfs.__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     word = None if argv is None else command_word(argv)
+    target: Any = sub
     if word in COMMAND_MODULES:
         modules: Sequence[str] = (COMMAND_MODULES[word],)
+        target = _OnlyCommand(sub, word)
     elif word == "version" or (word is None and argv and "--version" in argv):
         modules = ()
     else:  # help, or an unknown command: the usage message lists them all
         modules = MODULE_ORDER
     for module in modules:
-        importlib.import_module(f"lxfs.cli.{module}").register(sub)
+        importlib.import_module(f"lxfs.cli.{module}").register(target)
     p = sub.add_parser("version", help="Show client and server versions")
     p.set_defaults(func=cmd_version)
     return parser

@@ -412,11 +412,7 @@ class Server:
                 await in_thread(images.render_templates, volume, "create",
                                 self._template_context(inst))
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await in_thread(pool.delete_volume, "container", name)
-                    inst.storage_state, inst.source = "", ""
-                    await self._save(inst)
-                    self.transient.pop(name, None)
+                await self._undo_root_volume(inst, pool)
                 raise
             inst.architecture = image.architecture or inst.architecture
             for key, value in image.properties.items():
@@ -485,11 +481,7 @@ class Server:
                 await in_thread(images.render_templates, pool.volume_path("container", name),
                                 "copy", self._template_context(inst))
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await in_thread(pool.delete_volume, "container", name)
-                    inst.storage_state, inst.source = "", ""
-                    await self._save(inst)
-                    self.transient.pop(name, None)
+                await self._undo_root_volume(inst, pool)
                 raise
             if with_snapshots:
                 inst.snapshots = {k: Snapshot(v.name, v.created_at, dict(v.config),
@@ -663,6 +655,15 @@ class Server:
         await self._save(inst)
         await in_thread(lambda: self.hook.lxfs_instance_post_start(server=self, instance=inst))
         self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
+
+    async def _undo_root_volume(self, inst: Instance, pool: StorageDriver) -> None:
+        """Roll back a root volume whose creation (from an image, or as a copy) failed or
+        was cancelled: delete it and forget the source, even under cancellation."""
+        with trio.CancelScope(shield=True):
+            await in_thread(pool.delete_volume, "container", inst.name)
+            inst.storage_state, inst.source = "", ""
+            await self._save(inst)
+            self.transient.pop(inst.name, None)
 
     @staticmethod
     def _template_context(inst: Instance) -> images.TemplateContext:

@@ -59,13 +59,7 @@ def set_key(mount: Mount, instance: str | None, key: str, value: str) -> None:
 def unset_key(mount: Mount, instance: str | None, key: str) -> None:
     """Remove one config key (not being set is fine)."""
     base, scope = _targets(mount, instance)
-    path = _key_path(base, key)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CLIError(mount.error_message(exc, scope, f"Cannot unset {key!r}")) from exc
+    mount.unset(_key_path(base, key), scope, f"Cannot unset {key!r}")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -252,13 +246,7 @@ def cmd_device(args: argparse.Namespace) -> int:
         ddir = _device_dir(inst, args.device)
         if not ddir.is_dir():
             raise CLIError(f"Device doesn't exist: {args.device}")
-        path = _key_path(ddir, args.key)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise CLIError(mount.error_message(exc, inst)) from exc
+        mount.unset(_key_path(ddir, args.key), inst)
     return 0
 
 

@@ -113,14 +113,8 @@ def set_config(target: Target, key: str, value: str) -> None:
 
 def unset_config(target: Target, key: str) -> None:
     """Remove one config key (not being set is fine)."""
-    path = target.path / "config" / check_name(key, "config key")
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CLIError(target.mount.error_message(exc, target.scope,
-                                                  f"Cannot unset {key!r}")) from exc
+    target.mount.unset(target.path / "config" / check_name(key, "config key"), target.scope,
+                       f"Cannot unset {key!r}")
 
 
 # -- devices -----------------------------------------------------------------------------------
@@ -170,13 +164,7 @@ def set_device_key(target: Target, dev: str, key: str, value: str) -> None:
 
 def unset_device_key(target: Target, dev: str, key: str) -> None:
     """Remove one device key (not being set is fine)."""
-    path = device_dir(target, dev) / check_name(key, "device key")
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CLIError(target.mount.error_message(exc, target.scope)) from exc
+    target.mount.unset(device_dir(target, dev) / check_name(key, "device key"), target.scope)
 
 
 # -- documents ---------------------------------------------------------------------------------

@@ -142,6 +142,16 @@ class Mount:
         return path
 
     # -- errors ------------------------------------------------------------------------------
+    def unset(self, path: Path, scope: Path | None = None, fallback: str = "") -> None:
+        """Remove a key file (not being set is fine); a refusal becomes a CLIError with the
+        daemon's reason (``error_message``)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CLIError(self.error_message(exc, scope, fallback)) from exc
+
     def error_message(self, exc: OSError, scope: Path | None = None, fallback: str = "") -> str:
         """Message for a failed operation: the ``error`` file of ``scope`` (an instance
         directory) or of the root when there is no scope, else ``fallback`` or the errno's text."""

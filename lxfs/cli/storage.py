@@ -180,12 +180,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def _unset(mount: Mount, path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CLIError(mount.error_message(exc, None, f"Cannot unset {path.name!r}")) from exc
+    mount.unset(path, None, f"Cannot unset {path.name!r}")
 
 
 def cmd_unset(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ one volume. A method that fails must leave no half-made volume behind (clean up,
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -206,6 +207,16 @@ class DirectoryLayout(StorageDriver):
 
     def volume_path(self, vtype: VolumeType, name: str) -> Path:
         return self.root / VOLUME_DIRS[vtype] / name
+
+    def usage(self) -> PoolUsage:
+        """The filesystem under ``root`` (a btrfs pool's own, the host's for a dir pool)."""
+        st = os.statvfs(self.root)
+        return PoolUsage(
+            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+            total_bytes=st.f_blocks * st.f_frsize,
+            used_inodes=st.f_files - st.f_ffree,
+            total_inodes=st.f_files,
+        )
 
     def _snapshots_dir(self, vtype: VolumeType, name: str) -> Path:
         return self.root / f"{VOLUME_DIRS[vtype]}-snapshots" / name

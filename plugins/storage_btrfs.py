@@ -49,7 +49,6 @@ from lxfs.model import Instance
 from lxfs.storage import (
     VOLUME_DIRS,
     DirectoryLayout,
-    PoolUsage,
     StorageDriver,
     VolumeType,
     apply_root_quota,
@@ -274,15 +273,6 @@ class BtrfsDriver(DirectoryLayout):
             return
         for _ in mounts_at(self.root):
             _run("umount", str(self.root))
-
-    def usage(self) -> PoolUsage:
-        st = os.statvfs(self.root)
-        return PoolUsage(
-            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
-            total_bytes=st.f_blocks * st.f_frsize,
-            used_inodes=st.f_files - st.f_ffree,
-            total_inodes=st.f_files,
-        )
 
     def update_pool_key(self, key: str, value: str) -> None:
         """``size`` of a loop pool can grow (file, loop device and filesystem)."""

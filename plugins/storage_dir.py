@@ -26,7 +26,6 @@ from lxfs.errors import AlreadyExists, NotFound, OperationFailed
 from lxfs.storage import (
     VOLUME_DIRS,
     DirectoryLayout,
-    PoolUsage,
     StorageDriver,
     VolumeType,
 )
@@ -106,15 +105,6 @@ class DirDriver(DirectoryLayout):
 
     def unmount(self) -> None:
         pass
-
-    def usage(self) -> PoolUsage:
-        st = os.statvfs(self.root)
-        return PoolUsage(
-            used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
-            total_bytes=st.f_blocks * st.f_frsize,
-            used_inodes=st.f_files - st.f_ffree,
-            total_inodes=st.f_files,
-        )
 
     # --- volumes ------------------------------------------------------------------------
 

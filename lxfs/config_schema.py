@@ -247,8 +247,6 @@ INSTANCE_KEYS: list[KeySpec] = [
             description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')"),
     KeySpec("raw.seccomp", check_seccomp, "", "start",
             description="an LXC seccomp policy replacing the default one"),
-    KeySpec("raw.apparmor", description="AppArmor rules appended to the profile (hosts with "
-                                        "AppArmor)"),
     KeySpec("linux.kernel_modules", check_modules, "", "start",
             description="kernel modules that must be available before start"),
     KeySpec("boot.autostart.delay", check_seconds, "0", "live",

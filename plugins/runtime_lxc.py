@@ -377,6 +377,27 @@ def limit_lines(config: dict[str, str], layout: str) -> list[str]:
     return lines
 
 
+#: An unmasked proc and sysfs for the LXC inside a nesting container. The kernel lets a user
+#: namespace mount proc or sysfs only where one is already fully visible to it, and the
+#: container's own /proc has LXC's overmounts (/proc/sys/kernel/random/boot_id at least):
+#: without these the inner container's proc mount fails with EPERM.
+NESTING_MOUNTS = ("lxc.mount.entry = proc dev/.lxc/proc proc create=dir,optional 0 0",
+                  "lxc.mount.entry = sys dev/.lxc/sys sysfs create=dir,optional 0 0")
+
+
+def mount_lines(config: dict[str, str]) -> list[str]:
+    """proc, sysfs and cgroups. Masked by default (read-only /proc/sys and /sys). With
+    ``security.nesting``: writable in an unprivileged container (its user namespace confines
+    the writes, as in every LXD unprivileged container; a privileged one stays masked, as in
+    LXD), plus the unmasked copies an inner LXC needs."""
+    nesting = is_true(config.get("security.nesting"))
+    if nesting and not is_true(config.get("security.privileged")):
+        lines = ["lxc.mount.auto = proc:rw sys:rw cgroup:rw:force"]
+    else:
+        lines = ["lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force"]
+    return lines + list(NESTING_MOUNTS) if nesting else lines
+
+
 @hookimpl
 def lxfs_runtimes() -> list[type[Runtime]]:
     return [LxcRuntime]
@@ -389,9 +410,7 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     lines = [
         "lxc.init.cmd = /sbin/init",
         "lxc.autodev = 1",
-        "lxc.mount.auto = proc:rw sys:rw cgroup:rw:force"
-        if is_true(config.get("security.nesting"))
-        else "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed:force",
+        *mount_lines(config),
         f"lxc.signal.halt = {halt}",
         "lxc.tty.max = 0",
         "lxc.pty.max = 1024",

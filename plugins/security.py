@@ -5,7 +5,12 @@ Unprivileged containers (the default) run in a user namespace mapped onto root's
 filesystem stays unshifted on disk (owned by host uid 0 and so on) and is mounted through an
 idmapped mount (``lxc.rootfs.options = idmap=container``): no chown at creation, snapshots and
 images are shared as they are, and the mount's ``rootfs/`` shows the container's own uids.
-``security.privileged=true`` drops the user namespace.
+``security.privileged=true`` drops the user namespace: root inside is root outside. As LXD 5.0.2
+does, such a container then loses the capabilities that would reach the host's clock, kernel
+modules and raw I/O (and its MAC policy unless AppArmor gives it a namespace of its own), and
+the devices cgroup lets it use only the usual pseudo-devices (it may still mknod anything, not
+open it). An unprivileged container keeps its full bounding set: in its user namespace those
+capabilities only reach what it owns, and LXD drops none there either.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lxfs_plugins.apparmor import stacking_available
+
 from lxfs import hookimpl
 from lxfs.config_schema import is_true, parse_raw_idmap
 from lxfs.errors import LxfsError
 from lxfs.model import Instance
-from lxfs.server import Server
+from lxfs.server import Server, cgroup_layout
 
 #: how many ids each container gets (LXD's default for non-isolated containers)
 MAP_SIZE = 65536
@@ -34,8 +41,34 @@ finit_module errno 38
 delete_module errno 38
 """
 
-#: capabilities LXD drops from every container
-DROPPED_CAPS = "mac_admin mac_override sys_time sys_module sys_rawio"
+#: capabilities LXD drops from privileged containers (unprivileged ones keep all of theirs)
+PRIVILEGED_DROPPED_CAPS = ("sys_time", "sys_module", "sys_rawio")
+#: dropped too unless AppArmor stacking gives the container a policy namespace of its own
+MAC_CAPS = ("mac_admin", "mac_override")
+#: what a privileged container may use through the devices cgroup (LXD's list): mknod of
+#: anything, but only the pseudo-devices LXC puts in /dev, ptys, fuse and tun are usable
+PRIVILEGED_DEVICES = (
+    "b *:* m", "c *:* m",  # mknod (a node cannot be opened unless listed below)
+    "c 136:* rwm",  # /dev/pts/*
+    "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm",  # null zero full
+    "c 1:8 rwm", "c 1:9 rwm",  # random urandom
+    "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm",  # tty console ptmx
+    "c 10:229 rwm", "c 10:200 rwm",  # fuse, net/tun
+)
+
+
+def dropped_caps(privileged: bool, stacking: bool) -> list[str]:
+    """The capabilities LXD 5.0.2 drops from a container."""
+    if not privileged:
+        return []
+    return list(PRIVILEGED_DROPPED_CAPS) + ([] if stacking else list(MAC_CAPS))
+
+
+def privileged_device_lines(layout: str) -> list[str]:
+    """Deny every device, then allow LXD's list (first: the devices plugin's own
+    ``devices.allow`` lines for unix-char/unix-block devices must come after the deny)."""
+    key = "lxc.cgroup2.devices" if layout == "v2" else "lxc.cgroup.devices"
+    return [f"{key}.deny = a"] + [f"{key}.allow = {rule}" for rule in PRIVILEGED_DEVICES]
 
 
 def subid_range(path: Path, user: str = "root") -> tuple[int, int]:
@@ -47,10 +80,13 @@ def apparmor_enabled() -> bool:
     return Path("/sys/kernel/security/apparmor").is_dir()
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # the devices deny must precede the devices plugin's allows
 def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     config = instance.expanded_config
-    lines = [f"lxc.cap.drop = {DROPPED_CAPS}"]
+    lines: list[str] = []
+    if is_true(config.get("security.privileged")):
+        lines.append(f"lxc.cap.drop = {' '.join(dropped_caps(True, stacking_available()))}")
+        lines += privileged_device_lines(cgroup_layout())
     if not apparmor_enabled():
         lines.append("lxc.apparmor.profile = unconfined")
     else:

@@ -57,6 +57,8 @@ UploadKind = Literal["unified", "metadata", "squashfs"]
 Compression = Literal["xz", "gzip", "bzip2", "zstd", "none"]
 
 _CHUNK = 1 << 20
+# tarfile's stream buffer: each header read copies what is left of it, so keep it small.
+_TAR_BUFSIZE = 64 << 10
 _MAX_METADATA = 16 << 20
 _TOP_LEVEL = ("metadata.yaml", "rootfs", "templates")
 # Environment variables that change what the compressors write: dropped for determinism.
@@ -172,11 +174,15 @@ _STREAM_COMMANDS = {
 
 
 @contextlib.contextmanager
-def _tar_stream(path: Path, fmt: str) -> Iterator[tuple[tarfile.TarFile, Callable[[], None]]]:
+def _tar_stream(
+    path: Path, fmt: str, sink: IO[bytes] | None = None
+) -> Iterator[tuple[tarfile.TarFile, _TarFilter, Callable[[], None]]]:
     """Open ``path`` (a possibly compressed tarball) as a forward-only tarfile stream.
 
-    Yields the tarfile and a function to call after reading to the end: it checks that the
-    decompressor saw no error (in-process decompressors raise while reading instead).
+    Everything tarfile reads goes through a :class:`_TarFilter` (which passes accepted members
+    on to ``sink`` when given). Yields the tarfile, the filter and a function to call after
+    reading to the end: it checks that the decompressor saw no error (in-process
+    decompressors raise while reading instead).
     """
     with contextlib.ExitStack() as stack:
         raw: IO[bytes]
@@ -210,8 +216,11 @@ def _tar_stream(path: Path, fmt: str) -> Iterator[tuple[tarfile.TarFile, Callabl
             if proc.wait() != 0:
                 raise ImageError(f"not an LXD image: corrupt {fmt} data")
 
-        tf = stack.enter_context(tarfile.open(fileobj=raw, mode="r|", bufsize=_CHUNK))
-        yield tf, verify
+        flt = _TarFilter(raw, sink)
+        tf = stack.enter_context(
+            tarfile.open(fileobj=flt, mode="r|", bufsize=_TAR_BUFSIZE)  # type: ignore[call-overload]
+        )
+        yield tf, flt, verify
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -234,53 +243,304 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# Member rules: what an image tarball may contain (checked before GNU tar sees a member)
+
+_MAX_MEMBERS = 2_000_000
+_MAX_HEADER = 8 << 20  # bytes of tar headers (pax, GNU long names) for one member
+_SHOWN_NAMES = 10  # names listed in a log line about skipped members
+# Global pax keywords tarfile and GNU tar apply differently: refused.
+_GLOBAL_PAX_REFUSED = ("path", "linkpath", "size", "GNU.sparse.")
+_MEMBER_TYPES = (*tarfile.REGULAR_TYPES, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                 tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE)
+_TYPE_NAMES = {tarfile.DIRTYPE: "directory", tarfile.SYMTYPE: "symlink",
+               tarfile.LNKTYPE: "hard link", tarfile.FIFOTYPE: "FIFO",
+               tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}
+
+Layout = Literal["image", "metadata", "rootfs"]
+
+
+def _show(name: str) -> str:
+    """A member name as a message shows it: control characters escaped, at most 200 chars."""
+    shown = name if name.isprintable() else repr(name)[1:-1]
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+class _Shown:
+    """A name shown by :func:`_show` when formatted (only error messages pay for it)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return _show(self.name)
+
+
+def _rejected(why: str) -> ImageError:
+    return ImageError(f"image rejected: {why}")
+
+
+class _TarFilter:
+    """The file object tarfile reads: it holds the bytes of each member until the member is
+    judged (:meth:`decide`), then passes them to ``sink`` (GNU tar's stdin) or drops them.
+
+    GNU tar therefore never sees a header the rules refused, nor anything after the last
+    header tarfile understood. Bytes held undecided are capped (a pax header cannot grow
+    memory without bound).
+    """
+
+    def __init__(self, raw: IO[bytes], sink: IO[bytes] | None) -> None:
+        self.raw, self.sink = raw, sink
+        self.held = bytearray()
+        self.held_at = 0  # stream offset of held[0]
+        self.until = 0  # bytes before this offset are decided ...
+        self.passing = False  # ... and passed on (True) or dropped
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self.held += data
+            self._settle()
+            if len(self.held) > _MAX_HEADER + 2 * _TAR_BUFSIZE:
+                raise _rejected(f"a tar header is larger than {_MAX_HEADER >> 20} MiB")
+        return data
+
+    def _settle(self) -> None:
+        n = min(self.until - self.held_at, len(self.held))
+        if n <= 0:
+            return
+        if self.passing and self.sink is not None:
+            with memoryview(self.held) as view:
+                self.sink.write(view[:n])
+        del self.held[:n]
+        self.held_at += n
+
+    def decide(self, member: tarfile.TarInfo, end: int, keep: bool) -> None:
+        """Pass on (``keep``) or drop ``member``: its headers and data up to ``end``. Bytes
+        between the previous member and this one (global pax headers) are passed on."""
+        self.until, self.passing = member.offset, True
+        self._settle()
+        self.until, self.passing = end, keep
+        self._settle()
+
+    def finish(self, end: int) -> None:
+        """Check that tarfile stopped at an end-of-archive block (or the end of the data),
+        not at a header it could not read, and end GNU tar's archive."""
+        block = bytes(self.held[end - self.held_at : end - self.held_at + tarfile.BLOCKSIZE])
+        if block.strip(b"\0"):
+            raise ImageError(f"not an LXD image: corrupt tarball (bad tar header at byte {end})")
+        if self.sink is not None:
+            self.sink.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+
+
+def _members(tf: tarfile.TarFile, flt: _TarFilter) -> Iterator[tarfile.TarInfo]:
+    """The members of a stream-mode tarfile, with the stream-wide checks. The caller must
+    ``flt.decide()`` each member before asking for the next one."""
+    count = 0
+    while (member := tf.next()) is not None:
+        tf.members.clear()  # stream mode would keep every TarInfo: memory grows with members
+        count += 1
+        if count > _MAX_MEMBERS:
+            raise _rejected(f"more than {_MAX_MEMBERS} members")
+        for key in tf.pax_headers:
+            if key.startswith(_GLOBAL_PAX_REFUSED):
+                raise _rejected(f"a global pax header sets {_show(key)}")
+        yield member
+    flt.finish(tf.offset)
+
+
+def _member_path(name: str, what: str) -> str:
+    """Normalise a member name ("./a//b/" -> "a/b"), refusing ones that leave the image."""
+    if "\0" in name:
+        raise _rejected(f"{what} {_show(name)} contains a NUL byte")
+    if name.startswith("/"):
+        raise _rejected(f"{what} {_show(name)} is an absolute path")
+    parts = name.split("/")
+    if ".." in parts:
+        raise _rejected(f"{what} {_show(name)} escapes the image (it contains ..)")
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+class _MemberPolicy:
+    """The rules for the members of an image tarball, in archive order.
+
+    ``layout`` is "image" (a unified tarball: ``metadata.yaml``, ``templates/``,
+    ``rootfs/``), "metadata" (a split image's metadata tarball: no ``rootfs/``) or "rootfs"
+    (a split image's rootfs tarball: everything is the root filesystem).
+
+    - Names and hard link targets must be relative and free of ``..`` (and NUL bytes).
+    - No member may be written through a symlink stored earlier (``rootfs/x -> /etc`` then
+      ``rootfs/x/passwd``), nor replace an earlier symlink (GNU tar would defer or keep it).
+      A hard link to a symlink is a symlink too.
+    - A hard link must name a non-directory stored earlier in the same archive.
+    - Only regular files, directories, symlinks, hard links, FIFOs and devices; only regular
+      files carry data (tarfile and GNU tar would disagree on where the next header starts).
+    - Character and block devices are left out (see :func:`unpack_image`); so are hard links
+      to them and, in an image tarball, members outside the three top-level names.
+    - ``metadata.yaml`` is one regular file of at most 16 MiB; ``rootfs`` and ``templates``
+      are directories.
+
+    :meth:`check` returns whether the member is extracted, or raises :class:`ImageError`.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.symlinks: set[str] = set()
+        self.files: set[str] = set()  # non-directories stored so far: hard link targets
+        self.left_out: set[str] = set()
+        self.devices: list[str] = []
+        self.ignored: list[str] = []
+        self.has_metadata = False
+        self.has_rootfs = False
+
+    def check(self, member: tarfile.TarInfo) -> bool:
+        path = _member_path(member.name, "member")
+        shown = _Shown(member.name)
+        if member.type not in _MEMBER_TYPES:
+            kind = member.type.decode("latin-1")
+            raise _rejected(f"member {shown} has an unsupported type {kind!r}")
+        if member.size and not member.isreg():
+            kind = _TYPE_NAMES.get(member.type, "special file")
+            raise _rejected(f"member {shown} is a {kind} that carries data")
+        parts = path.split("/") if path else []
+        if self.layout == "rootfs":
+            if not parts and not member.isdir():
+                raise _rejected("the root of the rootfs tarball is not a directory")
+        elif not self._check_top_level(member, parts):
+            self.left_out.add(path)
+            if path:  # "./", the volume's own directory, goes unmentioned
+                self.ignored.append(path)
+            return False
+        slash = path.find("/")
+        while slash > 0:
+            if path[:slash] in self.symlinks:
+                raise _rejected(f"member {shown} would be written through the symlink "
+                                f"{_show(path[:slash])}")
+            slash = path.find("/", slash + 1)
+        if path in self.symlinks:
+            raise _rejected(f"member {shown} replaces the symlink stored before it")
+        if member.ischr() or member.isblk():
+            self.left_out.add(path)
+            self.devices.append(path)
+            return False
+        if member.islnk():
+            target = _member_path(member.linkname, f"hard link {shown} points to")
+            if target in self.left_out:
+                self.left_out.add(path)
+                self.devices.append(path)
+                return False
+            if target == path or target not in self.files:
+                raise _rejected(f"hard link {shown} points to {_show(member.linkname)}, which "
+                                "is not a file stored before it in the image")
+            if target in self.symlinks:
+                self.symlinks.add(path)
+        elif member.issym():
+            if "\0" in member.linkname:
+                raise _rejected(f"symlink {shown} contains a NUL byte")
+            self.symlinks.add(path)
+        self.left_out.discard(path)
+        if member.isdir():
+            self.files.discard(path)
+        else:
+            self.files.add(path)
+        return True
+
+    def _check_top_level(self, member: tarfile.TarInfo, parts: list[str]) -> bool:
+        """Check a member of an image or metadata tarball; False if it is to be ignored."""
+        top = parts[0] if parts else ""
+        if top not in _TOP_LEVEL:
+            return False
+        if top == "rootfs":
+            if self.layout == "metadata":
+                raise ImageError("split image: the metadata tarball must not contain rootfs/")
+            self.has_rootfs = True
+        if len(parts) > 1:
+            return True
+        if top == "metadata.yaml":
+            if not member.isreg():
+                raise ImageError("invalid image: metadata.yaml is not a regular file")
+            if self.has_metadata:
+                raise _rejected("metadata.yaml is stored twice")
+            if member.size > _MAX_METADATA:
+                raise ImageError("invalid image: metadata.yaml is larger than 16 MiB")
+            self.has_metadata = True
+        elif not member.isdir():
+            raise _rejected(f"{top} is not a directory")
+        return True
+
+    def log_left_out(self, what: str) -> None:
+        """Log the members that were not extracted (devices, ignored top-level names)."""
+        for names, why in ((self.devices, "device nodes (and hard links to them) skipped"),
+                           (self.ignored, "members outside metadata.yaml, templates/ and "
+                                          "rootfs/ ignored")):
+            if names:
+                more = f" and {len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
+                log.warning("%s: %d %s: %s%s", what, len(names), why,
+                            ", ".join(_show(n) for n in names[:_SHOWN_NAMES]), more)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanning (classify, inspect)
+
+
+@dataclass
+class _Scan:
+    """What one pass over a tarball learned."""
+
+    meta: bytes | None  # metadata.yaml's bytes
+    has_rootfs: bool
+    complete: bool  # read to the end (the member rules saw every member)
+    problem: str | None  # the first rule a member broke
+
+
 _scan_lock = threading.Lock()
-_scan_cache: OrderedDict[tuple[int, ...], tuple[bytes | None, bool]] = OrderedDict()
+_scan_cache: OrderedDict[tuple[Any, ...], _Scan] = OrderedDict()
 
 
-def _member_name(name: str) -> str:
-    """Normalise a tar member name: drop leading "./" and "/" and trailing "/"."""
-    while name.startswith("./"):
-        name = name[2:]
-    return name.lstrip("/").rstrip("/")
+def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = True) -> _Scan:
+    """Read the tarball's members through the member rules, keeping metadata.yaml.
 
-
-def _scan_tarball(path: Path, fmt: str) -> tuple[bytes | None, bool]:
-    """Read until metadata.yaml and a rootfs/ member are both seen (or the end).
-
-    Returns (metadata.yaml's bytes or None, whether rootfs/ exists). The last few results are
-    cached by file identity (device, inode, size, mtime, ctime), so classify_upload() then
-    inspect_image() on the same file reads it once even when metadata.yaml is stored last.
+    Without ``full``, reading stops once metadata.yaml and a rootfs/ member are both seen.
+    A broken rule does not stop the scan: it is reported in ``problem`` (classify ignores it,
+    inspect raises it). The last few results are cached by file identity (device, inode,
+    size, mtime, ctime), so classify_upload() then inspect_image() on the same file reads it
+    once when the first scan went to the end (metadata.yaml stored last).
     """
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, layout)
     with _scan_lock:
-        if key in _scan_cache:
+        cached = _scan_cache.get(key)
+        if cached is not None and (cached.complete or not full):
             _scan_cache.move_to_end(key)
-            return _scan_cache[key]
+            return cached
     meta: bytes | None = None
-    has_rootfs = False
-    with _tar_stream(path, fmt) as (tf, verify):
-        for member in tf:
-            name = _member_name(member.name)
-            if name == "metadata.yaml" and meta is None:
-                if not member.isfile():
-                    raise ImageError("invalid image: metadata.yaml is not a regular file")
-                if member.size > _MAX_METADATA:
-                    raise ImageError("invalid image: metadata.yaml is larger than 16 MiB")
+    problem: str | None = None
+    policy = _MemberPolicy(layout)
+    complete = False
+    with _tar_stream(path, fmt) as (tf, flt, verify):
+        for member in _members(tf, flt):
+            if not full and meta is not None and policy.has_rootfs:
+                break  # checked at the next member: a scan that saw the last one is complete
+            keep = False
+            try:
+                keep = policy.check(member)
+            except ImageError as e:
+                problem = problem or str(e)
+            flt.decide(member, tf.offset, keep)
+            if keep and meta is None and _member_path(member.name, "member") == "metadata.yaml":
                 extracted = tf.extractfile(member)
                 meta = extracted.read() if extracted is not None else b""
-            elif name == "rootfs" or name.startswith("rootfs/"):
-                has_rootfs = True
-            if meta is not None and has_rootfs:
-                break
         else:
             verify()
+            complete = True
+    result = _Scan(meta, policy.has_rootfs, complete, problem)
     with _scan_lock:
-        _scan_cache[key] = (meta, has_rootfs)
+        _scan_cache[key] = result
         while len(_scan_cache) > 16:
             _scan_cache.popitem(last=False)
-    return meta, has_rootfs
+    return result
 
 
 def classify_upload(path: Path | str) -> UploadKind | None:
@@ -290,6 +550,7 @@ def classify_upload(path: Path | str) -> UploadKind | None:
     or "metadata" (a tarball with metadata.yaml and no rootfs/). Compressed tarballs are
     streamed and reading stops once both entries are seen, so an image written metadata first
     (as LXD and :func:`build_unified_tarball` write them) costs a few kilobytes of decompression.
+    Whether the image is acceptable is :func:`inspect_image`'s business.
     """
     path = Path(path)
     try:
@@ -301,14 +562,14 @@ def classify_upload(path: Path | str) -> UploadKind | None:
     if fmt == "squashfs":
         return "squashfs"
     try:
-        meta, has_rootfs = _scan_tarball(path, fmt)
+        scan = _scan_tarball(path, fmt, full=False)
     except ImageError:
         return None
     except _STREAM_ERRORS:
         return None
-    if meta is None:
+    if scan.meta is None:
         return None
-    return "unified" if has_rootfs else "metadata"
+    return "unified" if scan.has_rootfs else "metadata"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,16 +606,72 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
 
 def _check_template_name(name: str) -> None:
     parts = name.split("/")
-    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    if (not name or name.startswith("/") or "\0" in name
+            or any(p in ("", ".", "..") for p in parts)):
         raise ImageError(f"invalid metadata.yaml: bad template file name {name!r}")
+
+
+# metadata.yaml bounds: real files have a few dozen nodes, 4 levels deep and no aliases.
+_YAML_MAX_NODES = 100_000  # counting each alias as the nodes it stands for
+_YAML_MAX_ALIASES = 1_000
+_YAML_MAX_DEPTH = 32
+# libyaml's parser when PyYAML has it (a 16 MiB file takes seconds in pure Python).
+_YamlLoader: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
+
+
+def _check_yaml_shape(events: Iterator[yaml.Event]) -> None:
+    """Refuse a YAML document that is too large once its aliases are expanded ("billion
+    laughs"), has too many aliases or is nested too deeply, before anything builds it."""
+    anchored: dict[str, int] = {}  # anchor -> nodes it stands for
+    open_nodes: list[list[Any]] = []  # [anchor, nodes so far] per open collection
+    nodes = aliases = 0
+    for event in events:
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > _YAML_MAX_ALIASES:
+                raise ImageError(f"invalid metadata.yaml: more than {_YAML_MAX_ALIASES} aliases")
+            size = anchored.get(event.anchor or "", 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor:
+                anchored[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > _YAML_MAX_DEPTH:
+                raise ImageError(f"invalid metadata.yaml: nested deeper than {_YAML_MAX_DEPTH}")
+            nodes += 1
+            continue
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = open_nodes.pop()
+            if anchor:
+                anchored[anchor] = size
+            if open_nodes:
+                open_nodes[-1][1] += size
+            continue
+        else:
+            continue
+        nodes += size
+        if open_nodes:
+            open_nodes[-1][1] += size
+        if nodes > _YAML_MAX_NODES:
+            raise ImageError(f"invalid metadata.yaml: more than {_YAML_MAX_NODES} nodes "
+                             "(aliases expanded)")
+
+
+def _load_metadata_yaml(data: bytes | str) -> Any:
+    """Load metadata.yaml with every scalar as text (as LXD does), within the bounds above."""
+    if len(data) > _MAX_METADATA:
+        raise ImageError("invalid image: metadata.yaml is larger than 16 MiB")
+    try:
+        _check_yaml_shape(yaml.parse(data, Loader=_YamlLoader))
+        return yaml.load(data, Loader=_YamlLoader)
+    except yaml.YAMLError as e:
+        raise ImageError(f"invalid metadata.yaml: {' '.join(str(e).split())}") from None
 
 
 def _parse_metadata(data: bytes | str) -> dict[str, Any]:
     """Parse metadata.yaml into normalised fields (all scalars read as text, as LXD does)."""
-    try:
-        doc = yaml.load(data, Loader=yaml.BaseLoader)  # BaseLoader: every scalar is text
-    except yaml.YAMLError as e:
-        raise ImageError(f"invalid metadata.yaml: {e}") from None
+    doc = _load_metadata_yaml(data)
     if not isinstance(doc, dict):
         raise ImageError("invalid metadata.yaml: not a mapping")
     arch = _scalar(doc.get("architecture"), "architecture").strip()
@@ -365,6 +682,8 @@ def _parse_metadata(data: bytes | str) -> dict[str, Any]:
     if not isinstance(raw_templates, dict):
         raise ImageError("invalid metadata.yaml: templates must be a mapping")
     for target, spec in raw_templates.items():
+        if not isinstance(target, str) or not target.strip("/") or "\0" in target:
+            raise ImageError(f"invalid metadata.yaml: bad template target {target!r}")
         if not isinstance(spec, dict):
             raise ImageError(f"invalid metadata.yaml: template for {target} must be a mapping")
         when = spec.get("when") or []
@@ -404,11 +723,26 @@ def _sha256_files(*paths: Path) -> str:
     return h.hexdigest()
 
 
+def _checked_scan(path: Path, fmt: str, layout: Layout) -> _Scan:
+    """Scan a whole tarball; raise the first member rule it breaks."""
+    try:
+        scan = _scan_tarball(path, fmt, layout)
+    except _STREAM_ERRORS as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"not an LXD image: cannot read the {fmt} tarball: {e}") from None
+    if scan.problem:
+        raise ImageError(scan.problem)
+    return scan
+
+
 def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> ImageInfo:
     """Read an image's metadata and compute its fingerprint as LXD does.
 
     ``path`` is a unified tarball, or (with ``rootfs_path``) a split image's metadata tarball.
-    Raises :class:`ImageError` when the files do not form an LXD container image.
+    Every member is checked against the rules :func:`unpack_image` applies (a squashfs rootfs
+    is listed by unsquashfs), so a hostile image is refused here, at import. Raises
+    :class:`ImageError` when the files do not form an acceptable LXD container image.
     """
     path = Path(path)
     fmt = _sniff(path)
@@ -421,28 +755,28 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> Im
             "not an LXD image on its own: this squashfs is a split image's rootfs; "
             "it needs its metadata tarball"
         )
-    try:
-        meta, has_rootfs = _scan_tarball(path, fmt)
-    except ImageError:
-        raise
-    except _STREAM_ERRORS as e:
-        raise ImageError(f"not an LXD image: cannot read the {fmt} tarball: {e}") from None
-    if meta is None:
+    scan = _checked_scan(path, fmt, "image")
+    if scan.meta is None:
         raise ImageError("not an LXD image: no metadata.yaml in tarball")
     files = [path]
     if rootfs_path is None:
-        if not has_rootfs:
+        if not scan.has_rootfs:
             raise ImageError(
                 "split image: this metadata tarball has no rootfs/; upload its rootfs file too"
             )
     else:
         rootfs_path = Path(rootfs_path)
-        if has_rootfs:
+        if scan.has_rootfs:
             raise ImageError("split image: the metadata tarball must not contain rootfs/")
-        if _sniff(rootfs_path) not in ("squashfs", "gzip", "xz", "lzma", "bzip2", "zstd", "tar"):
+        rootfs_fmt = _sniff(rootfs_path)
+        if rootfs_fmt == "squashfs":
+            _check_squashfs(rootfs_path)
+        elif rootfs_fmt in _TAR_FORMATS:
+            _checked_scan(rootfs_path, rootfs_fmt, "rootfs")
+        else:
             raise ImageError("split image: the rootfs file is neither squashfs nor a tarball")
         files.append(rootfs_path)
-    md = _parse_metadata(meta)
+    md = _parse_metadata(scan.meta)
     return ImageInfo(
         fingerprint=_sha256_files(*files),
         filename=path.name,
@@ -469,37 +803,169 @@ def _run(cmd: list[str], what: str) -> None:
         raise ImageError(f"{what} failed: {detail}")
 
 
-_TAR_DECOMPRESS = {
-    "gzip": ["--gzip"],
-    "xz": ["--use-compress-program=xz -T0"],
-    "lzma": ["--lzma"],
-    "bzip2": ["--bzip2"],
-    "zstd": ["--zstd"],
-    "tar": [],
-}
+_TAR_FORMATS = ("gzip", "xz", "lzma", "bzip2", "zstd", "tar")
+# Environment variables that change what GNU tar does (TAR_OPTIONS can add any option).
+_TOOL_ENV_DROPPED = ("TAR_OPTIONS", "POSIXLY_CORRECT", "TAPE")
+# The exit status of the contained command, printed by the shell that runs it.
+_STATUS_WRAPPER = '"$@" >/dev/null; echo "$?"'
+# unsquashfs 4.5 refuses names holding "/" or "..", 4.5.1 duplicate names (CVE-2021-40153,
+# CVE-2021-41072: writing outside the destination, directly or through a symlink).
+_UNSQUASHFS_SAFE = (4, 5, 1)
+_UNSQUASHFS_DEVICE = re.compile(r"create_inode: failed to create (?:character|block) device (.*), "
+                                r"because ")
+_UNSQUASHFS_XATTR = re.compile(r"write_xattr: failed to write xattr (?:trusted|security)\.")
 
 
-def _tar_extract(archive: Path, fmt: str, dest: Path) -> None:
-    """Extract with GNU tar: numeric owners, modes, devices, symlinks and xattrs preserved.
+def _tool_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _TOOL_ENV_DROPPED}
+    env["LC_ALL"] = "C"
+    return env
 
-    GNU tar refuses members whose names escape ``dest`` through ``..`` and strips leading "/",
-    and defers symlinks pointing outside so later members cannot be written through them.
+
+def _identity_idmap() -> list[str]:
+    """lxc-usernsexec options mapping every uid and gid we have to itself."""
+    options: list[str] = []
+    for kind in ("uid", "gid"):
+        with open(f"/proc/self/{kind}_map") as f:
+            for line in f:
+                first, _, count = line.split()
+                options += ["-m", f"{kind[0]}:{first}:{first}:{count}"]
+    return options
+
+
+def _contained(cmd: list[str]) -> list[str]:
+    """``cmd`` as image content is unpacked with it.
+
+    As root: in a new user namespace mapping every uid and gid to itself, so owners, modes,
+    setuid bits and file capabilities come out as stored, while the kernel refuses device
+    nodes and the privileged xattrs (``trusted.*``, ``security.*`` but file capabilities).
+    A shell prints the command's exit status on stdout (lxc-usernsexec reports a child
+    killed by a signal as a success).
     """
-    cmd = [
-        "tar",
-        "-x",
-        "-f",
-        str(archive),
-        "-C",
-        str(dest),
-        "--numeric-owner",
-        "--xattrs",
-        "--xattrs-include=*",
-        *_TAR_DECOMPRESS[fmt],
-    ]
+    wrapped = ["sh", "-c", _STATUS_WRAPPER, "sh", *cmd]
+    if os.geteuid() != 0:
+        return wrapped
+    return ["lxc-usernsexec", *_identity_idmap(), "--", *wrapped]
+
+
+def _wait_contained(proc: subprocess.Popen[bytes], err: IO[bytes]) -> tuple[int, list[str]]:
+    """Wait for a :func:`_contained` command: its exit status and stderr lines (-1 when it
+    did not report one: killed, or the user namespace could not be made)."""
+    assert proc.stdout is not None
+    out = proc.stdout.read().split()
+    proc.stdout.close()
+    proc.wait()
+    err.seek(0)
+    lines = err.read().decode(errors="replace").strip().splitlines()
+    status = int(out[-1]) if out and out[-1].isdigit() else -1
+    return status, lines
+
+
+def _failure(what: str, status: int, lines: list[str]) -> ImageError:
+    detail = "; ".join(lines[-5:]) or ("killed" if status < 0 else f"exit status {status}")
+    return ImageError(f"{what} failed: {detail}")
+
+
+def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout) -> None:
+    """Extract a tarball into ``dest``: GNU tar (contained, see :func:`_contained`) reads the
+    archive from us, member by member, once :class:`_MemberPolicy` has accepted each one.
+
+    GNU tar's options, on purpose: numeric owners, modes with setuid bits and xattrs as
+    stored (containment is the storage directory's business); ``--delay-directory-restore``
+    so directory modes are set after their content whatever the member order; no
+    ``--keep-directory-symlink``, ``--absolute-names`` or ``--overwrite`` (its own refusal
+    of ``..``, its stripping of "/" and its deferral of outward symlinks stay on as a
+    second line); no ``--no-overwrite-dir`` either: ``dest`` is a fresh directory of ours,
+    and only a rootfs tarball's "./" (the container's "/") may set its mode. TAR_OPTIONS
+    is dropped from the environment.
+    """
+    cmd = ["tar", "-x", "-f", "-", "-C", str(dest), "--restrict", "--numeric-owner",
+           "--xattrs", "--xattrs-include=*", "--delay-directory-restore"]
     if os.geteuid() == 0:
         cmd += ["--same-owner", "--same-permissions"]
-    _run(cmd, f"unpacking {archive.name}")
+    what = f"unpacking {archive.name}"
+    policy = _MemberPolicy(layout)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(_contained(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, env=_tool_env(), bufsize=0)
+        assert proc.stdin is not None
+        try:
+            with proc.stdin, _tar_stream(archive, fmt, proc.stdin) as (tf, flt, verify):
+                for member in _members(tf, flt):
+                    flt.decide(member, tf.offset, policy.check(member))
+                verify()
+        except BrokenPipeError:  # tar gave up: its stderr says why
+            raise _failure(what, *_wait_contained(proc, err)) from None
+        except ImageError as e:
+            _wait_contained(proc, err)
+            raise ImageError(f"{what}: {e}") from None
+        except _STREAM_ERRORS as e:
+            _wait_contained(proc, err)
+            raise ImageError(f"{what}: cannot read the {fmt} tarball: {e}") from None
+        except BaseException:
+            _wait_contained(proc, err)
+            raise
+        status, lines = _wait_contained(proc, err)
+        if status != 0:
+            raise _failure(what, status, lines)
+    policy.log_left_out(archive.name)
+
+
+_unsquashfs_checked = False
+
+
+def _check_unsquashfs() -> None:
+    """Refuse to read untrusted squashfs images with an unsquashfs older than 4.5.1."""
+    global _unsquashfs_checked
+    if _unsquashfs_checked:
+        return
+    proc = subprocess.run(["unsquashfs", "-version"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, env=_tool_env())
+    found = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", proc.stdout)
+    version = tuple(int(n or 0) for n in found.groups()) if found else ()
+    if version < _UNSQUASHFS_SAFE:
+        shown = ".".join(map(str, version)) or "unknown"
+        raise ImageError(f"cannot unpack squashfs images safely: unsquashfs {shown} is older "
+                         "than 4.5.1")
+    _unsquashfs_checked = True
+
+
+def _check_squashfs(path: Path) -> None:
+    """List a squashfs rootfs: unsquashfs refuses the names it would not extract safely."""
+    _check_unsquashfs()
+    proc = subprocess.run(["unsquashfs", "-no-progress", "-l", str(path)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=_tool_env())
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise _rejected(f"its rootfs is not a valid squashfs: {lines[0] if lines else ''}")
+
+
+def _extract_squashfs(src: Path, dest: Path) -> None:
+    """Extract a squashfs rootfs into ``dest`` with unsquashfs (contained, see
+    :func:`_contained`: its device nodes fail to be made and are reported as skipped)."""
+    _check_unsquashfs()
+    cmd = ["unsquashfs", "-no-progress", "-quiet", "-ignore-errors", "-force", "-dest",
+           str(dest), str(src)]
+    what = f"unpacking {src.name}"
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(_contained(cmd), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, env=_tool_env())
+        status, lines = _wait_contained(proc, err)
+    devices = [m.group(1) for line in lines if (m := _UNSQUASHFS_DEVICE.match(line))]
+    xattrs = [line for line in lines if _UNSQUASHFS_XATTR.match(line)]
+    others = [line for line in lines
+              if not _UNSQUASHFS_DEVICE.match(line) and not _UNSQUASHFS_XATTR.match(line)]
+    if status not in (0, 2) or (status == 2 and others):
+        raise _failure(what, status, others or lines)
+    prefix = f"{dest}/"
+    names = [d[len(prefix):] if d.startswith(prefix) else d for d in devices]
+    if names:
+        more = f" and {len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
+        log.warning("%s: %d device nodes skipped: %s%s", src.name, len(names),
+                    ", ".join(_show(n) for n in names[:_SHOWN_NAMES]), more)
+    for line in xattrs[:_SHOWN_NAMES]:
+        log.warning("%s: %s", src.name, line)
 
 
 def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | str) -> None:
@@ -510,6 +976,14 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
     directory first (beside ``dest``, or inside it when it exists) and renamed into place at
     the end, so a failure leaves nothing half-written. Raises :class:`ImageError` for bad
     images and :class:`FileExistsError` when ``dest`` is not empty.
+
+    Image content is untrusted: tarball members are checked by :class:`_MemberPolicy` before
+    GNU tar sees them, a squashfs is read by unsquashfs >= 4.5.1, and both tools run in an
+    identity-mapped user namespace. Device nodes are skipped (with a log line naming them),
+    as LXD does when it cannot create them: containers get their /dev from LXC, and no
+    device node of an image lands on the host's disk. Members outside ``metadata.yaml``,
+    ``templates/`` and ``rootfs/`` are ignored. Setuid files, FIFOs, absolute symlinks and
+    hard links between the image's own files are kept.
     """
     path, dest = Path(path), Path(dest)
     fmt = _sniff(path)
@@ -532,7 +1006,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
     moved: list[Path] = []
     try:
-        _tar_extract(path, fmt, tmp)
+        _extract_tarball(path, fmt, tmp, "image" if rootfs_path is None else "metadata")
         rootfs = tmp / "rootfs"
         if rootfs_path is None:
             if not rootfs.is_dir() or rootfs.is_symlink():
@@ -544,25 +1018,14 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
             if os.path.lexists(rootfs):
                 raise ImageError("split image: the metadata tarball must not contain rootfs/")
             if rootfs_fmt == "squashfs":
-                _run(
-                    [
-                        "unsquashfs",
-                        "-no-progress",
-                        "-quiet",
-                        "-f",
-                        "-d",
-                        str(rootfs),
-                        str(rootfs_path),
-                    ],
-                    f"unpacking {rootfs_path.name}",
-                )
+                _extract_squashfs(rootfs_path, rootfs)
             else:
                 rootfs.mkdir(mode=0o755)
-                _tar_extract(rootfs_path, rootfs_fmt, rootfs)
+                _extract_tarball(rootfs_path, rootfs_fmt, rootfs, "rootfs")
         meta = tmp / "metadata.yaml"
         if not meta.is_file() or meta.is_symlink():
             raise ImageError("not an LXD image: no metadata.yaml in tarball")
-        _parse_metadata(meta.read_bytes())
+        _parse_metadata(_read_no_symlinks(tmp, ["metadata.yaml"], _MAX_METADATA))
         templates = tmp / "templates"
         if os.path.lexists(templates) and (templates.is_symlink() or not templates.is_dir()):
             raise ImageError("invalid image: templates is not a directory")
@@ -663,6 +1126,17 @@ def _unescape(literal: str) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
 
 
+def _string_format(fmt: str, value: Any) -> str:
+    """``|stringformat``: one printf conversion, with a width/precision of at most 4 digits
+    (a template must not make the daemon build gigabyte strings)."""
+    if re.search(r"\d{5}", fmt):
+        raise _TemplateSyntaxError(f"stringformat {fmt!r}: width too large")
+    try:
+        return fmt % (value,)
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise _TemplateSyntaxError(f"stringformat {fmt!r}: {e}") from None
+
+
 _FILTERS: dict[str, Callable[..., Any]] = {
     "default": lambda v, d="": v if _truthy(v) else d,
     "lower": lambda v: _to_text(v).lower(),
@@ -673,7 +1147,7 @@ _FILTERS: dict[str, Callable[..., Any]] = {
     "length": lambda v: len(v) if v is not None else 0,
     "safe": lambda v: v,
     "escape": lambda v: v,
-    "stringformat": lambda v, fmt="%s": _to_text(fmt) % (v,),
+    "stringformat": lambda v, fmt="%s": _string_format(_to_text(fmt), v),
 }
 
 
@@ -807,7 +1281,10 @@ def _lookup(value: Any, key: Any) -> Any:
 
 
 def _eval(expr: str, ctx: Mapping[str, Any]) -> Any:
-    return _Expr(_tokenize(expr), ctx).evaluate()
+    try:
+        return _Expr(_tokenize(expr), ctx).evaluate()
+    except RecursionError:
+        raise _TemplateSyntaxError("expression nested too deeply") from None
 
 
 _TAG_RE = re.compile(r"\{\{(?P<var>.*?)\}\}|\{%(?P<tag>.*?)%\}|\{#.*?#\}", re.DOTALL)
@@ -979,9 +1456,9 @@ def _open_dir_in_root(root: Path, parts: list[str], uid: int, gid: int) -> int:
             os.close(fd)
 
 
-def _read_no_symlinks(base: Path, parts: list[str]) -> bytes:
+def _read_no_symlinks(base: Path, parts: list[str], limit: int = _MAX_METADATA) -> bytes:
     """Read ``base/parts...`` refusing symlinks on the way (ELOOP): an image's templates/ must
-    not lead to host files."""
+    not lead to host files. Files larger than ``limit`` bytes are refused too."""
     dflags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(base, dflags)
     try:
@@ -993,7 +1470,10 @@ def _read_no_symlinks(base: Path, parts: list[str]) -> bytes:
         with os.fdopen(ffd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise OSError(errno.EISDIR, "not a regular file", parts[-1])
-            return f.read()
+            data = f.read(limit + 1)
+            if len(data) > limit:
+                raise ImageError(f"{'/'.join(parts)} is larger than {limit >> 20} MiB")
+            return data
     finally:
         os.close(fd)
 
@@ -1278,12 +1758,10 @@ def publish_volume(
 
     volume = Path(volume)
     templates: dict[str, Any] = {}
-    meta_path = volume / "metadata.yaml"
-    if meta_path.is_file():
-        try:
-            templates = _parse_metadata(meta_path.read_bytes()).get("templates") or {}
-        except ImageError:
-            templates = {}
+    try:
+        templates = _parse_metadata(_read_no_symlinks(volume, ["metadata.yaml"]))["templates"]
+    except (ImageError, OSError):
+        templates = {}
     staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=Path(out).parent))
     rootfs = staging / "rootfs"
     mounted = False

@@ -576,8 +576,11 @@ class Server:
             path = self.images_dir / fp
             rootfs = self.images_dir / f"{fp}.rootfs" if image.split else None
             log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
-            await in_thread(pool.create_image_volume, fp,
-                            lambda dest: images.unpack_image(path, rootfs, dest))
+            try:
+                await in_thread(pool.create_image_volume, fp,
+                                lambda dest: images.unpack_image(path, rootfs, dest))
+            except images.ImageError as exc:  # a user's error, not an internal one
+                raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
 
     async def state(self, name: str) -> str:
         """The state as the daemon follows it (no runtime query: a ``state`` read is the most
@@ -1108,7 +1111,11 @@ class Server:
         del self._pending[other]
         meta, rootfs = (path, pending[0]) if kind == "metadata" else (pending[0], path)
         meta_name = filename if kind == "metadata" else pending[1]
-        return await self._register_image(meta, rootfs, meta_name)
+        try:
+            return await self._register_image(meta, rootfs, meta_name)
+        except BaseException:
+            pending[0].unlink(missing_ok=True)  # the caller removes the other half
+            raise
 
     async def drop_pending_upload(self, name: str) -> None:
         for kind, (path, filename) in list(self._pending.items()):

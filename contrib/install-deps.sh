@@ -28,10 +28,9 @@ PACKAGES=(
     nftables python3-nftables iputils-ping iproute2
     xz-utils zstd tar gzip bzip2 git ca-certificates util-linux procps
 )
-# A kernel with AppArmor enabled needs the parser for LXC's profiles.
-if [[ -d /sys/kernel/security/apparmor ]]; then
-    PACKAGES+=(apparmor)
-fi
+# apparmor_parser: loads the containers' profiles where the kernel has AppArmor, and compiles
+# them in the tests everywhere (it needs no kernel support for that).
+PACKAGES+=(apparmor)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -82,6 +81,15 @@ for f in /etc/subuid /etc/subgid; do
     fi
 done
 
+# --- the access group -------------------------------------------------------------------------
+# Members of group lxfs drive the mount and the daemon's sockets, as members of LXD's group lxd
+# do: they are root-equivalent (they can run privileged containers). Add users with
+# `usermod -aG lxfs USER`.
+if ! getent group lxfs >/dev/null; then
+    groupadd --system lxfs
+    log "created group lxfs"
+fi
+
 # --- FUSE ------------------------------------------------------------------------------------
 if [[ ! -c /dev/fuse ]]; then
     log "warning: /dev/fuse is missing: lxfsd cannot mount (is the fuse module available?)"
@@ -94,7 +102,9 @@ python_ok() { # python_ok PYTHON: true if it runs and is >= 3.11
 
 pick_python() {
     local candidate
-    for candidate in "${LXFS_PYTHON:-}" python3 /usr/bin/python3; do
+    # Debian's own interpreter first: every user can run it (members of group lxfs use the
+    # lxfs command too; a pyenv build under /root is root's alone), and it starts faster.
+    for candidate in "${LXFS_PYTHON:-}" /usr/bin/python3 python3; do
         [[ -n $candidate ]] || continue
         if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
             # Resolve shims (pyenv) to the real interpreter.
@@ -105,11 +115,19 @@ pick_python() {
     return 1
 }
 
-if [[ -x $VENV/bin/python ]] && python_ok "$VENV/bin/python"; then
+# Whether an unprivileged user can run the venv's interpreter (it may live under /root).
+usable_by_others() {
+    # (through sh: setpriv itself may still resolve the program as root)
+    setpriv --reuid=65534 --regid=65534 --clear-groups /bin/sh -c '"$0" -c pass' "$1" \
+        2>/dev/null
+}
+
+if [[ -x $VENV/bin/python ]] && python_ok "$VENV/bin/python" &&
+    { [[ -n ${LXFS_PYTHON:-} ]] || usable_by_others "$VENV/bin/python"; }; then
     log "reusing virtualenv $VENV"
 else
     if [[ -e $VENV ]]; then
-        log "virtualenv $VENV is broken (its python does not run): recreating it"
+        log "virtualenv $VENV is broken or its python is root's alone: recreating it"
         rm -rf "$VENV"
     fi
     PY="$(pick_python)" || die "no Python 3.11+ found (install python3, or set LXFS_PYTHON)"

@@ -28,6 +28,9 @@ class KeySpec:
     #: Users may not set it (``volatile.*``).
     readonly: bool = False
     description: str = ""
+    #: A secret (``core.trust_password``): stored hashed (``hash_secret``), never shown; its
+    #: file on the mount is write-only.
+    secret: bool = False
 
     def matches(self, key: str) -> bool:
         if self.name.endswith(".*"):
@@ -245,8 +248,6 @@ INSTANCE_KEYS: list[KeySpec] = [
             description="size of the instance's uid/gid range"),
     KeySpec("raw.idmap", check_raw_idmap, "", "start",
             description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')"),
-    KeySpec("raw.seccomp", check_seccomp, "", "start",
-            description="an LXC seccomp policy replacing the default one"),
     KeySpec("linux.kernel_modules", check_modules, "", "start",
             description="kernel modules that must be available before start"),
     KeySpec("boot.autostart.delay", check_seconds, "0", "live",
@@ -269,7 +270,8 @@ INSTANCE_KEYS: list[KeySpec] = [
 
 SERVER_KEYS: list[KeySpec] = [
     KeySpec("core.https_address", description="address:port the REST API listens on"),
-    KeySpec("core.trust_password", description="password for `lxc remote add`"),
+    KeySpec("core.trust_password", description="password for `lxc remote add`",
+            secret=True),
     KeySpec("images.auto_update_interval", check_int(0), "6"),
     KeySpec("images.remote_cache_expiry", check_int(0), "10"),
     KeySpec("user.*"),
@@ -300,11 +302,43 @@ class Schema:
         except InvalidArgument as exc:
             raise InvalidArgument(f"{key}: {exc.message}") from None
 
+    def server_spec(self, key: str) -> KeySpec | None:
+        return next((s for s in self.server_keys if s.matches(key)), None)
+
     def validate_server_key(self, key: str, value: str) -> None:
-        spec = next((s for s in self.server_keys if s.matches(key)), None)
+        spec = self.server_spec(key)
         if spec is None:
             raise InvalidArgument(f"unknown server configuration key {key!r}")
         try:
             spec.validate(value)
         except InvalidArgument as exc:
             raise InvalidArgument(f"{key}: {exc.message}") from None
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+_SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 64}
+
+
+def hash_secret(value: str) -> str:
+    """A secret as it is stored: hex of a random 32-byte salt and scrypt's 64-byte key (LXD
+    stores ``core.trust_password`` the same way)."""
+    import hashlib
+
+    salt = os.urandom(32)
+    return (salt + hashlib.scrypt(value.encode(), salt=salt, **_SCRYPT)).hex()
+
+
+def verify_secret(stored: str, candidate: str) -> bool:
+    """Whether ``candidate`` is the secret ``stored`` was made from (constant time)."""
+    import hashlib
+    import hmac
+
+    try:
+        raw = bytes.fromhex(stored)
+    except ValueError:
+        return False
+    salt, key = raw[:32], raw[32:]
+    if len(salt) != 32 or len(key) != _SCRYPT["dklen"]:
+        return False
+    return hmac.compare_digest(key, hashlib.scrypt(candidate.encode(), salt=salt, **_SCRYPT))

@@ -37,15 +37,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--max-tasks", type=int, default=64,
                    help="concurrent filesystem requests")
+    p.add_argument("--group", default=os.environ.get("LXFS_GROUP", "lxfs"),
+                   help="group whose members may use the mount and the sockets (env "
+                        "LXFS_GROUP, default lxfs; root alone when the group does not exist)")
     return p.parse_args(argv)
+
+
+def access_gid(group: str) -> int:
+    """The gid of the access group, 0 (root alone) when it does not exist."""
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.warning("group %s does not exist: only root may use lxfs (contrib/up.sh creates "
+                    "it)", group)
+        return 0
 
 
 def setup_logging(data_dir: Path, level: str) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level.upper())
-    for handler in (logging.StreamHandler(sys.stderr),
-                    logging.FileHandler(data_dir / "lxfsd.log")):
+    log_file = data_dir / "lxfsd.log"
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    os.chmod(log_file, 0o600)  # it names instances, users' commands and errors: root's alone
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 
@@ -83,7 +100,8 @@ def _is_lxfs_mount(mount: Path) -> bool:
 
 async def serve(args: argparse.Namespace) -> None:
     pm = plugin_manager()
-    server = Server(args.data_dir.resolve(), args.mount.resolve(), pm)
+    server = Server(args.data_dir.resolve(), args.mount.resolve(), pm,
+                    access_gid=access_gid(args.group))
     async with trio.open_nursery() as nursery:
         await server.open(nursery)
         ops = LxfsOperations(server)

@@ -7,6 +7,7 @@ is never half-written.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -22,18 +23,26 @@ _TABLES = {
     "aliases": "name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, description TEXT NOT NULL",
     "profiles": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "pools": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
+    "projects": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "server_config": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
     # records of plugins (networks...), by kind
     "documents": "kind TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, "
                  "PRIMARY KEY (kind, name)",
 }
-_KEYS = {"instances": "name", "images": "fingerprint", "profiles": "name", "pools": "name"}
+_KEYS = {"instances": "name", "images": "fingerprint", "profiles": "name", "pools": "name",
+         "projects": "name"}
 
 
 class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        # root's alone (SQLite gives the -wal and -shm files the database file's mode)
+        for part in (path, path.with_name(path.name + "-wal"),
+                     path.with_name(path.name + "-shm")):
+            if part == path or part.exists():
+                os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                os.chmod(part, 0o600)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")

@@ -89,6 +89,8 @@ class LxfsOperations(pyfuse3.Operations):
     def __init__(self, server: Server) -> None:
         super().__init__()
         self.srv = server
+        #: group of the virtual files and directories (the access group, or root's)
+        self.gid = server.access_gid
         self.root = root(server)
         self.path_of: dict[int, Path_] = {pyfuse3.ROOT_INODE: ()}
         self.ino_of: dict[Path_, int] = {(): pyfuse3.ROOT_INODE}
@@ -162,10 +164,15 @@ class LxfsOperations(pyfuse3.Operations):
             e.st_blocks = st.st_blocks
             e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = (st.st_atime_ns, st.st_mtime_ns,
                                                            st.st_ctime_ns)
+            if node.private:
+                e.st_mode &= ~0o077
+                e.st_uid = e.st_gid = 0
             return e
+        # Virtual nodes: root's, and the access group's (rw for both, nothing for others),
+        # except private ones; the kernel enforces it (default_permissions).
         ts = int(self.mount_time * 1e9)
         if isinstance(node, Dir):
-            e.st_mode = stat.S_IFDIR | 0o755
+            e.st_mode = stat.S_IFDIR | 0o770
             e.st_nlink = 2
             if node.mtime:
                 ts = int(node.mtime * 1e9)
@@ -174,12 +181,17 @@ class LxfsOperations(pyfuse3.Operations):
             e.st_nlink = 1
             e.st_size = len(node.target)
         elif isinstance(node, File):
-            e.st_mode = stat.S_IFREG | node.mode
+            e.st_mode = stat.S_IFREG | node.mode & 0o700 | (node.mode & 0o700) >> 3
             e.st_nlink = 1
             e.st_size = 0 if node.dynamic else 4096
         else:  # Upload in progress
-            e.st_mode = stat.S_IFREG | 0o600
+            e.st_mode = stat.S_IFREG | 0o660
             e.st_nlink = 1
+        e.st_uid = 0
+        e.st_gid = self.gid
+        if node.private:
+            e.st_mode &= ~0o077
+            e.st_gid = 0
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = ts
         return e
 
@@ -536,7 +548,10 @@ class LxfsOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        self.creating.pop(handle.path, None)
+        if self.creating.pop(handle.path, None) is not None:
+            # created but never written (or its value was refused): the kernel still holds
+            # the entry create() returned, so the next create of that name would find it
+            self._invalidate(handle.path)
         if isinstance(handle.node, Upload) and not handle.uploaded:
             try:
                 await self._finish_upload(handle)

@@ -16,12 +16,14 @@ aborts the operation it belongs to: ``pre_*`` hooks are the place to refuse an o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import trio
+
     from lxfs.config_schema import KeySpec
     from lxfs.model import Instance
     from lxfs.nodes import Node
@@ -69,6 +71,21 @@ def lxfs_startup(server: Server) -> None:
     """Called once when the daemon has opened its database, before the filesystem is mounted.
 
     Restore what the plugin owns (bridges, helper processes...). Runs in a worker thread.
+    """
+
+
+@hookspec
+def lxfs_services(server: Server) -> list[Callable[[trio.TaskStatus[None]], Awaitable[None]]]:
+    """Return long-lived trio tasks the plugin runs inside the daemon (listeners, watchers).
+
+    Each is an ``async def service(task_status=trio.TASK_STATUS_IGNORED)`` coroutine function.
+    The daemon starts them with ``nursery.start(service)`` after ``lxfs_startup`` and before
+    it reattaches or autostarts instances: call ``task_status.started()`` once the service
+    is ready (its socket listens), so that instances that need it find it. Services run in
+    the daemon's nursery on the event loop: never block in them (use ``trio.to_thread``).
+    At shutdown the nursery is cancelled, so a service stops at its next ``await``; clean up
+    in ``finally`` blocks. A service that raises brings the daemon down: catch and log
+    failures of single requests inside it.
     """
 
 
@@ -139,6 +156,17 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     concatenated in plugin registration order; the instance's ``raw.lxc`` comes last so that
     users can override anything. Security plugins add idmaps and seccomp here, network plugins
     add ``lxc.net.*``.
+    """
+
+
+@hookspec(firstresult=True)
+def lxfs_instance_root_ids(server: Server, instance: Instance) -> tuple[int, int] | None:
+    """Return the host uid and gid that the instance's root (uid and gid 0 inside) maps to
+    at its next start: ``(0, 0)`` for a privileged instance. The security plugin answers;
+    the first plugin returning a value wins.
+
+    Plugins that bind host paths into a container use it to open those paths to that
+    container's root alone (``StorageDriver.grant_traversal``). Called from worker threads.
     """
 
 

@@ -110,3 +110,19 @@ class Profile:
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Profile:
         return cls(**data)
+
+
+@dataclass
+class Project:
+    """A project's record (only ``default`` for now): its ``restricted*`` keys."""
+
+    name: str
+    description: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Project:
+        return cls(**data)

@@ -23,6 +23,7 @@ from lxfs.errors import (
     PermissionDenied,
 )
 from lxfs.model import Instance, Profile, rfc3339
+from lxfs.projects import PROJECT_KEYS
 from lxfs.storage import VOLUME_TYPES, Pool, VolumeType
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ class Node:
     kind = "node"
     #: the error file this node's failures go to ("" = the root error file)
     scope = ""
+    #: root's alone: the mount shows it mode 0700/0600 owned by root:root, so that members
+    #: of the access group (who drive everything else) cannot reach containers' files
+    private = False
 
 
 class Dir(Node):
@@ -112,13 +116,15 @@ class File(Node):
     stream = False
 
     def __init__(self, srv: Server, read: Reader | None = None, write: Writer | None = None,
-                 scope: str = "", dynamic: bool = False, accumulate: bool = True) -> None:
+                 scope: str = "", dynamic: bool = False, accumulate: bool = True,
+                 private: bool = False) -> None:
         self.srv = srv
         self._read = read
         self._write = write
         self.scope = scope
         self.dynamic = dynamic
         self.accumulate = accumulate
+        self.private = private
         self.mode = (0o444 if read else 0) | (0o200 if write else 0)
 
     async def read(self) -> bytes:
@@ -159,12 +165,13 @@ class HostFile(Node):
     kind = "host"
 
     def __init__(self, path: Path, readonly: bool = False, scope: str = "",
-                 root: Path | None = None, view: str = "") -> None:
+                 root: Path | None = None, view: str = "", private: bool = False) -> None:
         self.path = path
         self.readonly = readonly
         self.scope = scope
         self.root = root
         self.view = view
+        self.private = private  # only the entry itself: what is below keeps its own modes
 
     def child(self, name: str) -> HostFile | None:
         path = self.path / name
@@ -192,18 +199,22 @@ class KeyValueDir(Dir):
     def __init__(self, srv: Server, get: Callable[[], dict[str, str]],
                  set_key: Callable[[str, str], Awaitable[None]] | None,
                  unset_key: Callable[[str], Awaitable[None]] | None,
-                 validate_name: Callable[[str], None] | None = None, scope: str = "") -> None:
+                 validate_name: Callable[[str], None] | None = None, scope: str = "",
+                 secret: Callable[[str], bool] = lambda key: False) -> None:
         super().__init__(srv, scope)
         self.get = get
         self.set_key = set_key
         self.unset_key = unset_key
         self.validate_name = validate_name
+        self.secret = secret
 
     async def list(self) -> list[str]:
         return sorted(self.get())
 
     def _file(self, key: str) -> File:
         write = (lambda v: self.set_key(key, v)) if self.set_key else None
+        if self.secret(key):  # write-only: nobody reads a secret back, not even its hash
+            return File(self.srv, None, write, scope=self.scope)
         return File(self.srv, lambda: self.get().get(key, ""), write, scope=self.scope)
 
     async def child(self, name: str) -> Node | None:
@@ -395,8 +406,10 @@ class InstanceDir(Dir):
                 "config": lambda: KeyValueDir(srv, lambda: inst.expanded_config, None, None),
                 "devices": lambda: DevicesDir(srv, lambda: inst, name, readonly=True),
             }),
-            "log": lambda: File(srv, lambda: srv.runtime.log(inst), dynamic=True),
-            "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True),
+            "log": lambda: File(srv, lambda: srv.runtime.log(inst), dynamic=True,
+                                private=True),
+            "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True,
+                                    private=True),
             "rootfs": lambda: _rootfs(srv.rootfs(inst), f"instances/{name}/rootfs", srv,
                                       scope=name) if ready() else None,
             "snapshots": lambda: SnapshotsDir(srv, name),
@@ -432,7 +445,8 @@ class InstanceDir(Dir):
 
 def _rootfs(path: Path, where: str, srv: Server, scope: str = "",
             readonly: bool = False) -> HostFile:
-    return HostFile(path, readonly, scope, root=path, view=f"{srv.mount}/{where}")
+    return HostFile(path, readonly, scope, root=path, view=f"{srv.mount}/{where}",
+                    private=True)
 
 
 def _usage_file(srv: Server, name: str, key: str) -> Callable[[], Node]:
@@ -758,7 +772,7 @@ class VolumesDir(Dir):
         if vtype == "custom":
             children |= {
                 "snapshots": lambda: CustomSnapshotsDir(srv, pool, name),
-                "data": lambda: HostFile(backend.volume_path("custom", name)),
+                "data": lambda: HostFile(backend.volume_path("custom", name), private=True),
                 "used_by": lambda: File(srv, lambda: lines(srv.custom_volume_users(pool, name)),
                                         dynamic=True),
                 "copy": lambda: File(srv, None,
@@ -794,7 +808,8 @@ class CustomSnapshotsDir(Dir):
         if name not in await self.list():
             return None
         path = self.backend.snapshot_path("custom", self.volume, name)
-        return StaticDir(self.srv, {"data": lambda: HostFile(path, readonly=True)})
+        return StaticDir(self.srv, {"data": lambda: HostFile(path, readonly=True,
+                                                             private=True)})
 
     async def mkdir(self, name: str) -> None:
         await self.srv.guarded("", self.srv.snapshot_custom_volume(self.pool, self.volume, name))
@@ -802,6 +817,41 @@ class CustomSnapshotsDir(Dir):
     async def rmdir(self, name: str) -> None:
         await self.srv.guarded("", self.srv.delete_custom_snapshot(self.pool, self.volume,
                                                                    name))
+
+
+class ProjectsDir(Dir):
+    """``projects/``: one directory per project (only ``default`` for now: the top level of
+    the mount is its content) with ``name``, ``description`` and ``config/`` (the
+    ``restricted*`` keys, see ``lxfs.projects``)."""
+
+    async def list(self) -> list[str]:
+        return sorted(self.srv.projects)
+
+    async def child(self, name: str) -> Node | None:
+        if name not in self.srv.projects:
+            return None
+        srv = self.srv
+
+        async def set_key(key: str, value: str) -> None:
+            await srv.set_project_key(name, key, value)
+
+        async def unset_key(key: str) -> None:
+            await srv.set_project_key(name, key, "")
+
+        def validate_key(key: str) -> None:
+            if not any(spec.matches(key) for spec in PROJECT_KEYS):
+                raise InvalidArgument(f"unknown project configuration key {key!r}")
+
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: name),
+            "description": lambda: File(srv, lambda: srv.projects[name].description,
+                                        lambda v: srv.set_project_description(name, v)),
+            "config": lambda: KeyValueDir(srv, lambda: srv.projects[name].config, set_key,
+                                          unset_key, validate_key),
+        })
+
+    async def mkdir(self, name: str) -> None:
+        raise PermissionDenied("only the default project exists in this version of lxfs")
 
 
 class EventsFile(File):
@@ -819,6 +869,10 @@ def root(srv: Server) -> StaticDir:
     async def unset(key: str) -> None:
         await srv.set_server_key(key, "")
 
+    def is_secret(key: str) -> bool:
+        spec = srv.schema.server_spec(key)
+        return spec is not None and spec.secret
+
     env = srv.environment()
     extra: dict[str, Callable[[], Node | None]] = {}
     for entries in srv.hook.lxfs_mount_entries(server=srv):
@@ -828,8 +882,9 @@ def root(srv: Server) -> StaticDir:
         "images": lambda: ImagesDir(srv),
         "profiles": lambda: ProfilesDir(srv),
         "storage-pools": lambda: PoolsDir(srv),
+        "projects": lambda: ProjectsDir(srv),
         "config": lambda: KeyValueDir(srv, lambda: srv.config, srv.set_server_key, unset,
-                                      server_key_name),
+                                      server_key_name, secret=is_secret),
         "environment": lambda: KeyValueDir(srv, lambda: env, None, None),
         "events": lambda: EventsFile(srv),
         "error": lambda: File(srv, lambda: srv.errors.get("", ""), dynamic=True),

@@ -24,7 +24,7 @@ import pluggy
 import trio
 
 from lxfs import __version__, images
-from lxfs.config_schema import Schema, is_true
+from lxfs.config_schema import Schema, hash_secret, is_true
 from lxfs.db import Database
 from lxfs.errors import (
     AlreadyExists,
@@ -36,7 +36,8 @@ from lxfs.errors import (
     OperationFailed,
 )
 from lxfs.events import EventBus
-from lxfs.model import Image, Instance, Profile, Snapshot, now
+from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
+from lxfs.projects import Forbidden, Restrictions, validate_project_key
 from lxfs.runtime import Runtime
 from lxfs.storage import (
     Pool,
@@ -96,9 +97,13 @@ def expand(instance: Instance, profiles: dict[str, Profile]) -> None:
 
 
 class Server:
-    def __init__(self, data_dir: Path, mount: Path, pm: pluggy.PluginManager) -> None:
+    def __init__(self, data_dir: Path, mount: Path, pm: pluggy.PluginManager,
+                 access_gid: int = 0) -> None:
         self.data_dir = data_dir
         self.mount = mount
+        #: the group whose members may drive lxfs (group ``lxfs``; 0: root alone). Plugins
+        #: give it their sockets (mode 0660) as the mount gives it its files.
+        self.access_gid = access_gid
         self.pm = pm
         self.hook = pm.hook
         self.lxc_path = data_dir / "containers"
@@ -121,6 +126,8 @@ class Server:
         self.images: dict[str, Image] = {}
         self.aliases: dict[str, tuple[str, str]] = {}
         self.profiles: dict[str, Profile] = {}
+        #: projects (only ``default`` for now): their restrictions
+        self.projects: dict[str, Project] = {}
         self.config: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.transient: dict[str, str] = {}
@@ -144,6 +151,9 @@ class Server:
         reattach running instances and start the autostart ones."""
         self.nursery = nursery
         await in_thread(self._open_sync)
+        for services in self.hook.lxfs_services(server=self):
+            for service in services:
+                await nursery.start(service)
         autostart: list[Instance] = []
         for inst in list(self.instances.values()):
             if inst.storage_state == "ready":
@@ -162,14 +172,17 @@ class Server:
             nursery.start_soon(self._autostart, [i.name for i in autostart])
 
     def _open_sync(self) -> None:
-        for d in (self.data_dir, self.lxc_path, self.images_dir):
+        for d, mode in ((self.data_dir, 0o711), (self.lxc_path, 0o711),
+                        (self.data_dir / "storage-pools", 0o711), (self.images_dir, 0o700)):
             d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o711)  # unprivileged containers traverse these
+            os.chmod(d, mode)  # unprivileged containers traverse the first two
         shutil.rmtree(self.uploads_dir, ignore_errors=True)
         self.uploads_dir.mkdir(mode=0o700)
         self.db = Database(self.data_dir / "lxfs.db")
         self.config = self.db.load_server_config()
         self.profiles = {k: Profile.from_record(v) for k, v in self.db.load("profiles").items()}
+        self.projects = {k: Project.from_record(v) for k, v in self.db.load("projects").items()}
+        self.projects.setdefault("default", Project("default", "Default lxfs project"))
         self.images = {k: Image.from_record(v) for k, v in self.db.load("images").items()}
         self.aliases = self.db.load_aliases()
         self.instances = {k: Instance.from_record(v) for k, v in self.db.load("instances").items()}
@@ -642,6 +655,9 @@ class Server:
     async def _start(self, inst: Instance) -> None:
         name = inst.name
         expand(inst, self.profiles)
+        restrictions = self.restrictions()
+        restrictions.check_config(f"instance {name}", inst.expanded_config, instance=True)
+        restrictions.check_devices(f"instance {name}", inst.expanded_devices)
         rootfs = self.rootfs(inst)
         self.transient[name] = "STARTING"
         try:
@@ -856,6 +872,7 @@ class Server:
         if value == "":
             return await self.unset_instance_key(name, key)
         self.schema.validate_instance_key(key, value)
+        self.restrictions().check_key(f"instance {name}", key, value)
         async with self._locks[name]:
             old = inst.config.get(key)
             inst.config[key] = value
@@ -1263,6 +1280,7 @@ class Server:
             profile.config.pop(key, None)
         else:
             self.schema.validate_instance_key(key, value)
+            self.restrictions().check_key(f"profile {name}", key, value)
             profile.config[key] = value
         await self._save_owner(profile)
 
@@ -1270,6 +1288,45 @@ class Server:
         profile = self.profiles[name]
         profile.description = value.removesuffix("\n")
         await self._save_owner(profile)
+
+    # --- projects -------------------------------------------------------------------------
+
+    def restrictions(self, project: str = "default") -> Restrictions:
+        """What the project lets its instances and profiles use."""
+        return Restrictions(project, self.projects[project].config)
+
+    async def set_project_key(self, name: str, key: str, value: str) -> None:
+        """Set (or with "" unset) a project key; a restriction that existing instances or
+        profiles already break is refused, naming them (as LXD does)."""
+        project = self.projects.get(name)
+        if project is None:
+            raise NotFound(f"project {name!r} not found")
+        value = value.removesuffix("\n")
+        config = dict(project.config)
+        if value == "":
+            config.pop(key, None)
+        else:
+            validate_project_key(key, value)
+            config[key] = value
+        entities = [(f"instance {i.name}", i.expanded_config, i.expanded_devices, True)
+                    for i in self.instances.values()]
+        entities += [(f"profile {p.name}", p.config, p.devices, False)
+                     for p in self.profiles.values()]
+        broken = Restrictions(name, config).violations(entities)
+        if broken:
+            raise Forbidden("the project's instances or profiles break this restriction: "
+                            + "; ".join(broken))
+        updated = Project(project.name, project.description, config)
+        await in_thread(self.db.put, "projects", name, updated.to_record())
+        self.projects[name] = updated
+
+    async def set_project_description(self, name: str, value: str) -> None:
+        project = self.projects.get(name)
+        if project is None:
+            raise NotFound(f"project {name!r} not found")
+        updated = Project(project.name, value.removesuffix("\n"), dict(project.config))
+        await in_thread(self.db.put, "projects", name, updated.to_record())
+        self.projects[name] = updated
 
     # --- server config --------------------------------------------------------------------
 
@@ -1280,6 +1337,9 @@ class Server:
             self.config.pop(key, None)
             return
         self.schema.validate_server_key(key, value)
+        spec = self.schema.server_spec(key)
+        if spec is not None and spec.secret:
+            value = await in_thread(hash_secret, value)
         await in_thread(self.db.set_server_config, key, value)
         self.config[key] = value
 

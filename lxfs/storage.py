@@ -16,6 +16,7 @@ one volume. A method that fails must leave no half-made volume behind (clean up,
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from abc import ABC, abstractmethod
@@ -175,6 +176,15 @@ class StorageDriver(ABC):
 
         raise InvalidArgument(f"{key} cannot be changed on an existing {self.name} pool")
 
+    def grant_traversal(self, vtype: VolumeType, name: str, uid: int) -> None:
+        """Let host uid ``uid`` (the root of an unprivileged container a custom volume is
+        bound into: LXC opens the bind's source as that uid) reach the volume's directory.
+        Volumes are otherwise root's alone: what a container wrote there (setuid files,
+        device nodes owned by host root, since volumes are stored unshifted) must not be
+        reachable by host users. Default: an ACL entry on the directory holding the volume
+        (``custom/``, mode 0700), as LXC advises."""
+        grant_search(self.volume_path(vtype, name).parent, uid)
+
     def copy_snapshot_to_volume(
         self, vtype: VolumeType, src: str, snapshot: str, dst: str
     ) -> None:
@@ -191,6 +201,70 @@ class StorageDriver(ABC):
 
 
 VOLUME_DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
+#: every directory of a pool's layout: root's alone (0700). Unprivileged containers never
+#: need to traverse to their root filesystem (the idmapped mount is made by root), only to
+#: custom volumes bound into them (see ``StorageDriver.grant_traversal``).
+LAYOUT_DIRS = ("images", "containers", "containers-snapshots", "custom", "custom-snapshots")
+
+
+def make_layout(root: Path, subdirs: tuple[str, ...] = LAYOUT_DIRS) -> None:
+    """Create (or repair the modes of) a pool's directories: the pool's root 0711, the
+    directories holding volumes 0700 (their ACLs, if any, are kept)."""
+    os.chmod(root, 0o711)
+    for sub in subdirs:
+        path = root / sub
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+
+
+# POSIX ACLs as the kernel takes them (the ``system.posix_acl_access`` xattr)
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
+_ACL_NO_ID = 0xFFFFFFFF
+_ACL_SEARCH = 0x1
+
+
+def grant_search(directory: Path, uid: int) -> None:
+    """Add ``user:UID:--x`` to a directory's access ACL (and let the mask pass it), keeping
+    its other entries. Idempotent."""
+    import struct
+
+    try:
+        raw = os.getxattr(directory, _ACL_XATTR)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+            raise
+        raw = b""
+    entries: dict[tuple[int, int], int] = {}
+    if len(raw) >= 4 and struct.unpack_from("<I", raw)[0] == _ACL_VERSION:
+        for offset in range(4, len(raw) - 7, 8):
+            tag, perm, ident = struct.unpack_from("<HHI", raw, offset)
+            entries[(tag, ident)] = perm
+    else:  # no ACL yet: the mode bits are its minimal form
+        mode = os.stat(directory).st_mode
+        entries = {(_ACL_USER_OBJ, _ACL_NO_ID): (mode >> 6) & 7,
+                   (_ACL_GROUP_OBJ, _ACL_NO_ID): (mode >> 3) & 7,
+                   (_ACL_OTHER, _ACL_NO_ID): mode & 7}
+    if entries.get((_ACL_USER, uid), 0) & _ACL_SEARCH and \
+            entries.get((_ACL_MASK, _ACL_NO_ID), 0) & _ACL_SEARCH:
+        return
+    entries[(_ACL_USER, uid)] = entries.get((_ACL_USER, uid), 0) | _ACL_SEARCH
+    mask = entries.get((_ACL_MASK, _ACL_NO_ID), entries[(_ACL_GROUP_OBJ, _ACL_NO_ID)])
+    entries[(_ACL_MASK, _ACL_NO_ID)] = mask | _ACL_SEARCH
+    data = struct.pack("<I", _ACL_VERSION) + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for (tag, ident), perm in sorted(entries.items()))
+    try:
+        os.setxattr(directory, _ACL_XATTR, data)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            from lxfs.errors import OperationFailed
+
+            raise OperationFailed(
+                f"the filesystem of {directory} has no POSIX ACLs: lxfs cannot open it to "
+                f"containers (uid {uid}) while keeping it closed to host users") from None
+        raise
 
 
 class DirectoryLayout(StorageDriver):

@@ -18,6 +18,7 @@ from lxfs.config_schema import is_true
 from lxfs.errors import InvalidArgument, NotFound
 from lxfs.model import Instance
 from lxfs.server import Server, cgroup_layout
+from lxfs.storage import grant_search
 
 
 def _target(path: str) -> str:
@@ -26,13 +27,16 @@ def _target(path: str) -> str:
 
 
 def disk_lines(name: str, dev: dict[str, str], privileged: bool,
-               server: Server | None = None) -> list[str]:
+               server: Server | None = None, root_uid: int = 0) -> list[str]:
+    """``lxc.mount.entry`` of a disk device; a pool's custom volume is opened to the
+    container's root (``root_uid`` on the host), which LXC binds it as."""
     source, path = dev.get("source", ""), dev.get("path", "")
     if not source or not path:
         raise InvalidArgument(f"disk device {name}: needs source and path")
     src = Path(source)
     if dev.get("pool") and not source.startswith("/"):
         # a custom volume of a pool: stored unshifted like root filesystems, so idmapped
+        dev_source_name = source
         backend = server.pools.get(dev["pool"]) if server else None
         if backend is None:
             raise NotFound(f"disk device {name}: storage pool {dev['pool']!r} not found")
@@ -42,6 +46,8 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
                            f"{dev['pool']}")
         dev = dict(dev, source=str(src), shift="true")
         source = str(src)
+        if root_uid:
+            backend.grant_traversal("custom", dev_source_name, root_uid)
     if not src.exists():
         if dev.get("required", "true") == "false":
             return []
@@ -56,10 +62,13 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
     return [f"lxc.mount.entry = {source} {_target(path)} none {','.join(options)} 0 0"]
 
 
-def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool) -> list[str]:
+def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
+               root_uid: int = 0) -> list[str]:
     """A device node made for the instance (``major``/``minor`` from the keys or from the
     host's ``source``; ``uid``/``gid``/``mode`` as the container sees them, 0/0/0660 by
-    default) and bound into its ``/dev`` through an idmapped mount."""
+    default) and bound into its ``/dev`` through an idmapped mount. The node waits in
+    ``staging`` (mode 0700, opened to the container's root, ``root_uid`` on the host, by an
+    ACL): its owner is the container's view unshifted, so host users must not reach it."""
     kind = "c" if dev["type"] == "unix-char" else "b"
     source = dev.get("source") or dev.get("path", "")
     path = dev.get("path") or source
@@ -86,7 +95,10 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool) 
     except ValueError:
         raise InvalidArgument(f"{dev['type']} device {name}: major, minor, uid, gid must be "
                               "numbers and mode octal (0660)") from None
-    staging.mkdir(mode=0o711, parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(staging, 0o700)
+    if root_uid:
+        grant_search(staging, root_uid)
     node = staging / name
     node.unlink(missing_ok=True)
     os.mknod(node, mode | (stat.S_IFCHR if kind == "c" else stat.S_IFBLK), rdev)
@@ -102,13 +114,19 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool) 
 def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     privileged = is_true(instance.expanded_config.get("security.privileged"))
     lines: list[str] = []
+    root_uid = -1
     for name, dev in sorted(instance.expanded_devices.items()):
         dtype = dev.get("type")
-        if dtype == "disk" and dev.get("path") != "/":
-            lines += disk_lines(name, dev, privileged, server)
-        elif dtype in ("unix-char", "unix-block"):
+        if dtype not in ("disk", "unix-char", "unix-block") or dev.get("path") == "/":
+            continue
+        if root_uid < 0:
+            ids = server.hook.lxfs_instance_root_ids(server=server, instance=instance)
+            root_uid = ids[0] if ids else 0
+        if dtype == "disk":
+            lines += disk_lines(name, dev, privileged, server, root_uid)
+        else:
             lines += unix_lines(name, dev, server.lxc_path / instance.name / "devices",
-                                privileged)
+                                privileged, root_uid)
     return lines
 
 

@@ -47,8 +47,12 @@ def cgroup_prefix(data_dir: Path) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename; the file is root's alone (0600)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -122,16 +126,23 @@ class LxcRuntime(Runtime):
             f"lxc.cgroup.dir.container = {self.prefix}/{instance.name}",
         ]
         write_atomic(d / "config", "\n".join(base + config_lines) + "\n")
-        (d / "lxc.log").write_text("")
+        log_file = d / "lxc.log"
+        log_file.unlink(missing_ok=True)
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         (d / "console.log").unlink(missing_ok=True)
+        # a start that failed earlier may have left its (empty) cgroups: liblxc refuses to
+        # reuse the fixed monitor cgroup name
+        self._remove_cgroups(instance.name, wait=0)
         proc = subprocess.run(
             ["lxc-start", "-P", str(self.lxc_path), "-n", instance.name],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )
         c = self._container(instance.name, reload=True)
         if proc.returncode != 0 or not c.running:
-            raise OperationFailed(
-                f"failed to start {instance.name}: {self._failure(instance, proc.stderr)}")
+            reason = self._failure(instance, proc.stderr)
+            if not c.running:
+                self._remove_cgroups(instance.name)
+            raise OperationFailed(f"failed to start {instance.name}: {reason}")
 
     def _failure(self, instance: Instance, stderr: str) -> str:
         errors = [line for line in self.log(instance).splitlines() if " ERROR " in line]

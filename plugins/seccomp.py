@@ -311,6 +311,9 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
             f.write(policy)
         os.replace(tmp, path)
         lines.append(f"lxc.seccomp.profile = {path}")
+    if is_true(config.get("security.nesting")):
+        # the inner LXC stacks its own policy on this one (as LXD sets it)
+        lines.append("lxc.seccomp.allow_nesting = 1")
     if intercept:
         lines += [f"lxc.seccomp.notify.proxy = unix:{socket_path(server)}",
                   f"lxc.seccomp.notify.cookie = {instance.name}"]

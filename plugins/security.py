@@ -1,4 +1,4 @@
-"""Security: user namespace idmaps, the default seccomp policy, capabilities, AppArmor.
+"""Security: user namespace idmaps, capabilities, kernel modules.
 
 Unprivileged containers (the default) run in a user namespace mapped onto root's range in
 /etc/subuid and /etc/subgid (LXD's default 1000000:1000000000 when root has none). The root
@@ -15,7 +15,6 @@ capabilities only reach what it owns, and LXD drops none there either.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lxfs_plugins.apparmor import stacking_available
@@ -29,17 +28,6 @@ from lxfs.server import Server, cgroup_layout
 #: how many ids each container gets (LXD's default for non-isolated containers)
 MAP_SIZE = 65536
 DEFAULT_RANGE = (1000000, 1000000000)
-
-SECCOMP_POLICY = """2
-denylist
-reject_force_umount  # comment this to allow umount -f;  not recommended
-[all]
-kexec_load errno 38
-open_by_handle_at errno 38
-init_module errno 38
-finit_module errno 38
-delete_module errno 38
-"""
 
 #: capabilities LXD drops from privileged containers (unprivileged ones keep all of theirs)
 PRIVILEGED_DROPPED_CAPS = ("sys_time", "sys_module", "sys_rawio")
@@ -76,10 +64,6 @@ def subid_range(path: Path, user: str = "root") -> tuple[int, int]:
     return subid_ranges(path, user)[0]
 
 
-def apparmor_enabled() -> bool:
-    return Path("/sys/kernel/security/apparmor").is_dir()
-
-
 @hookimpl(tryfirst=True)  # the devices deny must precede the devices plugin's allows
 def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     config = instance.expanded_config
@@ -87,32 +71,40 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     if is_true(config.get("security.privileged")):
         lines.append(f"lxc.cap.drop = {' '.join(dropped_caps(True, stacking_available()))}")
         lines += privileged_device_lines(cgroup_layout())
-    if not apparmor_enabled():
-        lines.append("lxc.apparmor.profile = unconfined")
     else:
-        lines.append("lxc.apparmor.profile = generated")
-    policy = server.lxc_path / instance.name / "seccomp"
-    policy.parent.mkdir(mode=0o711, exist_ok=True)
-    tmp = policy.with_name(".seccomp.tmp")
-    policy_text = config.get("raw.seccomp") or SECCOMP_POLICY
-    tmp.write_text(policy_text.rstrip("\n") + "\n")
-    os.replace(tmp, policy)
-    lines.append(f"lxc.seccomp.profile = {policy}")
-    if not is_true(config.get("security.privileged")):
-        uid_start, uid_count = subid_range(Path("/etc/subuid"))
-        gid_start, gid_count = subid_range(Path("/etc/subgid"))
-        size = min(MAP_SIZE, uid_count, gid_count)
-        base_u, base_g = uid_start, gid_start
-        if is_true(config.get("security.idmap.isolated")):
-            size = int(config.get("security.idmap.size") or MAP_SIZE)
-            offset = isolated_offset(server, instance, size, min(uid_count, gid_count))
-            base_u, base_g = uid_start + offset, gid_start + offset
+        base_u, base_g, size = id_ranges(server, instance)
         extra = parse_raw_idmap(config.get("raw.idmap", ""))
         check_delegated(extra)
         lines += idmap_lines("u", base_u, size, [(h, c, n) for k, h, c, n in extra if k == "u"])
         lines += idmap_lines("g", base_g, size, [(h, c, n) for k, h, c, n in extra if k == "g"])
         lines.append("lxc.rootfs.options = idmap=container")
     return lines
+
+
+def id_ranges(server: Server, instance: Instance) -> tuple[int, int, int]:
+    """(first host uid, first host gid, count) of an unprivileged instance's id range:
+    root's first subordinate range, or the instance's own slice of it when isolated."""
+    config = instance.expanded_config
+    uid_start, uid_count = subid_range(Path("/etc/subuid"))
+    gid_start, gid_count = subid_range(Path("/etc/subgid"))
+    size = min(MAP_SIZE, uid_count, gid_count)
+    if is_true(config.get("security.idmap.isolated")):
+        size = int(config.get("security.idmap.size") or MAP_SIZE)
+        offset = isolated_offset(server, instance, size, min(uid_count, gid_count))
+        uid_start, gid_start = uid_start + offset, gid_start + offset
+    return uid_start, gid_start, size
+
+
+@hookimpl
+def lxfs_instance_root_ids(server: Server, instance: Instance) -> tuple[int, int]:
+    config = instance.expanded_config
+    if is_true(config.get("security.privileged")):
+        return 0, 0
+    uid, gid, _size = id_ranges(server, instance)
+    for kind, host, inside, _count in parse_raw_idmap(config.get("raw.idmap", "")):
+        if inside == 0:  # raw.idmap maps the container's root to a host id of its own
+            uid, gid = (host, gid) if kind == "u" else (uid, host)
+    return uid, gid
 
 
 def check_delegated(entries: list[tuple[str, int, int, int]]) -> None:
@@ -202,9 +194,3 @@ def _load_module(name: str) -> bool:
         return subprocess.run(["modprobe", name], capture_output=True).returncode == 0
     except FileNotFoundError:
         return False
-
-
-@hookimpl
-def lxfs_environment() -> dict[str, str]:
-    return {"apparmor": "enabled" if apparmor_enabled() else "absent (not in this kernel)",
-            "seccomp": "enabled"}

@@ -47,17 +47,19 @@ from lxfs.errors import (
 )
 from lxfs.model import Instance
 from lxfs.storage import (
+    LAYOUT_DIRS,
     VOLUME_DIRS,
     DirectoryLayout,
     StorageDriver,
     VolumeType,
     apply_root_quota,
+    make_layout,
 )
 
 log = logging.getLogger("lxfs.btrfs")
 
 _DIRS = VOLUME_DIRS
-_ALL_DIRS = ("images", "containers", "containers-snapshots", "custom", "custom-snapshots")
+_ALL_DIRS = LAYOUT_DIRS
 BTRFS_SUPER_MAGIC = 0x9123683E
 DEFAULT_SIZE = "10GiB"
 MIN_SIZE = 128 * 2**20  # mkfs.btrfs refuses much smaller devices
@@ -247,9 +249,7 @@ class BtrfsDriver(DirectoryLayout):
             raise NotFound(f"storage pool {self.pool.name}: source {root} is missing")
         if not is_btrfs(root):
             raise OperationFailed(f"storage pool {self.pool.name}: {root} is not on btrfs")
-        os.chmod(root, 0o711)
-        for sub in _ALL_DIRS:
-            (root / sub).mkdir(mode=0o711, exist_ok=True)
+        make_layout(root, _ALL_DIRS)
 
     def _mount_loop(self) -> None:
         image = Path(self.pool.config["source"])

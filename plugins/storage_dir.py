@@ -24,10 +24,12 @@ from pathlib import Path
 from lxfs import hookimpl
 from lxfs.errors import AlreadyExists, NotFound, OperationFailed
 from lxfs.storage import (
+    LAYOUT_DIRS,
     VOLUME_DIRS,
     DirectoryLayout,
     StorageDriver,
     VolumeType,
+    make_layout,
 )
 
 _DIRS = VOLUME_DIRS
@@ -87,9 +89,8 @@ class DirDriver(DirectoryLayout):
     def mount(self) -> None:
         if not self.root.is_dir():
             raise NotFound(f"storage pool {self.pool.name}: source {self.root} is missing")
-        os.chmod(self.root, 0o711)
-        for sub in list(_DIRS.values()) + ["containers-snapshots", "custom-snapshots"]:
-            (self.root / sub).mkdir(mode=0o711, exist_ok=True)
+        make_layout(self.root)
+        for sub in LAYOUT_DIRS:
             self._recover(self.root / sub)
 
     @staticmethod

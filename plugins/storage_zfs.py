@@ -38,7 +38,13 @@ from lxfs.errors import (
     OperationFailed,
 )
 from lxfs.model import Instance
-from lxfs.storage import PoolUsage, StorageDriver, VolumeType, apply_root_quota
+from lxfs.storage import (
+    PoolUsage,
+    StorageDriver,
+    VolumeType,
+    apply_root_quota,
+    make_layout,
+)
 
 _DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
 _SNAP_PREFIX = "snapshot-"
@@ -123,7 +129,7 @@ class ZfsDriver(StorageDriver):
             image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if image.exists():
                 raise AlreadyExists(f"loop file {image} already exists")
-            with open(image, "wb") as f:
+            with open(os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.truncate(parse_size(self.pool.config["size"]))
             try:
                 _run("zpool", "create", "-m", "none", "-O", "compression=on", self.dataset,
@@ -163,8 +169,8 @@ class ZfsDriver(StorageDriver):
             _run("zpool", "import", "-d", str(Path(self.pool.config["source"]).parent),
                  self.dataset)
         self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        make_layout(self.root, tuple(_DIRS.values()))
         for sub in _DIRS.values():
-            (self.root / sub).mkdir(mode=0o711, exist_ok=True)
             for name in self._children(sub):
                 self._mount(f"{self.dataset}/{sub}/{name}", self.root / sub / name)
 

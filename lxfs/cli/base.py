@@ -35,6 +35,11 @@ def check_mount(root: str) -> None:
         raise NoMount(
             f"lxfs: no lxfs daemon mounted at {root} (start lxfsd, or set LXFS_MOUNT)"
         ) from exc
+    except PermissionError as exc:
+        raise NoMount(
+            f"lxfs: permission denied on {root}: lxfs is for root and members of group lxfs "
+            "(usermod -aG lxfs USER, then log in again)"
+        ) from exc
     except OSError as exc:
         raise NoMount(
             f"lxfs: the lxfs daemon at {root} is not answering ({exc.strerror}); "

@@ -358,8 +358,7 @@ def check_unpacked(dest: Path, src: Path) -> None:
         st = (r / "home/user/secret").stat()
         assert (st.st_uid, st.st_gid) == (1000, 1001)
         assert (r / "home/user").stat().st_uid == 1000
-        dev = (r / "dev/null").stat()
-        assert stat.S_ISCHR(dev.st_mode) and dev.st_rdev == os.makedev(1, 3)
+        assert not os.path.lexists(r / "dev/null")  # device nodes are skipped
     try:
         expected = os.getxattr(src / "rootfs/etc/passwd", "user.lxfs")
     except OSError:
@@ -460,7 +459,8 @@ def test_unpack_refuses_escapes(tmp_path: Path) -> None:
         add_bytes(tf, "metadata.yaml", meta)
         add_bytes(tf, str(outside / "abs-evil"), b"evil")
         add_bytes(tf, "rootfs/ok", b"ok")
-    unpack_image(absolute, None, tmp_path / "v2")  # leading "/" stripped, extra entry dropped
+    with pytest.raises(ImageError, match="absolute"):
+        unpack_image(absolute, None, tmp_path / "v2")
     viasymlink = tmp_path / "link.tar"
     with tarfile.open(viasymlink, "w") as tf:
         add_bytes(tf, "metadata.yaml", meta)
@@ -469,8 +469,7 @@ def test_unpack_refuses_escapes(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         unpack_image(viasymlink, None, tmp_path / "v3")
     assert list(outside.iterdir()) == []
-    assert not (tmp_path / "v1").exists() and not (tmp_path / "v3").exists()
-    assert sorted(p.name for p in (tmp_path / "v2").iterdir()) == ["metadata.yaml", "rootfs"]
+    assert not any((tmp_path / v).exists() for v in ("v1", "v2", "v3"))
 
 
 # --- templates ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import lxfs.images as images_module
+import lxfs.images.format as images_format
 from lxfs.images import (
     ImageError,
     ImageInfo,
@@ -223,8 +223,8 @@ def test_metadata_last_is_read_once(
     )
     assert classify_upload(img) == "unified"
     calls: list[object] = []
-    real = images_module._tar_stream
-    monkeypatch.setattr(images_module, "_tar_stream", lambda *a: calls.append(a) or real(*a))
+    real = images_format._tar_stream
+    monkeypatch.setattr(images_format, "_tar_stream", lambda *a: calls.append(a) or real(*a))
     assert inspect_image(img).fingerprint == sha256(img)
     assert calls == []
     os.utime(img)  # changed file: scanned again

@@ -466,7 +466,8 @@ def test_hostile_squashfs_refused(how: str, canary: Canary, tmp_path: Path) -> N
 BOMB_SCRIPT = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from lxfs.images import ImageError, _parse_metadata
+from lxfs.images import ImageError
+from lxfs.images.format import _parse_metadata
 out = {}
 for name, text in json.load(sys.stdin).items():
     started = time.monotonic()

@@ -28,6 +28,9 @@ class KeySpec:
     #: Users may not set it (``volatile.*``).
     readonly: bool = False
     description: str = ""
+    #: Low-level (as LXD's ``raw.*``): refused by a project's
+    #: ``restricted.containers.lowlevel`` unless it is ``allow``.
+    lowlevel: bool = False
     #: A secret (``core.trust_password``): stored hashed (``hash_secret``), never shown; its
     #: file on the mount is write-only.
     secret: bool = False
@@ -139,19 +142,6 @@ def cpu_set(value: str) -> str:
     return value
 
 
-def check_raw_lxc(value: str) -> None:
-    for number, line in enumerate(value.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, _ = line.partition("=")
-        if not sep or not key.strip().startswith("lxc."):
-            raise InvalidArgument(
-                f"raw.lxc line {number}: expected 'lxc.KEY = VALUE', got {line!r}")
-        if key.strip() in ("lxc.rootfs.path", "lxc.logfile", "lxc.log.file"):
-            raise InvalidArgument(f"raw.lxc line {number}: {key.strip()} is managed by lxfs")
-
-
 def check_seconds(value: str) -> None:
     check_int(0)(value)
 
@@ -214,42 +204,10 @@ def check_modules(value: str) -> None:
             raise InvalidArgument(f"invalid kernel module name {name.strip()!r}")
 
 
-def check_seccomp(value: str) -> None:
-    first = value.strip().splitlines()[0].strip() if value.strip() else ""
-    if first not in ("1", "2"):
-        raise InvalidArgument("raw.seccomp must be an LXC seccomp policy starting with its "
-                              "version line (2)")
-
-
 # --- the keys -------------------------------------------------------------------------------
 
+#: the core's own keys (every other key is declared by the plugin that owns it)
 INSTANCE_KEYS: list[KeySpec] = [
-    KeySpec("security.privileged", check_bool, "false", "start",
-            description="run without a user namespace (root inside is root outside)"),
-    KeySpec("limits.memory", check_memory, "", "live",
-            description="memory limit: bytes with a unit (512MiB) or a percentage of the host"),
-    KeySpec("limits.processes", check_int(1), "", "live",
-            description="maximum number of processes (pids cgroup)"),
-    KeySpec("limits.cpu", check_cpu, "", "live",
-            description="number of CPUs or a CPU set (0-1)"),
-    KeySpec("limits.cpu.allowance", check_allowance, "", "live",
-            description="CPU share under contention (50%) or hard quota (25ms/100ms)"),
-    KeySpec("limits.memory.swap", check_bool, "true", "live",
-            description="whether the instance may use swap beyond limits.memory"),
-    KeySpec("limits.disk.priority", check_range(0, 10), "5", "live",
-            description="block I/O weight under contention, 0 (lowest) to 10"),
-    KeySpec("limits.network.priority", check_range(0, 10), "0", "start",
-            description="network priority 0-10 (needs the net_prio cgroup controller)"),
-    KeySpec("security.nesting", check_bool, "false", "start",
-            description="allow containers inside (writable proc/sys, cgroup namespace)"),
-    KeySpec("security.idmap.isolated", check_bool, "false", "start",
-            description="a uid/gid range of its own, not shared with other instances"),
-    KeySpec("security.idmap.size", check_range(65536, 2**31), "65536", "start",
-            description="size of the instance's uid/gid range"),
-    KeySpec("raw.idmap", check_raw_idmap, "", "start",
-            description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')"),
-    KeySpec("linux.kernel_modules", check_modules, "", "start",
-            description="kernel modules that must be available before start"),
     KeySpec("boot.autostart.delay", check_seconds, "0", "live",
             description="seconds to wait after starting this instance at daemon start"),
     KeySpec("boot.autostart.priority", check_int(0), "0", "live",
@@ -258,19 +216,17 @@ INSTANCE_KEYS: list[KeySpec] = [
             description="higher stops first when stopping all"),
     KeySpec("environment.*", description="environment variables for exec and init"),
     KeySpec("user.*", description="free-form user data"),
-    KeySpec("raw.lxc", check_raw_lxc, "", "start",
-            description="LXC configuration lines appended to the generated config"),
     KeySpec("boot.autostart", check_bool, "false", "live",
             description="start the instance when the daemon starts"),
     KeySpec("boot.host_shutdown_timeout", check_seconds, "30", "live",
-            description="seconds a graceful stop waits before killing"),
+            description="seconds a graceful stop waits before killing", lowlevel=True),
     KeySpec("image.*", description="properties copied from the image at creation"),
     KeySpec("volatile.*", readonly=True, description="managed by lxfs"),
 ]
 
 SERVER_KEYS: list[KeySpec] = [
     KeySpec("core.https_address", description="address:port the REST API listens on"),
-    KeySpec("core.trust_password", description="password for `lxc remote add`",
+    KeySpec("core.trust_password", description="password a new client gives to be trusted",
             secret=True),
     KeySpec("images.auto_update_interval", check_int(0), "6"),
     KeySpec("images.remote_cache_expiry", check_int(0), "10"),
@@ -282,7 +238,13 @@ class Schema:
     """The keys in force: the core's plus those plugins declared."""
 
     def __init__(self, extra_instance_keys: Iterable[KeySpec] = ()) -> None:
-        self.instance_keys = list(INSTANCE_KEYS) + list(extra_instance_keys)
+        self.instance_keys = list(INSTANCE_KEYS)
+        names = {spec.name for spec in self.instance_keys}
+        for spec in extra_instance_keys:
+            if spec.name in names:
+                raise ValueError(f"configuration key {spec.name!r} is declared twice")
+            names.add(spec.name)
+            self.instance_keys.append(spec)
         self.server_keys = list(SERVER_KEYS)
 
     def instance_spec(self, key: str) -> KeySpec | None:

@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--max-tasks", type=int, default=64,
                    help="concurrent filesystem requests")
+    p.add_argument("--disable-plugin", action="append", metavar="NAME",
+                   default=[n for n in os.environ.get("LXFS_DISABLE_PLUGINS", "").split(",")
+                            if n.strip()],
+                   help="do not load this plugin (its entry-point name: storage_zfs...); "
+                        "repeatable (env LXFS_DISABLE_PLUGINS, comma-separated)")
     p.add_argument("--group", default=os.environ.get("LXFS_GROUP", "lxfs"),
                    help="group whose members may use the mount and the sockets (env "
                         "LXFS_GROUP, default lxfs; root alone when the group does not exist)")
@@ -99,7 +104,7 @@ def _is_lxfs_mount(mount: Path) -> bool:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    pm = plugin_manager()
+    pm = plugin_manager(disabled=args.disable_plugin)
     server = Server(args.data_dir.resolve(), args.mount.resolve(), pm,
                     access_gid=access_gid(args.group))
     async with trio.open_nursery() as nursery:

@@ -1,57 +1,59 @@
-"""Device validation (the device model: disk, nic, unix-char, unix-block, none)."""
+"""Devices: each type (``disk``, ``nic``, ``unix-char``...) is declared by the plugin that owns
+it (hook ``lxfs_device_types``); the core owns only ``none`` (it masks an inherited device)
+and knows a root disk by ``path=/`` and ``pool``."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from lxfs.errors import InvalidArgument
 
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|Mbit|Gbit|Tbit)$", re.IGNORECASE)
-_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+#: ``validate(name, device, partial)``: raise ``InvalidArgument`` for a bad device; with
+#: ``partial`` the device is being written key by key and may still lack required keys
+DeviceValidator = Callable[[str, dict[str, str], bool], None]
 
 
-def parse_rate(value: str) -> int:
-    """``10Mbit`` → bits per second (LXD's units for nic limits.ingress/egress/max)."""
-    m = _RATE.match(value.strip())
-    if not m:
-        raise InvalidArgument(f"invalid rate {value!r} (examples: 100kbit, 10Mbit, 1Gbit)")
-    bits = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
-    if bits < 8000:
-        raise InvalidArgument(f"rate {value!r} is below 8kbit")
-    return bits
-
-DEVICE_KEYS: dict[str, set[str]] = {
-    "disk": {"path", "source", "pool", "readonly", "size", "shift", "required", "propagation",
-             "recursive", "limits.read", "limits.write", "limits.max"},
-    "nic": {"network", "nictype", "parent", "name", "hwaddr", "mtu", "host_name",
-            "ipv4.address", "ipv6.address", "limits.ingress", "limits.egress", "limits.max",
-            "vlan", "security.mac_filtering"},
-    "unix-char": {"source", "path", "major", "minor", "uid", "gid", "mode", "required"},
-    "unix-block": {"source", "path", "major", "minor", "uid", "gid", "mode", "required"},
-    "none": set(),
-}
+def _accept(_name: str, _device: dict[str, str], _partial: bool) -> None:
+    return None
 
 
-def validate_device(name: str, device: dict[str, str], partial: bool = False) -> None:
-    """Raise ``InvalidArgument`` if the device is invalid. ``partial``: the device is being
-    written key by key, so required keys may still be missing."""
-    dtype = device.get("type")
-    if dtype is None:
-        if partial and not device:
-            return
-        raise InvalidArgument(f"device {name}: write its type first (disk, nic, unix-char, "
-                              "unix-block, none)")
-    if dtype not in DEVICE_KEYS:
-        raise InvalidArgument(f"device {name}: unknown type {dtype!r} "
-                              f"(one of {', '.join(DEVICE_KEYS)})")
-    for key in device:
-        if key != "type" and key not in DEVICE_KEYS[dtype] and not key.startswith("user."):
-            raise InvalidArgument(f"device {name}: unknown key {key!r} for a {dtype} device")
-    for key in ("limits.ingress", "limits.egress", "limits.max"):
-        if dtype == "nic" and device.get(key):
-            try:
-                parse_rate(device[key])
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"device {name}: {key}: {exc.message}") from None
-    if dtype == "disk" and device.get("path") == "/" and not partial and "pool" not in device:
-        raise InvalidArgument(f"device {name}: a root disk needs a pool")
+@dataclass(frozen=True)
+class DeviceType:
+    """A device type and the keys its devices may carry (``user.*`` are always allowed)."""
+
+    name: str
+    keys: frozenset[str]
+    validate: DeviceValidator = field(default=_accept, compare=False)
+    description: str = ""
+
+
+CORE_DEVICE_TYPES = (DeviceType("none", frozenset(), description="masks an inherited device"),)
+
+
+class DeviceTypes:
+    """The device types in force: the core's and the plugins'."""
+
+    def __init__(self, declared: Iterable[DeviceType] = ()) -> None:
+        self.types: dict[str, DeviceType] = {}
+        for dtype in (*CORE_DEVICE_TYPES, *declared):
+            if dtype.name in self.types:
+                raise ValueError(f"device type {dtype.name!r} is declared twice")
+            self.types[dtype.name] = dtype
+
+    def validate(self, name: str, device: dict[str, str], partial: bool = False) -> None:
+        """Raise ``InvalidArgument`` if the device is invalid."""
+        kind = device.get("type")
+        if kind is None:
+            if partial and not device:
+                return
+            raise InvalidArgument(f"device {name}: write its type first "
+                                  f"({', '.join(sorted(self.types))})")
+        dtype = self.types.get(kind)
+        if dtype is None:
+            raise InvalidArgument(f"device {name}: unknown type {kind!r} "
+                                  f"(one of {', '.join(sorted(self.types))})")
+        for key in device:
+            if key != "type" and key not in dtype.keys and not key.startswith("user."):
+                raise InvalidArgument(f"device {name}: unknown key {key!r} for a {kind} device")
+        dtype.validate(name, device, partial)

@@ -5,6 +5,14 @@ guarded: an ``LxfsError`` or ``OSError`` becomes its errno, anything else EIO an
 so that no input can bring the filesystem down. Handlers run concurrently (pyfuse3 tasks);
 slow work is done by the server in worker threads, so a long operation on one file never blocks
 the others.
+
+Host files (root filesystems, volumes, image exports) are passed through, and every system call
+on them that may wait for a disk runs in a worker thread under a limiter of its own
+(``HOST_IO_THREADS``): a slow disk holds up the requests on its files only, and cannot take the
+threads the server's operations need. Reads try the page cache first without waiting
+(``preadv2(RWF_NOWAIT)``, on the event loop: a thread trip costs about 100 µs here, as much as
+the read), and go to a thread when the data is not there. The inode tables, the handles and
+``creating`` are only touched on the event loop; a handle's fd is closed once no thread uses it.
 """
 
 from __future__ import annotations

@@ -6,12 +6,21 @@ the hooks below. It is found through the ``lxfs`` entry-point group::
     [project.entry-points.lxfs]
     my_plugin = "my_package.my_plugin"
 
-The built-in backends in ``plugins/`` are registered exactly the same way.
+The built-in backends in ``plugins/`` are registered exactly the same way, and use nothing of
+the core but the plugin API (``lxfs.api``: hooks receive its ``Host`` as ``host``).
 
 Hooks run in the daemon. Hooks that may block (touch the disk, the kernel, a subprocess) are
 called from a worker thread (``trio.to_thread``); they must not call trio APIs. A hook that raises
 aborts the operation it belongs to: ``pre_*`` hooks are the place to refuse an operation, with an
 ``lxfs.errors.LxfsError`` whose message is shown to the user.
+
+Hooks either *query* (they return something and change nothing: config keys, lines, entries,
+ids) or *act* (lifecycle hooks: allocate, write, start helpers). Put side effects in the acting
+hooks: queries may be called any number of times.
+
+Where several plugins implement a hook, pluggy calls them in reverse registration order (the
+last registered first) and collects their results in that order; ``tryfirst``/``trylast`` on a
+``hookimpl`` change it.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ import pluggy
 if TYPE_CHECKING:
     import trio
 
+    from lxfs.api import Host
     from lxfs.config_schema import KeySpec
+    from lxfs.devices import DeviceType
     from lxfs.model import Instance
     from lxfs.nodes import Node
     from lxfs.runtime import Runtime
-    from lxfs.server import Server
     from lxfs.storage import StorageDriver
 
 hookspec = pluggy.HookspecMarker("lxfs")
@@ -37,12 +47,20 @@ hookspec = pluggy.HookspecMarker("lxfs")
 # --- registration --------------------------------------------------------------------------
 
 @hookspec
+def lxfs_add_hookspecs(pm: pluggy.PluginManager) -> None:
+    """Add hookspecs of the plugin's own, for the plugins that extend it (the LXC runtime
+    adds ``lxfs_lxc_config``): ``pm.add_hookspecs(module)``. Called once, after every plugin
+    is registered and before the daemon checks that every implemented hook exists."""
+
+
+@hookspec
 def lxfs_storage_drivers() -> list[type[StorageDriver]]:
     """Return the storage driver classes this plugin provides.
 
     Each class subclasses ``lxfs.storage.StorageDriver`` and has a unique ``name`` (``dir``,
-    ``btrfs``...), which users give as a pool's driver. See ``lxfs/storage.py`` for the complete
-    interface a driver implements.
+    ``btrfs``...), which users give as a pool's driver; two plugins giving the same name stop
+    the daemon with an error naming both. See ``lxfs/storage.py`` for the complete interface
+    and the capabilities a driver declares.
     """
 
 
@@ -50,24 +68,34 @@ def lxfs_storage_drivers() -> list[type[StorageDriver]]:
 def lxfs_runtimes() -> list[type[Runtime]]:
     """Return the instance runtime classes this plugin provides (``lxfs.runtime.Runtime``).
 
-    A runtime starts, stops, freezes and inspects instances of one ``type`` (``container``).
-    The built-in one drives LXC.
+    A runtime starts, stops, freezes and inspects instances of one ``type`` (``container``);
+    it is made with the ``Host``. Two runtimes of one type stop the daemon with an error.
     """
 
 
 @hookspec
 def lxfs_config_keys() -> list[KeySpec]:
-    """Return extra instance/profile configuration keys this plugin understands.
+    """Return the instance/profile configuration keys this plugin owns (``KeySpec``: name or
+    ``prefix.*`` family, validator, default, when it applies, description).
 
-    Keys not declared by the core schema or a plugin are refused with EINVAL. Use a prefix that
-    names your plugin (``user.*`` is free-form and needs no declaration).
+    The core declares only its own keys (``boot.*``, ``environment.*``, ``user.*``,
+    ``image.*``, ``volatile.*``); every other key is a plugin's, and a key nobody declares
+    is refused with EINVAL. A key declared twice stops the daemon with an error.
     """
+
+
+@hookspec
+def lxfs_device_types() -> list[DeviceType]:
+    """Return the device types this plugin owns (``lxfs.devices.DeviceType``: name, keys,
+    validator). ``none`` is the core's; every other type (``disk``, ``nic``...) is a
+    plugin's. A device of an undeclared type, or with a key its type does not declare, is
+    refused with EINVAL."""
 
 
 # --- daemon lifecycle ----------------------------------------------------------------------
 
 @hookspec
-def lxfs_startup(server: Server) -> None:
+def lxfs_startup(host: Host) -> None:
     """Called once when the daemon has opened its database, before the filesystem is mounted.
 
     Restore what the plugin owns (bridges, helper processes...). Runs in a worker thread.
@@ -75,7 +103,7 @@ def lxfs_startup(server: Server) -> None:
 
 
 @hookspec
-def lxfs_services(server: Server) -> list[Callable[[trio.TaskStatus[None]], Awaitable[None]]]:
+def lxfs_services(host: Host) -> list[Callable[[trio.TaskStatus[None]], Awaitable[None]]]:
     """Return long-lived trio tasks the plugin runs inside the daemon (listeners, watchers).
 
     Each is an ``async def service(task_status=trio.TASK_STATUS_IGNORED)`` coroutine function.
@@ -90,80 +118,72 @@ def lxfs_services(server: Server) -> list[Callable[[trio.TaskStatus[None]], Awai
 
 
 @hookspec
-def lxfs_shutdown(server: Server) -> None:
+def lxfs_shutdown(host: Host) -> None:
     """Called when the daemon stops (SIGTERM). Running instances are left running: only release
     what the daemon itself holds. Runs in a worker thread."""
 
 
-# --- instance lifecycle --------------------------------------------------------------------
+# --- instance lifecycle (acting hooks; worker threads; the core holds the instance's lock) --
 
 @hookspec
-def lxfs_instance_pre_create(server: Server, instance: Instance) -> None:
+def lxfs_instance_pre_create(host: Host, instance: Instance) -> None:
     """Before an instance's root filesystem is created. Raise to refuse the creation."""
 
 
 @hookspec
-def lxfs_instance_post_create(server: Server, instance: Instance) -> None:
-    """After an instance's root filesystem was created from its image."""
+def lxfs_instance_post_create(host: Host, instance: Instance) -> None:
+    """After an instance's root filesystem was created (from an image or a copy)."""
 
 
 @hookspec
-def lxfs_instance_pre_start(server: Server, instance: Instance) -> None:
-    """Before an instance starts (after its runtime config was generated). Raise to refuse."""
+def lxfs_instance_pre_start(host: Host, instance: Instance) -> None:
+    """Before an instance starts, with its expanded configuration. Allocate what it needs
+    (id ranges, MAC addresses: ``host.set_volatile``), write the files the runtime will
+    read, refresh helpers (dnsmasq); raise to refuse the start. The runtime's configuration
+    is gathered after every ``pre_start`` ran."""
 
 
 @hookspec
-def lxfs_instance_post_start(server: Server, instance: Instance) -> None:
+def lxfs_instance_post_start(host: Host, instance: Instance) -> None:
     """After an instance reached RUNNING."""
 
 
 @hookspec
-def lxfs_instance_pre_stop(server: Server, instance: Instance) -> None:
+def lxfs_instance_pre_stop(host: Host, instance: Instance) -> None:
     """Before an instance is stopped (gracefully or killed)."""
 
 
 @hookspec
-def lxfs_instance_post_stop(server: Server, instance: Instance) -> None:
+def lxfs_instance_post_stop(host: Host, instance: Instance) -> None:
     """After an instance stopped (by the user or by itself, when the daemon notices)."""
 
 
 @hookspec
-def lxfs_instance_pre_delete(server: Server, instance: Instance) -> None:
+def lxfs_instance_pre_delete(host: Host, instance: Instance) -> None:
     """Before an instance and its storage are deleted. Raise to refuse."""
 
 
 @hookspec
-def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
-    """After an instance was deleted; release everything kept for it."""
+def lxfs_instance_post_delete(host: Host, instance: Instance) -> None:
+    """After an instance was deleted; release everything kept for it (``host.instance_dir``
+    is removed by the core)."""
 
 
 @hookspec(firstresult=True)
-def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict[str, str],
+def lxfs_device_hotplug(host: Host, instance: Instance, name: str, old: dict[str, str],
                         new: dict[str, str]) -> bool | None:
     """A device of a running instance changed (``old``/``new``: its expanded definitions,
     ``{}`` when absent). Apply it live and return True, or return None to leave it for the
     next start (the user is told so). The first plugin returning a value wins."""
 
 
-# --- runtime configuration -----------------------------------------------------------------
-
-@hookspec
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
-    """Return LXC configuration lines (``"lxc.key = value"``) to add to an instance's config.
-
-    Called at every start with the instance's expanded configuration
-    (``instance.expanded_config``, ``instance.expanded_devices``). Lines from all plugins are
-    concatenated in plugin registration order; the instance's ``raw.lxc`` comes last so that
-    users can override anything. Security plugins add idmaps and seccomp here, network plugins
-    add ``lxc.net.*``.
-    """
-
+# --- queries -------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def lxfs_instance_root_ids(server: Server, instance: Instance) -> tuple[int, int] | None:
+def lxfs_instance_root_ids(host: Host, instance: Instance) -> tuple[int, int] | None:
     """Return the host uid and gid that the instance's root (uid and gid 0 inside) maps to
-    at its next start: ``(0, 0)`` for a privileged instance. The security plugin answers;
-    the first plugin returning a value wins.
+    at its next start: ``(0, 0)`` for a privileged instance. The security plugin answers
+    (from what ``pre_start`` allocated); the first plugin returning a value wins.
 
     Plugins that bind host paths into a container use it to open those paths to that
     container's root alone (``StorageDriver.grant_traversal``). Called from worker threads.
@@ -171,16 +191,17 @@ def lxfs_instance_root_ids(server: Server, instance: Instance) -> tuple[int, int
 
 
 @hookspec
-def lxfs_mount_entries(server: Server) -> dict[str, Callable[[], Node | None]]:
+def lxfs_mount_entries(host: Host) -> dict[str, Callable[[], Node | None]]:
     """Return top-level entries a plugin adds to the mount, e.g. ``{"networks": make_dir}``.
 
-    Each value makes the node (``lxfs.nodes.Dir``, ``File``...) on demand; see
-    ``lxfs/nodes.py`` for the building blocks. Names must not clash with the core's.
+    Called once, when the mount's root is built; each value makes the node (``lxfs.nodes.Dir``,
+    ``File``...) on every lookup. See ``lxfs/nodes.py`` for the building blocks (they take the
+    ``Host``). Names must not clash with the core's.
     """
 
 
 @hookspec
-def lxfs_instance_entries(server: Server, instance: Instance
+def lxfs_instance_entries(host: Host, instance: Instance
                           ) -> dict[str, Callable[[], Node | None]]:
     """Return entries a plugin adds to (or overrides in) ``instances/NAME/``, e.g. ``ipv4``.
 

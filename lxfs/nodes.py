@@ -27,7 +27,12 @@ from lxfs.projects import PROJECT_KEYS
 from lxfs.storage import VOLUME_TYPES, Pool, VolumeType
 
 if TYPE_CHECKING:
+    from lxfs.api import Host
     from lxfs.server import Server
+
+    #: what the building blocks (Dir, StaticDir, File, KeyValueDir) need of their owner:
+    #: ``guarded`` and ``set_error``; the core gives the server, plugins their ``Host``
+    Owner = Server | Host
 
 Reader = Callable[[], Awaitable[str] | str]
 Writer = Callable[[str], Awaitable[None]]
@@ -58,7 +63,7 @@ class Dir(Node):
     kind = "dir"
     mtime: float = 0.0
 
-    def __init__(self, srv: Server, scope: str = "") -> None:
+    def __init__(self, srv: Owner, scope: str = "") -> None:
         self.srv = srv
         self.scope = scope
 
@@ -92,7 +97,7 @@ class Dir(Node):
 class StaticDir(Dir):
     """A directory with a fixed set of children."""
 
-    def __init__(self, srv: Server, children: dict[str, Callable[[], Node | None]],
+    def __init__(self, srv: Owner, children: dict[str, Callable[[], Node | None]],
                  scope: str = "") -> None:
         super().__init__(srv, scope)
         self.children = children
@@ -115,7 +120,7 @@ class File(Node):
     dynamic = False
     stream = False
 
-    def __init__(self, srv: Server, read: Reader | None = None, write: Writer | None = None,
+    def __init__(self, srv: Owner, read: Reader | None = None, write: Writer | None = None,
                  scope: str = "", dynamic: bool = False, accumulate: bool = True,
                  private: bool = False) -> None:
         self.srv = srv
@@ -196,7 +201,7 @@ class HostFile(Node):
 class KeyValueDir(Dir):
     """``config/``: one file per key. Writing a file sets the key, ``rm`` unsets it."""
 
-    def __init__(self, srv: Server, get: Callable[[], dict[str, str]],
+    def __init__(self, srv: Owner, get: Callable[[], dict[str, str]],
                  set_key: Callable[[str, str], Awaitable[None]] | None,
                  unset_key: Callable[[str], Awaitable[None]] | None,
                  validate_name: Callable[[str], None] | None = None, scope: str = "",
@@ -300,7 +305,7 @@ async def instances_table(srv: Server) -> str:
 
     async def read_addresses(name: str, inst: Instance) -> None:
         entries: dict[str, Callable[[], Node | None]] = {}
-        for extra in srv.hook.lxfs_instance_entries(server=srv, instance=inst):
+        for extra in srv.hook.lxfs_instance_entries(host=srv.api, instance=inst):
             entries.update(extra)
         found = []
         for key in ("ipv4", "ipv6"):
@@ -431,7 +436,7 @@ class InstanceDir(Dir):
 
     def _all_children(self) -> dict[str, Callable[[], Node | None]]:
         children = self._children()
-        for extra in self.srv.hook.lxfs_instance_entries(server=self.srv, instance=self.inst):
+        for extra in self.srv.hook.lxfs_instance_entries(host=self.srv.api, instance=self.inst):
             children.update(extra)
         return children
 
@@ -875,7 +880,7 @@ def root(srv: Server) -> StaticDir:
 
     env = srv.environment()
     extra: dict[str, Callable[[], Node | None]] = {}
-    for entries in srv.hook.lxfs_mount_entries(server=srv):
+    for entries in srv.hook.lxfs_mount_entries(host=srv.api):
         extra.update(entries)
     return StaticDir(srv, extra | {
         "instances": lambda: InstancesDir(srv),

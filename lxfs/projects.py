@@ -62,8 +62,8 @@ PROJECT_KEYS: list[KeySpec] = [
             description="unprivileged: no security.privileged; isolated: also "
                         "security.idmap.isolated=true required; allow: privileged allowed"),
     KeySpec("restricted.containers.lowlevel", _one_of("block", "allow"), "block",
-            description="whether low-level keys (raw.lxc, raw.idmap, raw.seccomp, "
-                        "raw.apparmor, linux.kernel_modules...) are allowed"),
+            description="whether low-level keys (raw.*, linux.kernel_modules...: those "
+                        "their plugin declares lowlevel) are allowed"),
     KeySpec("restricted.containers.interception", _one_of("block", "allow"), "block",
             description="whether security.syscalls.intercept.* keys are allowed"),
     KeySpec("restricted.devices.unix-char", _one_of("block", "allow"), "block",
@@ -80,9 +80,6 @@ PROJECT_KEYS: list[KeySpec] = [
             description="block: no nics; managed: only nics on managed networks"),
 ]
 
-#: instance keys only ``restricted.containers.lowlevel=allow`` permits
-LOWLEVEL_KEYS = ("boot.host_shutdown_timeout", "linux.kernel_modules", "raw.apparmor",
-                 "raw.idmap", "raw.lxc", "raw.seccomp", "security.idmap.size")
 INTERCEPT_PREFIX = "security.syscalls.intercept."
 
 
@@ -99,8 +96,12 @@ def validate_project_key(key: str, value: str) -> None:
 class Restrictions:
     """The restrictions of one project, from its config."""
 
-    def __init__(self, project: str, config: dict[str, str]) -> None:
+    def __init__(self, project: str, config: dict[str, str],
+                 lowlevel: Callable[[str], bool] = lambda key: False) -> None:
+        """``lowlevel(key)``: whether a key is low-level (``KeySpec.lowlevel``, declared by
+        the plugin that owns it)."""
         self.project = project
+        self.lowlevel = lowlevel
         self.active = is_true(config.get("restricted"))
         self.values = {key: config.get(key) or default for key, default in DEFAULTS.items()}
 
@@ -112,7 +113,7 @@ class Restrictions:
         if not self.active:
             return
         where = f"on {what} of project {self.project!r}"
-        if key in LOWLEVEL_KEYS and self._value("restricted.containers.lowlevel") != "allow":
+        if self.lowlevel(key) and self._value("restricted.containers.lowlevel") != "allow":
             raise Forbidden(f"use of low-level config {key!r} {where} is forbidden "
                             "(restricted.containers.lowlevel)")
         if key.startswith(INTERCEPT_PREFIX) and is_true(value) and \

@@ -7,18 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from lxfs.api import Host
     from lxfs.model import Instance
-    from lxfs.server import Server
 
 
 class Runtime(ABC):
     """Drives instances of one ``type``. All methods block: the core calls them in threads,
-    one operation at a time per instance."""
+    one operation at a time per instance. Made once, with the ``Host`` (``lxfs.api``)."""
 
     type: ClassVar[str] = "container"
+    #: the runtime's name, shown as ``environment/driver`` (``lxc``)
+    name: ClassVar[str] = ""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def facts(self) -> dict[str, str]:
+        """Facts for ``environment/`` (at least ``driver``: the runtime's name)."""
+        return {"driver": self.name}
 
     @abstractmethod
     def state(self, instance: Instance) -> str:
@@ -33,9 +39,10 @@ class Runtime(ABC):
         until it ends."""
 
     @abstractmethod
-    def start(self, instance: Instance, rootfs: Path, config_lines: list[str]) -> None:
-        """Start the instance from ``rootfs`` with the given extra config; return when it runs.
-        The instance must not depend on the daemon: it keeps running if the daemon exits."""
+    def start(self, instance: Instance, rootfs: Path) -> None:
+        """Start the instance from ``rootfs`` with its expanded configuration (every
+        ``pre_start`` hook has run); return when it runs. The instance must not depend on
+        the daemon: it keeps running if the daemon exits."""
 
     @abstractmethod
     def shutdown(self, instance: Instance, timeout: float) -> bool:

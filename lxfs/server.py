@@ -24,8 +24,10 @@ import pluggy
 import trio
 
 from lxfs import __version__, images
+from lxfs.api import Host, cgroup_layout
 from lxfs.config_schema import Schema, hash_secret, is_true
 from lxfs.db import Database
+from lxfs.devices import DeviceTypes
 from lxfs.errors import (
     AlreadyExists,
     Busy,
@@ -56,15 +58,28 @@ _PROFILE_NAME = re.compile(r"^[^/\s]{1,63}$")
 _ALIAS_NAME = re.compile(r"^[^/\s:]{1,255}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _POOL_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-#: storage drivers of LXD that need what this kind of host lacks
-UNSUPPORTED_DRIVERS = {
-    "lvm": "LVM needs device-mapper, which this kernel does not have",
-    "ceph": "Ceph RBD needs a Ceph cluster and the rbd kernel driver (device-mapper too)",
-    "cephfs": "CephFS needs a Ceph cluster",
-    "cephobject": "Ceph object storage needs a Ceph cluster",
-    "powerflex": "PowerFlex needs a Dell PowerFlex cluster",
-}
 ACTIONS = ("start", "stop", "kill", "restart", "freeze", "unfreeze")
+
+
+class PluginError(RuntimeError):
+    """Plugins that cannot work together (two give the same name), or none that must be."""
+
+
+def _registered(pm: pluggy.PluginManager, hook: str, key: Callable[[Any], str],
+                what: str) -> list[Any]:
+    """Everything the plugins return from a registration hook, in registration order;
+    two plugins giving the same name (``key``) are refused, naming both."""
+    items: list[Any] = []
+    owners: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        for item in impl.function() or []:
+            name = key(item)
+            if name in owners:
+                raise PluginError(f"{what} {name!r} is provided by two plugins: "
+                                  f"{owners[name]} and {impl.plugin_name}")
+            owners[name] = impl.plugin_name
+            items.append(item)
+    return items
 
 
 def validate_instance_name(name: str) -> None:
@@ -106,20 +121,29 @@ class Server:
         self.access_gid = access_gid
         self.pm = pm
         self.hook = pm.hook
-        self.lxc_path = data_dir / "containers"
+        #: what plugins see of the daemon (``lxfs.api``)
+        self.api = Host(self)
         self.images_dir = data_dir / "images"
         self.uploads_dir = data_dir / "uploads"
+        self.instance_data_dir = data_dir / "instance-data"
         self.db: Database
-        self.schema = Schema(k for keys in self.hook.lxfs_config_keys() for k in keys)
+        try:
+            self.schema = Schema(_registered(pm, "lxfs_config_keys", lambda k: k.name,
+                                             "configuration key"))
+            self.device_types = DeviceTypes(_registered(pm, "lxfs_device_types",
+                                                        lambda t: t.name, "device type"))
+        except ValueError as exc:  # a plugin declares one of the core's own
+            raise PluginError(f"{exc} (by the core and by a plugin)") from None
         self.events = EventBus()
-        self.storage_drivers: dict[str, type[StorageDriver]] = {}
-        for drivers in self.hook.lxfs_storage_drivers():
-            for driver in drivers:
-                self.storage_drivers[driver.name] = driver
-        runtimes = [r for rs in self.hook.lxfs_runtimes() for r in rs]
+        self.storage_drivers: dict[str, type[StorageDriver]] = {
+            d.name: d for d in _registered(pm, "lxfs_storage_drivers", lambda d: d.name,
+                                           "storage driver")}
+        runtimes = _registered(pm, "lxfs_runtimes", lambda r: r.type, "runtime for type")
         if not runtimes:
-            raise RuntimeError("no runtime plugin registered (is lxfs installed?)")
-        self.runtime: Runtime = runtimes[0](self)
+            raise PluginError("no runtime plugin is registered: no instance could run (is "
+                              "lxfs installed? `pip install -e .` registers the built-in "
+                              "plugins through the lxfs entry points)")
+        self.runtime: Runtime = runtimes[0](self.api)
         self.pools: dict[str, StorageDriver] = {}
         self.pending_pools: dict[str, Pool] = {}  # made by mkdir, no driver yet
         self.instances: dict[str, Instance] = {}
@@ -151,7 +175,7 @@ class Server:
         reattach running instances and start the autostart ones."""
         self.nursery = nursery
         await in_thread(self._open_sync)
-        for services in self.hook.lxfs_services(server=self):
+        for services in self.hook.lxfs_services(host=self.api):
             for service in services:
                 await nursery.start(service)
         autostart: list[Instance] = []
@@ -172,10 +196,10 @@ class Server:
             nursery.start_soon(self._autostart, [i.name for i in autostart])
 
     def _open_sync(self) -> None:
-        for d, mode in ((self.data_dir, 0o711), (self.lxc_path, 0o711),
+        for d, mode in ((self.data_dir, 0o711), (self.instance_data_dir, 0o711),
                         (self.data_dir / "storage-pools", 0o711), (self.images_dir, 0o700)):
             d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, mode)  # unprivileged containers traverse the first two
+            os.chmod(d, mode)  # unprivileged containers traverse the first three
         shutil.rmtree(self.uploads_dir, ignore_errors=True)
         self.uploads_dir.mkdir(mode=0o700)
         self.db = Database(self.data_dir / "lxfs.db")
@@ -188,13 +212,7 @@ class Server:
         self.instances = {k: Instance.from_record(v) for k, v in self.db.load("instances").items()}
         pools = self.db.load("pools")
         if not pools:
-            pool = Pool("default", "dir", {"source": str(self.data_dir / "storage-pools/default")},
-                        "Default storage pool")
-            driver = self.storage_drivers["dir"](pool, self.data_dir)
-            driver.fill_defaults()
-            driver.create()
-            self.db.put("pools", pool.name, vars(pool))
-            pools = {pool.name: vars(pool)}
+            pools = self._make_default_pool()
         for name, rec in pools.items():
             pool = Pool(**rec)
             if not pool.driver:
@@ -220,6 +238,25 @@ class Server:
             expand(inst, self.profiles)
         self._repair()
         self._call_each("lxfs_startup")
+
+    def _make_default_pool(self) -> dict[str, dict[str, Any]]:
+        """The ``default`` pool of a first start, by the first driver that can make one on a
+        plain directory of the data directory (``StorageDriver.default_pool``)."""
+        cls = next((c for c in self.storage_drivers.values() if c.default_pool), None)
+        if cls is None:
+            message = ("no storage driver can make the default pool (none of the registered "
+                       "drivers declares default_pool; lxfs's own is the storage_dir plugin): "
+                       "create a pool named 'default' (mkdir storage-pools/default, then write "
+                       "its driver) before creating instances")
+            log.error("%s", message)
+            self.errors[""] = message
+            return {}
+        pool = Pool("default", cls.name, {}, "Default storage pool")
+        driver = cls(pool, self.data_dir)
+        driver.fill_defaults()
+        driver.create()
+        self.db.put("pools", pool.name, vars(pool))
+        return {pool.name: vars(pool)}
 
     def _repair(self) -> None:
         """Finish or roll back what a crash interrupted: no volume without its record, no
@@ -274,7 +311,7 @@ class Server:
         failure is logged and does not keep the others (or the daemon) from running."""
         for impl in getattr(self.hook, hook).get_hookimpls():
             try:
-                impl.function(server=self)
+                impl.function(host=self.api)
             except Exception:
                 log.exception("plugin %s failed in %s", impl.plugin_name, hook)
 
@@ -290,14 +327,14 @@ class Server:
             "server_version": __version__,
             "server_pid": str(os.getpid()),
             "data_dir": str(self.data_dir),
-            "lxc_path": str(self.lxc_path),
             "mount": str(self.mount),
             "kernel": platform.system(),
             "kernel_version": platform.release(),
             "architecture": platform.machine(),
-            "driver": self.runtime.type and "lxc",
-            "storage_drivers": " ".join(sorted(self.storage_drivers)),
+            "storage_drivers": " ".join(sorted(n for n, c in self.storage_drivers.items()
+                                               if not c.unavailable)),
             "cgroup_layout": cgroup_layout(),
+            **self.runtime.facts(),
         }
         for extra in self.hook.lxfs_environment():
             env.update({k: str(v) for k, v in extra.items()})
@@ -318,6 +355,41 @@ class Server:
         if pool is None:
             raise NotFound(f"storage pool {name!r} of instance {inst.name} not found")
         return pool
+
+    def running_pid(self, name: str) -> int:
+        """The init PID of a running instance from the daemon's record (0 otherwise)."""
+        return self._running_pids.get(name, 0)
+
+    def plugin_instance_dir(self, name: str, plugin: str) -> Path:
+        """``DATA_DIR/instance-data/NAME/PLUGIN``: a plugin's files for one instance."""
+        if not plugin or "/" in plugin or plugin.startswith("."):
+            raise ValueError(f"invalid plugin name {plugin!r}")
+        base = self.instance_data_dir / name
+        base.mkdir(mode=0o711, exist_ok=True)
+        path = base / plugin
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def set_volatile(self, inst: Instance, key: str, value: str | None) -> None:
+        """Set or remove a ``volatile.*`` key: the database first, memory after (one
+        transaction; nothing changes when it fails). See ``Host.set_volatile``."""
+        if not key.startswith("volatile."):
+            raise InvalidArgument(f"{key}: only volatile.* keys are set this way")
+        if value is not None:
+            self.schema.validate_instance_key(key, value, internal=True)
+        config = dict(inst.config)
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+        record = inst.to_record()
+        record["config"] = config
+        self.db.put("instances", inst.name, record)
+        inst.config = config
+        if value is None:
+            inst.expanded_config.pop(key, None)
+        else:
+            inst.expanded_config[key] = value
 
     def rootfs(self, inst: Instance) -> Path:
         return self.pool_of(inst).volume_path("container", inst.name) / "rootfs"
@@ -412,7 +484,7 @@ class Server:
                     f"instance {name} was already created from image {inst.source or '?'}")
             image = self.resolve_image(ref)
             pool = self.pool_of(inst)
-            await in_thread(lambda: self.hook.lxfs_instance_pre_create(server=self,
+            await in_thread(lambda: self.hook.lxfs_instance_pre_create(host=self.api,
                                                                        instance=inst))
             await self._ensure_image_volume(pool, image)
             inst.storage_state, inst.source = "creating", image.fingerprint
@@ -434,7 +506,7 @@ class Server:
             await self._save(inst)
             expand(inst, self.profiles)
             self.transient.pop(name, None)
-        await in_thread(lambda: self.hook.lxfs_instance_post_create(server=self, instance=inst))
+        await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
 
     async def copy_instance(self, name: str, ref: str) -> None:
         """Make ``name`` a copy of ``instances/SRC`` or ``instances/SRC/snapshots/SNAP``
@@ -504,7 +576,7 @@ class Server:
             inst.storage_state = "ready"
             await self._save(inst)
             self.transient.pop(name, None)
-        await in_thread(lambda: self.hook.lxfs_instance_post_create(server=self, instance=inst))
+        await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
         self.events.lifecycle("instance-created", f"/1.0/instances/{name}",
                               copied_from=f"/1.0/{words[0]}")
 
@@ -661,18 +733,18 @@ class Server:
         rootfs = self.rootfs(inst)
         self.transient[name] = "STARTING"
         try:
-            lines = await in_thread(self._lxc_lines, inst)
-            await in_thread(lambda: self.hook.lxfs_instance_pre_start(server=self, instance=inst))
+            await in_thread(lambda: self.hook.lxfs_instance_pre_start(host=self.api,
+                                                                      instance=inst))
             await in_thread(images.render_templates, rootfs.parent, "start",
                             self._template_context(inst))
-            await in_thread(self.runtime.start, inst, rootfs, lines)
+            await in_thread(self.runtime.start, inst, rootfs)
             self._frozen.discard(name)
             self._watch(name, await in_thread(self.runtime.pid, inst))
         finally:
             self.transient.pop(name, None)
         inst.last_used_at = now()
         await self._save(inst)
-        await in_thread(lambda: self.hook.lxfs_instance_post_start(server=self, instance=inst))
+        await in_thread(lambda: self.hook.lxfs_instance_post_start(host=self.api, instance=inst))
         self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
 
     async def _undo_root_volume(self, inst: Instance, pool: StorageDriver) -> None:
@@ -691,18 +763,10 @@ class Server:
                 "ephemeral": inst.ephemeral, "config": dict(inst.expanded_config),
                 "devices": {k: dict(v) for k, v in inst.expanded_devices.items()}}
 
-    def _lxc_lines(self, inst: Instance) -> list[str]:
-        lines: list[str] = []
-        for contributed in self.hook.lxfs_lxc_config(server=self, instance=inst):
-            lines.extend(contributed)
-        raw = inst.expanded_config.get("raw.lxc", "")
-        lines.extend(line for line in raw.splitlines() if line.strip())
-        return lines
-
     async def _stop(self, inst: Instance, force: bool, timeout: int | None = None) -> None:
         self.transient[inst.name] = "STOPPING"
         try:
-            await in_thread(lambda: self.hook.lxfs_instance_pre_stop(server=self, instance=inst))
+            await in_thread(lambda: self.hook.lxfs_instance_pre_stop(host=self.api, instance=inst))
             if force:
                 await in_thread(self.runtime.kill, inst)
             else:
@@ -769,7 +833,7 @@ class Server:
             return
         self._frozen.discard(inst.name)
         await in_thread(self.runtime.after_stop, inst)
-        await in_thread(lambda: self.hook.lxfs_instance_post_stop(server=self, instance=inst))
+        await in_thread(lambda: self.hook.lxfs_instance_post_stop(host=self.api, instance=inst))
         self.events.lifecycle("instance-stopped", f"/1.0/instances/{inst.name}")
         if inst.ephemeral and not restarting and inst.name in self.instances:
             log.info("deleting ephemeral instance %s", inst.name)
@@ -787,7 +851,7 @@ class Server:
                 if state != "STOPPED":
                     raise Busy(f"instance {name} is {state.lower()}: stop it first "
                                "(echo kill > state, or lxfs delete --force)")
-            await in_thread(lambda: self.hook.lxfs_instance_pre_delete(server=self,
+            await in_thread(lambda: self.hook.lxfs_instance_pre_delete(host=self.api,
                                                                        instance=inst))
             if inst.storage_state:
                 inst.storage_state = "deleting"
@@ -796,11 +860,12 @@ class Server:
                     pool = self.pool_of(inst)
                     await in_thread(pool.delete_volume, "container", name)
             await in_thread(self.runtime.cleanup, inst)
+            await in_thread(shutil.rmtree, self.instance_data_dir / name, True)
             await in_thread(self.db.delete, "instances", name)
             del self.instances[name]
             self.errors.pop(name, None)
         self._locks.pop(name, None)
-        await in_thread(lambda: self.hook.lxfs_instance_post_delete(server=self, instance=inst))
+        await in_thread(lambda: self.hook.lxfs_instance_post_delete(host=self.api, instance=inst))
         self.events.lifecycle("instance-deleted", f"/1.0/instances/{name}")
 
     async def move_to_pool(self, name: str, pool_name: str) -> None:
@@ -853,6 +918,9 @@ class Server:
                     raise Busy(f"instance {old} is {state.lower()}: stop it before renaming")
                 await in_thread(self.pool_of(inst).rename_volume, "container", old, new)
             await in_thread(self.runtime.rename, inst, new)
+            data = self.instance_data_dir / old
+            if data.exists():
+                await in_thread(os.rename, data, self.instance_data_dir / new)
             inst.name = new
             try:
                 await in_thread(self.db.rename, "instances", old, new, inst.to_record())
@@ -947,8 +1015,6 @@ class Server:
 
     async def set_device_key(self, owner: Instance | Profile, device: str, key: str,
                              value: str) -> None:
-        from lxfs.devices import validate_device
-
         value = value.removesuffix("\n")
         devices = owner.devices
         new = dict(devices.get(device, {}))
@@ -956,7 +1022,7 @@ class Server:
             new.pop(key, None)
         else:
             new[key] = value
-        validate_device(device, new, partial=True)
+        self.device_types.validate(device, new, partial=True)
         devices[device] = new
         await self._save_owner(owner, devices=True)
 
@@ -1006,7 +1072,7 @@ class Server:
                 continue
             try:
                 done = await in_thread(lambda o=old, n=new, d=name: self.hook.lxfs_device_hotplug(
-                    server=self, instance=inst, name=d, old=o, new=n))
+                    host=self.api, instance=inst, name=d, old=o, new=n))
             except (LxfsError, OSError) as exc:
                 self._notices[scope] = (f"saved, but device {name} could not be changed in the "
                                         f"running {inst.name} (applies at next start): {exc}")
@@ -1293,7 +1359,11 @@ class Server:
 
     def restrictions(self, project: str = "default") -> Restrictions:
         """What the project lets its instances and profiles use."""
-        return Restrictions(project, self.projects[project].config)
+        return Restrictions(project, self.projects[project].config, self._is_lowlevel)
+
+    def _is_lowlevel(self, key: str) -> bool:
+        spec = self.schema.instance_spec(key)
+        return spec is not None and spec.lowlevel
 
     async def set_project_key(self, name: str, key: str, value: str) -> None:
         """Set (or with "" unset) a project key; a restriction that existing instances or
@@ -1312,7 +1382,7 @@ class Server:
                     for i in self.instances.values()]
         entities += [(f"profile {p.name}", p.config, p.devices, False)
                      for p in self.profiles.values()]
-        broken = Restrictions(name, config).violations(entities)
+        broken = Restrictions(name, config, self._is_lowlevel).violations(entities)
         if broken:
             raise Forbidden("the project's instances or profiles break this restriction: "
                             + "; ".join(broken))
@@ -1363,13 +1433,13 @@ class Server:
     def storage_driver_class(self, driver: str) -> type[StorageDriver]:
         """The class of a driver name: EINVAL unknown, EOPNOTSUPP known but not available."""
         cls = self.storage_drivers.get(driver)
+        if cls is not None and cls.unavailable:
+            raise NotSupported(f"storage driver {driver} is not supported on this host: "
+                               f"{cls.unavailable}")
         if cls is not None:
             return cls
-        if driver in UNSUPPORTED_DRIVERS:
-            raise NotSupported(f"storage driver {driver} is not supported on this host: "
-                               f"{UNSUPPORTED_DRIVERS[driver]}")
         raise InvalidArgument(f"unknown storage driver {driver!r} (available: "
-                              f"{', '.join(sorted(self.storage_drivers))})")
+                              f"{', '.join(self.environment()['storage_drivers'].split())})")
 
     def pool_keys(self) -> set[str]:
         """Every pool config key some driver accepts (what a pending pool may hold)."""
@@ -1589,13 +1659,3 @@ def _mkstemp(directory: Path) -> tuple[int, str]:
     import tempfile
 
     return tempfile.mkstemp(dir=directory, prefix="upload-")
-
-
-def cgroup_layout() -> str:
-    """``v1``, ``v2`` or ``hybrid``, as seen from /sys/fs/cgroup."""
-    root = Path("/sys/fs/cgroup")
-    if (root / "cgroup.controllers").exists():
-        return "v2"
-    if (root / "unified" / "cgroup.controllers").exists():
-        return "hybrid"
-    return "v1"

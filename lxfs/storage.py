@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from lxfs.api import Host
     from lxfs.model import Instance
-    from lxfs.server import Server
 
 VolumeType = Literal["image", "container", "custom"]
 VOLUME_TYPES: tuple[VolumeType, ...] = ("image", "container", "custom")
@@ -59,6 +59,12 @@ class StorageDriver(ABC):
     pool_keys: ClassVar[dict[str, str]] = {"source": "where the pool's data lives"}
     #: Whether snapshots and image→instance creation are copy-on-write (constant time).
     copy_on_write: ClassVar[bool] = False
+    #: Whether the driver can make the ``default`` pool of a first start on a directory of
+    #: the data directory, with no configuration (the first such driver does).
+    default_pool: ClassVar[bool] = False
+    #: Why this driver can never run on this host (a stand-in for a driver of LXD that lxfs
+    #: lacks): creating a pool with it is refused with this reason, and it is not listed.
+    unavailable: ClassVar[str] = ""
 
     def __init__(self, pool: Pool, data_dir: Path) -> None:
         self.pool = pool
@@ -328,13 +334,13 @@ def root_disk_size(instance: Instance) -> int | None:
     return None
 
 
-def apply_root_quota(server: Server, instance: Instance, driver: type[StorageDriver]) -> None:
+def apply_root_quota(host: Host, instance: Instance, driver: type[StorageDriver]) -> None:
     """Set the quota of an instance's root volume from its root disk's ``size``, if the
     instance's pool is of class ``driver`` (each quota-capable driver plugin calls this from
     its ``lxfs_instance_post_create``/``pre_start`` hooks). Runs in a worker thread."""
     if instance.storage_state != "ready":
         return
-    pool = server.pools.get(instance.root_pool())
+    pool = host.pool(instance.root_pool())
     if isinstance(pool, driver):
         pool.set_volume_quota("container", instance.name, root_disk_size(instance))
 

@@ -30,10 +30,10 @@ from itertools import combinations
 from pathlib import Path
 
 from lxfs import hookimpl
+from lxfs.api import Host, cgroup_layout
 from lxfs.config_schema import KeySpec, is_true
 from lxfs.errors import InvalidArgument, LxfsError, OperationFailed
 from lxfs.model import Instance
-from lxfs.server import Server, cgroup_layout
 
 log = logging.getLogger("lxfs.apparmor")
 
@@ -135,8 +135,8 @@ def detect() -> HostAppArmor:
 
 def stacking_available() -> bool:
     """Containers get a policy namespace of their own (stacked profiles)."""
-    host = detect()
-    return host.per_instance and host.stacking
+    aa = detect()
+    return aa.per_instance and aa.stacking
 
 
 @functools.lru_cache(maxsize=8)
@@ -288,12 +288,12 @@ class Features:
     stacking: bool = False  # the container gets its own policy namespace
 
 
-def host_features(host: HostAppArmor) -> Features:
+def host_features(aa: HostAppArmor) -> Features:
     return Features(
-        unix=host.parser is not None and parser_version(host.parser) >= UNIX_RULES_SINCE,
+        unix=aa.parser is not None and parser_version(aa.parser) >= UNIX_RULES_SINCE,
         cgroup_ns=Path("/proc/self/ns/cgroup").exists(),
         cgroup2=cgroup_layout() in ("v2", "hybrid"),
-        stacking=host.stacking,
+        stacking=aa.stacking,
     )
 
 
@@ -399,9 +399,9 @@ def render_profile(name: str, namespace: str, *, privileged: bool, nesting: bool
 class ProfileStore:
     """The instances' profiles on disk and in the kernel, through ``apparmor_parser``."""
 
-    def __init__(self, data_dir: Path, host: HostAppArmor) -> None:
+    def __init__(self, data_dir: Path, aa: HostAppArmor) -> None:
         self.data_dir = data_dir
-        self.host = host
+        self.aa = aa
         self.securityfs = SECURITYFS
         self.base = data_dir / "security" / "apparmor"
         self.profiles = self.base / "profiles"
@@ -420,7 +420,7 @@ class ProfileStore:
             privileged=is_true(config.get("security.privileged")),
             nesting=is_true(config.get("security.nesting")),
             raw=config.get("raw.apparmor", ""),
-            features=host_features(self.host),
+            features=host_features(self.aa),
         )
         self.base.parent.mkdir(mode=0o711, exist_ok=True)  # DATA_DIR/security: shared
         for d in (self.base, self.profiles, self.cache):
@@ -437,7 +437,7 @@ class ProfileStore:
     def load(self, instance: Instance) -> None:
         """Generate the profile, make the namespace (stacking) and load it into the kernel."""
         path = self.generate(instance)
-        if self.host.stacking:
+        if self.aa.stacking:
             ns = self.securityfs / "apparmor/policy/namespaces" / namespace_name(
                 instance.name, self.data_dir)
             try:
@@ -458,7 +458,7 @@ class ProfileStore:
 
     def unload(self, instance: str) -> None:
         """Remove the profile (and namespace) from the kernel; the file stays."""
-        if self.host.stacking:
+        if self.aa.stacking:
             ns = self.securityfs / "apparmor/policy/namespaces" / namespace_name(
                 instance, self.data_dir)
             try:
@@ -474,7 +474,7 @@ class ProfileStore:
 
     def delete(self, instance: str) -> None:
         """Unload the profile, then remove its file and cached binary."""
-        if self.host.per_instance:
+        if self.aa.per_instance:
             self.unload(instance)
         name = profile_filename(instance)
         self.path(instance).unlink(missing_ok=True)
@@ -483,8 +483,8 @@ class ProfileStore:
                 cached.unlink(missing_ok=True)
 
     def _parser(self, command: str, path: Path, failure: str) -> None:
-        assert self.host.parser is not None
-        args = [self.host.parser, f"-{command}WL", str(self.cache), str(path)]
+        assert self.aa.parser is not None
+        args = [self.aa.parser, f"-{command}WL", str(self.cache), str(path)]
         try:
             proc = subprocess.run(args, capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL, timeout=120)
@@ -496,8 +496,8 @@ class ProfileStore:
             raise OperationFailed(f"{failure}: {' / '.join(detail)}")
 
 
-def _store(server: Server, host: HostAppArmor | None = None) -> ProfileStore:
-    return ProfileStore(server.data_dir.resolve(), host or detect())
+def _store(host: Host, aa: HostAppArmor | None = None) -> ProfileStore:
+    return ProfileStore(host.data_dir.resolve(), aa or detect())
 
 
 # --- hooks --------------------------------------------------------------------------------------
@@ -516,57 +516,57 @@ def check_raw_apparmor(value: str) -> None:
 def lxfs_config_keys() -> list[KeySpec]:
     return [KeySpec("raw.apparmor", check_raw_apparmor, "", "start",
                     description="AppArmor rules appended to the instance's profile (refused on "
-                                "hosts without AppArmor)")]
+                                "hosts without AppArmor)", lowlevel=True)]
 
 
 @hookimpl
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
-    host = detect()
-    if not host.enabled:
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
+    aa = detect()
+    if not aa.enabled:
         return ["lxc.apparmor.profile = unconfined"]
-    if not host.per_instance:
-        return [f"lxc.apparmor.profile = {host.confined or 'unconfined'}"]
+    if not aa.per_instance:
+        return [f"lxc.apparmor.profile = {aa.confined or 'unconfined'}"]
     return [f"lxc.apparmor.profile = "
-            f"{lxc_profile(instance.name, server.data_dir.resolve(), host.stacking)}"]
+            f"{lxc_profile(instance.name, host.data_dir.resolve(), aa.stacking)}"]
 
 
 @hookimpl
-def lxfs_instance_pre_start(server: Server, instance: Instance) -> None:
+def lxfs_instance_pre_start(host: Host, instance: Instance) -> None:
     """Load the instance's profile; refuse to start what holds rules this host cannot
     enforce (records from before the key was checked)."""
-    host = detect()
+    aa = detect()
     if instance.expanded_config.get("raw.apparmor", "").strip():
-        refusal = host.refusal()
+        refusal = aa.refusal()
         if refusal:
             raise LxfsError(f"raw.apparmor: {refusal}")
-    if host.per_instance:
-        _store(server, host).load(instance)
+    if aa.per_instance:
+        _store(host, aa).load(instance)
 
 
 @hookimpl
-def lxfs_instance_post_stop(server: Server, instance: Instance) -> None:
+def lxfs_instance_post_stop(host: Host, instance: Instance) -> None:
     """Free the kernel's memory, as LXD does; the next start loads the profile again."""
-    host = detect()
-    if host.per_instance:
+    aa = detect()
+    if aa.per_instance:
         try:
-            _store(server, host).unload(instance.name)
+            _store(host, aa).unload(instance.name)
         except LxfsError as exc:
             log.warning("%s", exc)
 
 
 @hookimpl
-def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
-    _store(server).delete(instance.name)
+def lxfs_instance_post_delete(host: Host, instance: Instance) -> None:
+    _store(host).delete(instance.name)
 
 
 @hookimpl
-def lxfs_startup(server: Server) -> None:
+def lxfs_startup(host: Host) -> None:
     """Remove the profiles of instances that no longer exist (renamed or deleted while a
     profile could not be removed)."""
-    store = _store(server)
+    store = _store(host)
     if not store.profiles.is_dir():
         return
-    kept = {profile_filename(name) for name in server.instances}
+    kept = {profile_filename(name) for name in host.instances()}
     for path in store.profiles.iterdir():
         if path.name.startswith(PREFIX) and path.name not in kept:
             log.info("removing the AppArmor profile %s (no such instance)", path.name)

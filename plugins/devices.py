@@ -14,10 +14,11 @@ import stat
 from pathlib import Path
 
 from lxfs import hookimpl
+from lxfs.api import Host, cgroup_layout
 from lxfs.config_schema import is_true
+from lxfs.devices import DeviceType
 from lxfs.errors import InvalidArgument, NotFound
 from lxfs.model import Instance
-from lxfs.server import Server, cgroup_layout
 from lxfs.storage import grant_search
 
 
@@ -27,7 +28,7 @@ def _target(path: str) -> str:
 
 
 def disk_lines(name: str, dev: dict[str, str], privileged: bool,
-               server: Server | None = None, root_uid: int = 0) -> list[str]:
+               host: Host | None = None, root_uid: int = 0) -> list[str]:
     """``lxc.mount.entry`` of a disk device; a pool's custom volume is opened to the
     container's root (``root_uid`` on the host), which LXC binds it as."""
     source, path = dev.get("source", ""), dev.get("path", "")
@@ -37,7 +38,7 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
     if dev.get("pool") and not source.startswith("/"):
         # a custom volume of a pool: stored unshifted like root filesystems, so idmapped
         dev_source_name = source
-        backend = server.pools.get(dev["pool"]) if server else None
+        backend = host.pool(dev["pool"]) if host else None
         if backend is None:
             raise NotFound(f"disk device {name}: storage pool {dev['pool']!r} not found")
         src = backend.volume_path("custom", source)
@@ -110,8 +111,27 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
             f"lxc.mount.entry = {node} {_target(path)} none {options} 0 0"]
 
 
+def validate_disk(name: str, device: dict[str, str], partial: bool) -> None:
+    if device.get("path") == "/" and not partial and "pool" not in device:
+        raise InvalidArgument(f"device {name}: a root disk needs a pool")
+
+
+DISK = DeviceType("disk", frozenset({
+    "path", "source", "pool", "readonly", "size", "shift", "required", "propagation",
+    "recursive", "limits.read", "limits.write", "limits.max"}), validate_disk,
+    "a host directory or file, a pool's custom volume, or (path=/) the root disk")
+UNIX_KEYS = frozenset({"source", "path", "major", "minor", "uid", "gid", "mode", "required"})
+UNIX_CHAR = DeviceType("unix-char", UNIX_KEYS, description="a character device node")
+UNIX_BLOCK = DeviceType("unix-block", UNIX_KEYS, description="a block device node")
+
+
 @hookimpl
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+def lxfs_device_types() -> list[DeviceType]:
+    return [DISK, UNIX_CHAR, UNIX_BLOCK]
+
+
+@hookimpl
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
     privileged = is_true(instance.expanded_config.get("security.privileged"))
     lines: list[str] = []
     root_uid = -1
@@ -120,23 +140,23 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
         if dtype not in ("disk", "unix-char", "unix-block") or dev.get("path") == "/":
             continue
         if root_uid < 0:
-            ids = server.hook.lxfs_instance_root_ids(server=server, instance=instance)
+            ids = host.hook.lxfs_instance_root_ids(host=host, instance=instance)
             root_uid = ids[0] if ids else 0
         if dtype == "disk":
-            lines += disk_lines(name, dev, privileged, server, root_uid)
+            lines += disk_lines(name, dev, privileged, host, root_uid)
         else:
-            lines += unix_lines(name, dev, server.lxc_path / instance.name / "devices",
+            lines += unix_lines(name, dev, host.instance_dir(instance, "devices"),
                                 privileged, root_uid)
     return lines
 
 
-def _bind_source(server: Server, dev: dict[str, str]) -> tuple[str, bool] | None:
+def _bind_source(host: Host, dev: dict[str, str]) -> tuple[str, bool] | None:
     """(host path, needs idmap) of a complete disk bind, None while incomplete/optional."""
     source, path = dev.get("source", ""), dev.get("path", "")
     if dev.get("type") != "disk" or not source or not path or path == "/":
         return None
     if dev.get("pool") and not source.startswith("/"):
-        backend = server.pools.get(dev["pool"])
+        backend = host.pool(dev["pool"])
         if backend is None:
             raise NotFound(f"storage pool {dev['pool']!r} not found")
         return str(backend.volume_path("custom", source)), True
@@ -148,7 +168,7 @@ def _bind_source(server: Server, dev: dict[str, str]) -> tuple[str, bool] | None
 
 
 @hookimpl
-def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict[str, str],
+def lxfs_device_hotplug(host: Host, instance: Instance, name: str, old: dict[str, str],
                         new: dict[str, str]) -> bool | None:
     """Disk binds are plugged into (and out of) running containers live."""
     import subprocess
@@ -157,7 +177,7 @@ def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict
     for dev in (old, new):
         if dev and (dev.get("type") not in ("disk", None) or dev.get("path") == "/"):
             return None
-    pid = server.runtime.pid(instance)
+    pid = host.instance_pid(instance)
     if pid <= 0:
         return None
     privileged = is_true(instance.expanded_config.get("security.privileged"))
@@ -168,14 +188,14 @@ def lxfs_device_hotplug(server: Server, instance: Instance, name: str, old: dict
         if proc.returncode != 0:
             raise OSError(proc.stderr.strip() or f"hotplug exited with {proc.returncode}")
 
-    if _bind_source(server, old) is not None:
+    if _bind_source(host, old) is not None:
         run("detach", str(pid), "/" + _target(old["path"]))
-    bind = _bind_source(server, new)
+    bind = _bind_source(host, new)
     if bind is not None:
         source, idmap = bind
         # the mount point is made on the host side, in the root filesystem as stored: through
         # the container's idmapped view host root could not create it
-        point = server.rootfs(instance) / _target(new["path"])
+        point = host.rootfs(instance) / _target(new["path"])
         if not os.path.lexists(point):
             if os.path.isdir(source):
                 point.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from lxfs import hookimpl
-from lxfs.server import Server
+from lxfs.api import Host
 
 log = logging.getLogger("lxfs.exec")
 
@@ -46,26 +46,26 @@ MAX_MESSAGE = 1 << 20
 
 
 @hookimpl
-def lxfs_services(server: Server) -> list[Any]:
-    return [functools.partial(serve, server)]
+def lxfs_services(host: Host) -> list[Any]:
+    return [functools.partial(serve, host)]
 
 
-async def serve(server: Server, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def serve(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                 ) -> None:
     """Listen on ``DATA_DIR/exec.socket`` until cancelled."""
-    path = server.data_dir / SOCKET_NAME
+    path = host.data_dir / SOCKET_NAME
     path.unlink(missing_ok=True)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         await listener.bind(str(path))
-        os.chown(path, 0, server.access_gid)
+        os.chown(path, 0, host.access_gid)
         os.chmod(path, 0o660)
         listener.listen(32)
         task_status.started()
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
-                nursery.start_soon(_serve_client, server, conn)
+                nursery.start_soon(_serve_client, host, conn)
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -109,12 +109,12 @@ async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
         pass  # the client is gone
 
 
-async def _serve_client(server: Server, conn: trio.socket.SocketType) -> None:
+async def _serve_client(host: Host, conn: trio.socket.SocketType) -> None:
     fds: list[int] = []
     with conn:
         try:
             pid, uid, groups = peer_credentials(conn)
-            if not may_exec(uid, groups, server.access_gid):
+            if not may_exec(uid, groups, host.access_gid):
                 log.warning("exec refused to uid %d (pid %d): not root nor in the access "
                             "group", uid, pid)
                 await _send(conn, {"error": "permission denied: only root and members of "
@@ -129,7 +129,7 @@ async def _serve_client(server: Server, conn: trio.socket.SocketType) -> None:
                 return
             args, term = request
             log.info("exec for uid %d: %s", uid, " ".join(args))
-            await _run(server, conn, args, term, fds)
+            await _run(host, conn, args, term, fds)
         except Exception:  # noqa: BLE001 - one client's failure must not end the service
             log.exception("exec socket: request failed")
             await _send(conn, {"error": "internal error (see the daemon's log)"})
@@ -158,10 +158,10 @@ def _parse_request(data: bytes, fds: list[int]) -> tuple[list[str], str] | str:
     return args, term
 
 
-async def _run(server: Server, conn: trio.socket.SocketType, args: list[str], term: str,
+async def _run(host: Host, conn: trio.socket.SocketType, args: list[str], term: str,
                fds: list[int]) -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "LXFS_MOUNT": str(server.mount), "LANG": "C.UTF-8"}
+           "LXFS_MOUNT": str(host.mount), "LANG": "C.UTF-8"}
     if term:
         env["TERM"] = term
     proc = await trio.lowlevel.open_process(

@@ -28,13 +28,25 @@ from pathlib import Path
 
 import _lxc
 import lxc
+import pluggy
 
 from lxfs import hookimpl
-from lxfs.config_schema import cpu_set, is_true, memory_bytes
-from lxfs.errors import OperationFailed
+from lxfs.api import Host, cgroup_layout
+from lxfs.config_schema import (
+    KeySpec,
+    check_allowance,
+    check_bool,
+    check_cpu,
+    check_int,
+    check_memory,
+    check_range,
+    cpu_set,
+    is_true,
+    memory_bytes,
+)
+from lxfs.errors import InvalidArgument, OperationFailed
 from lxfs.model import Instance
 from lxfs.runtime import Runtime
-from lxfs.server import Server, cgroup_layout
 
 log = logging.getLogger("lxfs.lxc")
 
@@ -67,13 +79,29 @@ class Container(lxc.Container):
 
 class LxcRuntime(Runtime):
     type = "container"
+    name = "lxc"
 
-    def __init__(self, server: Server) -> None:
-        super().__init__(server)
-        self.lxc_path = server.lxc_path
-        self.prefix = cgroup_prefix(server.data_dir)
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
+        #: LXC's path: one directory per container (its config, log, console log)
+        self.lxc_path = host.data_dir / "containers"
+        self.lxc_path.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.lxc_path, 0o711)  # unprivileged containers' roots traverse it
+        self.prefix = cgroup_prefix(host.data_dir)
         self._containers: dict[str, Container] = {}
         self._lock = threading.Lock()
+
+    def facts(self) -> dict[str, str]:
+        return {"driver": self.name, "lxc_path": str(self.lxc_path)}
+
+    def config_lines(self, instance: Instance) -> list[str]:
+        """Every plugin's ``lxfs_lxc_config`` lines, then the instance's ``raw.lxc``."""
+        lines: list[str] = []
+        for contributed in self.host.hook.lxfs_lxc_config(host=self.host, instance=instance):
+            lines.extend(contributed)
+        raw = instance.expanded_config.get("raw.lxc", "")
+        lines.extend(line for line in raw.splitlines() if line.strip())
+        return lines
 
     def _container(self, name: str, reload: bool = False) -> Container:
         with self._lock:
@@ -112,7 +140,8 @@ class LxcRuntime(Runtime):
 
     # --- transitions ----------------------------------------------------------------------
 
-    def start(self, instance: Instance, rootfs: Path, config_lines: list[str]) -> None:
+    def start(self, instance: Instance, rootfs: Path) -> None:
+        config_lines = self.config_lines(instance)
         d = self._dir(instance)
         d.mkdir(mode=0o711, exist_ok=True)
         base = [
@@ -409,13 +438,61 @@ def mount_lines(config: dict[str, str]) -> list[str]:
     return lines + list(NESTING_MOUNTS) if nesting else lines
 
 
+def check_raw_lxc(value: str) -> None:
+    for number, line in enumerate(value.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, _ = line.partition("=")
+        if not sep or not key.strip().startswith("lxc."):
+            raise InvalidArgument(
+                f"raw.lxc line {number}: expected 'lxc.KEY = VALUE', got {line!r}")
+        if key.strip() in ("lxc.rootfs.path", "lxc.logfile", "lxc.log.file"):
+            raise InvalidArgument(f"raw.lxc line {number}: {key.strip()} is managed by lxfs")
+
+
+
+#: the keys this plugin owns: the limits it turns into cgroup settings, and raw.lxc
+KEYS: list[KeySpec] = [
+    KeySpec("limits.memory", check_memory, "", "live",
+            description="memory limit: bytes with a unit (512MiB) or a percentage of the host"),
+    KeySpec("limits.processes", check_int(1), "", "live",
+            description="maximum number of processes (pids cgroup)"),
+    KeySpec("limits.cpu", check_cpu, "", "live",
+            description="number of CPUs or a CPU set (0-1)"),
+    KeySpec("limits.cpu.allowance", check_allowance, "", "live",
+            description="CPU share under contention (50%) or hard quota (25ms/100ms)"),
+    KeySpec("limits.memory.swap", check_bool, "true", "live",
+            description="whether the instance may use swap beyond limits.memory"),
+    KeySpec("limits.disk.priority", check_range(0, 10), "5", "live",
+            description="block I/O weight under contention, 0 (lowest) to 10"),
+    KeySpec("limits.network.priority", check_range(0, 10), "0", "start",
+            description="network priority 0-10 (needs the net_prio cgroup controller)"),
+    KeySpec("raw.lxc", check_raw_lxc, "", "start",
+            description="LXC configuration lines appended to the generated config",
+            lowlevel=True),
+]
+
+
+@hookimpl
+def lxfs_config_keys() -> list[KeySpec]:
+    return KEYS
+
+
 @hookimpl
 def lxfs_runtimes() -> list[type[Runtime]]:
     return [LxcRuntime]
 
 
 @hookimpl
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+def lxfs_add_hookspecs(pm: pluggy.PluginManager) -> None:
+    from lxfs_plugins import lxc_hookspecs
+
+    pm.add_hookspecs(lxc_hookspecs)
+
+
+@hookimpl
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
     config = instance.expanded_config
     halt = config.get("image.lxfs.halt_signal") or "SIGPWR"
     lines = [

@@ -41,12 +41,20 @@ from lxfs_plugins.seccomp_notify import kernel_notif_sizes
 from lxfs_plugins.seccomp_proxy import SeccompProxy, socket_path
 
 from lxfs import hookimpl
-from lxfs.config_schema import KeySpec, check_bool, check_seccomp, is_true
+from lxfs.api import Host
+from lxfs.config_schema import KeySpec, check_bool, is_true
 from lxfs.errors import InvalidArgument, NotSupported, OperationFailed
 from lxfs.model import Instance
-from lxfs.server import Server
 
 HEADER = "2\n"
+
+
+def check_seccomp(value: str) -> None:
+    first = value.strip().splitlines()[0].strip() if value.strip() else ""
+    if first not in ("1", "2"):
+        raise InvalidArgument("raw.seccomp must be an LXC seccomp policy starting with its "
+                              "version line (2)")
+
 
 DEFAULT_POLICY = """\
 reject_force_umount  # comment this to allow umount -f;  not recommended
@@ -170,7 +178,8 @@ def check_deny_compat(value: str) -> None:
 def lxfs_config_keys() -> list[KeySpec]:
     return [
         KeySpec("raw.seccomp", check_seccomp, "", "start",
-                description="an LXC seccomp policy replacing the generated one"),
+                description="an LXC seccomp policy replacing the generated one",
+                lowlevel=True),
         KeySpec("security.syscalls.deny_default", check_bool, "true", "start",
                 description="LXD's default denylist (kexec_load, open_by_handle_at, "
                             "init/finit/delete_module fail with ENOSYS; no umount -f)"),
@@ -288,18 +297,18 @@ def notify_supported() -> bool:
 
 
 @hookimpl
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
     config = instance.expanded_config
     check_combination(config)
     intercept = needs_intercept(config)
     if intercept and not notify_supported():
         raise NotSupported("security.syscalls.intercept.*: this kernel has no seccomp user "
                            "notification")
-    if intercept and not socket_path(server).exists():
+    if intercept and not socket_path(host).exists():
         raise OperationFailed(f"security.syscalls.intercept.*: the daemon's seccomp proxy is "
-                              f"not listening on {socket_path(server)} (see the daemon's log)")
+                              f"not listening on {socket_path(host)} (see the daemon's log)")
     policy = policy_text(config, instance.architecture or platform.machine(), intercept)
-    path = server.lxc_path / instance.name / "seccomp"
+    path = host.instance_dir(instance, "seccomp") / "policy"
     lines: list[str] = []
     if policy is None:
         path.unlink(missing_ok=True)
@@ -315,18 +324,18 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
         # the inner LXC stacks its own policy on this one (as LXD sets it)
         lines.append("lxc.seccomp.allow_nesting = 1")
     if intercept:
-        lines += [f"lxc.seccomp.notify.proxy = unix:{socket_path(server)}",
+        lines += [f"lxc.seccomp.notify.proxy = unix:{socket_path(host)}",
                   f"lxc.seccomp.notify.cookie = {instance.name}"]
     return lines
 
 
 @hookimpl
-def lxfs_services(server: Server) -> list[Callable[..., Awaitable[None]]]:
+def lxfs_services(host: Host) -> list[Callable[..., Awaitable[None]]]:
     """The notify proxy, listening before any instance starts (liblxc's monitor connects to
     it at start, and the start fails when nothing listens)."""
     if not notify_supported():
         return []
-    return [SeccompProxy(server).serve]
+    return [SeccompProxy(host).serve]
 
 
 @hookimpl

@@ -57,9 +57,9 @@ from lxfs_plugins.seccomp_notify import (
     parse_message,
 )
 
+from lxfs.api import Host, cgroup_layout
 from lxfs.errors import LxfsError, NotSupported
 from lxfs.model import Instance
-from lxfs.server import Server, cgroup_layout
 
 log = logging.getLogger("lxfs.seccomp")
 
@@ -80,8 +80,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 SUN_PATH_MAX = 107
 
 
-def socket_path(server: Server) -> Path:
-    return server.data_dir / "seccomp.socket"
+def socket_path(host: Host) -> Path:
+    return host.data_dir / "seccomp.socket"
 
 
 # --- the caller ----------------------------------------------------------------------------
@@ -195,12 +195,12 @@ def _stat_value(path: Path, *keys: str) -> int:
     return 0
 
 
-def container_sysinfo(init_pid: int, host: SysInfo | None = None) -> SysInfo:
+def container_sysinfo(init_pid: int, machine: SysInfo | None = None) -> SysInfo:
     """sysinfo(2) as the container should see it: uptime since its init started, its memory
     limit as total RAM (limit minus usage free), swap from its memory+swap limit, the tasks
     of its pids cgroup; the host's loads, and the host's memory where it has no limit."""
-    host = host or host_sysinfo()
-    info = replace(host)
+    machine = machine or host_sysinfo()
+    info = replace(machine)
     stat_fields = Path(f"/proc/{init_pid}/stat").read_text().rsplit(")", 1)[1].split()
     started = int(stat_fields[19]) / os.sysconf("SC_CLK_TCK")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -228,12 +228,12 @@ def container_sysinfo(init_pid: int, host: SysInfo | None = None) -> SysInfo:
         swap_usage = (memsw_usage - usage if memsw_usage is not None and usage is not None
                       else None)
         shared = _stat_value(memory / "memory.stat", "total_shmem", "shmem")
-    if limit is not None and usage is not None and limit < host.totalram:
+    if limit is not None and usage is not None and limit < machine.totalram:
         info.totalram = limit
         info.freeram = max(0, limit - usage)
         info.sharedram = min(shared, limit)
         info.bufferram = 0
-        if swap_limit is not None and swap_limit < host.totalswap:
+        if swap_limit is not None and swap_limit < machine.totalswap:
             info.totalswap = max(0, swap_limit)
             info.freeswap = max(0, info.totalswap - max(0, swap_usage or 0))
     tasks = _read_int(pids / "pids.current")
@@ -261,9 +261,9 @@ Handler = Callable[[Request, Instance], Awaitable[bytes]]
 class SeccompProxy:
     """Listens on ``DATA_DIR/seccomp.socket`` (mode 0600) for liblxc's monitors."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.path = socket_path(server)
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.path = socket_path(host)
         self.kernel_sizes = kernel_notif_sizes()
         self.handlers: dict[str, Handler] = {
             "mknod": self._mknod, "mknodat": self._mknod, "setxattr": self._setxattr,
@@ -404,17 +404,14 @@ class SeccompProxy:
         """The instance whose init is ``init_pid``. The cookie (its name, which cannot change
         while it runs) names it first; it is trusted alone while the daemon does not know the
         init yet (during its start, or at daemon start-up before the reattach)."""
-        server = self.server
+        host = self.host
         name = notification.cookie.decode(errors="replace")
-        candidates = [name] + [n for n in list(server.instances) if n != name]
+        candidates = [name] + [n for n in host.instances() if n != name]
         for candidate in candidates:
-            instance = server.instances.get(candidate)
+            instance = host.instance(candidate)
             if instance is None:
                 continue
-            try:
-                pid = await server.pid(candidate)
-            except LxfsError:
-                continue
+            pid = host.instance_pid(instance)
             if pid == notification.init_pid > 0 or (candidate == name and pid == 0):
                 return instance
         return None

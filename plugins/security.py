@@ -20,10 +20,18 @@ from pathlib import Path
 from lxfs_plugins.apparmor import stacking_available
 
 from lxfs import hookimpl
-from lxfs.config_schema import is_true, parse_raw_idmap
+from lxfs.api import Host, cgroup_layout
+from lxfs.config_schema import (
+    KeySpec,
+    check_bool,
+    check_modules,
+    check_range,
+    check_raw_idmap,
+    is_true,
+    parse_raw_idmap,
+)
 from lxfs.errors import LxfsError
 from lxfs.model import Instance
-from lxfs.server import Server, cgroup_layout
 
 #: how many ids each container gets (LXD's default for non-isolated containers)
 MAP_SIZE = 65536
@@ -64,15 +72,38 @@ def subid_range(path: Path, user: str = "root") -> tuple[int, int]:
     return subid_ranges(path, user)[0]
 
 
+#: the keys this plugin owns
+KEYS: list[KeySpec] = [
+    KeySpec("security.privileged", check_bool, "false", "start",
+            description="run without a user namespace (root inside is root outside)"),
+    KeySpec("security.nesting", check_bool, "false", "start",
+            description="allow containers inside (writable proc/sys, cgroup namespace)"),
+    KeySpec("security.idmap.isolated", check_bool, "false", "start",
+            description="a uid/gid range of its own, not shared with other instances"),
+    KeySpec("security.idmap.size", check_range(65536, 2**31), "65536", "start",
+            description="size of the instance's uid/gid range", lowlevel=True),
+    KeySpec("raw.idmap", check_raw_idmap, "", "start",
+            description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')",
+            lowlevel=True),
+    KeySpec("linux.kernel_modules", check_modules, "", "start",
+            description="kernel modules that must be available before start", lowlevel=True),
+]
+
+
+@hookimpl
+def lxfs_config_keys() -> list[KeySpec]:
+    return KEYS
+
+
 @hookimpl(tryfirst=True)  # the devices deny must precede the devices plugin's allows
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
     config = instance.expanded_config
     lines: list[str] = []
     if is_true(config.get("security.privileged")):
         lines.append(f"lxc.cap.drop = {' '.join(dropped_caps(True, stacking_available()))}")
         lines += privileged_device_lines(cgroup_layout())
     else:
-        base_u, base_g, size = id_ranges(server, instance)
+        base_u, base_g, size = id_ranges(host, instance)
         extra = parse_raw_idmap(config.get("raw.idmap", ""))
         check_delegated(extra)
         lines += idmap_lines("u", base_u, size, [(h, c, n) for k, h, c, n in extra if k == "u"])
@@ -81,7 +112,7 @@ def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
     return lines
 
 
-def id_ranges(server: Server, instance: Instance) -> tuple[int, int, int]:
+def id_ranges(host: Host, instance: Instance) -> tuple[int, int, int]:
     """(first host uid, first host gid, count) of an unprivileged instance's id range:
     root's first subordinate range, or the instance's own slice of it when isolated."""
     config = instance.expanded_config
@@ -90,17 +121,17 @@ def id_ranges(server: Server, instance: Instance) -> tuple[int, int, int]:
     size = min(MAP_SIZE, uid_count, gid_count)
     if is_true(config.get("security.idmap.isolated")):
         size = int(config.get("security.idmap.size") or MAP_SIZE)
-        offset = isolated_offset(server, instance, size, min(uid_count, gid_count))
+        offset = isolated_offset(host, instance, size, min(uid_count, gid_count))
         uid_start, gid_start = uid_start + offset, gid_start + offset
     return uid_start, gid_start, size
 
 
 @hookimpl
-def lxfs_instance_root_ids(server: Server, instance: Instance) -> tuple[int, int]:
+def lxfs_instance_root_ids(host: Host, instance: Instance) -> tuple[int, int]:
     config = instance.expanded_config
     if is_true(config.get("security.privileged")):
         return 0, 0
-    uid, gid, _size = id_ranges(server, instance)
+    uid, gid, _size = id_ranges(host, instance)
     for kind, host, inside, _count in parse_raw_idmap(config.get("raw.idmap", "")):
         if inside == 0:  # raw.idmap maps the container's root to a host id of its own
             uid, gid = (host, gid) if kind == "u" else (uid, host)
@@ -148,16 +179,17 @@ def idmap_lines(kind: str, base: int, size: int,
     return lines
 
 
-def isolated_offset(server: Server, instance: Instance, size: int, available: int) -> int:
-    """The instance's own slice of root's id range (``volatile.idmap.base``, chosen once):
-    past the shared first 65536 ids, overlapping no other isolated instance."""
+def isolated_offset(host: Host, instance: Instance, size: int, available: int) -> int:
+    """The instance's own slice of root's id range (``volatile.idmap.base``), chosen once
+    at its first start: past the shared first 65536 ids, overlapping no other isolated
+    instance. Allocated by ``pre_start`` (an acting hook); queries only read it."""
     key = "volatile.idmap.base"
     current = instance.config.get(key)
     if current is not None and instance.config.get("volatile.idmap.size") == str(size):
         return int(current)
     taken = sorted(
         (int(i.config[key]), int(i.config.get("volatile.idmap.size", MAP_SIZE)))
-        for i in server.instances.values()
+        for i in host.instances().values()
         if i is not instance and key in i.config
     )
     offset = MAP_SIZE
@@ -168,16 +200,29 @@ def isolated_offset(server: Server, instance: Instance, size: int, available: in
     if offset + size > available:
         raise LxfsError(f"no free id range of {size} left for {instance.name} in root's "
                         f"subordinate ids ({available}): raise them in /etc/subuid")
-    instance.config[key] = str(offset)
-    instance.config["volatile.idmap.size"] = str(size)
-    instance.expanded_config.update({key: str(offset), "volatile.idmap.size": str(size)})
-    server.db.put("instances", instance.name, instance.to_record())
     return offset
 
 
+def allocate_ids(host: Host, instance: Instance) -> None:
+    """Give an isolated instance its id range (``volatile.idmap.*``) if it has none yet."""
+    config = instance.expanded_config
+    if is_true(config.get("security.privileged")) or \
+            not is_true(config.get("security.idmap.isolated")):
+        return
+    size = int(config.get("security.idmap.size") or MAP_SIZE)
+    available = min(subid_range(Path("/etc/subuid"))[1], subid_range(Path("/etc/subgid"))[1])
+    offset = isolated_offset(host, instance, size, available)
+    if instance.config.get("volatile.idmap.base") != str(offset) or \
+            instance.config.get("volatile.idmap.size") != str(size):
+        host.set_volatile(instance, "volatile.idmap.size", str(size))
+        host.set_volatile(instance, "volatile.idmap.base", str(offset))
+
+
 @hookimpl
-def lxfs_instance_pre_start(server: Server, instance: Instance) -> None:
-    """``linux.kernel_modules`` must be there: built in (``/sys/module/NAME``) or loadable."""
+def lxfs_instance_pre_start(host: Host, instance: Instance) -> None:
+    """Allocate an isolated instance's ids; ``linux.kernel_modules`` must be there: built
+    in (``/sys/module/NAME``) or loadable."""
+    allocate_ids(host, instance)
     wanted = [m.strip() for m in instance.expanded_config.get("linux.kernel_modules",
                                                               "").split(",") if m.strip()]
     missing = [m for m in wanted if not Path("/sys/module", m.replace("-", "_")).exists()

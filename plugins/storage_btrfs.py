@@ -483,18 +483,18 @@ def lxfs_storage_drivers() -> list[type[StorageDriver]]:
 
 
 @hookimpl
-def lxfs_instance_post_create(server: object, instance: Instance) -> None:
-    _apply_quota(server, instance)
+def lxfs_instance_post_create(host: object, instance: Instance) -> None:
+    _apply_quota(host, instance)
 
 
 @hookimpl
-def lxfs_instance_pre_start(server: object, instance: Instance) -> None:
-    _apply_quota(server, instance)
+def lxfs_instance_pre_start(host: object, instance: Instance) -> None:
+    _apply_quota(host, instance)
 
 
-def _apply_quota(server: object, instance: Instance) -> None:
+def _apply_quota(host: object, instance: Instance) -> None:
     try:
-        apply_root_quota(server, instance, BtrfsDriver)  # type: ignore[arg-type]
+        apply_root_quota(host, instance, BtrfsDriver)  # type: ignore[arg-type]
     except OSError as exc:
         raise OperationFailed(f"could not set the root disk quota of {instance.name}: "
                               f"{exc}") from exc

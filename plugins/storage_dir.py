@@ -64,6 +64,7 @@ def remove_tree(path: Path) -> None:
 class DirDriver(DirectoryLayout):
     name = "dir"
     copy_on_write = False
+    default_pool = True
 
     @property
     def root(self) -> Path:

@@ -401,10 +401,10 @@ def lxfs_storage_drivers() -> list[type[StorageDriver]]:
 
 
 @hookimpl
-def lxfs_instance_post_create(server: object, instance: Instance) -> None:
-    apply_root_quota(server, instance, ZfsDriver)  # type: ignore[arg-type]
+def lxfs_instance_post_create(host: object, instance: Instance) -> None:
+    apply_root_quota(host, instance, ZfsDriver)  # type: ignore[arg-type]
 
 
 @hookimpl
-def lxfs_instance_pre_start(server: object, instance: Instance) -> None:
-    apply_root_quota(server, instance, ZfsDriver)  # type: ignore[arg-type]
+def lxfs_instance_pre_start(host: object, instance: Instance) -> None:
+    apply_root_quota(host, instance, ZfsDriver)  # type: ignore[arg-type]

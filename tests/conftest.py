@@ -521,7 +521,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture
 def lxfs_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., LxfsDaemon]]:
-    """``start(extra_args=None, log_level="debug") -> LxfsDaemon``: start a daemon on a fresh
+    """``start(extra_args=None, log_level="debug", env=None) -> LxfsDaemon``: start a daemon
+    (``env``: variables added to its environment) on a fresh
     data dir and mount point, ready to use. All of them are torn down after the test; when the
     test failed, their log tails are printed (pytest shows them with the failure)."""
     problems = integration_problems()
@@ -530,8 +531,10 @@ def lxfs_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
 
     daemons: list[LxfsDaemon] = []
 
-    def start(extra_args: list[str] | None = None, log_level: str = "debug") -> LxfsDaemon:
+    def start(extra_args: list[str] | None = None, log_level: str = "debug",
+              env: dict[str, str] | None = None) -> LxfsDaemon:
         daemon = LxfsDaemon(make_base_dir(), extra_args=extra_args, log_level=log_level)
+        daemon.env.update(env or {})
         daemons.append(daemon)  # registered first: torn down even if start fails
         return daemon.start()
 

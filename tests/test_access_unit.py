@@ -32,11 +32,14 @@ def test_unrestricted_project_allows_everything():
      ("restricted.containers.interception", "allow")),
 ])
 def test_restricted_keys(key, value, allowed_by):
-    r = Restrictions("default", {"restricted": "true"})
+    def lowlevel(k: str) -> bool:
+        return k.startswith("raw.")
+
+    r = Restrictions("default", {"restricted": "true"}, lowlevel)
     with pytest.raises(Forbidden, match="forbidden"):
         r.check_key("instance c1", key, value)
-    Restrictions("default", {"restricted": "true", allowed_by[0]: allowed_by[1]}).check_key(
-        "instance c1", key, value)
+    Restrictions("default", {"restricted": "true", allowed_by[0]: allowed_by[1]},
+                 lowlevel).check_key("instance c1", key, value)
     # false values are never refused
     if value == "true":
         r.check_key("instance c1", key, "false")
@@ -74,7 +77,7 @@ def test_device_restrictions():
 
 
 def test_violations_name_the_offenders():
-    r = Restrictions("default", {"restricted": "true"})
+    r = Restrictions("default", {"restricted": "true"}, lambda k: k == "raw.lxc")
     found = r.violations([("instance a", {"security.privileged": "true"}, {}, True),
                           ("instance b", {}, {}, True),
                           ("profile p", {"raw.lxc": "x"}, {}, False)])

@@ -307,7 +307,8 @@ def make_instance(name: str = "c1", **config: str) -> Instance:
 def fake_server(tmp_path: Path, *names: str) -> SimpleNamespace:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    return SimpleNamespace(data_dir=data, instances={n: make_instance(n) for n in names})
+    found = {n: make_instance(n) for n in names}
+    return SimpleNamespace(data_dir=data, instances=lambda: dict(found))
 
 
 def test_load_unload_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,9 +320,9 @@ def test_load_unload_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     store = aa.ProfileStore(data, aa.detect())
     profile, cache = store.path("c1"), store.cache
 
-    assert aa.lxfs_lxc_config(server=server, instance=inst) == [
+    assert aa.lxfs_lxc_config(host=server, instance=inst) == [
         f"lxc.apparmor.profile = {aa.lxc_profile('c1', data, stacking=True)}"]
-    aa.lxfs_instance_pre_start(server=server, instance=inst)
+    aa.lxfs_instance_pre_start(host=server, instance=inst)
     assert profile == data / "security/apparmor/profiles/lxfs-c1"
     assert stat.S_IMODE(profile.stat().st_mode) == 0o600
     assert profile.read_text() == aa.render_profile(
@@ -333,27 +334,27 @@ def test_load_unload_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     # an unchanged profile is not rewritten: the parser's cache is keyed on its mtime
     os.utime(profile, (1, 1))
-    aa.lxfs_instance_pre_start(server=server, instance=inst)
+    aa.lxfs_instance_pre_start(host=server, instance=inst)
     assert profile.stat().st_mtime == 1
     inst.expanded_config["raw.apparmor"] = "deny /y rw,"
-    aa.lxfs_instance_pre_start(server=server, instance=inst)
+    aa.lxfs_instance_pre_start(host=server, instance=inst)
     assert profile.stat().st_mtime != 1 and "deny /y rw," in profile.read_text()
 
     # stop: the namespace goes; the profile is unloaded only if the kernel has it
-    aa.lxfs_instance_post_stop(server=server, instance=inst)
+    aa.lxfs_instance_post_stop(host=server, instance=inst)
     assert not namespace.exists()
     assert len(calls.read_text().splitlines()) == 3
     loaded = securityfs / "apparmor/policy/profiles" / (
         aa.securityfs_name(aa.profile_name("c1", data)) + ".7")
     loaded.mkdir()
-    aa.lxfs_instance_post_stop(server=server, instance=inst)
+    aa.lxfs_instance_post_stop(host=server, instance=inst)
     assert calls.read_text().splitlines()[-1] == f"-RWL {cache} {profile}"
 
     # delete: unloaded, file and cached binary removed
     (cache / "abc123.0").mkdir(parents=True)
     (cache / "abc123.0" / "lxfs-c1").write_bytes(b"binary")
     (cache / "abc123.0" / "lxfs-c10").write_bytes(b"another instance's")
-    aa.lxfs_instance_post_delete(server=server, instance=inst)
+    aa.lxfs_instance_post_delete(host=server, instance=inst)
     assert calls.read_text().splitlines()[-1] == f"-RWL {cache} {profile}"
     assert not profile.exists() and not (cache / "abc123.0" / "lxfs-c1").exists()
     assert (cache / "abc123.0" / "lxfs-c10").exists()
@@ -365,9 +366,9 @@ def test_without_stacking_the_profile_is_used_alone(tmp_path: Path,
     fake_parser(tmp_path, monkeypatch)
     server = fake_server(tmp_path, "c1")
     inst = make_instance("c1")
-    assert aa.lxfs_lxc_config(server=server, instance=inst) == [
+    assert aa.lxfs_lxc_config(host=server, instance=inst) == [
         f"lxc.apparmor.profile = lxfs-c1_<{server.data_dir.resolve()}>"]
-    aa.lxfs_instance_pre_start(server=server, instance=inst)
+    aa.lxfs_instance_pre_start(host=server, instance=inst)
     assert os.listdir(securityfs / "apparmor/policy/namespaces") == []
 
 
@@ -377,7 +378,7 @@ def test_parser_failure_refuses_the_start(tmp_path: Path,
     fake_parser(tmp_path, monkeypatch, fail="AppArmor parser error at line 9: syntax error")
     server = fake_server(tmp_path, "c1")
     with pytest.raises(OperationFailed) as exc:
-        aa.lxfs_instance_pre_start(server=server, instance=make_instance("c1"))
+        aa.lxfs_instance_pre_start(host=server, instance=make_instance("c1"))
     assert exc.value.message == ("AppArmor refused the profile of c1: AppArmor parser error "
                                  "at line 9: syntax error")
 
@@ -397,7 +398,7 @@ def test_startup_removes_profiles_of_gone_instances(tmp_path: Path,
     profiles.mkdir(parents=True)
     for name in ("lxfs-kept", "lxfs-gone", ".lxfs-kept.tmp"):
         (profiles / name).write_text("x")
-    aa.lxfs_startup(server=server)
+    aa.lxfs_startup(host=server)
     assert sorted(os.listdir(profiles)) == [".lxfs-kept.tmp", "lxfs-kept"]
 
 
@@ -423,13 +424,13 @@ def test_raw_apparmor_refused_without_apparmor(tmp_path: Path,
                                  "could not be enforced")
     schema.validate_instance_key("raw.apparmor", "  \n")  # nothing to enforce
     server = fake_server(tmp_path, "c1")
-    assert aa.lxfs_lxc_config(server=server, instance=make_instance("c1")) == [
+    assert aa.lxfs_lxc_config(host=server, instance=make_instance("c1")) == [
         "lxc.apparmor.profile = unconfined"]
-    aa.lxfs_instance_pre_start(server=server, instance=make_instance("c1"))
+    aa.lxfs_instance_pre_start(host=server, instance=make_instance("c1"))
     assert not (server.data_dir / "security").exists()
     # a record from before the check: refused at start, with the same words
     with pytest.raises(LxfsError) as exc:
-        aa.lxfs_instance_pre_start(server=server,
+        aa.lxfs_instance_pre_start(host=server,
                                    instance=make_instance("c1", **{"raw.apparmor": "x,"}))
     assert exc.value.message == ("raw.apparmor: this host's kernel has no AppArmor; the rules "
                                  "could not be enforced")
@@ -443,7 +444,7 @@ def test_raw_apparmor_refused_without_parser(tmp_path: Path,
         aa.check_raw_apparmor("deny /srv rw,")
     assert "apparmor_parser is not installed" in exc.value.message
     server = fake_server(tmp_path, "c1")
-    assert aa.lxfs_lxc_config(server=server, instance=make_instance("c1")) == [
+    assert aa.lxfs_lxc_config(host=server, instance=make_instance("c1")) == [
         "lxc.apparmor.profile = unconfined"]
 
 

@@ -6,8 +6,14 @@ import os
 
 import pytest
 
-from lxfs.config_schema import Schema, cpu_set, memory_bytes, parse_cpu_set, parse_size
+from lxfs.config_schema import Schema as FullSchema
+from lxfs.config_schema import cpu_set, memory_bytes, parse_cpu_set, parse_size
 from lxfs.errors import InvalidArgument
+from lxfs.plugins import plugin_manager
+
+
+def Schema() -> FullSchema:  # noqa: N802 - the schema in force: the core's and the plugins' keys
+    return FullSchema(k for keys in plugin_manager().hook.lxfs_config_keys() for k in keys)
 
 
 @pytest.mark.parametrize("value,expected", [

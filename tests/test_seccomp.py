@@ -236,8 +236,12 @@ def test_every_key_is_documented():
 
 
 def fake_server(tmp_path: Path) -> SimpleNamespace:
-    (tmp_path / "containers").mkdir(exist_ok=True)
-    return SimpleNamespace(lxc_path=tmp_path / "containers", data_dir=tmp_path)
+    def instance_dir(instance: Instance, plugin: str) -> Path:
+        path = tmp_path / "instance-data" / instance.name / plugin
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    return SimpleNamespace(data_dir=tmp_path, instance_dir=instance_dir)
 
 
 def instance(name: str, **config: str) -> Instance:
@@ -249,7 +253,7 @@ def instance(name: str, **config: str) -> Instance:
 def test_lxc_config_lines(tmp_path, monkeypatch):
     monkeypatch.setattr(seccomp, "notify_supported", lambda: True)
     server = fake_server(tmp_path)
-    policy_file = server.lxc_path / "c1" / "seccomp"
+    policy_file = server.instance_dir(instance("c1"), "seccomp") / "policy"
     assert seccomp.lxfs_lxc_config(server, instance("c1")) == \
         [f"lxc.seccomp.profile = {policy_file}"]
     assert policy_file.read_text() == LXD_DEFAULT
@@ -477,15 +481,21 @@ def test_cgroup_paths_of_this_process():
 
 
 class FakeServer:
-    """What the proxy asks of the server: its instances and their init pids."""
+    """What the proxy asks of the host (``lxfs.api.Host``): instances and their init pids."""
 
     def __init__(self, data_dir: Path, pids: dict[str, int]):
         self.data_dir = data_dir
-        self.instances = {name: Instance(name=name) for name in pids}
+        self._instances = {name: Instance(name=name) for name in pids}
         self._pids = pids
 
-    async def pid(self, name: str) -> int:
-        return self._pids[name]
+    def instances(self) -> dict[str, Instance]:
+        return dict(self._instances)
+
+    def instance(self, name: str) -> Instance | None:
+        return self._instances.get(name)
+
+    def instance_pid(self, instance: Instance) -> int:
+        return self._pids[instance.name]
 
 
 def mknod_message(cookie: bytes = b"c1", init_pid: int = 100, dev: tuple[int, int] = (1, 1),

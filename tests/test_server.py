@@ -32,7 +32,7 @@ class FakeRuntime(Runtime):
         proc = self.inits.get(instance.name)
         return proc.pid if proc is not None and proc.poll() is None else 0
 
-    def start(self, instance, rootfs, config_lines):
+    def start(self, instance, rootfs):
         assert rootfs.is_dir()
         if FakeRuntime.fail_start:
             raise OperationFailed("start failed on purpose")
@@ -217,7 +217,7 @@ async def test_state_survives_restart(tmp_path, image, nursery):
     await srv.create_instance("c1", config={"user.x": "1"})
     await srv.set_source("c1", "img")
     await srv.create_profile("extra")
-    await srv.set_profile_key("extra", "limits.processes", "20")
+    await srv.set_profile_key("extra", "boot.autostart.priority", "20")
     await srv.set_instance_field("c1", "profiles", "default\nextra\n")
     await srv.close()
     srv2 = make_server(data)
@@ -225,7 +225,7 @@ async def test_state_survives_restart(tmp_path, image, nursery):
     inst = srv2.instances["c1"]
     assert inst.config["user.x"] == "1"
     assert inst.profiles == ["default", "extra"]
-    assert inst.expanded_config["limits.processes"] == "20"
+    assert inst.expanded_config["boot.autostart.priority"] == "20"
     assert srv2.aliases["img"][0] == fp
     with pytest.raises(Busy):
         await srv2.delete_profile("extra")
@@ -234,11 +234,11 @@ async def test_state_survives_restart(tmp_path, image, nursery):
 
 class BrokenPlugin:
     @hookimpl
-    def lxfs_instance_post_stop(self, server, instance):
+    def lxfs_instance_post_stop(self, host, instance):
         raise RuntimeError("a plugin bug")
 
     @hookimpl
-    def lxfs_startup(self, server):
+    def lxfs_startup(self, host):
         raise RuntimeError("another plugin bug")
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from lxfs import hookimpl
+from lxfs.devices import DeviceType
 from lxfs.errors import LxfsError
 from lxfs.model import Instance
 from lxfs.nodes import Dir, File, KeyValueDir, Node, StaticDir, lines
@@ -19,16 +20,16 @@ from . import config as cfg
 from .manager import NetworkManager
 
 if TYPE_CHECKING:
-    from lxfs.server import Server
+    from lxfs.api import Host
 
-_managers: weakref.WeakKeyDictionary[Server, NetworkManager] = weakref.WeakKeyDictionary()
+_managers: weakref.WeakKeyDictionary[Host, NetworkManager] = weakref.WeakKeyDictionary()
 
 
-def manager(server: Server) -> NetworkManager:
-    """The server's network manager (made on first use)."""
-    mgr = _managers.get(server)
+def manager(host: Host) -> NetworkManager:
+    """The host's network manager (made on first use)."""
+    mgr = _managers.get(host)
     if mgr is None:
-        mgr = _managers[server] = NetworkManager(server)
+        mgr = _managers[host] = NetworkManager(host)
     return mgr
 
 
@@ -42,7 +43,7 @@ async def _thread(fn: Callable[..., object], *args: object) -> object:
 class NetworksDir(Dir):
     """``networks/``: ``mkdir`` creates a managed bridge, ``rmdir`` deletes it."""
 
-    def __init__(self, srv: Server) -> None:
+    def __init__(self, srv: Host) -> None:
         super().__init__(srv)
         self.mgr = manager(srv)
 
@@ -59,7 +60,7 @@ class NetworksDir(Dir):
         await self.srv.guarded("", _thread(self.mgr.delete, name))
 
 
-def network_dir(srv: Server, mgr: NetworkManager, name: str) -> StaticDir:
+def network_dir(srv: Host, mgr: NetworkManager, name: str) -> StaticDir:
     rec = mgr.records[name]
     scope = f"networks/{name}"
 
@@ -104,7 +105,7 @@ def network_dir(srv: Server, mgr: NetworkManager, name: str) -> StaticDir:
         "counters": lambda: _AsyncKeyValueDir(srv, counters),
         "leases": lambda: File(srv, leases, dynamic=True),
         "used_by": lambda: File(srv, lambda: lines(mgr.used_by(name)), dynamic=True),
-        "error": lambda: File(srv, lambda: srv.errors.get(scope, "") or mgr.errors.get(name, ""),
+        "error": lambda: File(srv, lambda: srv.error(scope) or mgr.errors.get(name, ""),
                               dynamic=True),
     }, scope=scope)
 
@@ -112,7 +113,7 @@ def network_dir(srv: Server, mgr: NetworkManager, name: str) -> StaticDir:
 class _AsyncKeyValueDir(Dir):
     """A read-only directory of values computed on each listing (``counters/``)."""
 
-    def __init__(self, srv: Server, values: Callable[[], object]) -> None:
+    def __init__(self, srv: Host, values: Callable[[], object]) -> None:
         super().__init__(srv)
         self.values = values
 
@@ -143,24 +144,24 @@ def _rfc3339(expiry: str) -> str:
 
 
 @hookimpl
-def lxfs_startup(server: Server) -> None:
-    manager(server).restore()
+def lxfs_startup(host: Host) -> None:
+    manager(host).restore()
 
 
 @hookimpl
-def lxfs_shutdown(server: Server) -> None:
-    manager(server).shutdown()
+def lxfs_shutdown(host: Host) -> None:
+    manager(host).shutdown()
 
 
 @hookimpl
-def lxfs_mount_entries(server: Server) -> dict[str, Callable[[], Node | None]]:
-    return {"networks": lambda: NetworksDir(server)}
+def lxfs_mount_entries(host: Host) -> dict[str, Callable[[], Node | None]]:
+    return {"networks": lambda: NetworksDir(host)}
 
 
 @hookimpl
-def lxfs_instance_entries(server: Server, instance: Instance
+def lxfs_instance_entries(host: Host, instance: Instance
                           ) -> dict[str, Callable[[], Node | None]]:
-    mgr = manager(server)
+    mgr = manager(host)
 
     def addresses(family: int) -> Callable[[], Node]:
         async def read() -> str:
@@ -169,24 +170,34 @@ def lxfs_instance_entries(server: Server, instance: Instance
             found = await trio.to_thread.run_sync(mgr.instance_addresses, instance, family)
             return lines(found)
 
-        return lambda: File(server, read, dynamic=True)
+        return lambda: File(host, read, dynamic=True)
 
     return {"ipv4": addresses(socket.AF_INET), "ipv6": addresses(socket.AF_INET6)}
 
 
 @hookimpl
-def lxfs_lxc_config(server: Server, instance: Instance) -> list[str]:
-    return manager(server).lxc_lines(instance)
+def lxfs_lxc_config(host: Host, instance: Instance) -> list[str]:
+    return manager(host).lxc_lines(instance)
 
 
 @hookimpl
-def lxfs_instance_post_start(server: Server, instance: Instance) -> None:
-    manager(server).apply_limits(instance)
+def lxfs_instance_pre_start(host: Host, instance: Instance) -> None:
+    manager(host).prepare(instance)
 
 
 @hookimpl
-def lxfs_instance_post_delete(server: Server, instance: Instance) -> None:
-    mgr = manager(server)
+def lxfs_device_types() -> list[DeviceType]:
+    return [cfg.NIC]
+
+
+@hookimpl
+def lxfs_instance_post_start(host: Host, instance: Instance) -> None:
+    manager(host).apply_limits(instance)
+
+
+@hookimpl
+def lxfs_instance_post_delete(host: Host, instance: Instance) -> None:
+    mgr = manager(host)
     for device in instance.expanded_devices.values():
         name = device.get("network")
         if device.get("type") == "nic" and name in mgr.records:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lxfs.config_schema import check_bool, check_int, is_true
-from lxfs.devices import parse_rate
+from lxfs.devices import DeviceType
 from lxfs.errors import InvalidArgument
 
 IPv4Net = ipaddress.IPv4Network
@@ -336,6 +336,44 @@ def nft_delete(name: str) -> str:
 
 
 # --- nic devices ------------------------------------------------------------------------------
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|Mbit|Gbit|Tbit)$", re.IGNORECASE)
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+
+
+def parse_rate(value: str) -> int:
+    """``10Mbit`` → bits per second (LXD's units for nic limits.ingress/egress/max)."""
+    m = _RATE.match(value.strip())
+    if not m:
+        raise InvalidArgument(f"invalid rate {value!r} (examples: 100kbit, 10Mbit, 1Gbit)")
+    bits = int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
+    if bits < 8000:
+        raise InvalidArgument(f"rate {value!r} is below 8kbit")
+    return bits
+
+
+NIC_KEYS = frozenset({
+    "network", "nictype", "parent", "name", "hwaddr", "mtu", "host_name", "ipv4.address",
+    "ipv6.address", "limits.ingress", "limits.egress", "limits.max", "vlan",
+    "security.mac_filtering"})
+
+
+def validate_nic(dev_name: str, device: dict[str, str], partial: bool) -> None:
+    """Each value as it is written; the whole device once complete (at start)."""
+    if not partial:
+        check_nic(dev_name, device)
+        return
+    for key in ("limits.ingress", "limits.egress", "limits.max"):
+        if device.get(key):
+            try:
+                parse_rate(device[key])
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"device {dev_name}: {key}: {exc.message}") from None
+
+
+NIC = DeviceType("nic", NIC_KEYS, validate_nic, "a network interface (veth on a managed "
+                 "network or a bridge, macvlan, p2p)")
 
 
 def random_mac(rng: random.Random | None = None) -> str:

@@ -31,7 +31,7 @@ from lxfs.model import Instance
 from . import config as cfg
 
 if TYPE_CHECKING:
-    from lxfs.server import Server
+    from lxfs.api import Host
 
 log = logging.getLogger("lxfs.network")
 
@@ -137,12 +137,12 @@ def host_veth_name(server_dir: str, instance: str, device: str) -> str:
 
 
 class NetworkManager:
-    """The managed networks of one server: records (plugin documents ``networks``) and what
+    """The managed networks of one host: records (plugin documents ``networks``) and what
     they own on the host."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.root = server.data_dir / "networks"
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.root = host.data_dir / "networks"
         self.records: dict[str, dict[str, Any]] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.lock = threading.RLock()
@@ -153,10 +153,10 @@ class NetworkManager:
     # --- records ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        self.records = self.server.db.load_documents(KIND)
+        self.records = self.host.load_documents(KIND)
 
     def _save(self, name: str) -> None:
-        self.server.db.put_document(KIND, name, self.records[name])
+        self.host.put_document(KIND, name, self.records[name])
 
     def get(self, name: str) -> dict[str, Any]:
         rec = self.records.get(name)
@@ -169,9 +169,9 @@ class NetworkManager:
 
     def used_by(self, name: str) -> list[str]:
         """Profiles and instances with a nic on this network (LXD's used_by)."""
-        users = [f"profiles/{p.name}" for p in self.server.profiles.values()
+        users = [f"profiles/{p.name}" for p in self.host.profiles().values()
                  if any(_on_network(d, name) for d in p.devices.values())]
-        users += [f"instances/{i.name}" for i in self.server.instances.values()
+        users += [f"instances/{i.name}" for i in self.host.instances().values()
                   if any(_on_network(d, name) for d in i.expanded_devices.values())]
         return sorted(users)
 
@@ -206,7 +206,7 @@ class NetworkManager:
             users = self.used_by(name)
             if users:
                 raise Busy(f"network {name} is in use by {', '.join(users)}")
-            self.server.db.delete_document(KIND, name)
+            self.host.delete_document(KIND, name)
             del self.records[name]
             self._teardown(name)
         log.info("deleted network %s", name)
@@ -369,7 +369,7 @@ class NetworkManager:
             proc.send_signal(signal.SIGHUP)
 
     def _nics_on(self, name: str) -> list[tuple[Instance, str, dict[str, str]]]:
-        return [(inst, dev, device) for inst in self.server.instances.values()
+        return [(inst, dev, device) for inst in self.host.instances().values()
                 for dev, device in inst.expanded_devices.items() if _on_network(device, name)]
 
     def _start_dnsmasq(self, name: str) -> None:
@@ -489,36 +489,34 @@ class NetworkManager:
 
     # --- nic devices ------------------------------------------------------------------------
 
-    def ensure_hwaddrs(self, inst: Instance) -> None:
-        """Generate ``volatile.DEV.hwaddr`` once for nics without ``hwaddr`` and save it."""
-        from lxfs.server import expand
-
-        changed = False
+    def prepare(self, inst: Instance) -> None:
+        """Before a start: generate ``volatile.DEV.hwaddr`` once for nics without ``hwaddr``,
+        check every nic, and refresh the static leases of the networks they are on."""
+        networks = set()
         for dev, device in sorted(inst.expanded_devices.items()):
+            if device.get("type") != "nic":
+                continue
+            cfg.check_nic(dev, device)
             key = f"volatile.{dev}.hwaddr"
-            if device.get("type") == "nic" and not device.get("hwaddr") and \
-                    key not in inst.config:
-                mac = cfg.random_mac()
-                self.server.schema.validate_instance_key(key, mac, internal=True)
-                inst.config[key] = mac
-                changed = True
-        if changed:
-            self.server.db.put("instances", inst.name, inst.to_record())
-            expand(inst, self.server.profiles)
+            if not device.get("hwaddr") and key not in inst.config:
+                self.host.set_volatile(inst, key, cfg.random_mac())
+            if device.get("network"):
+                self.get(device["network"])
+                networks.add(device["network"])
+        for net in sorted(networks):
+            self.write_hosts(net, reload=True)
 
     def lxc_lines(self, inst: Instance) -> list[str]:
-        """``lxc.net.N.*`` for the instance's nics (sorted by device name)."""
+        """``lxc.net.N.*`` for the instance's nics (sorted by device name); a query: what
+        it needs was made by ``prepare``."""
         nics = sorted((dev, device) for dev, device in inst.expanded_devices.items()
                       if device.get("type") == "nic")
         if not nics:
             return []
-        self.ensure_hwaddrs(inst)
         lines: list[str] = []
-        networks = set()
         for n, (dev, device) in enumerate(nics):
-            cfg.check_nic(dev, device)
             p = f"lxc.net.{n}"
-            mac = device.get("hwaddr") or inst.config[f"volatile.{dev}.hwaddr"]
+            mac = device.get("hwaddr") or inst.config.get(f"volatile.{dev}.hwaddr", "")
             nictype = device.get("nictype") or "bridged"
             mtu = device.get("mtu")
             if device.get("network"):
@@ -532,7 +530,6 @@ class NetworkManager:
                                           f"address of network {net} ({v4})")
                 link = net
                 mtu = mtu or rec["config"].get("bridge.mtu")
-                networks.add(net)
             else:
                 link = device.get("parent", "")
                 if link and _link_index(link) is None:
@@ -545,26 +542,24 @@ class NetworkManager:
                 if nictype != "p2p":
                     lines.append(f"{p}.link = {link}")
                 pair = device.get("host_name") or host_veth_name(
-                    str(self.server.data_dir), inst.name, dev)
+                    str(self.host.data_dir), inst.name, dev)
                 lines.append(f"{p}.veth.pair = {pair}")
             lines += [f"{p}.flags = up", f"{p}.hwaddr = {mac}",
                       f"{p}.name = {device.get('name') or dev}"]
             if mtu:
                 lines.append(f"{p}.mtu = {mtu}")
-        for net in networks:
-            self.write_hosts(net, reload=True)
         return lines
 
     def apply_limits(self, inst: Instance) -> None:
         """``limits.ingress`` (towards the instance: the host side's egress) and
         ``limits.egress`` (from it: its own side's egress) as token buckets, via netlink."""
-        pid = self.server.runtime.pid(inst)
+        pid = self.host.instance_pid(inst)
         for dev, device in sorted(inst.expanded_devices.items()):
             if device.get("type") != "nic" or device.get("nictype") in ("macvlan",):
                 continue
             if device.get("limits.ingress"):
                 shape(device.get("host_name") or host_veth_name(
-                    str(self.server.data_dir), inst.name, dev), device["limits.ingress"])
+                    str(self.host.data_dir), inst.name, dev), device["limits.ingress"])
             if device.get("limits.egress") and pid > 0:
                 name, rate = device.get("name") or dev, device["limits.egress"]
                 in_netns(pid, lambda n=name, r=rate: shape(n, r))
@@ -573,7 +568,7 @@ class NetworkManager:
         """``ADDRESS (IFACE)`` lines of a running instance, from netlink in its namespace."""
         if inst.storage_state != "ready":
             return []
-        pid = self.server.runtime.pid(inst)
+        pid = self.host.instance_pid(inst)
         if pid <= 0:
             return []
         now = time.monotonic()

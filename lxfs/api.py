@@ -1,0 +1,143 @@
+"""The plugin API: everything of the core a plugin may use.
+
+Hooks receive a :class:`Host` as ``host``; runtimes get it at construction. Plugins import
+only these modules of lxfs: ``lxfs`` (``hookimpl``), ``lxfs.api``, ``lxfs.errors``,
+``lxfs.config_schema`` (``KeySpec`` and the value checkers), ``lxfs.model`` (the records),
+``lxfs.storage`` (``StorageDriver`` and its helpers), ``lxfs.runtime`` (``Runtime``),
+``lxfs.devices`` (``DeviceType``) and ``lxfs.nodes`` (building blocks for mount entries).
+``tests/test_plugin_api.py`` checks that the built-in plugins keep to it.
+
+Unless it says otherwise, a method may be called from a worker thread (where hooks that
+touch the disk run) as well as from the event loop; none blocks for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from lxfs.model import Instance, Profile
+    from lxfs.server import Server
+    from lxfs.storage import StorageDriver
+
+T = TypeVar("T")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_layout() -> str:
+    """``v1``, ``v2`` or ``hybrid`` (v1 controllers, a v2 tree at ``unified/``), as seen
+    from /sys/fs/cgroup. Only ``v2`` takes ``lxc.cgroup2.*`` limit keys."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return "v2"
+    if (CGROUP_ROOT / "unified" / "cgroup.controllers").exists():
+        return "hybrid"
+    return "v1"
+
+
+class Host:
+    """The daemon as plugins see it."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    # --- facts ----------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory (0711: only what containers must reach is open below it)."""
+        return self._server.data_dir
+
+    @property
+    def mount(self) -> Path:
+        """Where the filesystem API is mounted."""
+        return self._server.mount
+
+    @property
+    def access_gid(self) -> int:
+        """The group whose members may drive lxfs (group ``lxfs``; 0: root alone): give it
+        the sockets you serve to users (mode 0660), as the mount gives it its files."""
+        return self._server.access_gid
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        """The hooks, to call another plugin's answer (``host.hook.lxfs_instance_root_ids``);
+        pass ``host=host``."""
+        return self._server.hook
+
+    @staticmethod
+    def cgroup_layout() -> str:
+        """``v1``, ``v2`` or ``hybrid``: see :func:`cgroup_layout`."""
+        return cgroup_layout()
+
+    # --- the model (read) -----------------------------------------------------------------
+
+    def instances(self) -> dict[str, Instance]:
+        """Every instance by name (a copy of the mapping: the records themselves are live,
+        read their ``expanded_config``/``expanded_devices``; never change them but through
+        :meth:`set_volatile`)."""
+        return dict(self._server.instances)
+
+    def instance(self, name: str) -> Instance | None:
+        return self._server.instances.get(name)
+
+    def profiles(self) -> dict[str, Profile]:
+        return dict(self._server.profiles)
+
+    def pool(self, name: str) -> StorageDriver | None:
+        """A mounted storage pool's driver by pool name."""
+        return self._server.pools.get(name)
+
+    def rootfs(self, instance: Instance) -> Path:
+        """The instance's root filesystem as stored (unshifted) in its pool."""
+        return self._server.rootfs(instance)
+
+    def instance_pid(self, instance: Instance) -> int:
+        """The host PID of a running instance's init, 0 otherwise (the daemon's own record:
+        no runtime query)."""
+        return self._server.running_pid(instance.name)
+
+    def instance_dir(self, instance: Instance, plugin: str) -> Path:
+        """A directory of the plugin's own for one instance (``DATA_DIR/instance-data/NAME/
+        PLUGIN``, created 0700 on first use; its parents are 0711 so that an unprivileged
+        container can be let through to files bound into it). Removed with the instance,
+        renamed with it."""
+        return self._server.plugin_instance_dir(instance.name, plugin)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def set_volatile(self, instance: Instance, key: str, value: str | None) -> None:
+        """Set (``None``: remove) a ``volatile.*`` key of an instance, written to the
+        database in one transaction before it is visible; on failure nothing changes.
+        Call it from the hooks of an operation on that instance (``pre_create``,
+        ``pre_start``...: the core holds the instance's lock) or, elsewhere, from the event
+        loop."""
+        self._server.set_volatile(instance, key, value)
+
+    def load_documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Records a plugin keeps in the daemon's database, by name (``networks``...)."""
+        return self._server.db.load_documents(kind)
+
+    def put_document(self, kind: str, name: str, data: dict[str, Any]) -> None:
+        """Store one record (JSON-serialisable), atomically."""
+        self._server.db.put_document(kind, name, data)
+
+    def delete_document(self, kind: str, name: str) -> None:
+        self._server.db.delete_document(kind, name)
+
+    # --- for mount entries (event loop only) ----------------------------------------------
+
+    async def guarded(self, scope: str, op: Awaitable[T]) -> T:
+        """Run an operation and record its error (or clear it) for ``scope``'s ``error``
+        file, as the core's own files do (nodes' writes call it)."""
+        return await self._server.guarded(scope, op)
+
+    def set_error(self, scope: str, message: str) -> None:
+        self._server.set_error(scope, message)
+
+    def error(self, scope: str) -> str:
+        """The last error recorded for ``scope`` ("" when the last operation succeeded)."""
+        return self._server.errors.get(scope, "")

@@ -643,7 +643,7 @@ class Server:
         result: dict[str, int] = {}
         if inst.storage_state != "ready":
             return result
-        if await in_thread(self.runtime.state, inst) != "STOPPED":
+        if name in self._running_pids:  # the daemon's record: no runtime query per read
             result.update(await in_thread(self.runtime.usage, inst))
         return result
 
@@ -959,9 +959,8 @@ class Server:
     async def _apply_live(self, inst: Instance) -> None:
         """Apply what can change while the instance runs (limits); the rest waits for the
         next start. A refusal by the kernel is reported, the new value is kept."""
-        if inst.storage_state != "ready" or inst.name in self.transient:
-            return
-        if await in_thread(self.runtime.state, inst) == "STOPPED":
+        if inst.storage_state != "ready" or inst.name in self.transient or \
+                inst.name not in self._running_pids:
             return
         try:
             await in_thread(self.runtime.apply_limits, inst)
@@ -1061,8 +1060,7 @@ class Server:
                        scope: str) -> None:
         """Apply device changes to a running instance through plugins; what no plugin can
         apply live waits for the next start, and the user is told."""
-        if inst.storage_state != "ready" or \
-                await in_thread(self.runtime.state, inst) == "STOPPED":
+        if inst.storage_state != "ready" or inst.name not in self._running_pids:
             return
         after = inst.expanded_devices
         pending = []
@@ -1614,8 +1612,7 @@ class Server:
             raise NotFound(f"snapshot {volume}/{snapshot} not found")
         running = [u for u in self.custom_volume_users(pool, volume)
                    if u.startswith("instances/") and self.instances[u[10:]].storage_state ==
-                   "ready" and await in_thread(self.runtime.state, self.instances[u[10:]])
-                   != "STOPPED"]
+                   "ready" and u[10:] in self._running_pids]
         if running:
             raise Busy(f"volume {volume} is in use by running {', '.join(running)}")
         await in_thread(backend.restore_snapshot, "custom", volume, snapshot)

@@ -268,13 +268,19 @@ class Schema:
         return next((s for s in self.server_keys if s.matches(key)), None)
 
     def validate_server_key(self, key: str, value: str) -> None:
-        spec = self.server_spec(key)
-        if spec is None:
-            raise InvalidArgument(f"unknown server configuration key {key!r}")
-        try:
-            spec.validate(value)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"{key}: {exc.message}") from None
+        validate_among(self.server_keys, key, value, "server configuration key")
+
+
+def validate_among(specs: Iterable[KeySpec], key: str, value: str, what: str) -> None:
+    """Validate ``key=value`` against the first spec matching ``key``; the error names the
+    key (``unknown WHAT 'KEY'`` when none matches)."""
+    spec = next((s for s in specs if s.matches(key)), None)
+    if spec is None:
+        raise InvalidArgument(f"unknown {what} {key!r}")
+    try:
+        spec.validate(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{key}: {exc.message}") from None
 
 
 # --- secrets --------------------------------------------------------------------------------

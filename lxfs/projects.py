@@ -14,7 +14,7 @@ import errno
 import os
 from collections.abc import Callable, Iterable
 
-from lxfs.config_schema import KeySpec, check_bool, is_true
+from lxfs.config_schema import KeySpec, check_bool, is_true, validate_among
 from lxfs.errors import InvalidArgument, LxfsError
 
 
@@ -84,13 +84,7 @@ INTERCEPT_PREFIX = "security.syscalls.intercept."
 
 
 def validate_project_key(key: str, value: str) -> None:
-    spec = next((s for s in PROJECT_KEYS if s.matches(key)), None)
-    if spec is None:
-        raise InvalidArgument(f"unknown project configuration key {key!r}")
-    try:
-        spec.validate(value)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{key}: {exc.message}") from None
+    validate_among(PROJECT_KEYS, key, value, "project configuration key")
 
 
 class Restrictions:

@@ -213,7 +213,8 @@ INSTANCE_KEYS: list[KeySpec] = [
     KeySpec("boot.autostart.priority", check_int(0), "0", "live",
             description="higher starts first at daemon start"),
     KeySpec("boot.stop.priority", check_int(0), "0", "live",
-            description="higher stops first when stopping all"),
+            description="order of `lxfs stop --all`: higher stops first, equal priorities "
+                        "together (the daemon itself never stops instances)"),
     KeySpec("environment.*", description="environment variables for exec and init"),
     KeySpec("user.*", description="free-form user data"),
     KeySpec("boot.autostart", check_bool, "false", "live",

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -531,6 +532,176 @@ def test_stop_timeout_is_the_daemons(mnt: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cli_mount, "write_raw", lambda path, value: writes.append(value))
     assert main(["stop", "c1", "--timeout", "1"]) == 0
     assert writes == ["stop 1"]
+
+
+class FakeStateDaemon:
+    """Replaces mount.write_raw for ``state`` writes as lxfsd answers them: the write returns
+    once the transition is done (after ``delay`` seconds), then the state file says so.
+    Records when each write began and ended; ``barriers`` make named writes wait for each
+    other (a test fails unless they run at the same time); ``fail`` maps names to an errno and
+    an error-file message."""
+
+    STATES = {"start": "RUNNING", "stop": "STOPPED", "kill": "STOPPED", "restart": "RUNNING",
+              "freeze": "FROZEN", "unfreeze": "RUNNING"}
+
+    def __init__(self, root: Path, delay: float = 0.02) -> None:
+        self.root = root
+        self.delay = delay
+        self.log: list[tuple[str, str, str]] = []  # (begin|end, name, value)
+        self.barriers: dict[str, threading.Barrier] = {}
+        self.fail: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path | str, value: str) -> None:
+        rel = Path(os.path.relpath(path, self.root)).parts
+        assert rel[0] == "instances" and rel[2] == "state", rel
+        name = rel[1]
+        with self._lock:
+            self.log.append(("begin", name, value))
+        if name in self.barriers:
+            self.barriers[name].wait()
+        time.sleep(self.delay)
+        if name in self.fail:
+            err, message = self.fail[name]
+            (self.root / "instances" / name / "error").write_text(message + "\n")
+            raise OSError(err, os.strerror(err))
+        Path(path).write_text(self.STATES[value.split()[0]] + "\n")
+        with self._lock:
+            self.log.append(("end", name, value))
+
+    def order(self, what: str) -> list[str]:
+        return [name for event, name, _v in self.log if event == what]
+
+    def values(self) -> dict[str, str]:
+        return {name: value for event, name, value in self.log if event == "begin"}
+
+
+@pytest.fixture
+def fake_daemon(mnt: Path, monkeypatch: pytest.MonkeyPatch) -> FakeStateDaemon:
+    daemon = FakeStateDaemon(mnt)
+    monkeypatch.setattr(cli_mount, "write_raw", daemon)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    return daemon
+
+
+def test_stop_all_by_stop_priority(mnt: Path, fake_daemon: FakeStateDaemon) -> None:
+    """Highest ``boot.stop.priority`` first; equal priorities at the same time (the barrier
+    holds each of b1/b2 until the other has begun); a group starts once the one before it
+    has stopped; stopped instances are left alone."""
+    for name, priority in (("a1", "1"), ("b1", "10"), ("b2", "10"), ("c1", ""), ("c2", "0")):
+        make_instance(mnt, name, config={"boot.stop.priority": priority} if priority else {})
+    make_instance(mnt, "f1", "FROZEN", config={"boot.stop.priority": "5"})
+    make_instance(mnt, "s1", "STOPPED", config={"boot.stop.priority": "99"})
+    barrier = threading.Barrier(2, timeout=5)
+    fake_daemon.barriers = {"b1": barrier, "b2": barrier, "c1": threading.Barrier(2, timeout=5)}
+    fake_daemon.barriers["c2"] = fake_daemon.barriers["c1"]
+    assert main(["stop", "--all"]) == 0
+    log = [(event, name) for event, name, _v in fake_daemon.log]
+    groups = [{"b1", "b2"}, {"f1"}, {"a1"}, {"c1", "c2"}]
+    position = 0
+    for group in groups:  # each group: all begin, then all end, before the next begins
+        assert {n for _e, n in log[position:position + len(group)]} == group
+        assert all(e == "begin" for e, _n in log[position:position + len(group)])
+        position += len(group)
+        assert {n for _e, n in log[position:position + len(group)]} == group
+        assert all(e == "end" for e, _n in log[position:position + len(group)])
+        position += len(group)
+    assert position == len(log)
+    assert set(fake_daemon.values().values()) == {"stop"}
+    assert all((mnt / "instances" / n / "state").read_text() == "STOPPED\n"
+               for n in ("a1", "b1", "b2", "c1", "c2", "f1", "s1"))
+
+
+def test_stop_all_force_and_timeout(mnt: Path, fake_daemon: FakeStateDaemon) -> None:
+    make_instance(mnt, "low", config={"boot.stop.priority": "1"})
+    make_instance(mnt, "high", config={"boot.stop.priority": "2"})
+    assert main(["stop", "--all", "--force"]) == 0
+    assert fake_daemon.order("begin") == ["high", "low"]
+    assert set(fake_daemon.values().values()) == {"kill"}
+    fake_daemon.log.clear()
+    for name in ("low", "high"):
+        put(mnt / "instances" / name / "state", "RUNNING\n")
+    assert main(["stop", "--all", "--timeout", "7"]) == 0
+    assert fake_daemon.order("begin") == ["high", "low"]
+    assert set(fake_daemon.values().values()) == {"stop 7"}
+
+
+def test_stop_all_goes_on_after_a_failure(mnt: Path, fake_daemon: FakeStateDaemon,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed stop is reported; the lower priorities are stopped all the same. An instance
+    that stopped by itself meanwhile (EBUSY, now STOPPED) is no failure."""
+    make_instance(mnt, "first", config={"boot.stop.priority": "3"})
+    make_instance(mnt, "gone", config={"boot.stop.priority": "2"})
+    make_instance(mnt, "last", config={"boot.stop.priority": "1"})
+    fake_daemon.fail["first"] = (errno.EIO, "failed to stop first")
+
+    def stopped_by_itself(path: Path | str, value: str) -> None:
+        if "/gone/" in str(path):
+            put(mnt / "instances" / "gone" / "state", "STOPPED\n")
+            (mnt / "instances" / "gone" / "error").write_text("instance gone is already "
+                                                              "stopped\n")
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        fake_daemon(path, value)
+
+    monkeypatch.setattr(cli_mount, "write_raw", stopped_by_itself)
+    assert main(["stop", "--all"]) == 1
+    assert capsys.readouterr().err == "Error: first: failed to stop first\n"
+    assert fake_daemon.order("begin") == ["first", "last"]
+    assert (mnt / "instances" / "last" / "state").read_text() == "STOPPED\n"
+
+
+def test_other_commands_all(mnt: Path, fake_daemon: FakeStateDaemon) -> None:
+    """``start``/``restart``/``freeze``/``unfreeze --all``: the instances in the state each
+    applies to, all at once (LXD's bulk state change has no order)."""
+    make_instance(mnt, "r1", config={"boot.stop.priority": "1", "boot.autostart.priority": "9"})
+    make_instance(mnt, "s1", "STOPPED", config={"boot.autostart.priority": "1"})
+    make_instance(mnt, "s2", "STOPPED", config={"boot.autostart.priority": "5"})
+    make_instance(mnt, "z1", "FROZEN")
+    barrier = threading.Barrier(2, timeout=5)
+    fake_daemon.barriers = {"s1": barrier, "s2": barrier}
+    assert main(["start", "--all"]) == 0
+    assert fake_daemon.values() == {"s1": "start", "s2": "start"}
+    fake_daemon.barriers.clear()
+    everyone = {"r1", "s1", "s2", "z1"}
+    for command, expected in (("freeze", everyone - {"z1"}), ("unfreeze", everyone),
+                              ("restart", everyone)):
+        fake_daemon.log.clear()
+        assert main([command, "--all"]) == 0
+        assert set(fake_daemon.values()) == expected, command
+        assert set(fake_daemon.values().values()) == {command}
+    fake_daemon.log.clear()
+    assert main(["pause", "--all"]) == 0
+    assert set(fake_daemon.values().values()) == {"freeze"}
+
+
+def test_all_uses_the_list_file(mnt: Path, fake_daemon: FakeStateDaemon) -> None:
+    """The states come from ``instances/.list`` (one read) where the daemon has it."""
+    make_instance(mnt, "c1", "STOPPED")
+    make_instance(mnt, "c2", "STOPPED")
+    put(mnt / "instances" / ".list", "NAME\tSTATE\tPID\tTYPE\tEPHEMERAL\tSNAPSHOTS\tIPV4\tIPV6\n"
+        "c1\tRUNNING\t77\tcontainer\tfalse\t0\t\t\nc2\tSTOPPED\t0\tcontainer\tfalse\t0\t\t\n")
+    assert main(["stop", "--all"]) == 0
+    assert fake_daemon.values() == {"c1": "stop"}
+
+
+def test_all_and_names(mnt: Path, fake_daemon: FakeStateDaemon,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    make_instance(mnt, "c1")
+    assert main(["stop", "--all", "c1"]) == 1
+    assert capsys.readouterr().err == "Error: Both --all and instance name given\n"
+    assert main(["stop"]) == 1
+    assert capsys.readouterr().err == "Error: Give the instances to stop, or --all\n"
+    assert main(["start", "--all"]) == 0  # nothing to do
+    assert fake_daemon.log == []
+
+
+def test_priority_groups() -> None:
+    from lxfs.cli.instances import priority_groups
+
+    assert priority_groups({"c10": 0, "c2": 0, "x": 7, "a": -1, "y": 7}) == [
+        ["x", "y"], ["c2", "c10"], ["a"]]
+    assert priority_groups({}) == []
 
 
 # -- delete / rename / snapshots ---------------------------------------------------------------

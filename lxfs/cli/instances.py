@@ -195,31 +195,47 @@ def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
     set_state(mount, name, f"stop {max(0, int(timeout))}")
 
 
+def change_state(mount: Mount, name: str, command: str, force: bool = False,
+                 timeout: int = -1) -> None:
+    """One state command on one instance (``stop`` with ``--force``/``--timeout``: kill, or
+    the graceful stop's seconds; -1 is the daemon's default)."""
+    timed = timeout >= 0
+    if command == "stop":
+        if force:
+            set_state(mount, name, "kill")
+        elif timed:
+            stop_with_timeout(mount, name, timeout)
+        else:
+            set_state(mount, name, "stop")
+    elif command == "restart" and (force or timed):
+        if read_state(mount, name) != "STOPPED":
+            if force:
+                set_state(mount, name, "kill")
+            else:
+                stop_with_timeout(mount, name, timeout)
+        set_state(mount, name, "start")
+    else:
+        set_state(mount, name, command)
+
+
 def cmd_state(args: argparse.Namespace) -> int:
-    """``lxfs start|stop|restart|freeze|pause|unfreeze NAME...``."""
+    """``lxfs start|stop|restart|freeze|pause|unfreeze NAME...|--all``."""
     mount = Mount()
     command = args.state_action
     force = getattr(args, "force", False)
     timeout = getattr(args, "timeout", -1)
+    if timeout is None:
+        timeout = -1
+    if args.all:
+        if args.names:
+            raise CLIError("Both --all and instance name given")
+        return state_all(mount, command, force, timeout)
+    if not args.names:
+        raise CLIError(f"Give the instances to {command}, or --all")
     failed = 0
     for name in args.names:
         try:
-            if command == "stop":
-                if force:
-                    set_state(mount, name, "kill")
-                elif timeout is not None and timeout >= 0:
-                    stop_with_timeout(mount, name, timeout)
-                else:
-                    set_state(mount, name, "stop")
-            elif command == "restart" and (force or (timeout is not None and timeout >= 0)):
-                if read_state(mount, name) != "STOPPED":
-                    if force:
-                        set_state(mount, name, "kill")
-                    else:
-                        stop_with_timeout(mount, name, timeout)
-                set_state(mount, name, "start")
-            else:
-                set_state(mount, name, command)
+            change_state(mount, name, command, force, timeout)
         except CLIError as exc:
             if len(args.names) == 1:
                 raise
@@ -228,6 +244,111 @@ def cmd_state(args: argparse.Namespace) -> int:
     if failed:
         return 1
     return 0
+
+
+def acted_on_by_all(command: str, state: str) -> bool:
+    """Whether ``--all`` acts on an instance in ``state`` (as LXD's bulk state change: stop
+    and restart what is not stopped, start what is; transient states count as running)."""
+    if command == "start":
+        return state == "STOPPED"
+    if command in ("stop", "restart"):
+        return state != "STOPPED"
+    if command == "freeze":
+        return state == "RUNNING"
+    return state == "FROZEN"  # unfreeze
+
+
+#: what ``--all`` wanted, when the daemon answers EBUSY because the instance is there already
+#: (it stopped by itself, someone else started it...)
+ALL_GOALS = {"start": "RUNNING", "stop": "STOPPED", "freeze": "FROZEN", "unfreeze": "RUNNING"}
+
+
+def instance_states(mount: Mount) -> dict[str, str]:
+    """Every instance's state by name (one read of ``instances/.list`` where the daemon has
+    it); instances that vanish meanwhile are left out."""
+    listing = read_listing(mount)
+    if listing is not None:
+        return {name: row["state"] for name, row in listing.items()}
+    states = {}
+    for name in instance_names(mount):
+        state = read_opt(mount.instances / name / "state").strip().upper()
+        if state:
+            states[name] = state
+    return states
+
+
+def stop_priority(mount: Mount, name: str) -> int:
+    """The instance's ``boot.stop.priority`` (0 when unset)."""
+    value = read_opt(mount.instances / name / "expanded" / "config" / "boot.stop.priority")
+    try:
+        return int(value.strip() or 0)
+    except ValueError:
+        return 0
+
+
+def priority_groups(priorities: dict[str, int]) -> list[list[str]]:
+    """Names grouped by priority, the highest first; each group in name order."""
+    groups: dict[int, list[str]] = {}
+    for name in sorted(priorities, key=natural_key):
+        groups.setdefault(priorities[name], []).append(name)
+    return [groups[p] for p in sorted(groups, reverse=True)]
+
+
+def run_together(names: list[str], action: Callable[[str], None]) -> dict[str, str]:
+    """Run ``action`` on every name, at most as many at once as the host has CPUs (as LXD's
+    shutdown of all instances; it also leaves the daemon room for other requests). Returns the
+    error message of each name that failed."""
+    errors: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        try:
+            action(name)
+        except CLIError as exc:
+            errors[name] = exc.message
+
+    workers = min(len(names), os.cpu_count() or 1)
+    if workers <= 1:
+        for name in names:
+            run(name)
+        return errors
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - only for --all
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lxfs-all")
+    try:
+        for future in [pool.submit(run, name) for name in names]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return errors
+
+
+def state_all(mount: Mount, command: str, force: bool, timeout: int) -> int:
+    """``--all``: the command on every instance it applies to. ``stop`` goes by
+    ``boot.stop.priority``: the highest first, those of equal priority together, each group
+    once the one before it has stopped; the other commands act on all of them together."""
+    targets = [name for name, state in instance_states(mount).items()
+               if acted_on_by_all(command, state)]
+    if command == "stop":
+        groups = priority_groups({name: stop_priority(mount, name) for name in targets})
+    else:
+        groups = [sorted(targets, key=natural_key)] if targets else []
+    goal = ALL_GOALS.get(command)
+
+    def act(name: str) -> None:
+        try:
+            change_state(mount, name, command, force, timeout)
+        except CLIError as exc:
+            busy = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EBUSY
+            if not (busy and goal and read_opt(mount.instances / name / "state").strip()
+                    .upper() == goal):
+                raise
+
+    failed: dict[str, str] = {}
+    for group in groups:
+        failed.update(run_together(group, act))
+    for name, message in failed.items():
+        sys.stderr.write(f"Error: {name}: {message}\n")
+    return 1 if failed else 0
 
 
 # -- delete / rename ---------------------------------------------------------------------------
@@ -724,11 +845,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                ("pause", "Freeze instances"),
                                ("unfreeze", "Unfreeze instances")):
         p = sub.add_parser(command, help=help_text)
-        p.add_argument("names", metavar="NAME", nargs="+")
+        p.add_argument("names", metavar="NAME", nargs="*")
         if command in ("stop", "restart"):
             p.add_argument("-f", "--force", action="store_true", help="force (kill)")
             p.add_argument("--timeout", type=int, default=-1,
                            help="seconds to wait before killing (-1: the server's default)")
+        p.add_argument("--all", action="store_true",
+                       help="every instance (stop: by boot.stop.priority, highest first)"
+                       if command == "stop" else "every instance")
         action = "freeze" if command == "pause" else command
         p.set_defaults(func=cmd_state, state_action=action)
 

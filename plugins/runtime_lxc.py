@@ -11,7 +11,10 @@ finds them again through liblxc. Everything else (state, stop, freeze) goes thro
 which talks to the monitor's command socket.
 
 Cgroups are named ``lxfs.<id>/NAME`` (payload) and ``lxfs.<id>.monitor/NAME``, where ``<id>``
-is derived from the data directory, so that several daemons never collide.
+is derived from the data directory, so that several daemons never collide. Limits are LXC
+config lines at start and cgroup writes when they change; ``limits.network.priority`` goes to
+the ``net_prio`` controller (cgroup v1 only) after the start, as LXD does, and is refused on
+hosts without that controller.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from lxfs.config_schema import (
     is_true,
     memory_bytes,
 )
-from lxfs.errors import InvalidArgument, OperationFailed
+from lxfs.errors import InvalidArgument, LxfsError, OperationFailed
 from lxfs.model import Instance
 from lxfs.runtime import Runtime
 
@@ -52,6 +55,9 @@ log = logging.getLogger("lxfs.lxc")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = "-1"
+#: where the controllers the kernel has, and the cgroup hierarchies mounted, are read
+PROC_CGROUPS = Path("/proc/cgroups")
+MOUNTINFO = Path("/proc/self/mountinfo")
 
 
 def cgroup_prefix(data_dir: Path) -> str:
@@ -172,6 +178,15 @@ class LxcRuntime(Runtime):
             if not c.running:
                 self._remove_cgroups(instance.name)
             raise OperationFailed(f"failed to start {instance.name}: {reason}")
+        priority = network_priority(instance.expanded_config)
+        if priority:  # as LXD: once the container runs, in its cgroup
+            try:
+                apply_network_priority(c, priority)
+            except OperationFailed as exc:
+                self.kill(instance)
+                self._remove_cgroups(instance.name)
+                raise OperationFailed(f"failed to start {instance.name}: "
+                                      f"limits.network.priority: {exc}") from None
 
     def _failure(self, instance: Instance, stderr: str) -> str:
         errors = [line for line in self.log(instance).splitlines() if " ERROR " in line]
@@ -269,8 +284,11 @@ class LxcRuntime(Runtime):
         for order in (items, sorted(items, key=lambda kv: "memsw" not in kv[0])):
             failed = [f"{k} = {v}" for k, v in order if not c.set_cgroup_item(k, v)]
             if not failed:
-                return
-        raise OperationFailed(f"the kernel refused {', '.join(failed)}")
+                break
+        else:
+            raise OperationFailed(f"the kernel refused {', '.join(failed)}")
+        if net_prio_missing() is None:  # elsewhere a non-zero value is refused at set and start
+            apply_network_priority(c, network_priority(instance.expanded_config))
 
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
@@ -417,6 +435,94 @@ def limit_lines(config: dict[str, str], layout: str) -> list[str]:
     return lines
 
 
+# --- limits.network.priority: net_prio.ifpriomap ---------------------------------------------
+
+
+def net_prio_missing() -> str | None:
+    """Why this host has no usable ``net_prio`` controller; None when a cgroup v1 hierarchy
+    has it mounted (cgroup v2 has no such controller, so it is v1 or nothing)."""
+    try:
+        mountinfo = MOUNTINFO.read_text()
+    except OSError:
+        mountinfo = ""
+    for line in mountinfo.splitlines():
+        _, sep, fs = line.partition(" - ")
+        fields = fs.split()
+        if sep and len(fields) >= 3 and fields[0] == "cgroup" and \
+                "net_prio" in fields[2].split(","):
+            return None
+    if cgroup_layout() == "v2":
+        return "cgroup v2"
+    try:
+        kernel = PROC_CGROUPS.read_text().splitlines()
+    except OSError:
+        kernel = []
+    if not any(line.split()[:1] == ["net_prio"] and line.split()[-1] == "1" for line in kernel):
+        return "not in this kernel"
+    return "in the kernel, but no cgroup v1 hierarchy mounts it"
+
+
+def net_prio_refusal(why: str) -> str:
+    return (f"this host has no net_prio cgroup controller ({why}): the priority could not "
+            "be enforced")
+
+
+def check_network_priority(value: str) -> None:
+    """0-10; a non-zero value is refused where the host has no net_prio controller."""
+    check_range(0, 10)(value)
+    why = net_prio_missing() if int(value) else None
+    if why:
+        raise InvalidArgument(net_prio_refusal(why))
+
+
+def network_priority(config: dict[str, str]) -> int:
+    """The instance's ``limits.network.priority`` (0 when unset or not a number: records are
+    validated when the key is set)."""
+    try:
+        return int(config.get("limits.network.priority") or 0)
+    except ValueError:
+        return 0
+
+
+def parse_ifpriomap(text: str) -> dict[str, int]:
+    """``net_prio.ifpriomap`` as read (``IFNAME PRIORITY`` lines) → {interface: priority}."""
+    entries: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, prio = line.strip().rpartition(" ")
+        if name and prio.isdigit():
+            entries[name] = int(prio)
+    return entries
+
+
+def ifpriomap_entries(current: dict[str, int], priority: int) -> list[str]:
+    """The ``IFNAME PRIORITY`` writes that give every interface ``priority``. As LXD, every
+    network interface of the host gets the instance's priority: the kernel resolves the names
+    in the host's (initial) network namespace only, and lists exactly those in the file."""
+    return [f"{name} {priority}" for name, prio in current.items() if prio != priority]
+
+
+def apply_network_priority(c: Container, priority: int) -> None:
+    """Write ``net_prio.ifpriomap`` until every interface it lists has ``priority`` (one entry
+    per write, as the kernel takes them). Interfaces that vanish meanwhile drop out of the
+    listing; what the kernel still refuses after three rounds is an error."""
+    for _ in range(3):
+        try:
+            text = c.get_cgroup_item("net_prio.ifpriomap") or ""
+        except ValueError:
+            text = ""
+        current = parse_ifpriomap(text)
+        if not current:
+            if not priority:
+                return  # nothing to enforce (a container started before net_prio was there)
+            raise OperationFailed("net_prio.ifpriomap of the container could not be read")
+        pending = ifpriomap_entries(current, priority)
+        if not pending:
+            return
+        for entry in pending:
+            c.set_cgroup_item("net_prio.ifpriomap", entry)
+    raise OperationFailed(f"the kernel refused net_prio.ifpriomap entries {', '.join(pending)}")
+
+
 #: An unmasked proc and sysfs for the LXC inside a nesting container. The kernel lets a user
 #: namespace mount proc or sysfs only where one is already fully visible to it, and the
 #: container's own /proc has LXC's overmounts (/proc/sys/kernel/random/boot_id at least):
@@ -466,8 +572,9 @@ KEYS: list[KeySpec] = [
             description="whether the instance may use swap beyond limits.memory"),
     KeySpec("limits.disk.priority", check_range(0, 10), "5", "live",
             description="block I/O weight under contention, 0 (lowest) to 10"),
-    KeySpec("limits.network.priority", check_range(0, 10), "0", "start",
-            description="network priority 0-10 (needs the net_prio cgroup controller)"),
+    KeySpec("limits.network.priority", check_network_priority, "0", "live",
+            description="priority 0-10 of the instance's network traffic on each host "
+                        "interface (net_prio cgroup v1 controller; refused where there is none)"),
     KeySpec("raw.lxc", check_raw_lxc, "", "start",
             description="LXC configuration lines appended to the generated config",
             lowlevel=True),
@@ -489,6 +596,16 @@ def lxfs_add_hookspecs(pm: pluggy.PluginManager) -> None:
     from lxfs_plugins import lxc_hookspecs
 
     pm.add_hookspecs(lxc_hookspecs)
+
+
+@hookimpl(tryfirst=True)
+def lxfs_instance_pre_start(host: Host, instance: Instance) -> None:
+    """Refuse to start an instance whose network priority this host cannot enforce (a record
+    from before the key was checked), before other plugins prepare anything for it."""
+    if network_priority(instance.expanded_config):
+        why = net_prio_missing()
+        if why:
+            raise LxfsError(f"limits.network.priority: {net_prio_refusal(why)}")
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -133,3 +134,49 @@ def test_raw_seccomp_and_kernel_modules(daemon_with_busybox):
         d.write("instances", "k1", "config", "limits.cpu.allowance", "lots")
     with pytest.raises(OSError):
         d.write("instances", "k1", "config", "raw.idmap", "both 1 2-3")
+
+
+NO_NET_PRIO = ("limits.network.priority: this host has no net_prio cgroup controller (in the "
+               "kernel, but no cgroup v1 hierarchy mounts it): the priority could not be enforced")
+
+
+def test_network_priority_refused_without_net_prio(daemon_with_busybox):
+    """This host has net_prio in the kernel but mounted on no v1 hierarchy: a non-zero
+    priority is refused when set, and an older record holding one is refused at start (the
+    daemon still loads it)."""
+    from lxfs.db import Database
+
+    lines = open("/proc/self/mountinfo").read().splitlines()
+    assert not any("net_prio" in line.partition(" - ")[2] for line in lines), \
+        "this test expects a host without a net_prio hierarchy (like lxfs's development host)"
+    d = daemon_with_busybox
+    r = d.cli("launch", "busybox", "np1", "-c", "limits.network.priority=5", check=False)
+    assert r.returncode != 0 and not os.path.exists(d.path("instances", "np1"))
+    d.cli("launch", "busybox", "np1", "-c", "limits.network.priority=0")
+    with pytest.raises(OSError) as exc:
+        d.write("instances", "np1", "config", "limits.network.priority", "5")
+    assert exc.value.errno == errno.EINVAL
+    assert d.read("instances", "np1", "error") == NO_NET_PRIO
+    r = d.cli("config", "set", "np1", "limits.network.priority", "5", check=False)
+    assert r.returncode == 1 and r.stderr == f"Error: {NO_NET_PRIO}\n"
+    os.mkdir(d.path("profiles", "prio"))
+    with pytest.raises(OSError):
+        d.write("profiles", "prio", "config", "limits.network.priority", "3")
+
+    # an older record that holds the key: loaded, listed, refused at start with the reason
+    d.cli("stop", "np1", "--force")
+    d.stop()
+    db = Database(d.data_dir / "lxfs.db")
+    record = db.load("instances")["np1"]
+    record["config"]["limits.network.priority"] = "5"
+    db.put("instances", "np1", record)
+    db.close()
+    d.restart()
+    assert d.read("instances", "np1", "config", "limits.network.priority") == "5"
+    r = d.cli("start", "np1", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"Error: {NO_NET_PRIO}\n")
+    assert d.read("instances", "np1", "state") == "STOPPED"
+    os.unlink(d.path("instances", "np1", "config", "limits.network.priority"))
+    d.cli("start", "np1")
+    assert d.read("instances", "np1", "state") == "RUNNING"

@@ -55,8 +55,8 @@ def test_dropped_caps_are_lxds() -> None:
 
 
 def test_config_lines() -> None:
-    server = SimpleNamespace(instances={}, data_dir=Path("/nonexistent"))
-    privileged = security.lxfs_lxc_config(server=server,
+    host = SimpleNamespace(instances=dict, data_dir=Path("/nonexistent"))
+    privileged = security.lxfs_lxc_config(host=host,
                                           instance=make_instance(**{"security.privileged":
                                                                     "true"}))
     cap_lines = [line for line in privileged if line.startswith("lxc.cap.drop")]
@@ -64,7 +64,7 @@ def test_config_lines() -> None:
     devices = [line for line in privileged if ".devices." in line]
     assert devices[0].endswith("devices.deny = a") and len(devices) == 14
     assert not any("idmap" in line for line in privileged)
-    unprivileged = security.lxfs_lxc_config(server=server, instance=make_instance())
+    unprivileged = security.lxfs_lxc_config(host=host, instance=make_instance())
     assert not any(line.startswith("lxc.cap.drop") or ".devices." in line
                    for line in unprivileged)
     assert "lxc.rootfs.options = idmap=container" in unprivileged

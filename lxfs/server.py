@@ -8,6 +8,7 @@ liblxc, sqlite) runs in worker threads; operations on one instance are serialise
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import logging
 import os
@@ -46,6 +47,8 @@ from lxfs.storage import (
     PoolUsage,
     StorageDriver,
     VolumeType,
+    human_size,
+    root_disk_size,
     transfer_volume,
     valid_snapshot_name,
 )
@@ -496,6 +499,7 @@ class Server:
                 volume = pool.volume_path("container", name)
                 await in_thread(images.render_templates, volume, "create",
                                 self._template_context(inst))
+                await self._apply_root_quota(inst, pool, tell=True)
             except BaseException:
                 await self._undo_root_volume(inst, pool)
                 raise
@@ -565,6 +569,7 @@ class Server:
                                     with_snapshots)
                 await in_thread(images.render_templates, pool.volume_path("container", name),
                                 "copy", self._template_context(inst))
+                await self._apply_root_quota(inst, pool, tell=True)
             except BaseException:
                 await self._undo_root_volume(inst, pool)
                 raise
@@ -733,6 +738,7 @@ class Server:
         rootfs = self.rootfs(inst)
         self.transient[name] = "STARTING"
         try:
+            await self._apply_root_quota(inst, self.pool_of(inst), tell=False)
             await in_thread(lambda: self.hook.lxfs_instance_pre_start(host=self.api,
                                                                       instance=inst))
             await in_thread(images.render_templates, rootfs.parent, "start",
@@ -887,6 +893,12 @@ class Server:
                                "it to another pool")
                 snaps = sorted(inst.snapshots, key=lambda n: inst.snapshots[n].created_at)
                 await in_thread(transfer_volume, src, name, dst, name, snaps)
+                try:
+                    await self._apply_root_quota(inst, dst, tell=True)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await in_thread(dst.delete_volume, "container", name)
+                    raise
             root = next((d for d, dev in inst.expanded_devices.items()
                          if dev.get("type") == "disk" and dev.get("path") == "/"), "root")
             device = dict(inst.expanded_devices.get(root, {"type": "disk", "path": "/"}))
@@ -1003,6 +1015,10 @@ class Server:
                         raise NotFound(f"profile {p!r} not found")
                 if len(set(names)) != len(names):
                     raise InvalidArgument("a profile is listed twice")
+                probe = copy.copy(inst)
+                probe.profiles = names
+                expand(probe, self.profiles)
+                await self._resize_roots([(inst, probe)], name)
                 inst.profiles = names
             else:
                 raise InvalidArgument(f"unknown field {field}")
@@ -1022,6 +1038,7 @@ class Server:
         else:
             new[key] = value
         self.device_types.validate(device, new, partial=True)
+        await self._resize_roots_of(owner, {**devices, device: new})
         devices[device] = new
         await self._save_owner(owner, devices=True)
 
@@ -1036,6 +1053,8 @@ class Server:
     async def remove_device(self, owner: Instance | Profile, device: str) -> None:
         if device not in owner.devices:
             raise NotFound(f"device {device!r} not found")
+        await self._resize_roots_of(owner, {k: v for k, v in owner.devices.items()
+                                            if k != device})
         del owner.devices[device]
         await self._save_owner(owner, devices=True)
 
@@ -1066,20 +1085,142 @@ class Server:
         pending = []
         for name in sorted(set(before) | set(after)):
             old, new = before.get(name, {}), after.get(name, {})
-            if old == new:
-                continue
+            if old == new or _root_size_change(old, new):
+                continue  # a root disk's size is applied as a quota (_resize_roots)
             try:
                 done = await in_thread(lambda o=old, n=new, d=name: self.hook.lxfs_device_hotplug(
                     host=self.api, instance=inst, name=d, old=o, new=n))
             except (LxfsError, OSError) as exc:
-                self._notices[scope] = (f"saved, but device {name} could not be changed in the "
-                                        f"running {inst.name} (applies at next start): {exc}")
+                self._notice(scope, f"saved, but device {name} could not be changed in the "
+                                    f"running {inst.name} (applies at next start): {exc}")
                 continue
             if not done:
                 pending.append(name)
         if pending:
-            self._notices[scope] = (f"saved: changes to device {', '.join(pending)} apply at "
-                                    f"the next start of {inst.name}")
+            self._notice(scope, f"saved: changes to device {', '.join(pending)} apply at "
+                                f"the next start of {inst.name}")
+
+    async def override_device(self, name: str, request: str) -> None:
+        """LXD's ``config device override``: ``DEVICE [KEY=VALUE...]`` gives the instance its
+        own copy of a device it inherits from its profiles, with those keys changed (an empty
+        value removes one), in one step: on a refusal nothing changes."""
+        inst = self.instance(name)
+        try:
+            words = shlex.split(request)
+        except ValueError as exc:
+            raise InvalidArgument(f"override: {exc}") from None
+        if not words:
+            raise InvalidArgument("override: write DEVICE [KEY=VALUE...]")
+        device, pairs = words[0], words[1:]
+        if device in inst.devices:
+            raise AlreadyExists(f"instance {name} already has its own device {device!r}: "
+                                f"change its keys instead")
+        if device not in inst.expanded_devices:
+            raise NotFound(f"no profile of instance {name} has a device {device!r}")
+        new = dict(inst.expanded_devices[device])
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise InvalidArgument(f"override: expected KEY=VALUE, got {pair!r}")
+            if value:
+                new[key] = value
+            else:
+                new.pop(key, None)
+        self.device_types.validate(device, new)
+        await self._resize_roots_of(inst, {**inst.devices, device: new})
+        inst.devices[device] = new
+        await self._save_owner(inst, devices=True)
+
+    # --- root disk quotas -----------------------------------------------------------------
+
+    def _notice(self, scope: str, message: str) -> None:
+        """Add to what the current operation, once it succeeds, tells the user (its scope's
+        ``error`` file)."""
+        earlier = self._notices.get(scope)
+        self._notices[scope] = f"{earlier}\n{message}" if earlier else message
+
+    def _tell_no_quotas(self, scope: str, inst: Instance, pool: StorageDriver,
+                        size: int) -> None:
+        message = (f"the root disk size {human_size(size)} of {inst.name} is kept but not "
+                   f"enforced: storage pool {pool.pool.name} ({pool.pool.driver}) has no quotas")
+        log.warning("%s", message)
+        self._notice(scope, message)
+
+    async def _set_quota(self, inst: Instance, pool: StorageDriver, size: int | None) -> None:
+        """The driver's ``set_volume_quota`` on the root volume, its errors in words."""
+        try:
+            await in_thread(pool.set_volume_quota, "container", inst.name, size)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"root disk of {inst.name}: {exc.message}") from None
+        except OSError as exc:
+            raise OperationFailed(f"could not set the root disk quota of {inst.name}: "
+                                  f"{exc}") from exc
+
+    async def _apply_root_quota(self, inst: Instance, pool: StorageDriver, tell: bool) -> None:
+        """Give a root volume its root disk's ``size`` (after it is made, before each
+        start). On a driver without quotas the size is not enforced: with ``tell``, the user
+        is told so."""
+        if pool.quotas:
+            await self._set_quota(inst, pool, root_disk_size(inst))
+        elif tell:
+            size = root_disk_size(inst)
+            if size is not None:
+                self._tell_no_quotas(inst.name, inst, pool, size)
+
+    async def _resize_roots_of(self, owner: Instance | Profile,
+                               devices: dict[str, dict[str, str]]) -> None:
+        """Before ``owner`` (an instance, or a profile and the instances using it) gets
+        ``devices``: apply the root disk sizes this changes."""
+        if isinstance(owner, Instance):
+            probe = copy.copy(owner)
+            probe.devices = devices
+            expand(probe, self.profiles)
+            await self._resize_roots([(owner, probe)], owner.name)
+            return
+        profile = copy.copy(owner)
+        profile.devices = devices
+        profiles = {**self.profiles, owner.name: profile}
+        pairs = []
+        for inst in self.instances.values():
+            if owner.name in inst.profiles:
+                probe = copy.copy(inst)
+                expand(probe, profiles)
+                pairs.append((inst, probe))
+        await self._resize_roots(pairs, "")
+
+    async def _resize_roots(self, pairs: list[tuple[Instance, Instance]], scope: str) -> None:
+        """Apply new root disk sizes (``probe``: the instance as the change will make it)
+        before the change is saved: at once, unless the instance runs on a driver without
+        ``live_resize`` (then at its next start; the user is told). A refused size undoes
+        the quotas set so far and raises: the change is not made."""
+        done: list[tuple[Instance, StorageDriver, int | None]] = []
+        try:
+            for inst, probe in pairs:
+                new = root_disk_size(probe)
+                try:
+                    old = root_disk_size(inst)
+                except InvalidArgument:
+                    old = -1  # an unreadable stored size: set the new one
+                pool = self.pools.get(inst.root_pool())
+                if new == old or inst.storage_state != "ready" or pool is None or \
+                        probe.root_pool() != inst.root_pool():
+                    continue
+                if not pool.quotas:
+                    if new is not None:
+                        self._tell_no_quotas(scope, inst, pool, new)
+                elif not pool.live_resize and (inst.name in self._running_pids or
+                                               inst.name in self.transient):
+                    self._notice(scope, f"saved: the new root disk size of {inst.name} "
+                                        f"applies at next start")
+                else:
+                    await self._set_quota(inst, pool, new)
+                    done.append((inst, pool, None if old == -1 else old))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for inst, pool, old in reversed(done):
+                    with contextlib.suppress(LxfsError, OSError):
+                        await in_thread(pool.set_volume_quota, "container", inst.name, old)
+            raise
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -1623,6 +1764,13 @@ class Server:
 
     async def volume_usage(self, name: str, vtype: VolumeType, volume: str) -> int:
         return await in_thread(self.pools[name].volume_usage, vtype, volume)
+
+
+def _root_size_change(old: dict[str, str], new: dict[str, str]) -> bool:
+    """Whether a device change is a root disk's ``size`` alone."""
+    return all(d.get("type") == "disk" and d.get("path") == "/" for d in (old, new)) and \
+        {k: v for k, v in old.items() if k != "size"} == \
+        {k: v for k, v in new.items() if k != "size"}
 
 
 def _normalise_action(text: str) -> tuple[str, int | None]:

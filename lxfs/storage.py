@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from lxfs.api import Host
     from lxfs.model import Instance
 
 VolumeType = Literal["image", "container", "custom"]
@@ -52,13 +51,33 @@ class Pool:
 
 
 class StorageDriver(ABC):
-    """Base class of storage drivers. Subclasses set ``name`` and implement every method."""
+    """Base class of storage drivers. Subclasses set ``name`` and implement every abstract
+    method.
+
+    A driver declares its capabilities as boolean class attributes, which the core reads
+    (it never compares driver names):
+
+    - ``copy_on_write``: snapshots and image→instance creation are clones (constant time);
+      informative, nothing in the core depends on it yet.
+    - ``quotas``: ``set_volume_quota`` limits a volume. The core calls it with the root
+      disk's ``size`` when a root volume is made (from an image, a copy, a move from another
+      pool), before every start, and when the size changes. Without it a ``size`` is kept
+      but not enforced, and the user is told so.
+    - ``live_resize``: the quota can change while a running instance uses the volume;
+      without it a new size of a running instance applies at its next start.
+    - ``optimized_transfer``: ``transfer_volume_to`` copies a volume to another pool of
+      the same driver natively (LXD's optimized migration: send/receive); without it the
+      core copies the files.
+    """
 
     name: ClassVar[str]
     #: Config keys a pool of this driver accepts (with a short description each).
     pool_keys: ClassVar[dict[str, str]] = {"source": "where the pool's data lives"}
-    #: Whether snapshots and image→instance creation are copy-on-write (constant time).
+    #: Capabilities (see the class docstring).
     copy_on_write: ClassVar[bool] = False
+    quotas: ClassVar[bool] = False
+    live_resize: ClassVar[bool] = False
+    optimized_transfer: ClassVar[bool] = False
     #: Whether the driver can make the ``default`` pool of a first start on a directory of
     #: the data directory, with no configuration (the first such driver does).
     default_pool: ClassVar[bool] = False
@@ -169,11 +188,24 @@ class StorageDriver(ABC):
     def restore_snapshot(self, vtype: VolumeType, name: str, snapshot: str) -> None:
         """Make the volume's content that of the snapshot (the instance is stopped)."""
 
-    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
-        """Limit a volume to ``size`` bytes (None removes the limit). Returns False when the
-        driver has no quotas (the default): ``size`` is then ignored, as LXD's dir driver does
-        on filesystems without project quotas."""
-        return False
+    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> None:
+        """Limit a volume to ``size`` bytes (None removes the limit). Called only when the
+        driver declares ``quotas``, and on a volume a running instance uses only when it
+        declares ``live_resize``. A size below what the volume holds now is refused with
+        ``InvalidArgument`` (the volume would take no more writes). Every start repeats the
+        call with the same size: make the repeat cheap."""
+        from lxfs.errors import NotSupported
+
+        raise NotSupported(f"the {self.name} storage driver has no quotas")
+
+    def transfer_volume_to(self, other: StorageDriver, vtype: VolumeType, name: str,
+                           new_name: str, snapshots: list[str]) -> None:
+        """Copy volume ``name`` with ``snapshots`` (oldest first) to ``new_name`` in
+        ``other``, a pool of the same driver, natively. Called only when the driver declares
+        ``optimized_transfer``; on failure nothing is left in ``other``."""
+        from lxfs.errors import NotSupported
+
+        raise NotSupported(f"the {self.name} storage driver has no optimized transfer")
 
     def update_pool_key(self, key: str, value: str) -> None:
         """Change a config key of an existing pool (``size`` of a loop file...). Default:
@@ -334,15 +366,24 @@ def root_disk_size(instance: Instance) -> int | None:
     return None
 
 
-def apply_root_quota(host: Host, instance: Instance, driver: type[StorageDriver]) -> None:
-    """Set the quota of an instance's root volume from its root disk's ``size``, if the
-    instance's pool is of class ``driver`` (each quota-capable driver plugin calls this from
-    its ``lxfs_instance_post_create``/``pre_start`` hooks). Runs in a worker thread."""
-    if instance.storage_state != "ready":
-        return
-    pool = host.pool(instance.root_pool())
-    if isinstance(pool, driver):
-        pool.set_volume_quota("container", instance.name, root_disk_size(instance))
+def human_size(size: int) -> str:
+    """Bytes as people read them: ``20MiB``, ``1.5GiB``, ``512B``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f}".removesuffix(".0") + unit
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_quota_above_usage(size: int | None, used: int, name: str) -> None:
+    """Refuse a quota below what a volume holds already (it would take no more writes)."""
+    from lxfs.errors import InvalidArgument
+
+    if size is not None and size < used:
+        raise InvalidArgument(
+            f"size {human_size(size)} is smaller than what volume {name} already uses "
+            f"({human_size(used)}): choose a larger size, or free space first")
 
 
 def valid_snapshot_name(name: str) -> bool:
@@ -354,8 +395,13 @@ def transfer_volume(src: StorageDriver, src_name: str, dst: StorageDriver, dst_n
                     snapshots: list[str]) -> None:
     """Copy a container volume to another pool (any drivers): each snapshot in turn becomes
     the new volume's content and is snapshotted there, then the volume itself is copied. On
-    failure the new volume is removed."""
+    failure the new volume is removed. Between two pools of one driver that declares
+    ``optimized_transfer``, the driver's own ``transfer_volume_to`` does it."""
     import subprocess
+
+    if type(src) is type(dst) and src.optimized_transfer:
+        src.transfer_volume_to(dst, "container", src_name, dst_name, snapshots)
+        return
 
     def fill(from_path: Path) -> None:
         target = dst.volume_path("container", dst_name)

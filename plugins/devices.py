@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lxfs import hookimpl
 from lxfs.api import Host, cgroup_layout
-from lxfs.config_schema import is_true
+from lxfs.config_schema import is_true, parse_size
 from lxfs.devices import DeviceType
 from lxfs.errors import InvalidArgument, NotFound
 from lxfs.model import Instance
@@ -114,6 +114,11 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
 def validate_disk(name: str, device: dict[str, str], partial: bool) -> None:
     if device.get("path") == "/" and not partial and "pool" not in device:
         raise InvalidArgument(f"device {name}: a root disk needs a pool")
+    if device.get("size", "").strip():
+        try:
+            parse_size(device["size"].strip())
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"device {name}: {exc.message}") from None
 
 
 DISK = DeviceType("disk", frozenset({

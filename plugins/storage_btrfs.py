@@ -17,10 +17,11 @@ Layout under the pool's root::
 Creating an instance, a snapshot, a copy or a restore is one subvolume snapshot: constant time
 and no data copied. Quotas use btrfs quota groups: the root disk's ``size`` limits the
 *referenced* bytes of the instance's subvolume (what the instance sees, shared image blocks
-included, as LXD does); ``volume_usage`` reports the qgroup's *exclusive* bytes (what the
-volume costs beyond what it shares). Snapshots are not recursive into nested subvolumes an
-instance made itself (they show up as empty directories in the snapshot); delete removes nested
-subvolumes too.
+included, as LXD does), set at once on a running instance too (``live_resize``); a size below
+the referenced bytes is refused, since the qgroup would then take no write at all.
+``volume_usage`` reports the qgroup's *exclusive* bytes (what the volume costs beyond what it
+shares). Snapshots are not recursive into nested subvolumes an instance made itself (they show
+up as empty directories in the snapshot); delete removes nested subvolumes too.
 
 btrfsutil (``btrfsutil==6.10`` against Debian's libbtrfsutil 6.2) is imported lazily, so the
 daemon starts without it; the ``btrfs`` command is used for what btrfsutil lacks (quota groups).
@@ -45,14 +46,14 @@ from lxfs.errors import (
     NotSupported,
     OperationFailed,
 )
-from lxfs.model import Instance
 from lxfs.storage import (
     LAYOUT_DIRS,
     VOLUME_DIRS,
     DirectoryLayout,
+    Pool,
     StorageDriver,
     VolumeType,
-    apply_root_quota,
+    check_quota_above_usage,
     make_layout,
 )
 
@@ -132,11 +133,18 @@ def _loop_device_of(image: Path) -> str:
 class BtrfsDriver(DirectoryLayout):
     name = "btrfs"
     copy_on_write = True
+    quotas = True
+    live_resize = True
     pool_keys = {
         "source": "an existing directory on btrfs, or the loop file to create "
                   "(default DATA_DIR/disks/NAME.img)",
         "size": "size of the loop file (default 10GiB, sparse)",
     }
+
+    def __init__(self, pool: Pool, data_dir: Path) -> None:
+        super().__init__(pool, data_dir)
+        #: the limit last set per subvolume (path, id), so that a repeat costs nothing
+        self._limits_set: dict[tuple[str, int], int | None] = {}
 
     # --- pool ---------------------------------------------------------------------------
 
@@ -417,21 +425,29 @@ class BtrfsDriver(DirectoryLayout):
         return qgroup["max_rfer"] if qgroup else 0
 
     def _set_limit(self, path: Path, size: int | None) -> None:
-        _run("btrfs", "qgroup", "limit", str(size) if size else "none", str(path))
+        """Limit the subvolume's qgroup, named by id through the pool's root: through the
+        subvolume itself the command's transaction is charged to that qgroup, and fails
+        (EDQUOT) when the volume is full, just when it needs more room."""
+        qgroup = f"0/{btrfsutil().subvolume_id(str(path))}"
+        _run("btrfs", "qgroup", "limit", str(size) if size else "none", qgroup, str(self.root))
 
-    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
+    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> None:
+        """A qgroup limit on the subvolume's referenced bytes, at once (running or not).
+        The limit last set on each subvolume is remembered: a start's repeat runs nothing."""
+        size = size or None
         path = self.volume_path(vtype, name)
-        applied: dict[str, int | None] = self.__dict__.setdefault("_applied_limits", {})
-        if not size and str(path) in applied and applied[str(path)] is None:
-            return True  # no limit, and none set since we last looked: skip the qgroup query
+        applied = (str(path), btrfsutil().subvolume_id(str(path)))  # ids are never reused
+        if applied in self._limits_set and self._limits_set[applied] == size:
+            return
         if size:
             _run("btrfs", "quota", "enable", str(self.root))  # no-op when already on
+            qgroup = self._qgroup(path)
+            check_quota_above_usage(size, qgroup["rfer"] if qgroup else 0, name)
         elif self._qgroup(path) is None:
-            applied[str(path)] = None
-            return True  # quotas off: nothing to remove
+            self._limits_set[applied] = None
+            return  # quotas off: nothing to remove
         self._set_limit(path, size)
-        applied[str(path)] = size or None
-        return True
+        self._limits_set[applied] = size
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -480,21 +496,3 @@ class BtrfsDriver(DirectoryLayout):
 @hookimpl
 def lxfs_storage_drivers() -> list[type[StorageDriver]]:
     return [BtrfsDriver]
-
-
-@hookimpl
-def lxfs_instance_post_create(host: object, instance: Instance) -> None:
-    _apply_quota(host, instance)
-
-
-@hookimpl
-def lxfs_instance_pre_start(host: object, instance: Instance) -> None:
-    _apply_quota(host, instance)
-
-
-def _apply_quota(host: object, instance: Instance) -> None:
-    try:
-        apply_root_quota(host, instance, BtrfsDriver)  # type: ignore[arg-type]
-    except OSError as exc:
-        raise OperationFailed(f"could not set the root disk quota of {instance.name}: "
-                              f"{exc}") from exc

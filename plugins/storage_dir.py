@@ -11,6 +11,10 @@ Creating an instance copies the image volume with ``cp -a --reflink=auto``: a re
 (constant space) on filesystems that support it (btrfs, xfs), a full copy elsewhere.
 Snapshots and restores are copies too. Every copy goes to a hidden temporary name first and is
 renamed into place, so a crash never leaves a half-copied volume under a real name.
+
+No quotas (``quotas`` is unset): a root disk's ``size`` is kept but not enforced, and the core
+tells the user so. LXD's dir driver sets project quotas where the filesystem has them enabled
+(ext4, xfs mounted with prjquota) and otherwise ignores the size with a warning in its log.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The same model as btrfs, with datasets: an image is unpacked once into a dataset and frozen
 by a snapshot ``@readonly``; an instance is a clone of that snapshot (constant time);
 instance snapshots are ZFS snapshots ``@snapshot-NAME``; the root disk's ``size`` becomes the
-clone's ``refquota``. Datasets (``mountpoint=legacy``) are mounted under
+clone's ``refquota`` (live: ``live_resize``). Datasets (``mountpoint=legacy``) are mounted under
 ``DATA_DIR/storage-pools/NAME/{images,containers,custom}/X``; a snapshot's files are read
 through ``X/.zfs/snapshot/snapshot-NAME``.
 
@@ -37,12 +37,11 @@ from lxfs.errors import (
     NotSupported,
     OperationFailed,
 )
-from lxfs.model import Instance
 from lxfs.storage import (
     PoolUsage,
     StorageDriver,
     VolumeType,
-    apply_root_quota,
+    check_quota_above_usage,
     make_layout,
 )
 
@@ -76,6 +75,8 @@ def _run(*cmd: str) -> str:
 class ZfsDriver(StorageDriver):
     name = "zfs"
     copy_on_write = True
+    quotas = True
+    live_resize = True
     pool_keys = {
         "source": "an existing dataset (tank/lxfs), or the loop file of a new zpool "
                   "(default DATA_DIR/disks/NAME.img)",
@@ -344,9 +345,12 @@ class ZfsDriver(StorageDriver):
         except NotImplementedError:
             _run("zfs", "set", f"{prop}={value if value else 'none'}", dataset)
 
-    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> bool:
-        self._set_prop(self._ds(vtype, name), "refquota", size or 0)
-        return True
+    def set_volume_quota(self, vtype: VolumeType, name: str, size: int | None) -> None:
+        """The dataset's ``refquota`` (its referenced bytes), at once (running or not)."""
+        dataset = self._ds(vtype, name)
+        if size:
+            check_quota_above_usage(size, int(self._get_prop(dataset, "referenced") or 0), name)
+        self._set_prop(dataset, "refquota", size or 0)
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -398,13 +402,3 @@ class ZfsDriver(StorageDriver):
 @hookimpl
 def lxfs_storage_drivers() -> list[type[StorageDriver]]:
     return [ZfsDriver]
-
-
-@hookimpl
-def lxfs_instance_post_create(host: object, instance: Instance) -> None:
-    apply_root_quota(host, instance, ZfsDriver)  # type: ignore[arg-type]
-
-
-@hookimpl
-def lxfs_instance_pre_start(host: object, instance: Instance) -> None:
-    apply_root_quota(host, instance, ZfsDriver)  # type: ignore[arg-type]

@@ -232,9 +232,10 @@ def test_snapshot_is_constant_time(pool: BtrfsDriver) -> None:
 
 
 def test_quota_limits_writes(pool: BtrfsDriver) -> None:
+    assert BtrfsDriver.quotas and BtrfsDriver.live_resize
     pool.create_image_volume(FP, fake_unpack())
     pool.create_volume_from_image("container", "q1", FP)
-    assert pool.set_volume_quota("container", "q1", 32 * 2**20)
+    pool.set_volume_quota("container", "q1", 32 * 2**20)
     vol = pool.volume_path("container", "q1")
     assert pool._limit(vol) == 32 * 2**20
     with pytest.raises(OSError) as exc:
@@ -253,3 +254,18 @@ def test_quota_limits_writes(pool: BtrfsDriver) -> None:
     with open(vol / "rootfs/big", "wb") as f:
         f.write(b"\1" * 40 * 2**20)
     assert pool.volume_usage("container", "q1") >= 40 * 2**20
+    # a limit below what the subvolume references would block every write: refused
+    with pytest.raises(InvalidArgument, match=r"smaller than what volume q1 already uses"):
+        pool.set_volume_quota("container", "q1", 16 * 2**20)
+    assert pool._limit(vol) == 0
+    # the limit last set is remembered: a repeat (every start) runs no command
+    pool.set_volume_quota("container", "q1", 64 * 2**20)
+    assert pool._limit(vol) == 64 * 2**20
+    subprocess.run(["btrfs", "qgroup", "limit", "none", str(vol)], check=True)
+    pool.set_volume_quota("container", "q1", 64 * 2**20)
+    assert pool._limit(vol) == 0
+    # a new subvolume under the same name is no repeat
+    pool.delete_volume("container", "q1")
+    pool.create_volume_from_image("container", "q1", FP)
+    pool.set_volume_quota("container", "q1", 64 * 2**20)
+    assert pool._limit(vol) == 64 * 2**20

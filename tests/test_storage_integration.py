@@ -194,13 +194,69 @@ def test_btrfs_root_disk_size_limits_writes(loop_guard, daemon_with_busybox):
     assert result.returncode != 0, result
     assert "quota" in result.stderr.lower() or "space" in result.stderr.lower(), result.stderr
     d.cli("exec", "q1", "--", "rm", "/big")
-    # raising the size applies at the next start
-    d.cli("config", "device", "set", "q1", "root", "size", "128MiB")
+    # the size survives a restart (applied again before every start)
     d.cli("restart", "q1", "--force")
-    d.cli("exec", "q1", "--", "dd", "if=/dev/zero", "of=/big", "bs=1M", "count=64",
-          "conv=fsync")
-    usage = int(d.read("storage-pools", "bt", "volumes", "container", "q1", "usage"))
-    assert usage >= 64 * 2**20
+    result = d.cli("exec", "q1", "--", "dd", "if=/dev/zero", "of=/big", "bs=1M", "count=64",
+                   "conv=fsync", check=False)
+    assert result.returncode != 0, result
+
+
+DD_40M = ("dd", "if=/dev/zero", "of=/big", "bs=1M", "count=40")
+
+
+def test_live_root_quota_and_override(loop_guard, daemon_with_busybox):
+    """Issue acceptance: `config device override c1 root size=...` on a running instance of
+    a btrfs pool limits its writes at once, raising it lets them through, without a
+    restart; a size below the volume's usage is refused; a dir pool keeps the size and says
+    it does not enforce it."""
+    d = daemon_with_busybox
+    loop_guard.append(d.base)
+    d.cli("storage", "create", "p", "btrfs", "size=1GiB")
+    d.cli("profile", "create", "onp")
+    d.cli("profile", "device", "add", "onp", "root", "disk", "path=/", "pool=p")
+    d.cli("launch", "busybox", "c1", "-p", "onp")
+    assert d.read("instances", "c1", "state") == "RUNNING"
+    pid = d.read("instances", "c1", "pid")
+    assert os.listdir(d.path("instances", "c1", "devices")) == []
+
+    out = d.cli("config", "device", "override", "c1", "root", "size=20MiB")
+    assert out.stdout == "Device root overridden for c1\n" and out.stderr == ""
+    assert d.read("instances", "c1", "devices", "root", "size") == "20MiB"
+    assert d.read("instances", "c1", "devices", "root", "pool") == "p"
+    result = d.cli("exec", "c1", "--", *DD_40M, check=False)
+    assert result.returncode != 0, result
+    assert "quota" in result.stderr.lower() or "space" in result.stderr.lower(), result.stderr
+    again = d.cli("config", "device", "override", "c1", "root", "size=30MiB", check=False)
+    assert again.returncode == 1 and "The device already exists" in again.stderr
+
+    d.cli("config", "device", "set", "c1", "root", "size=100MiB")
+    d.cli("exec", "c1", "--", *DD_40M)
+    assert d.read("instances", "c1", "pid") == pid  # never restarted
+
+    # below what the volume uses: refused, and the size stays
+    refused = d.cli("config", "device", "set", "c1", "root", "size=10MiB", check=False)
+    assert refused.returncode == 1
+    assert "root disk of c1: size 10MiB is smaller than what volume c1 already uses" in \
+        refused.stderr, refused.stderr
+    assert d.read("instances", "c1", "devices", "root", "size") == "100MiB"
+    d.cli("exec", "c1", "--", "rm", "/big")
+    # a profile's root device resizes every instance using it: refused here too
+    d.cli("config", "device", "remove", "c1", "root")
+    d.cli("launch", "busybox", "c2", "-p", "onp")
+    d.cli("profile", "device", "set", "onp", "root", "size=30MiB")
+    for name in ("c1", "c2"):
+        result = d.cli("exec", name, "--", *DD_40M, check=False)
+        assert result.returncode != 0, (name, result)
+
+    # dir pool: the size is kept, not enforced, and the CLI says so
+    d.cli("launch", "busybox", "d1")
+    out = d.cli("config", "device", "override", "d1", "root", "size=20MiB")
+    assert "kept but not enforced: storage pool default (dir) has no quotas" in out.stderr
+    assert d.read("instances", "d1", "devices", "root", "size") == "20MiB"
+    d.cli("exec", "d1", "--", *DD_40M)
+    d.cli("delete", "-f", "c1", "c2", "d1")
+    d.cli("profile", "delete", "onp")
+    d.cli("storage", "delete", "p")
 
 
 def test_btrfs_pool_survives_restarts(loop_guard, daemon_with_busybox):

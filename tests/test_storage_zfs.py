@@ -16,7 +16,7 @@ import pytest
 from lxfs_plugins import storage_zfs
 from lxfs_plugins.storage_zfs import ZfsDriver
 
-from lxfs.errors import AlreadyExists, Busy, NotFound, NotSupported
+from lxfs.errors import AlreadyExists, Busy, InvalidArgument, NotFound, NotSupported
 from lxfs.storage import Pool
 
 FP = "f" * 64
@@ -190,6 +190,7 @@ class FakeZfs:
             raise self.exc.DatasetNotFound(name)
         props = {k.encode(): v for k, v in self.datasets[n]["props"].items() if v}
         props[b"usedbydataset"] = 4096
+        props[b"referenced"] = 8192
         return props
 
     def lzc_list_children(self, name: bytes) -> Iterator[bytes]:
@@ -297,7 +298,11 @@ def test_image_clone_snapshots_quota(pool: ZfsDriver, fake: FakeZfs) -> None:
     with pytest.raises(NotFound):
         pool.create_volume_from_image("container", "c9", "0" * 64)
 
-    assert pool.set_volume_quota("container", "c1", 2**30)
+    assert ZfsDriver.quotas and ZfsDriver.live_resize
+    pool.set_volume_quota("container", "c1", 2**30)
+    assert fake.datasets["tank/lxfs/containers/c1"]["props"]["refquota"] == 2**30
+    with pytest.raises(InvalidArgument, match="smaller than what volume c1 already uses"):
+        pool.set_volume_quota("container", "c1", 1024)  # it references 8 KiB
     assert fake.datasets["tank/lxfs/containers/c1"]["props"]["refquota"] == 2**30
     assert pool.volume_usage("container", "c1") == 4096
 

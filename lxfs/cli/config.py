@@ -178,6 +178,36 @@ def add_device(mount: Mount, inst: Path, dev: str, kind: str, pairs: list[tuple[
         raise
 
 
+def override_device(mount: Mount, inst: Path, dev: str, pairs: list[tuple[str, str]]) -> None:
+    """Give the instance its own copy of device ``dev`` inherited from a profile, with
+    ``pairs`` changed: one write of ``DEV KEY=VALUE...`` to ``instances/NAME/override``, which
+    the daemon does in one step (on a refusal nothing is left behind)."""
+    import shlex
+
+    ddir = _device_dir(inst, dev)
+    if ddir.is_dir():
+        raise CLIError("The device already exists")
+    if not (inst / "expanded" / "devices" / dev).is_dir():
+        raise CLIError("The profile device doesn't exist")
+    for key, _value in pairs:
+        if "/" in key or key in ("", ".", ".."):
+            raise CLIError(f"Invalid device key: {key!r}")
+    request = " ".join(shlex.quote(word) for word in (dev, *(f"{k}={v}" for k, v in pairs)))
+    mount.write(inst / "override", request, inst, messages={
+        errno.EINVAL: f"Invalid device options for {dev}",
+        errno.EEXIST: "The device already exists",
+        errno.ENOENT: "The profile device doesn't exist",
+    })
+
+
+def print_notice(inst: Path) -> None:
+    """Show what the daemon said about a change it accepted (``applies at next start``,
+    a size not enforced...): the instance's ``error`` file after a success."""
+    notice = read_opt(inst / "error").strip()
+    if notice:
+        print(notice, file=sys.stderr)
+
+
 def _remove_tree(ddir: Path) -> None:
     try:
         os.rmdir(ddir)
@@ -196,13 +226,17 @@ def _remove_tree(ddir: Path) -> None:
 
 
 def cmd_device(args: argparse.Namespace) -> int:
-    """``lxfs config device add|remove|list|show|get|set|unset NAME ...``."""
+    """``lxfs config device add|override|remove|list|show|get|set|unset NAME ...``."""
     mount = Mount()
     inst = mount.instance(args.name)
     action = args.device_action
     if action == "add":
         add_device(mount, inst, args.device, args.type, parse_pairs(args.options))
         print(f"Device {args.device} added to {args.name}")
+    elif action == "override":
+        override_device(mount, inst, args.device, parse_pairs(args.options))
+        print_notice(inst)
+        print(f"Device {args.device} overridden for {args.name}")
     elif action == "remove":
         for dev in args.devices:
             ddir = _device_dir(inst, dev)
@@ -229,12 +263,12 @@ def cmd_device(args: argparse.Namespace) -> int:
         ddir = _device_dir(inst, args.device)
         pairs = (parse_pairs(args.values) if "=" in args.values[0] or len(args.values) != 2
                  else [(args.values[0], args.values[1])])
-        if not ddir.is_dir():
-            inherited = read_devices(inst / "expanded" / "devices").get(args.device)
-            if inherited is None:
+        if not ddir.is_dir():  # inherited from a profile: the instance gets its own copy
+            if not (inst / "expanded" / "devices" / args.device).is_dir():
                 raise CLIError(f"Device doesn't exist: {args.device}")
-            options = [(k, v) for k, v in inherited.items() if k != "type"]
-            add_device(mount, inst, args.device, inherited.get("type", ""), options)
+            override_device(mount, inst, args.device, pairs)
+            print_notice(inst)
+            return 0
         for key, value in pairs:
             path = _key_path(ddir, key)
             if value == "":
@@ -242,6 +276,7 @@ def cmd_device(args: argparse.Namespace) -> int:
             else:
                 mount.write(path, value, inst,
                             messages={errno.EINVAL: f"Invalid device option {key}={value}"})
+        print_notice(inst)
     elif action == "unset":
         ddir = _device_dir(inst, args.device)
         if not ddir.is_dir():
@@ -292,13 +327,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def add_device_parsers(sub: argparse._SubParsersAction, owner: str,  # type: ignore[type-arg]
                        metavar: str) -> argparse.ArgumentParser:
     """The ``device add|remove|list|show|get|set|unset`` subcommands, for instances
-    (``config device``) and profiles (``profile device``); returns the ``device`` parser."""
+    (``config device``, which also has ``override``) and profiles (``profile device``);
+    returns the ``device`` parser."""
     device = sub.add_parser("device", help=f"Manage {owner} devices")
     dsub = device.add_subparsers(dest="device_action", metavar="COMMAND")
     dsub.required = True
     forms = [
         ("add", [], f"Add a device: {metavar} DEVICE TYPE [KEY=VALUE...]",
          [("device", "DEVICE", None), ("type", "TYPE", None), ("options", "KEY=VALUE", "*")]),
+        ("override", [], "Copy a device inherited from a profile into the instance, with "
+         "keys changed: NAME DEVICE [KEY=VALUE...] (e.g. root size=20GiB)",
+         [("device", "DEVICE", None), ("options", "KEY=VALUE", "*")]),
         ("remove", ["rm"], f"Remove devices: {metavar} DEVICE...",
          [("devices", "DEVICE", "+")]),
         ("list", ["ls"], f"List an {owner}'s devices" if owner[0] in "aeiou"
@@ -312,6 +351,8 @@ def add_device_parsers(sub: argparse._SubParsersAction, owner: str,  # type: ign
          [("device", "DEVICE", None), ("key", "KEY", None)]),
     ]
     for action, aliases, helptext, arguments in forms:
+        if action == "override" and owner != "instance":
+            continue  # profiles inherit nothing (as LXD: no ``profile device override``)
         p = dsub.add_parser(action, aliases=aliases, help=helptext)
         p.add_argument("name", metavar=metavar)
         for dest, meta, nargs in arguments:

@@ -40,6 +40,7 @@ from lxfs.errors import (
 )
 from lxfs.events import EventBus
 from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
+from lxfs.names import check_name
 from lxfs.projects import Forbidden, Restrictions, validate_project_key
 from lxfs.runtime import Runtime
 from lxfs.storage import (
@@ -50,17 +51,12 @@ from lxfs.storage import (
     human_size,
     root_disk_size,
     transfer_volume,
-    valid_snapshot_name,
 )
 
 log = logging.getLogger("lxfs")
 T = TypeVar("T")
 
-_INSTANCE_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
-_PROFILE_NAME = re.compile(r"^[^/\s]{1,63}$")
-_ALIAS_NAME = re.compile(r"^[^/\s:]{1,255}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-_POOL_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ACTIONS = ("start", "stop", "kill", "restart", "freeze", "unfreeze")
 
 
@@ -86,12 +82,8 @@ def _registered(pm: pluggy.PluginManager, hook: str, key: Callable[[Any], str],
 
 
 def validate_instance_name(name: str) -> None:
-    """LXD's rules: 1-63 characters, letters, digits and '-', starting with a letter and not
-    ending with '-'."""
-    if not _INSTANCE_NAME.match(name) or name.endswith("-"):
-        raise InvalidArgument(
-            f"invalid instance name {name!r}: use 1-63 letters, digits and '-', starting with "
-            "a letter and not ending with '-'")
+    """LXD's rules (see ``lxfs.names``)."""
+    check_name("instance", name)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -1045,8 +1037,7 @@ class Server:
     async def add_device(self, owner: Instance | Profile, device: str) -> None:
         if device in owner.devices:
             raise AlreadyExists(f"device {device!r} already exists")
-        if not re.fullmatch(r"[^/\s]{1,64}", device):
-            raise InvalidArgument(f"invalid device name {device!r}")
+        check_name("device", device)
         owner.devices[device] = {}
         await self._save_owner(owner, devices=True)
 
@@ -1226,8 +1217,7 @@ class Server:
 
     async def create_snapshot(self, name: str, snapshot: str) -> None:
         inst = self.instance(name)
-        if not valid_snapshot_name(snapshot):
-            raise InvalidArgument(f"invalid snapshot name {snapshot!r}")
+        check_name("snapshot", snapshot)
         async with self._locks[name]:
             if inst.storage_state != "ready":
                 raise NotFound(f"instance {name} has no root filesystem yet")
@@ -1261,8 +1251,7 @@ class Server:
 
     async def rename_snapshot(self, name: str, old: str, new: str) -> None:
         inst = self.instance(name)
-        if not valid_snapshot_name(new):
-            raise InvalidArgument(f"invalid snapshot name {new!r}")
+        check_name("snapshot", new)
         async with self._locks[name]:
             if old not in inst.snapshots:
                 raise NotFound(f"snapshot {name}/{old} not found")
@@ -1412,8 +1401,9 @@ class Server:
         await in_thread(self.db.put, "images", fp, image.to_record())
 
     async def create_alias(self, alias: str, target: str, description: str = "") -> None:
-        if not _ALIAS_NAME.match(alias) or alias in ("aliases", ".", ".."):
-            raise InvalidArgument(f"invalid alias name {alias!r}")
+        check_name("alias", alias)
+        if alias == "aliases":
+            raise InvalidArgument("invalid alias name 'aliases': it names the directory")
         if alias in self.aliases:
             raise AlreadyExists(f"alias {alias!r} already exists")
         target = target.strip().rstrip("/")
@@ -1431,8 +1421,7 @@ class Server:
     # --- profiles -------------------------------------------------------------------------
 
     async def create_profile(self, name: str) -> Profile:
-        if not _PROFILE_NAME.match(name) or name in (".", ".."):
-            raise InvalidArgument(f"invalid profile name {name!r}")
+        check_name("profile", name)
         if name in self.profiles:
             raise AlreadyExists(f"profile {name!r} already exists")
         profile = Profile(name)
@@ -1446,8 +1435,7 @@ class Server:
             raise NotFound(f"profile {old!r} not found")
         if old == "default":
             raise Busy("the default profile cannot be renamed")
-        if not _PROFILE_NAME.match(new) or new in (".", ".."):
-            raise InvalidArgument(f"invalid profile name {new!r}")
+        check_name("profile", new)
         if new in self.profiles:
             raise AlreadyExists(f"profile {new!r} already exists")
         profile = self.profiles[old]
@@ -1586,9 +1574,7 @@ class Server:
 
     async def create_pending_pool(self, name: str) -> None:
         """``mkdir storage-pools/NAME``: a record with config but no driver yet."""
-        if not _POOL_NAME.match(name) or name.endswith("."):
-            raise InvalidArgument(f"invalid storage pool name {name!r}: use 1-63 letters, "
-                                  "digits, '-', '_' and '.', starting with a letter or digit")
+        check_name("pool", name)
         if name in self.pools or name in self.pending_pools:
             raise AlreadyExists(f"storage pool {name!r} already exists")
         pool = Pool(name, "")
@@ -1604,8 +1590,8 @@ class Server:
             if name in self.pools:
                 raise AlreadyExists(f"storage pool {name!r} already exists")
             pending = self.pending_pools.get(name)
-            if pending is None and (not _POOL_NAME.match(name) or name.endswith(".")):
-                raise InvalidArgument(f"invalid storage pool name {name!r}")
+            if pending is None:
+                check_name("pool", name)
             cls = self.storage_driver_class(driver)
             await in_thread(cls.check_host)
             config = dict(pending.config if config is None and pending else config or {})
@@ -1712,8 +1698,7 @@ class Server:
         return backend
 
     async def create_custom_volume(self, pool: str, volume: str) -> None:
-        if not _POOL_NAME.match(volume):
-            raise InvalidArgument(f"invalid volume name {volume!r}")
+        check_name("volume", volume)
         backend = self._custom_pool(pool)
         if await in_thread(backend.volume_exists, "custom", volume):
             raise AlreadyExists(f"volume {volume} already exists in pool {pool}")
@@ -1731,16 +1716,14 @@ class Server:
 
     async def copy_custom_volume(self, pool: str, volume: str, target: str) -> None:
         target = target.strip()
-        if not _POOL_NAME.match(target):
-            raise InvalidArgument(f"invalid volume name {target!r}")
+        check_name("volume", target)
         backend = self._custom_pool(pool)
         if await in_thread(backend.volume_exists, "custom", target):
             raise AlreadyExists(f"volume {target} already exists in pool {pool}")
         await in_thread(backend.copy_volume, "custom", volume, target, False)
 
     async def snapshot_custom_volume(self, pool: str, volume: str, snapshot: str) -> None:
-        if not valid_snapshot_name(snapshot):
-            raise InvalidArgument(f"invalid snapshot name {snapshot!r}")
+        check_name("snapshot", snapshot)
         await in_thread(self._custom_pool(pool).create_snapshot, "custom", volume, snapshot)
 
     async def delete_custom_snapshot(self, pool: str, volume: str, snapshot: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -352,9 +351,6 @@ def _visible(base: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
 
 
-_SNAPSHOT_NAME = re.compile(r"^[^/\s]{1,63}$")
-
-
 def root_disk_size(instance: Instance) -> int | None:
     """The ``size`` of an instance's root disk device in bytes (None when unset)."""
     from lxfs.config_schema import parse_size
@@ -384,11 +380,6 @@ def check_quota_above_usage(size: int | None, used: int, name: str) -> None:
         raise InvalidArgument(
             f"size {human_size(size)} is smaller than what volume {name} already uses "
             f"({human_size(used)}): choose a larger size, or free space first")
-
-
-def valid_snapshot_name(name: str) -> bool:
-    """Snapshot names: 1-63 characters, no slash and no white space (as LXD)."""
-    return bool(_SNAPSHOT_NAME.match(name)) and name not in (".", "..")
 
 
 def transfer_volume(src: StorageDriver, src_name: str, dst: StorageDriver, dst_name: str,

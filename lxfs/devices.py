@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from lxfs.errors import InvalidArgument
+from lxfs.names import check_line, forbidden_character
 
 #: ``validate(name, device, partial)``: raise ``InvalidArgument`` for a bad device; with
 #: ``partial`` the device is being written key by key and may still lack required keys
@@ -53,7 +54,11 @@ class DeviceTypes:
         if dtype is None:
             raise InvalidArgument(f"device {name}: unknown type {kind!r} "
                                   f"(one of {', '.join(sorted(self.types))})")
-        for key in device:
+        for key, value in device.items():
             if key != "type" and key not in dtype.keys and not key.startswith("user."):
                 raise InvalidArgument(f"device {name}: unknown key {key!r} for a {kind} device")
+            if forbidden_character(key) is not None or any(c.isspace() for c in key):
+                raise InvalidArgument(f"device {name}: invalid key name {key!r}")
+            # every device value ends up on a line of a config file (LXC's, dnsmasq's)
+            check_line(f"device {name}: {key}", value)
         dtype.validate(name, device, partial)

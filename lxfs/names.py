@@ -73,3 +73,12 @@ def check_line(what: str, value: str) -> None:
     if bad is not None:
         raise InvalidArgument(f"{what}: the value holds the control character U+{ord(bad):04X} "
                               "(a single line of text is expected)")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control and format characters (newlines, escape sequences,
+    bidirectional overrides) written as Python escapes (``\\n``, ``\\x1b``, ``\\u202e``),
+    for logs and ``error`` files."""
+    if forbidden_character(text) is None:
+        return text
+    return "".join(repr(c)[1:-1] if forbidden_character(c) is not None else c for c in text)

@@ -516,7 +516,7 @@ def check_raw_apparmor(value: str) -> None:
 def lxfs_config_keys() -> list[KeySpec]:
     return [KeySpec("raw.apparmor", check_raw_apparmor, "", "start",
                     description="AppArmor rules appended to the instance's profile (refused on "
-                                "hosts without AppArmor)", lowlevel=True)]
+                                "hosts without AppArmor)", lowlevel=True, multiline=True)]
 
 
 @hookimpl

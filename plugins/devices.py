@@ -10,12 +10,14 @@ an unprivileged container, so host files owned by root appear owned by the conta
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from lxfs import hookimpl
 from lxfs.api import Host, cgroup_layout
-from lxfs.config_schema import is_true, parse_size
+from lxfs.config_schema import check_bool, check_int, is_true, parse_size
 from lxfs.devices import DeviceType
 from lxfs.errors import InvalidArgument, NotFound
 from lxfs.model import Instance
@@ -50,11 +52,11 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
         if root_uid:
             backend.grant_traversal("custom", dev_source_name, root_uid)
     if not src.exists():
-        if dev.get("required", "true") == "false":
+        if not is_true(dev.get("required", "true")):
             return []
         raise NotFound(f"disk device {name}: source {source} does not exist")
     options = ["bind", "create=dir" if src.is_dir() else "create=file"]
-    if dev.get("recursive") == "true":
+    if is_true(dev.get("recursive")):
         options[0] = "rbind"
     if is_true(dev.get("readonly")):
         options.append("ro")
@@ -80,7 +82,7 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
         try:
             st = os.stat(source)
         except OSError:
-            if dev.get("required", "true") == "false":
+            if not is_true(dev.get("required", "true")):
                 return []
             raise NotFound(f"{dev['type']} device {name}: {source} does not exist") from None
         want = stat.S_ISCHR if kind == "c" else stat.S_ISBLK
@@ -111,14 +113,59 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
             f"lxc.mount.entry = {node} {_target(path)} none {options} 0 0"]
 
 
+#: keys holding booleans (true/false, 1/0, yes/no, on/off)
+DISK_BOOL_KEYS = ("readonly", "shift", "required", "recursive")
+UNIX_BOOL_KEYS = ("required",)
+#: mount propagation modes (LXD's)
+PROPAGATIONS = ("private", "shared", "slave", "unbindable",
+                "rprivate", "rshared", "rslave", "runbindable")
+#: the largest device numbers the kernel has (12-bit majors, 20-bit minors) and id
+MAX_MAJOR, MAX_MINOR, MAX_ID = (1 << 12) - 1, (1 << 20) - 1, (1 << 32) - 2
+
+
+def _checked(name: str, key: str, check: Callable[[str], None], value: str) -> None:
+    try:
+        check(value)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"device {name}: {key}: {exc.message}") from None
+
+
+def check_io_limit(value: str) -> None:
+    """``limits.read``, ``.write``, ``.max``: bytes per second (``10MB``) or ``20iops``."""
+    if value.endswith("iops"):
+        check_int(1)(value[:-len("iops")])
+    else:
+        parse_size(value)
+
+
 def validate_disk(name: str, device: dict[str, str], partial: bool) -> None:
     if device.get("path") == "/" and not partial and "pool" not in device:
         raise InvalidArgument(f"device {name}: a root disk needs a pool")
     if device.get("size", "").strip():
-        try:
-            parse_size(device["size"].strip())
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"device {name}: {exc.message}") from None
+        _checked(name, "size", parse_size, device["size"].strip())
+    for key in DISK_BOOL_KEYS:
+        if key in device:
+            _checked(name, key, check_bool, device[key])
+    if "propagation" in device and device["propagation"] not in PROPAGATIONS:
+        raise InvalidArgument(f"device {name}: propagation must be one of "
+                              f"{', '.join(PROPAGATIONS)}")
+    for key in ("limits.read", "limits.write", "limits.max"):
+        if key in device:
+            _checked(name, key, check_io_limit, device[key])
+
+
+def validate_unix(name: str, device: dict[str, str], partial: bool) -> None:
+    """Device numbers, ids and mode as numbers the kernel takes (``mode`` in octal)."""
+    for key, check in (("major", check_int(0, MAX_MAJOR)), ("minor", check_int(0, MAX_MINOR)),
+                       ("uid", check_int(0, MAX_ID)), ("gid", check_int(0, MAX_ID))):
+        if key in device:
+            _checked(name, key, check, device[key])
+    if "mode" in device and not re.fullmatch(r"[0-7]{1,4}", device["mode"]):
+        raise InvalidArgument(f"device {name}: mode {device['mode']!r} is not an octal mode "
+                              "(0660)")
+    for key in UNIX_BOOL_KEYS:
+        if key in device:
+            _checked(name, key, check_bool, device[key])
 
 
 DISK = DeviceType("disk", frozenset({
@@ -126,8 +173,8 @@ DISK = DeviceType("disk", frozenset({
     "recursive", "limits.read", "limits.write", "limits.max"}), validate_disk,
     "a host directory or file, a pool's custom volume, or (path=/) the root disk")
 UNIX_KEYS = frozenset({"source", "path", "major", "minor", "uid", "gid", "mode", "required"})
-UNIX_CHAR = DeviceType("unix-char", UNIX_KEYS, description="a character device node")
-UNIX_BLOCK = DeviceType("unix-block", UNIX_KEYS, description="a block device node")
+UNIX_CHAR = DeviceType("unix-char", UNIX_KEYS, validate_unix, "a character device node")
+UNIX_BLOCK = DeviceType("unix-block", UNIX_KEYS, validate_unix, "a block device node")
 
 
 @hookimpl
@@ -166,7 +213,7 @@ def _bind_source(host: Host, dev: dict[str, str]) -> tuple[str, bool] | None:
             raise NotFound(f"storage pool {dev['pool']!r} not found")
         return str(backend.volume_path("custom", source)), True
     if not os.path.exists(source):
-        if dev.get("required", "true") == "false":
+        if not is_true(dev.get("required", "true")):
             return None
         raise NotFound(f"source {source} does not exist")
     return source, is_true(dev.get("shift"))

@@ -179,7 +179,7 @@ def lxfs_config_keys() -> list[KeySpec]:
     return [
         KeySpec("raw.seccomp", check_seccomp, "", "start",
                 description="an LXC seccomp policy replacing the generated one",
-                lowlevel=True),
+                lowlevel=True, multiline=True),
         KeySpec("security.syscalls.deny_default", check_bool, "true", "start",
                 description="LXD's default denylist (kexec_load, open_by_handle_at, "
                             "init/finit/delete_module fail with ENOSYS; no umount -f)"),
@@ -190,10 +190,10 @@ def lxfs_config_keys() -> list[KeySpec]:
         KeySpec("security.syscalls.deny", check_syscall_list, "", "start",
                 description="system calls to deny, by name (separated by spaces or "
                             "newlines; a bare name kills the caller, 'NAME errno N' fails "
-                            "with errno N)"),
+                            "with errno N)", multiline=True),
         KeySpec("security.syscalls.allow", check_syscall_list, "", "start",
                 description="an allowlist: only these system calls are allowed (exclusive "
-                            "with security.syscalls.deny*)"),
+                            "with security.syscalls.deny*)", multiline=True),
         KeySpec("security.syscalls.intercept.mknod", check_bool, "false", "start",
                 description="let the daemon create the safe character devices (null, zero, "
                             "full, random, urandom, tty, console, whiteout) for mknod"),

@@ -84,7 +84,7 @@ KEYS: list[KeySpec] = [
             description="size of the instance's uid/gid range", lowlevel=True),
     KeySpec("raw.idmap", check_raw_idmap, "", "start",
             description="host ids mapped as they are ('both 1000 1000', 'uid 50-60 500-510')",
-            lowlevel=True),
+            lowlevel=True, multiline=True),
     KeySpec("linux.kernel_modules", check_modules, "", "start",
             description="kernel modules that must be available before start", lowlevel=True),
 ]

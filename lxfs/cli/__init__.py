@@ -49,6 +49,20 @@ def cmd_version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def os_error_message(exc: OSError) -> str:
+    """A failed system call in words: the daemon gone (its mount answers ENOTCONN), or the
+    errno's text and the file."""
+    import errno  # noqa: PLC0415 - the error path only
+
+    if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+        from lxfs.cli.base import mount_point  # noqa: PLC0415
+
+        return (f"the lxfs daemon at {mount_point()} stopped answering ({exc.strerror}): "
+                "restart lxfsd")
+    where = f": {os.fsdecode(exc.filename)!r}" if exc.filename is not None else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def _silence_stdout() -> None:
     """After EPIPE on stdout (``lxfs list | head``), drop further output quietly."""
     try:
@@ -102,6 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 141
     except SystemExit as exc:  # --help, --version
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except OSError as exc:  # the daemon died mid-command, a file vanished...: one line
+        sys.stdout.flush()
+        sys.stderr.write(f"Error: {os_error_message(exc)}\n")
+        code = 1
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("LXFS_DEBUG"):
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc} "
+                         "(LXFS_DEBUG=1 shows the traceback)\n")
+        code = 1
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -33,6 +33,8 @@ from typing import IO, Any, Literal
 
 import yaml
 
+from lxfs.names import forbidden_character
+
 log = logging.getLogger(__name__)
 
 UploadKind = Literal["unified", "metadata", "squashfs"]
@@ -83,6 +85,15 @@ class ImageError(ValueError):
     """The file is not a usable LXD image (the message says why)."""
 
 
+class ImageTooLarge(ImageError):
+    """The image's files add up to more than the limit it was read with."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"image rejected: its files add up to more than {limit} bytes "
+                         "unpacked (the limit is the server's images.max_unpacked_size)")
+        self.limit = limit
+
+
 @dataclass
 class ImageInfo:
     """What :func:`inspect_image` learns about an image.
@@ -101,6 +112,24 @@ class ImageInfo:
     expiry_date: int = 0
     split: bool = False
     type: str = "container"
+    #: the sum of the sizes of its files (what unpacking it writes)
+    unpacked_size: int = 0
+
+
+#: the 32-bit architectures a 64-bit kernel also runs (LXD's personalities)
+_PERSONALITIES: dict[str, tuple[str, ...]] = {
+    "x86_64": ("i686",),
+    "aarch64": ("armv7l",),
+    "ppc64": ("ppc",),
+}
+
+
+def host_architectures(machine: str | None = None) -> list[str]:
+    """The architectures this host runs containers of: its own, then its 32-bit ones."""
+    import platform
+
+    own = normalize_architecture(machine or platform.machine())
+    return [own, *_PERSONALITIES.get(own, ())]
 
 
 def normalize_architecture(name: str) -> str:
@@ -465,14 +494,18 @@ class _Scan:
     has_rootfs: bool
     complete: bool  # read to the end (the member rules saw every member)
     problem: str | None  # the first rule a member broke
+    unpacked: int = 0  # the sizes of the regular files seen, added up
 
 
 _scan_lock = threading.Lock()
 _scan_cache: OrderedDict[tuple[Any, ...], _Scan] = OrderedDict()
 
 
-def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = True) -> _Scan:
+def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = True,
+                  limit: int | None = None) -> _Scan:
     """Read the tarball's members through the member rules, keeping metadata.yaml.
+    Reading stops with :class:`ImageTooLarge` once the regular files seen add up to more
+    than ``limit`` bytes (a decompression bomb costs no more than the limit).
 
     Without ``full``, reading stops once metadata.yaml and a rootfs/ member are both seen.
     A broken rule does not stop the scan: it is reported in ``problem`` (classify ignores it,
@@ -486,15 +519,22 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = T
         cached = _scan_cache.get(key)
         if cached is not None and (cached.complete or not full):
             _scan_cache.move_to_end(key)
+            if limit is not None and cached.unpacked > limit:
+                raise ImageTooLarge(limit)
             return cached
     meta: bytes | None = None
     problem: str | None = None
     policy = _MemberPolicy(layout)
     complete = False
+    unpacked = 0
     with _tar_stream(path, fmt) as (tf, flt, verify):
         for member in _members(tf, flt):
             if not full and meta is not None and policy.has_rootfs:
                 break  # checked at the next member: a scan that saw the last one is complete
+            if member.isreg():
+                unpacked += member.size
+                if limit is not None and unpacked > limit:
+                    raise ImageTooLarge(limit)
             keep = False
             try:
                 keep = policy.check(member)
@@ -507,7 +547,7 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = T
         else:
             verify()
             complete = True
-    result = _Scan(meta, policy.has_rootfs, complete, problem)
+    result = _Scan(meta, policy.has_rootfs, complete, problem, unpacked)
     with _scan_lock:
         _scan_cache[key] = result
         while len(_scan_cache) > 16:
@@ -515,14 +555,15 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = T
     return result
 
 
-def classify_upload(path: Path | str) -> UploadKind | None:
+def classify_upload(path: Path | str, max_unpacked: int | None = None) -> UploadKind | None:
     """Tell what an uploaded file is from its content, or None if it is no image part.
 
     "squashfs" (a split image's rootfs), "unified" (a tarball with metadata.yaml and rootfs/)
     or "metadata" (a tarball with metadata.yaml and no rootfs/). Compressed tarballs are
     streamed and reading stops once both entries are seen, so an image written metadata first
     (as LXD and :func:`build_unified_tarball` write them) costs a few kilobytes of decompression.
-    Whether the image is acceptable is :func:`inspect_image`'s business.
+    Whether the image is acceptable is :func:`inspect_image`'s business, but a tarball whose
+    files add up to more than ``max_unpacked`` bytes raises :class:`ImageTooLarge`.
     """
     path = Path(path)
     try:
@@ -534,7 +575,9 @@ def classify_upload(path: Path | str) -> UploadKind | None:
     if fmt == "squashfs":
         return "squashfs"
     try:
-        scan = _scan_tarball(path, fmt, full=False)
+        scan = _scan_tarball(path, fmt, full=False, limit=max_unpacked)
+    except ImageTooLarge:
+        raise
     except ImageError:
         return None
     except _STREAM_ERRORS:
@@ -574,6 +617,21 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ImageError(f"invalid metadata.yaml: {what} must be a mapping")
     return {str(k): _scalar(v, f"{what}.{k}") for k, v in value.items()}
+
+
+def _properties(value: Any) -> dict[str, str]:
+    """``properties``: each key becomes a file name on the mount (``images/FP/properties/KEY``)
+    and each value a line of ``lxfs image list``; what neither can show is refused."""
+    props = _string_map(value, "properties")
+    for key, text in props.items():
+        shown = _show(key)
+        if not key or key in (".", "..") or "/" in key or len(key.encode()) > 255 or \
+                forbidden_character(key) is not None or key != key.strip():
+            raise ImageError(f"invalid metadata.yaml: property name {shown!r} cannot be a "
+                             "file name (1-255 bytes, no '/', no control characters)")
+        if forbidden_character(text.strip().replace("\t", " ")) is not None:
+            raise ImageError(f"invalid metadata.yaml: property {shown} is not one line of text")
+    return {key: text.strip() for key, text in props.items()}
 
 
 def _check_template_name(name: str) -> None:
@@ -675,7 +733,7 @@ def _parse_metadata(data: bytes | str) -> dict[str, Any]:
         "architecture": normalize_architecture(arch),
         "creation_date": _as_int(doc.get("creation_date"), "creation_date"),
         "expiry_date": _as_int(doc.get("expiry_date"), "expiry_date"),
-        "properties": _string_map(doc.get("properties"), "properties"),
+        "properties": _properties(doc.get("properties")),
         "templates": templates,
     }
 
@@ -741,15 +799,21 @@ def _check_unsquashfs() -> None:
     _unsquashfs_checked = True
 
 
-def _check_squashfs(path: Path) -> None:
-    """List a squashfs rootfs: unsquashfs refuses the names it would not extract safely."""
+def _check_squashfs(path: Path) -> int:
+    """List a squashfs rootfs: unsquashfs refuses the names it would not extract safely.
+    Returns the sizes of its regular files, added up."""
     _check_unsquashfs()
-    proc = subprocess.run(["unsquashfs", "-no-progress", "-l", str(path)],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=_tool_env())
+    proc = subprocess.run(["unsquashfs", "-no-progress", "-lln", str(path)],
+                          stdin=subprocess.DEVNULL, capture_output=True, env=_tool_env())
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         raise _rejected(f"its rootfs is not a valid squashfs: {lines[0] if lines else ''}")
+    total = 0
+    for line in proc.stdout.split(b"\n"):
+        fields = line.split(maxsplit=3)  # mode, uid/gid, size, the rest
+        if line.startswith(b"-") and len(fields) == 4 and fields[2].isdigit():
+            total += int(fields[2])
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,10 +831,10 @@ def _sha256_files(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def _checked_scan(path: Path, fmt: str, layout: Layout) -> _Scan:
+def _checked_scan(path: Path, fmt: str, layout: Layout, limit: int | None = None) -> _Scan:
     """Scan a whole tarball; raise the first member rule it breaks."""
     try:
-        scan = _scan_tarball(path, fmt, layout)
+        scan = _scan_tarball(path, fmt, layout, limit=limit)
     except _STREAM_ERRORS as e:
         if isinstance(e, ImageError):
             raise
@@ -780,13 +844,15 @@ def _checked_scan(path: Path, fmt: str, layout: Layout) -> _Scan:
     return scan
 
 
-def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> ImageInfo:
+def inspect_image(path: Path | str, rootfs_path: Path | str | None = None,
+                  max_unpacked: int | None = None) -> ImageInfo:
     """Read an image's metadata and compute its fingerprint as LXD does.
 
     ``path`` is a unified tarball, or (with ``rootfs_path``) a split image's metadata tarball.
     Every member is checked against the rules :func:`unpack_image` applies (a squashfs rootfs
     is listed by unsquashfs), so a hostile image is refused here, at import. Raises
-    :class:`ImageError` when the files do not form an acceptable LXD container image.
+    :class:`ImageError` when the files do not form an acceptable LXD container image, and
+    :class:`ImageTooLarge` when its files add up to more than ``max_unpacked`` bytes.
     """
     path = Path(path)
     fmt = _sniff(path)
@@ -799,7 +865,8 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> Im
             "not an LXD image on its own: this squashfs is a split image's rootfs; "
             "it needs its metadata tarball"
         )
-    scan = _checked_scan(path, fmt, "image")
+    scan = _checked_scan(path, fmt, "image", max_unpacked)
+    unpacked = scan.unpacked
     if scan.meta is None:
         raise ImageError("not an LXD image: no metadata.yaml in tarball")
     files = [path]
@@ -813,12 +880,15 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> Im
         if scan.has_rootfs:
             raise ImageError("split image: the metadata tarball must not contain rootfs/")
         rootfs_fmt = _sniff(rootfs_path)
+        left = None if max_unpacked is None else max_unpacked - unpacked
         if rootfs_fmt == "squashfs":
-            _check_squashfs(rootfs_path)
+            unpacked += _check_squashfs(rootfs_path)
         elif rootfs_fmt in _TAR_FORMATS:
-            _checked_scan(rootfs_path, rootfs_fmt, "rootfs")
+            unpacked += _checked_scan(rootfs_path, rootfs_fmt, "rootfs", left).unpacked
         else:
             raise ImageError("split image: the rootfs file is neither squashfs nor a tarball")
+        if max_unpacked is not None and unpacked > max_unpacked:
+            raise ImageTooLarge(max_unpacked)
         files.append(rootfs_path)
     md = _parse_metadata(scan.meta)
     return ImageInfo(
@@ -832,4 +902,5 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> Im
         expiry_date=md["expiry_date"],
         split=rootfs_path is not None,
         type="container",
+        unpacked_size=unpacked,
     )

@@ -30,7 +30,7 @@ NAT_DEFAULT_ENV = "LXFS_NETWORK_NAT_DEFAULT"
 
 def validate_name(name: str) -> None:
     """A network name is its bridge's interface name."""
-    if not _NAME.match(name) or name in ("lo", "all", "default"):
+    if not _NAME.fullmatch(name) or name in ("lo", "all", "default"):
         raise InvalidArgument(
             f"invalid network name {name!r}: 1-15 letters, digits, '_', '.' or '-', starting "
             "with a letter")
@@ -67,7 +67,7 @@ def _check_ranges(value: str) -> None:
 
 
 def _check_mac(value: str) -> None:
-    if not _MAC.match(value.lower()) or int(value[:2], 16) & 1:
+    if not _MAC.fullmatch(value.lower()) or int(value[:2], 16) & 1:
         raise InvalidArgument(f"invalid unicast MAC address {value!r}")
 
 
@@ -359,17 +359,59 @@ NIC_KEYS = frozenset({
     "security.mac_filtering"})
 
 
+NICTYPES = ("bridged", "macvlan", "p2p")
+
+
+def _check_ipv4(value: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid IPv4 address {value!r}") from None
+
+
+def _check_ipv6(value: str) -> None:
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid IPv6 address {value!r}") from None
+
+
+def _check_ifname(value: str) -> None:
+    """An interface name as the kernel takes it (1-15 characters, no '/', ':' or space)."""
+    if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", value) or value in (".", ".."):
+        raise InvalidArgument(f"invalid interface name {value!r} (1-15 letters, digits, "
+                              "'_', '.' or '-')")
+
+
+def _check_nictype(value: str) -> None:
+    if value not in NICTYPES:
+        raise InvalidArgument(f"unknown nictype {value!r} (one of {', '.join(NICTYPES)})")
+
+
+def _check_rate(value: str) -> None:
+    parse_rate(value)
+
+
+#: the checks of single nic values (the combination is checked once the device is complete)
+NIC_VALUE_CHECKS: dict[str, Callable[[str], None]] = {
+    "nictype": _check_nictype, "parent": _check_ifname, "name": _check_ifname,
+    "host_name": _check_ifname, "hwaddr": _check_mac, "mtu": _check_mtu,
+    "ipv4.address": _check_ipv4, "ipv6.address": _check_ipv6, "network": validate_name,
+    "limits.ingress": _check_rate, "limits.egress": _check_rate, "limits.max": _check_rate,
+    "vlan": check_int(0, 4094), "security.mac_filtering": check_bool,
+}
+
+
 def validate_nic(dev_name: str, device: dict[str, str], partial: bool) -> None:
     """Each value as it is written; the whole device once complete (at start)."""
-    if not partial:
-        check_nic(dev_name, device)
-        return
-    for key in ("limits.ingress", "limits.egress", "limits.max"):
+    for key, check in NIC_VALUE_CHECKS.items():
         if device.get(key):
             try:
-                parse_rate(device[key])
+                check(device[key])
             except InvalidArgument as exc:
                 raise InvalidArgument(f"device {dev_name}: {key}: {exc.message}") from None
+    if not partial:
+        check_nic(dev_name, device)
 
 
 NIC = DeviceType("nic", NIC_KEYS, validate_nic, "a network interface (veth on a managed "

@@ -7,6 +7,7 @@ crashed predecessor (ENOTCONN) is detached at start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from lxfs import reaper
 from lxfs.fs import LxfsOperations
 from lxfs.plugins import plugin_manager
 from lxfs.server import Server
@@ -37,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--max-tasks", type=int, default=64,
                    help="concurrent filesystem requests")
+    p.add_argument("--check", action="store_true",
+                   help="compare records, volumes, mounts, cgroups and processes, print every "
+                        "inconsistency and exit (1 if any); changes nothing")
     p.add_argument("--disable-plugin", action="append", metavar="NAME",
                    default=[n for n in os.environ.get("LXFS_DISABLE_PLUGINS", "").split(",")
                             if n.strip()],
@@ -65,9 +70,15 @@ def setup_logging(data_dir: Path, level: str) -> None:
     root = logging.getLogger()
     root.setLevel(level.upper())
     log_file = data_dir / "lxfsd.log"
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-    os.chmod(log_file, 0o600)  # it names instances, users' commands and errors: root's alone
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                         0o600))
+        os.chmod(log_file, 0o600)  # it names instances, users' commands and errors
+        handlers.append(logging.FileHandler(log_file))
+    except OSError as exc:  # a read-only data directory: log to stderr only
+        print(f"lxfsd: cannot write {log_file}: {exc.strerror}", file=sys.stderr)
+    for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
 
@@ -115,7 +126,10 @@ async def serve(args: argparse.Namespace) -> None:
         options |= {"fsname=lxfs", "subtype=lxfs", "allow_other", "default_permissions"}
         clean_stale_mount(args.mount)
         pyfuse3.init(ops, str(args.mount), options)
-        (args.data_dir / "lxfsd.pid").write_text(f"{os.getpid()}\n")
+        try:
+            (args.data_dir / "lxfsd.pid").write_text(f"{os.getpid()}\n")
+        except OSError as exc:  # a full or read-only data directory: serve reads anyway
+            log.error("cannot write %s: %s", args.data_dir / "lxfsd.pid", exc.strerror)
         log.info("lxfsd %s serving %s (data in %s)", server.environment()["server_version"],
                  args.mount, args.data_dir)
         try:
@@ -127,7 +141,8 @@ async def serve(args: argparse.Namespace) -> None:
                 log.info("unmounting %s (containers keep running)", args.mount)
                 pyfuse3.close(unmount=True)
                 await server.close()
-                (args.data_dir / "lxfsd.pid").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (args.data_dir / "lxfsd.pid").unlink(missing_ok=True)
             nursery.cancel_scope.cancel()
 
 
@@ -144,11 +159,40 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         raise SystemExit("lxfsd: must run as root (it mounts a filesystem and runs containers)")
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(args.data_dir, 0o711)
+    with contextlib.suppress(OSError):  # read-only: served read-only
+        os.chmod(args.data_dir, 0o711)
+    if args.check:
+        raise SystemExit(check(args))
     setup_logging(args.data_dir, args.log_level)
+    refuse_second_daemon(args.data_dir)
     clean_stale_mount(args.mount)
     args.mount.mkdir(parents=True, exist_ok=True)
+    # before anything is repaired: no helper of a crashed predecessor may still be at work
+    reaper.end_leftovers(args.data_dir.resolve())
+    reaper.contain(args.data_dir.resolve())
     trio.run(serve, args)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``lxfsd --check``."""
+    from lxfs import doctor
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    server = Server(args.data_dir.resolve(), args.mount.resolve(),
+                    plugin_manager(disabled=args.disable_plugin))
+    return doctor.main(server)
+
+
+def refuse_second_daemon(data_dir: Path) -> None:
+    """Exit if a live lxfsd already uses ``data_dir`` (its pid file names it)."""
+    try:
+        pid = int((data_dir / "lxfsd.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if pid != os.getpid() and any(b"lxfsd" in part or part == b"lxfs.daemon"
+                                  for part in cmdline[:3]):
+        raise SystemExit(f"lxfsd: {data_dir} is already used by a running lxfsd (pid {pid})")
 
 
 if __name__ == "__main__":

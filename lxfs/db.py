@@ -6,14 +6,17 @@ is never half-written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from lxfs.errors import LxfsError
 
 SCHEMA_VERSION = 1
 
@@ -24,6 +27,10 @@ _TABLES = {
     "profiles": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "pools": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
     "projects": "name TEXT PRIMARY KEY, data TEXT NOT NULL",
+    # operations in progress (intent written before the first step, removed after the last):
+    # what a crash interrupted, for the next start to finish or undo
+    "journal": "id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+               "target TEXT NOT NULL, data TEXT NOT NULL, started REAL NOT NULL",
     "server_config": "key TEXT PRIMARY KEY, value TEXT NOT NULL",
     # records of plugins (networks...), by kind
     "documents": "kind TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, "
@@ -38,19 +45,37 @@ class Database:
         self.path = path
         self._lock = threading.Lock()
         # root's alone (SQLite gives the -wal and -shm files the database file's mode)
-        for part in (path, path.with_name(path.name + "-wal"),
-                     path.with_name(path.name + "-shm")):
-            if part == path or part.exists():
-                os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                os.chmod(part, 0o600)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        read_only = False
+        try:
+            for part in (path, path.with_name(path.name + "-wal"),
+                         path.with_name(path.name + "-shm")):
+                if part == path or part.exists():
+                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                    os.chmod(part, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EROFS or not path.exists():
+                raise
+            read_only = True  # a read-only data directory: the state is served as it is
+        if read_only:
+            self._conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True,
+                                         check_same_thread=False, isolation_level=None)
+        else:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        with self.transaction() as cur:
-            for table, columns in _TABLES.items():
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-            cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            with self.transaction() as cur:
+                for table, columns in _TABLES.items():
+                    cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except LxfsError:
+            # full or read-only: the state can still be read if the tables are there
+            with self._lock:
+                present = {r[0] for r in self._conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table'")}
+            if not set(_TABLES) <= present:
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -58,14 +83,16 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One atomic transaction: everything inside commits together or not at all."""
-        with self._lock:
+        """One atomic transaction: everything inside commits together or not at all. A
+        full or read-only data directory is refused with ENOSPC or EROFS and its reason."""
+        with self._lock, _storage_errors(self.path):
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
             except BaseException:
-                cur.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
                 raise
             else:
                 cur.execute("COMMIT")
@@ -106,6 +133,28 @@ class Database:
                 else:
                     cur.execute(f"INSERT OR REPLACE INTO {table} ({key}, data) VALUES (?, ?)",
                                 (name, json.dumps(data)))
+
+    # --- the journal of operations ----------------------------------------------------------
+
+    def journal_begin(self, kind: str, target: str, data: dict[str, Any]) -> int:
+        """Record the intent of an operation; returns its id for ``journal_end``."""
+        import time
+
+        with self.transaction() as cur:
+            cur.execute("INSERT INTO journal (kind, target, data, started) VALUES (?, ?, ?, ?)",
+                        (kind, target, json.dumps(data), time.time()))
+            return int(cur.lastrowid or 0)
+
+    def journal_end(self, op_id: int) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM journal WHERE id = ?", (op_id,))
+
+    def journal_pending(self) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """Operations begun and never ended, oldest first: (id, kind, target, data)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, kind, target, data FROM journal ORDER BY id").fetchall()
+        return [(i, k, t, json.loads(d)) for i, k, t, d in rows]
 
     # --- aliases and server config ----------------------------------------------------------
 
@@ -157,3 +206,22 @@ class Database:
                 cur.execute("DELETE FROM server_config WHERE key = ?", (key,))
             else:
                 cur.execute("INSERT OR REPLACE INTO server_config VALUES (?, ?)", (key, value))
+
+
+@contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    """SQLite's errors of a full or read-only disk, as the errors users see."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if "full" in text:
+            raise LxfsError(f"the data directory is full ({path.parent}): nothing was "
+                            "changed; free some space", errno.ENOSPC) from None
+        if "readonly" in text or "read-only" in text:
+            raise LxfsError(f"the data directory is read-only ({path.parent}): nothing was "
+                            "changed", errno.EROFS) from None
+        if "disk i/o error" in text:
+            raise LxfsError(f"the data directory cannot be written ({path.parent}: I/O "
+                            "error): nothing was changed", errno.EIO) from None
+        raise

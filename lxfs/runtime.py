@@ -81,5 +81,10 @@ class Runtime(ABC):
     def apply_limits(self, instance: Instance) -> None:
         """Apply the expanded config's limits to the running instance (live changes)."""
 
+    def check(self, instances: list[Instance]) -> list[str]:
+        """What the runtime keeps that matches no instance (``lxfsd --check``), as
+        sentences: running containers, directories, cgroups of unknown or stopped ones."""
+        return []
+
     def after_stop(self, instance: Instance) -> None:
         """Called once the instance is seen stopped (release cgroups...)."""

@@ -16,8 +16,9 @@ import platform
 import re
 import shlex
 import shutil
+import subprocess
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ import trio
 
 from lxfs import __version__, images
 from lxfs.api import Host, cgroup_layout
-from lxfs.config_schema import Schema, hash_secret, is_true
+from lxfs.config_schema import MAX_SECONDS, Schema, hash_secret, is_true, parse_size
 from lxfs.db import Database
 from lxfs.devices import DeviceTypes
 from lxfs.errors import (
@@ -39,8 +40,9 @@ from lxfs.errors import (
     OperationFailed,
 )
 from lxfs.events import EventBus
+from lxfs.faults import point
 from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
-from lxfs.names import check_name
+from lxfs.names import check_line, check_name, escape_controls
 from lxfs.projects import Forbidden, Restrictions, validate_project_key
 from lxfs.runtime import Runtime
 from lxfs.storage import (
@@ -101,7 +103,8 @@ def expand(instance: Instance, profiles: dict[str, Profile]) -> None:
             config.update(profile.config)
             devices.update({k: dict(v) for k, v in profile.devices.items()})
     config.update(instance.config)
-    devices.update({k: dict(v) for k, v in instance.devices.items()})
+    # a device just made (mkdir, no type yet) masks nothing: not an inherited root disk
+    devices.update({k: dict(v) for k, v in instance.devices.items() if v})
     instance.expanded_config = config
     instance.expanded_devices = {k: v for k, v in devices.items() if v.get("type") != "none"}
 
@@ -155,6 +158,8 @@ class Server:
         self._running_pids: dict[str, int] = {}  # the init of every running instance
         self._frozen: set[str] = set()
         self._restarting: set[str] = set()
+        #: instances a recovered operation (a restore) must start again once open
+        self._start_after_repair: list[str] = []
         self._pending: dict[str, tuple[Path, str]] = {}
         #: what a successful operation wants the user to know (shown in the error file)
         self._notices: dict[str, str] = {}
@@ -176,7 +181,12 @@ class Server:
         autostart: list[Instance] = []
         for inst in list(self.instances.values()):
             if inst.storage_state == "ready":
-                state = await in_thread(self.runtime.state, inst)
+                try:
+                    state = await in_thread(self.runtime.state, inst)
+                except (LxfsError, OSError, RuntimeError) as exc:
+                    log.error("cannot ask the runtime about %s: %s", inst.name, exc)
+                    self.set_error(inst.name, f"its state is unknown at start: {exc}")
+                    continue
                 if state in ("RUNNING", "FROZEN"):
                     pid = await in_thread(self.runtime.pid, inst)
                     log.info("reattached %s (%s, pid %d)", inst.name, state, pid)
@@ -185,18 +195,37 @@ class Server:
                     self._watch(inst.name, pid)
                 elif is_true(inst.expanded_config.get("boot.autostart")):
                     autostart.append(inst)
+        autostart += [self.instances[n] for n in self._start_after_repair
+                      if n in self.instances and self.instances[n] not in autostart
+                      and n not in self._running_pids]
         if autostart:
             autostart.sort(key=lambda i: -int(i.expanded_config.get("boot.autostart.priority")
                                                or 0))
             nursery.start_soon(self._autostart, [i.name for i in autostart])
 
     def _open_sync(self) -> None:
-        for d, mode in ((self.data_dir, 0o711), (self.instance_data_dir, 0o711),
-                        (self.data_dir / "storage-pools", 0o711), (self.images_dir, 0o700)):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, mode)  # unprivileged containers traverse the first three
-        shutil.rmtree(self.uploads_dir, ignore_errors=True)
-        self.uploads_dir.mkdir(mode=0o700)
+        try:
+            for d, mode in ((self.data_dir, 0o711), (self.instance_data_dir, 0o711),
+                            (self.data_dir / "storage-pools", 0o711), (self.images_dir, 0o700)):
+                d.mkdir(parents=True, exist_ok=True)
+                os.chmod(d, mode)  # unprivileged containers traverse the first three
+            _detach_mounts_under(self.uploads_dir)  # a publish's bind, after a crash
+            shutil.rmtree(self.uploads_dir, ignore_errors=True)
+            self.uploads_dir.mkdir(mode=0o700)
+        except OSError as exc:  # full or read-only: serve what can be read
+            log.error("the data directory cannot be written (%s): serving reads; writes "
+                      "will be refused until it can", exc.strerror)
+        self.load()
+        try:
+            self._repair()
+        except (LxfsError, OSError) as exc:
+            log.error("repair postponed to the next start: %s", exc)
+            self.errors[""] = f"the daemon could not repair its state at start: {exc}"
+
+    def load(self, first_start: bool = True) -> None:
+        """Read the state from the database and mount the pools; on a first start (and
+        every start of the daemon) make the default pool and profile when missing.
+        ``lxfsd --check`` loads with ``first_start=False``: it changes nothing."""
         self.db = Database(self.data_dir / "lxfs.db")
         self.config = self.db.load_server_config()
         self.profiles = {k: Profile.from_record(v) for k, v in self.db.load("profiles").items()}
@@ -206,7 +235,7 @@ class Server:
         self.aliases = self.db.load_aliases()
         self.instances = {k: Instance.from_record(v) for k, v in self.db.load("instances").items()}
         pools = self.db.load("pools")
-        if not pools:
+        if not pools and first_start:
             pools = self._make_default_pool()
         for name, rec in pools.items():
             pool = Pool(**rec)
@@ -224,14 +253,13 @@ class Server:
                 log.error("pool %s (%s) cannot be mounted: %s", name, pool.driver, exc)
                 continue
             self.pools[name] = driver
-        if "default" not in self.profiles:
+        if "default" not in self.profiles and first_start:
             profile = Profile("default", "Default lxfs profile", {},
                               {"root": {"type": "disk", "path": "/", "pool": "default"}})
             self.db.put("profiles", "default", profile.to_record())
             self.profiles["default"] = profile
         for inst in self.instances.values():
             expand(inst, self.profiles)
-        self._repair()
         self._call_each("lxfs_startup")
 
     def _make_default_pool(self) -> dict[str, dict[str, Any]]:
@@ -254,22 +282,25 @@ class Server:
         return {pool.name: vars(pool)}
 
     def _repair(self) -> None:
-        """Finish or roll back what a crash interrupted: no volume without its record, no
-        record without its volume."""
+        """Finish or undo what a crash interrupted: each pool repairs its own leftovers,
+        each operation still in the journal is finished or undone, and then no volume is
+        left without its record, no record without its volume."""
+        for pool in self.pools.values():
+            try:
+                pool.recover()
+            except (LxfsError, OSError, subprocess.CalledProcessError) as exc:
+                log.error("pool %s: cannot repair its leftovers: %s", pool.pool.name, exc)
+        self._recover_journal()
         for inst in list(self.instances.values()):
             if inst.storage_state in ("creating", "deleting"):
                 pool = self.pools.get(inst.root_pool())
                 if pool:
                     pool.delete_volume("container", inst.name)
-                if inst.storage_state == "deleting":
-                    log.warning("finishing the interrupted deletion of %s", inst.name)
-                    self.runtime.cleanup(inst)
-                    self.db.delete("instances", inst.name)
-                    del self.instances[inst.name]
-                else:
-                    log.warning("rolling back the interrupted creation of %s", inst.name)
-                    inst.storage_state, inst.source = "", ""
-                    self.db.put("instances", inst.name, inst.to_record())
+                log.warning("%s the interrupted %s of %s",
+                            "finishing" if inst.storage_state == "deleting" else "undoing",
+                            "deletion" if inst.storage_state == "deleting" else "creation",
+                            inst.name)
+                self._forget_instance(inst)
         for pool in self.pools.values():
             for vol in pool.list_volumes("container"):
                 inst = self.instances.get(vol)
@@ -277,6 +308,19 @@ class Server:
                         pool.pool.name:
                     log.warning("pool %s: removing orphan volume %s", pool.pool.name, vol)
                     pool.delete_volume("container", vol)
+                    continue
+                stored = set(pool.list_snapshots("container", vol))
+                for snap in sorted(stored - set(inst.snapshots)):
+                    log.warning("pool %s: removing orphan snapshot %s/%s", pool.pool.name,
+                                vol, snap)
+                    pool.delete_snapshot("container", vol, snap)
+                lost = sorted(set(inst.snapshots) - stored)
+                if lost:
+                    log.error("instance %s: snapshots %s have no files: forgetting them",
+                              vol, ", ".join(lost))
+                    for snap in lost:
+                        del inst.snapshots[snap]
+                    self.db.put("instances", inst.name, inst.to_record())
             for fp in pool.list_volumes("image"):
                 if fp not in self.images:
                     pool.delete_volume("image", fp)
@@ -284,6 +328,90 @@ class Server:
             if path.name.split(".")[0] not in self.images:
                 log.warning("removing orphan image file %s", path.name)
                 path.unlink()
+
+    def _forget_instance(self, inst: Instance) -> None:
+        """Remove an instance's record and what the runtime and plugins keep for it."""
+        self.runtime.cleanup(inst)
+        shutil.rmtree(self.instance_data_dir / inst.name, ignore_errors=True)
+        self.db.delete("instances", inst.name)
+        self.instances.pop(inst.name, None)
+
+    def _recover_journal(self) -> None:
+        """Finish or undo every operation a crash interrupted (``_journal``), oldest first."""
+        for op_id, kind, target, data in self.db.journal_pending():
+            log.warning("recovering the interrupted %s of %s", kind, target)
+            try:
+                getattr(self, "_recover_" + kind.replace("-", "_"))(target, data)
+            except Exception:  # noqa: BLE001 - one failed recovery must not stop the start
+                log.exception("cannot recover the interrupted %s of %s", kind, target)
+            self.db.journal_end(op_id)
+
+    def _recover_create(self, name: str, data: dict[str, Any]) -> None:
+        inst = self.instances.get(name)
+        if inst is not None and inst.storage_state == "creating":
+            pool = self.pools.get(data.get("pool", ""))
+            if pool is not None:
+                pool.delete_volume("container", name)
+            self._forget_instance(inst)  # the launch it belonged to is gone as a whole
+
+    _recover_copy = _recover_create
+
+    def _recover_snapshot(self, name: str, data: dict[str, Any]) -> None:
+        inst = self.instances.get(name)
+        if inst is not None and data["snapshot"] not in inst.snapshots:
+            self.pool_of(inst).delete_snapshot("container", name, data["snapshot"])
+
+    def _recover_snapshot_delete(self, name: str, data: dict[str, Any]) -> None:
+        inst = self.instances.get(name)
+        if inst is None:
+            return
+        if inst.snapshots.pop(data["snapshot"], None) is not None:
+            self.db.put("instances", name, inst.to_record())
+        self.pool_of(inst).delete_snapshot("container", name, data["snapshot"])
+
+    def _recover_snapshot_rename(self, name: str, data: dict[str, Any]) -> None:
+        inst = self.instances.get(name)
+        if inst is None or data["new"] in inst.snapshots:
+            return
+        pool = self.pool_of(inst)
+        stored = pool.list_snapshots("container", name)
+        if data["new"] in stored and data["old"] not in stored:
+            pool.rename_snapshot("container", name, data["new"], data["old"])
+
+    def _recover_restore(self, name: str, data: dict[str, Any]) -> None:
+        inst = self.instances.get(name)
+        if inst is None or data["snapshot"] not in inst.snapshots:
+            return
+        if self.runtime.state(inst) != "STOPPED":
+            return  # restored and started again: only the journal's end was missing
+        self._restore_files_and_record(inst, data["snapshot"])
+        if data.get("was_running"):
+            self._start_after_repair.append(name)
+
+    def _recover_rename(self, old: str, data: dict[str, Any]) -> None:
+        new = data["new"]
+        if new in self.instances:
+            self._rename_files(self.instances[new], old, new)
+        elif old in self.instances:
+            self._rename_files(self.instances[old], new, old)
+
+    def _recover_pool_create(self, name: str, data: dict[str, Any]) -> None:
+        if name not in self.pools and name not in self.pending_pools:
+            self._delete_pool_store(data["pool"])
+
+    def _recover_pool_delete(self, name: str, data: dict[str, Any]) -> None:
+        if name not in self.pools:
+            self._delete_pool_store(data["pool"])
+
+    def _delete_pool_store(self, record: dict[str, Any]) -> None:
+        cls = self.storage_drivers.get(record.get("driver", ""))
+        if cls is not None and not cls.unavailable:
+            cls(Pool(**record), self.data_dir).delete()
+
+    def _recover_volume_copy(self, name: str, data: dict[str, Any]) -> None:
+        pool = self.pools.get(data.get("pool", ""))
+        if pool is not None:
+            pool.delete_volume("custom", name)
 
     async def _autostart(self, names: list[str]) -> None:
         """Start instances by ``boot.autostart.priority`` (highest first), waiting
@@ -396,9 +524,22 @@ class Server:
         await in_thread(self.db.put, "instances", inst.name, inst.to_record())
 
     def set_error(self, scope: str, message: str) -> None:
+        message = escape_controls(message)  # one line: nothing injected into the log
         self.errors[scope] = message
         if message:
             log.error("%s: %s", scope or "lxfs", message)
+
+    @contextlib.asynccontextmanager
+    async def _journal(self, kind: str, target: str, **data: Any) -> AsyncIterator[None]:
+        """Record an operation's intent before its first step and remove it after its last
+        (also when it fails and has undone itself): what a crash interrupts stays in the
+        journal for the next start to finish or undo (``_recover_journal``)."""
+        op_id = await in_thread(self.db.journal_begin, kind, target, data)
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await in_thread(self.db.journal_end, op_id)
 
     async def guarded(self, scope: str, op: Awaitable[T]) -> T:
         """Run an operation, recording its error (or success) for ``scope``'s error file."""
@@ -478,30 +619,40 @@ class Server:
                 raise AlreadyExists(
                     f"instance {name} was already created from image {inst.source or '?'}")
             image = self.resolve_image(ref)
+            if image.architecture not in images.host_architectures():
+                raise InvalidArgument(  # as LXD: the launch is refused, the import was not
+                    f"image {image.fingerprint[:12]} is for {image.architecture}: this host runs "
+                    f"{', '.join(images.host_architectures())} (requested architecture isn't "
+                    "supported by this host)")
             pool = self.pool_of(inst)
             await in_thread(lambda: self.hook.lxfs_instance_pre_create(host=self.api,
                                                                        instance=inst))
             await self._ensure_image_volume(pool, image)
-            inst.storage_state, inst.source = "creating", image.fingerprint
-            await self._save(inst)
-            self.transient[name] = "CREATING"
-            try:
-                await in_thread(pool.create_volume_from_image, "container", name,
-                                image.fingerprint)
-                volume = pool.volume_path("container", name)
-                await in_thread(images.render_templates, volume, "create",
-                                self._template_context(inst))
-                await self._apply_root_quota(inst, pool, tell=True)
-            except BaseException:
-                await self._undo_root_volume(inst, pool)
-                raise
-            inst.architecture = image.architecture or inst.architecture
-            for key, value in image.properties.items():
-                inst.config[f"image.{key}"] = value
-            inst.storage_state = "ready"
-            await self._save(inst)
-            expand(inst, self.profiles)
-            self.transient.pop(name, None)
+            async with self._journal("create", name, pool=pool.pool.name):
+                inst.storage_state, inst.source = "creating", image.fingerprint
+                await self._save(inst)
+                point("create.after-intent")
+                self.transient[name] = "CREATING"
+                try:
+                    await in_thread(pool.create_volume_from_image, "container", name,
+                                    image.fingerprint)
+                    point("create.after-volume")
+                    volume = pool.volume_path("container", name)
+                    await in_thread(images.render_templates, volume, "create",
+                                    self._template_context(inst))
+                    point("create.after-templates")
+                    await self._apply_root_quota(inst, pool, tell=True)
+                except BaseException:
+                    await self._undo_root_volume(inst, pool)
+                    raise
+                inst.architecture = image.architecture or inst.architecture
+                for key, value in image.properties.items():
+                    inst.config[f"image.{key}"] = value
+                inst.storage_state = "ready"
+                await self._save(inst)
+                point("create.after-ready")
+                expand(inst, self.profiles)
+                self.transient.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
 
     async def copy_instance(self, name: str, ref: str) -> None:
@@ -542,36 +693,40 @@ class Server:
             expand(inst, self.profiles)
             src_pool, pool = self.pool_of(src), self.pool_of(inst)
             with_snapshots = not instance_only and not snapshot
-            inst.storage_state, inst.source = "creating", words[0]
-            await self._save(inst)
-            self.transient[name] = "CREATING"
-            try:
-                if src_pool is not pool:
-                    if snapshot:
-                        raise NotSupported("copying a snapshot to another pool is not "
-                                           "supported yet: copy the instance")
-                    snaps = sorted(src.snapshots, key=lambda n: src.snapshots[n].created_at)
-                    await in_thread(transfer_volume, src_pool, src_name, pool, name,
-                                    snaps if with_snapshots else [])
-                elif snapshot:
-                    await in_thread(pool.copy_snapshot_to_volume, "container", src_name,
-                                    snapshot, name)
-                else:
-                    await in_thread(pool.copy_volume, "container", src_name, name,
-                                    with_snapshots)
-                await in_thread(images.render_templates, pool.volume_path("container", name),
-                                "copy", self._template_context(inst))
-                await self._apply_root_quota(inst, pool, tell=True)
-            except BaseException:
-                await self._undo_root_volume(inst, pool)
-                raise
-            if with_snapshots:
-                inst.snapshots = {k: Snapshot(v.name, v.created_at, dict(v.config),
-                                              {d: dict(x) for d, x in v.devices.items()},
-                                              list(v.profiles))
-                                  for k, v in src.snapshots.items()}
-            inst.storage_state = "ready"
-            await self._save(inst)
+            async with self._journal("copy", name, pool=pool.pool.name):
+                inst.storage_state, inst.source = "creating", words[0]
+                await self._save(inst)
+                point("copy.after-intent")
+                self.transient[name] = "CREATING"
+                try:
+                    if src_pool is not pool:
+                        if snapshot:
+                            raise NotSupported("copying a snapshot to another pool is not "
+                                               "supported yet: copy the instance")
+                        snaps = sorted(src.snapshots, key=lambda n: src.snapshots[n].created_at)
+                        await in_thread(transfer_volume, src_pool, src_name, pool, name,
+                                        snaps if with_snapshots else [])
+                    elif snapshot:
+                        await in_thread(pool.copy_snapshot_to_volume, "container", src_name,
+                                        snapshot, name)
+                    else:
+                        await in_thread(pool.copy_volume, "container", src_name, name,
+                                        with_snapshots)
+                    point("copy.after-volume")
+                    await in_thread(images.render_templates, pool.volume_path("container", name),
+                                    "copy", self._template_context(inst))
+                    await self._apply_root_quota(inst, pool, tell=True)
+                except BaseException:
+                    await self._undo_root_volume(inst, pool)
+                    raise
+                if with_snapshots:
+                    inst.snapshots = {k: Snapshot(v.name, v.created_at, dict(v.config),
+                                                  {d: dict(x) for d, x in v.devices.items()},
+                                                  list(v.profiles))
+                                      for k, v in src.snapshots.items()}
+                inst.storage_state = "ready"
+                await self._save(inst)
+                point("copy.after-ready")
             self.transient.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
         self.events.lifecycle("instance-created", f"/1.0/instances/{name}",
@@ -622,11 +777,14 @@ class Server:
             volume = (pool.snapshot_path("container", name, snapshot) if snapshot
                       else pool.volume_path("container", name))
             out = self.new_upload_path()
+            point("publish.after-intent")
             await in_thread(images.publish_volume, volume, out, inst.architecture,
                             properties, compression)
+            point("publish.after-tarball")
         suffix = {"gzip": ".gz", "xz": ".xz", "bzip2": ".bz2", "zstd": ".zst"}
         image = await self._register_image(out, None,
                                            f"{name}.tar{suffix.get(compression, '')}")
+        point("publish.after-register")
         if public:
             await self.set_image_field(image.fingerprint, "public", "true")
         for alias in aliases:
@@ -854,12 +1012,15 @@ class Server:
             if inst.storage_state:
                 inst.storage_state = "deleting"
                 await self._save(inst)
+                point("delete.after-intent")
                 with contextlib.suppress(LxfsError):
                     pool = self.pool_of(inst)
                     await in_thread(pool.delete_volume, "container", name)
+                point("delete.after-volume")
             await in_thread(self.runtime.cleanup, inst)
             await in_thread(shutil.rmtree, self.instance_data_dir / name, True)
             await in_thread(self.db.delete, "instances", name)
+            point("delete.after-record")
             del self.instances[name]
             self.errors.pop(name, None)
         self._locks.pop(name, None)
@@ -885,6 +1046,7 @@ class Server:
                                "it to another pool")
                 snaps = sorted(inst.snapshots, key=lambda n: inst.snapshots[n].created_at)
                 await in_thread(transfer_volume, src, name, dst, name, snaps)
+                point("move.after-transfer")
                 try:
                     await self._apply_root_quota(inst, dst, tell=True)
                 except BaseException:
@@ -905,9 +1067,11 @@ class Server:
                 with trio.CancelScope(shield=True):
                     await in_thread(dst.delete_volume, "container", name)
                 raise
+            point("move.after-record")
             expand(inst, self.profiles)
             if inst.storage_state == "ready":
                 await in_thread(src.delete_volume, "container", name)
+                point("move.after-source-delete")
         self.events.lifecycle("instance-updated", f"/1.0/instances/{name}", pool=pool_name)
 
     async def rename_instance(self, old: str, new: str) -> None:
@@ -920,21 +1084,35 @@ class Server:
                 state = await in_thread(self.runtime.state, inst)
                 if state != "STOPPED":
                     raise Busy(f"instance {old} is {state.lower()}: stop it before renaming")
-                await in_thread(self.pool_of(inst).rename_volume, "container", old, new)
-            await in_thread(self.runtime.rename, inst, new)
-            data = self.instance_data_dir / old
-            if data.exists():
-                await in_thread(os.rename, data, self.instance_data_dir / new)
-            inst.name = new
-            try:
-                await in_thread(self.db.rename, "instances", old, new, inst.to_record())
-            except BaseException:
-                inst.name = old
-                raise
+            async with self._journal("rename", old, new=new):
+                await in_thread(self._rename_files, inst, old, new)
+                inst.name = new
+                try:
+                    await in_thread(self.db.rename, "instances", old, new, inst.to_record())
+                except BaseException:
+                    inst.name = old
+                    with trio.CancelScope(shield=True):
+                        await in_thread(self._rename_files, inst, new, old)
+                    raise
+                point("rename.after-record")
             self.instances[new] = self.instances.pop(old)
             self.errors[new] = self.errors.pop(old, "")
         self._locks.pop(old, None)
         self.events.lifecycle("instance-renamed", f"/1.0/instances/{new}", old_name=old)
+
+    def _rename_files(self, inst: Instance, old: str, new: str) -> None:
+        """Everything of an instance stored under its name: volume (with snapshots), the
+        runtime's directory, the plugins' instance data. Each step only if the source
+        exists, so recovery can run it again or backwards."""
+        pool = self.pool_of(inst)
+        if pool.volume_exists("container", old) and not pool.volume_exists("container", new):
+            pool.rename_volume("container", old, new)
+        point("rename.after-volume")
+        self.runtime.rename(Instance(name=old), new)
+        point("rename.after-runtime")
+        data = self.instance_data_dir / old
+        if data.exists() and not (self.instance_data_dir / new).exists():
+            os.rename(data, self.instance_data_dir / new)
 
     # --- instance configuration ---------------------------------------------------------
 
@@ -1187,6 +1365,9 @@ class Server:
         done: list[tuple[Instance, StorageDriver, int | None]] = []
         try:
             for inst, probe in pairs:
+                if inst.storage_state == "ready" and inst.root_pool() and \
+                        probe.root_pool() != inst.root_pool():
+                    raise InvalidArgument(_root_pool_refusal(inst, probe))
                 new = root_disk_size(probe)
                 try:
                     old = root_disk_size(inst)
@@ -1224,17 +1405,21 @@ class Server:
             if snapshot in inst.snapshots:
                 raise AlreadyExists(f"snapshot {name}/{snapshot} already exists")
             pool = self.pool_of(inst)
-            await in_thread(pool.create_snapshot, "container", name, snapshot)
-            inst.snapshots[snapshot] = Snapshot(snapshot, now(), dict(inst.config),
-                                                {k: dict(v) for k, v in inst.devices.items()},
-                                                list(inst.profiles))
-            try:
-                await self._save(inst)
-            except BaseException:
-                del inst.snapshots[snapshot]
-                with trio.CancelScope(shield=True):
-                    await in_thread(pool.delete_snapshot, "container", name, snapshot)
-                raise
+            async with self._journal("snapshot", name, snapshot=snapshot):
+                point("snapshot.after-intent")
+                await in_thread(pool.create_snapshot, "container", name, snapshot)
+                point("snapshot.after-volume")
+                inst.snapshots[snapshot] = Snapshot(
+                    snapshot, now(), dict(inst.config),
+                    {k: dict(v) for k, v in inst.devices.items()}, list(inst.profiles))
+                try:
+                    await self._save(inst)
+                except BaseException:
+                    del inst.snapshots[snapshot]
+                    with trio.CancelScope(shield=True):
+                        await in_thread(pool.delete_snapshot, "container", name, snapshot)
+                    raise
+                point("snapshot.after-record")
         self.events.lifecycle("instance-snapshot-created",
                               f"/1.0/instances/{name}/snapshots/{snapshot}")
 
@@ -1243,9 +1428,20 @@ class Server:
         async with self._locks[name]:
             if snapshot not in inst.snapshots:
                 raise NotFound(f"snapshot {name}/{snapshot} not found")
-            await in_thread(self.pool_of(inst).delete_snapshot, "container", name, snapshot)
-            del inst.snapshots[snapshot]
-            await self._save(inst)
+            # the record goes first: a crash then leaves files without a record (removed at
+            # the next start), never a record without its files
+            async with self._journal("snapshot-delete", name, snapshot=snapshot):
+                point("snapshot-delete.after-intent")
+                snap = inst.snapshots.pop(snapshot)
+                try:
+                    await self._save(inst)
+                except BaseException:
+                    inst.snapshots[snapshot] = snap
+                    raise
+                point("snapshot-delete.after-record")
+                await in_thread(self.pool_of(inst).delete_snapshot, "container", name,
+                                snapshot)
+                point("snapshot-delete.after-files")
         self.events.lifecycle("instance-snapshot-deleted",
                               f"/1.0/instances/{name}/snapshots/{snapshot}")
 
@@ -1257,11 +1453,22 @@ class Server:
                 raise NotFound(f"snapshot {name}/{old} not found")
             if new in inst.snapshots:
                 raise AlreadyExists(f"snapshot {name}/{new} already exists")
-            await in_thread(self.pool_of(inst).rename_snapshot, "container", name, old, new)
-            snap = inst.snapshots.pop(old)
-            snap.name = new
-            inst.snapshots[new] = snap
-            await self._save(inst)
+            async with self._journal("snapshot-rename", name, old=old, new=new):
+                pool = self.pool_of(inst)
+                await in_thread(pool.rename_snapshot, "container", name, old, new)
+                point("snapshot-rename.after-files")
+                snap = inst.snapshots.pop(old)
+                snap.name = new
+                inst.snapshots[new] = snap
+                try:
+                    await self._save(inst)
+                except BaseException:
+                    snap.name = old
+                    inst.snapshots[old] = inst.snapshots.pop(new)
+                    with trio.CancelScope(shield=True):
+                        await in_thread(pool.rename_snapshot, "container", name, new, old)
+                    raise
+                point("snapshot-rename.after-record")
         self.events.lifecycle("instance-snapshot-renamed",
                               f"/1.0/instances/{name}/snapshots/{new}", old_name=old)
 
@@ -1271,28 +1478,46 @@ class Server:
         inst = self.instance(name)
         snapshot = snapshot.strip()
         if snapshot not in inst.snapshots:
-            raise NotFound(f"snapshot {name}/{snapshot} not found")
+            raise NotFound(f"snapshot {snapshot!r} of {name} not found")
         async with self._locks[name]:
             state = await in_thread(self.runtime.state, inst)
             was_running = state != "STOPPED"
-            if was_running:
-                self._restarting.add(name)
-                old = self._running_pids.pop(name, 0)
-                try:
-                    await self._stop(inst, force=True)
-                    await self._after_stop(inst, old, restarting=True)
-                finally:
-                    self._restarting.discard(name)
-            await in_thread(self.pool_of(inst).restore_snapshot, "container", name, snapshot)
-            snap = inst.snapshots[snapshot]
-            inst.config = dict(snap.config) or inst.config
-            inst.devices = {k: dict(v) for k, v in snap.devices.items()}
-            inst.profiles = [p for p in snap.profiles if p in self.profiles] or inst.profiles
-            expand(inst, self.profiles)
-            await self._save(inst)
-            if was_running:
-                await self._start(inst)
+            async with self._journal("restore", name, snapshot=snapshot,
+                                     was_running=was_running):
+                if was_running:
+                    self._restarting.add(name)
+                    old = self._running_pids.pop(name, 0)
+                    try:
+                        await self._stop(inst, force=True)
+                        await self._after_stop(inst, old, restarting=True)
+                    finally:
+                        self._restarting.discard(name)
+                point("restore.after-stop")
+                await in_thread(self._restore_files_and_record, inst, snapshot)
+                point("restore.after-record")
+                if was_running:
+                    await self._start(inst)
+                    point("restore.after-start")
         self.events.lifecycle("instance-restored", f"/1.0/instances/{name}", snapshot=snapshot)
+
+    def _restore_files_and_record(self, inst: Instance, snapshot: str) -> None:
+        """The blocking part of a restore (also what recovery redoes): the root filesystem,
+        then the configuration, devices and profiles of the snapshot."""
+        self.pool_of(inst).restore_snapshot("container", inst.name, snapshot)
+        point("restore.after-files")
+        snap = inst.snapshots[snapshot]
+        before = (dict(inst.config), {k: dict(v) for k, v in inst.devices.items()},
+                  list(inst.profiles))
+        inst.config = dict(snap.config) or inst.config
+        inst.devices = {k: dict(v) for k, v in snap.devices.items()}
+        inst.profiles = [p for p in snap.profiles if p in self.profiles] or inst.profiles
+        try:
+            self.db.put("instances", inst.name, inst.to_record())
+        except BaseException:
+            inst.config, inst.devices, inst.profiles = before
+            raise
+        finally:
+            expand(inst, self.profiles)
 
     # --- images ---------------------------------------------------------------------------
 
@@ -1304,7 +1529,10 @@ class Server:
     async def import_upload(self, path: Path, filename: str) -> Image | None:
         """Import an uploaded file. Returns the image, or None when it is the first half of
         a split image (kept pending until the other half arrives)."""
-        kind = await in_thread(images.classify_upload, path)
+        try:
+            kind = await in_thread(images.classify_upload, path, self._unpacked_limit())
+        except images.ImageError as exc:
+            raise InvalidArgument(f"{filename}: {exc}") from None
         if kind is None:
             raise InvalidArgument(
                 f"{filename}: not an LXD image (expected a tarball with metadata.yaml, or a "
@@ -1328,6 +1556,12 @@ class Server:
             pending[0].unlink(missing_ok=True)  # the caller removes the other half
             raise
 
+    def _unpacked_limit(self) -> int:
+        """``images.max_unpacked_size`` in bytes: the most an imported image may unpack to."""
+        spec = self.schema.server_spec("images.max_unpacked_size")
+        default = spec.default if spec is not None else "0"
+        return parse_size(self.config.get("images.max_unpacked_size") or default)
+
     async def drop_pending_upload(self, name: str) -> None:
         for kind, (path, filename) in list(self._pending.items()):
             if filename == name:
@@ -1341,9 +1575,10 @@ class Server:
 
     async def _register_image(self, meta: Path, rootfs: Path | None, filename: str) -> Image:
         try:
-            info = await in_thread(images.inspect_image, meta, rootfs)
+            info = await in_thread(images.inspect_image, meta, rootfs, self._unpacked_limit())
         except images.ImageError as exc:
             raise InvalidArgument(f"{filename}: {exc}") from None
+        point("image-import.after-inspect")
         fp = info.fingerprint
         if fp in self.images:
             meta.unlink(missing_ok=True)
@@ -1359,6 +1594,7 @@ class Server:
         os.replace(meta, self.images_dir / fp)
         if rootfs:
             os.replace(rootfs, self.images_dir / f"{fp}.rootfs")
+        point("image-import.after-move")
         try:
             await in_thread(self.db.put, "images", fp, image.to_record())
         except BaseException:
@@ -1366,6 +1602,7 @@ class Server:
             (self.images_dir / f"{fp}.rootfs").unlink(missing_ok=True)
             raise
         self.images[fp] = image
+        point("image-import.after-record")
         log.info("imported image %s (%s)", fp, filename)
         self.events.lifecycle("image-created", f"/1.0/images/{fp}")
         return image
@@ -1375,10 +1612,12 @@ class Server:
             raise NotFound(f"image {fp} not found")
         async with self._image_locks[fp]:
             await in_thread(self.db.delete_image, fp)
+            point("image-delete.after-record")
             image = self.images.pop(fp)
             self.aliases = {a: v for a, v in self.aliases.items() if v[0] != fp}
             for pool in self.pools.values():
                 await in_thread(pool.delete_volume, "image", fp)
+            point("image-delete.after-volumes")
             (self.images_dir / fp).unlink(missing_ok=True)
             (self.images_dir / f"{fp}.rootfs").unlink(missing_ok=True)
         self.events.lifecycle("image-deleted", f"/1.0/images/{image.fingerprint}")
@@ -1392,6 +1631,7 @@ class Server:
             setattr(image, field, is_true(value))
         elif field.startswith("properties/"):
             key = field.split("/", 1)[1]
+            check_line(f"property {key}", value)
             if value:
                 image.properties[key] = value
             else:
@@ -1602,13 +1842,17 @@ class Server:
             pool = Pool(name, driver, config, pending.description if pending else "")
             backend = cls(pool, self.data_dir)
             await in_thread(backend.fill_defaults)
-            await in_thread(backend.create)
-            try:
-                await in_thread(self.db.put, "pools", name, vars(pool))
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await in_thread(backend.delete)
-                raise
+            async with self._journal("pool-create", name, pool=vars(pool)):
+                point("pool-create.after-intent")
+                await in_thread(backend.create)
+                point("pool-create.after-driver")
+                try:
+                    await in_thread(self.db.put, "pools", name, vars(pool))
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await in_thread(backend.delete)
+                    raise
+                point("pool-create.after-record")
             self.pending_pools.pop(name, None)
             self.pools[name] = backend
         log.info("created storage pool %s (%s): %s", name, driver, pool.config)
@@ -1631,18 +1875,24 @@ class Server:
             custom = await in_thread(backend.list_volumes, "custom")
             if custom:
                 raise Busy(f"storage pool {name} holds custom volumes: {', '.join(custom)}")
-            for fp in await in_thread(backend.list_volumes, "image"):
-                async with self._image_locks[f"{name}/{fp}"]:
-                    await in_thread(backend.delete_volume, "image", fp)
-            await in_thread(backend.delete)
-            await in_thread(self.db.delete, "pools", name)
-            del self.pools[name]
+            # the record goes first: a crash then leaves a backing store the next start
+            # removes (from the journal), never a record whose store is gone
+            async with self._journal("pool-delete", name, pool=vars(backend.pool)):
+                await in_thread(self.db.delete, "pools", name)
+                del self.pools[name]
+                point("pool-delete.after-record")
+                for fp in await in_thread(backend.list_volumes, "image"):
+                    async with self._image_locks[f"{name}/{fp}"]:
+                        await in_thread(backend.delete_volume, "image", fp)
+                await in_thread(backend.delete)
+                point("pool-delete.after-driver")
         self.events.lifecycle("storage-pool-deleted", f"/1.0/storage-pools/{name}")
 
     async def set_pool_key(self, name: str, key: str, value: str) -> None:
         """Set (empty value: unset) a pool config key. A pending pool takes any key a driver
         knows; an existing pool asks its driver (most keys are fixed at creation)."""
         value = value.removesuffix("\n")
+        check_line(key, value)
         async with self._locks[f"pool/{name}"]:
             pool = self.pool_record(name)
             if name in self.pending_pools:
@@ -1703,6 +1953,7 @@ class Server:
         if await in_thread(backend.volume_exists, "custom", volume):
             raise AlreadyExists(f"volume {volume} already exists in pool {pool}")
         await in_thread(backend.create_volume, "custom", volume)
+        point("volume-create.after-volume")
         self.events.lifecycle("storage-volume-created",
                               f"/1.0/storage-pools/{pool}/volumes/custom/{volume}")
 
@@ -1711,6 +1962,7 @@ class Server:
         if users:
             raise Busy(f"volume {volume} is used by {', '.join(users)}")
         await in_thread(self._custom_pool(pool).delete_volume, "custom", volume)
+        point("volume-delete.after-volume")
         self.events.lifecycle("storage-volume-deleted",
                               f"/1.0/storage-pools/{pool}/volumes/custom/{volume}")
 
@@ -1720,7 +1972,9 @@ class Server:
         backend = self._custom_pool(pool)
         if await in_thread(backend.volume_exists, "custom", target):
             raise AlreadyExists(f"volume {target} already exists in pool {pool}")
-        await in_thread(backend.copy_volume, "custom", volume, target, False)
+        async with self._journal("volume-copy", target, pool=pool):
+            point("volume-copy.after-intent")
+            await in_thread(backend.copy_volume, "custom", volume, target, False)
 
     async def snapshot_custom_volume(self, pool: str, volume: str, snapshot: str) -> None:
         check_name("snapshot", snapshot)
@@ -1756,12 +2010,25 @@ def _root_size_change(old: dict[str, str], new: dict[str, str]) -> bool:
         {k: v for k, v in new.items() if k != "size"}
 
 
+def _root_pool_refusal(inst: Instance, probe: Instance) -> str:
+    """Why a change may not take an instance's root disk away or to another pool: its volume
+    stays where it is (``pool`` moves it)."""
+    if not probe.root_pool():
+        return (f"instance {inst.name} would have no root disk (a disk with path=/ and "
+                f"pool=...): its root filesystem lives in pool {inst.root_pool()}")
+    return (f"the root disk of instance {inst.name} cannot change pool from "
+            f"{inst.root_pool()} to {probe.root_pool()} this way: write the pool's name to "
+            f"instances/{inst.name}/pool (lxfs move {inst.name} {inst.name} -s POOL)")
+
+
 def _normalise_action(text: str) -> tuple[str, int | None]:
     """``start``, ``stop``, ``stop 10`` (graceful, kill after 10 s), ``kill``..."""
     words = text.strip().lower().split()
     if words in (["stop", "--force"], ["stop", "-f"], ["force-stop"]):
         return "kill", None
-    if len(words) == 2 and words[0] == "stop" and words[1].isdigit():
+    if len(words) == 2 and words[0] == "stop" and words[1].isascii() and words[1].isdigit():
+        if int(words[1]) > MAX_SECONDS:
+            raise InvalidArgument(f"stop: a timeout of at most {MAX_SECONDS} seconds")
         return "stop", int(words[1])
     if len(words) != 1 or words[0] not in ACTIONS:
         raise InvalidArgument(f"unknown action {text.strip()!r}: use one of "
@@ -1787,3 +2054,16 @@ def _mkstemp(directory: Path) -> tuple[int, str]:
     import tempfile
 
     return tempfile.mkstemp(dir=directory, prefix="upload-")
+
+
+def _detach_mounts_under(path: Path) -> None:
+    """Lazily unmount everything mounted at or below ``path`` (deepest first)."""
+    root = str(path.resolve()) if path.exists() else str(path)
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point_ = line.split()[4].replace("\\040", " ")
+            if point_ == root or point_.startswith(root + "/"):
+                points.append(point_)
+    for mounted in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mounted], capture_output=True, check=False)

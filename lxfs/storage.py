@@ -213,6 +213,11 @@ class StorageDriver(ABC):
 
         raise InvalidArgument(f"{key} cannot be changed on an existing {self.name} pool")
 
+    def recover(self) -> None:
+        """Repair what an interrupted operation left in the pool (half-made copies, a
+        restore cut between its steps). Called at every daemon start, before the core
+        compares volumes with its records. Default: nothing to repair."""
+
     def grant_traversal(self, vtype: VolumeType, name: str, uid: int) -> None:
         """Let host uid ``uid`` (the root of an unprivileged container a custom volume is
         bound into: LXC opens the bind's source as that uid) reach the volume's directory.
@@ -318,6 +323,38 @@ class DirectoryLayout(StorageDriver):
 
     def volume_path(self, vtype: VolumeType, name: str) -> Path:
         return self.root / VOLUME_DIRS[vtype] / name
+
+    def remove_path(self, path: Path) -> None:
+        """Remove a volume's tree or a leftover under a hidden name (drivers whose volumes
+        are subvolumes or datasets override it)."""
+        import subprocess
+
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True,
+                           capture_output=True)
+
+    def recover(self) -> None:
+        """No user name starts with a dot, so every hidden entry of the layout is an
+        operation's leftover: ``.NAME.old`` whose ``NAME`` is gone (a restore cut between its
+        two renames) is put back, everything else (``.NAME.tmp``, ``.NAME.restore``,
+        ``.FP.unpack-*``...) is removed."""
+        for sub in LAYOUT_DIRS:
+            base = self.root / sub
+            if not base.is_dir():
+                continue
+            places = [base]
+            if sub.endswith("-snapshots"):
+                places += [d for d in base.iterdir() if d.is_dir() and not d.name[0] == "."]
+            for place in places:
+                for leftover in sorted(place.glob(".*")):
+                    name = leftover.name
+                    real = place / name[1:-len(".old")] if name.endswith(".old") else None
+                    if real is not None and not os.path.lexists(real):
+                        os.rename(leftover, real)
+                    else:
+                        self.remove_path(leftover)
 
     def usage(self) -> PoolUsage:
         """The filesystem under ``root`` (a btrfs pool's own, the host's for a dir pool)."""

@@ -20,6 +20,7 @@ A client that goes away hangs up its command (SIGHUP, then SIGKILL after a grace
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -54,12 +55,17 @@ async def serve(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_STATU
                 ) -> None:
     """Listen on ``DATA_DIR/exec.socket`` until cancelled."""
     path = host.data_dir / SOCKET_NAME
-    path.unlink(missing_ok=True)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        await listener.bind(str(path))
-        os.chown(path, 0, host.access_gid)
-        os.chmod(path, 0o660)
+        try:
+            path.unlink(missing_ok=True)
+            await listener.bind(str(path))
+            os.chown(path, 0, host.access_gid)
+            os.chmod(path, 0o660)
+        except OSError as exc:  # a read-only data directory: the daemon serves without it
+            log.error("no exec socket for the lxfs group (%s: %s)", path, exc.strerror)
+            task_status.started()
+            return
         listener.listen(32)
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -68,7 +74,8 @@ async def serve(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_STATU
                 nursery.start_soon(_serve_client, host, conn)
     finally:
         listener.close()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13

@@ -55,6 +55,8 @@ log = logging.getLogger("lxfs.lxc")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = "-1"
+#: the largest pids.max the kernel takes (PID_MAX_LIMIT on 64-bit hosts)
+PIDS_MAX = 4 * 1024 * 1024
 #: where the controllers the kernel has, and the cgroup hierarchies mounted, are read
 PROC_CGROUPS = Path("/proc/cgroups")
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -91,8 +93,11 @@ class LxcRuntime(Runtime):
         super().__init__(host)
         #: LXC's path: one directory per container (its config, log, console log)
         self.lxc_path = host.data_dir / "containers"
-        self.lxc_path.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(self.lxc_path, 0o711)  # unprivileged containers' roots traverse it
+        try:
+            self.lxc_path.mkdir(mode=0o711, parents=True, exist_ok=True)
+            os.chmod(self.lxc_path, 0o711)  # unprivileged containers' roots traverse it
+        except OSError as exc:  # a read-only data directory: containers cannot start
+            log.error("cannot prepare %s: %s", self.lxc_path, exc.strerror)
         self.prefix = cgroup_prefix(host.data_dir)
         self._containers: dict[str, Container] = {}
         self._lock = threading.Lock()
@@ -290,6 +295,24 @@ class LxcRuntime(Runtime):
         if net_prio_missing() is None:  # elsewhere a non-zero value is refused at set and start
             apply_network_priority(c, network_priority(instance.expanded_config))
 
+    def check(self, instances: list[Instance]) -> list[str]:
+        known = {i.name for i in instances}
+        running = set(lxc.list_containers(active=True, defined=False,
+                                          config_path=str(self.lxc_path)))
+        found = [f"container {n} runs and is no instance" for n in sorted(running - known)]
+        if self.lxc_path.is_dir():
+            found += [f"LXC directory {d} belongs to no instance"
+                      for d in sorted(self.lxc_path.iterdir())
+                      if d.is_dir() and d.name not in known]
+        for hierarchy in _hierarchies():
+            for parent in (self.prefix, f"{self.prefix}.monitor"):
+                base = hierarchy / parent
+                if base.is_dir():
+                    found += [f"cgroup {d} of a container that is not running"
+                              for d in sorted(base.iterdir())
+                              if d.is_dir() and d.name not in running]
+        return found
+
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
 
@@ -399,7 +422,7 @@ def limit_lines(config: dict[str, str], layout: str) -> list[str]:
             lines.append(f"lxc.cgroup2.memory.max = {n}")
         else:
             lines.append(f"lxc.cgroup.memory.limit_in_bytes = {n}")
-        if config.get("limits.memory.swap", "true") == "false":
+        if not is_true(config.get("limits.memory.swap", "true")):
             if v2:
                 lines.append("lxc.cgroup2.memory.swap.max = 0")
             elif Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
@@ -562,8 +585,8 @@ def check_raw_lxc(value: str) -> None:
 KEYS: list[KeySpec] = [
     KeySpec("limits.memory", check_memory, "", "live",
             description="memory limit: bytes with a unit (512MiB) or a percentage of the host"),
-    KeySpec("limits.processes", check_int(1), "", "live",
-            description="maximum number of processes (pids cgroup)"),
+    KeySpec("limits.processes", check_int(1, PIDS_MAX), "", "live",
+            description=f"maximum number of processes (pids cgroup), 1-{PIDS_MAX}"),
     KeySpec("limits.cpu", check_cpu, "", "live",
             description="number of CPUs or a CPU set (0-1)"),
     KeySpec("limits.cpu.allowance", check_allowance, "", "live",
@@ -577,7 +600,7 @@ KEYS: list[KeySpec] = [
                         "interface (net_prio cgroup v1 controller; refused where there is none)"),
     KeySpec("raw.lxc", check_raw_lxc, "", "start",
             description="LXC configuration lines appended to the generated config",
-            lowlevel=True),
+            lowlevel=True, multiline=True),
 ]
 
 

@@ -181,13 +181,13 @@ class BtrfsDriver(DirectoryLayout):
     def fill_defaults(self) -> None:
         config = self.pool.config
         source = config.get("source", "").strip()
+        if source and not os.path.isabs(source):  # never the daemon's working directory
+            raise InvalidArgument(f"source {source!r} must be an absolute path")
         if source and Path(source).is_dir():
             if "size" in config:
                 raise InvalidArgument("size only applies to loop-file pools (no source, or "
                                       "source = a file to create)")
             return
-        if source and not os.path.isabs(source):
-            raise InvalidArgument(f"source {source!r} must be an absolute path")
         config.setdefault("source", str(self.data_dir / "disks" / f"{self.pool.name}.img"))
         if not config["source"]:
             config["source"] = str(self.data_dir / "disks" / f"{self.pool.name}.img")
@@ -298,6 +298,9 @@ class BtrfsDriver(DirectoryLayout):
         self.pool.config["size"] = value
 
     # --- volumes ------------------------------------------------------------------------
+
+    def remove_path(self, path: Path) -> None:
+        self._delete_path(path)
 
     def _delete_path(self, path: Path) -> None:
         """Delete a subvolume with the subvolumes nested in it (or a plain tree)."""

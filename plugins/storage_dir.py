@@ -26,9 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lxfs import hookimpl
-from lxfs.errors import AlreadyExists, NotFound, OperationFailed
+from lxfs.errors import AlreadyExists, InvalidArgument, NotFound, OperationFailed
 from lxfs.storage import (
-    LAYOUT_DIRS,
     VOLUME_DIRS,
     DirectoryLayout,
     StorageDriver,
@@ -75,6 +74,9 @@ class DirDriver(DirectoryLayout):
         return Path(self.pool.config["source"])
 
     def fill_defaults(self) -> None:
+        source = self.pool.config.get("source", "")
+        if source and not os.path.isabs(source):  # never the daemon's working directory
+            raise InvalidArgument(f"source {source!r} must be an absolute path")
         self.pool.config.setdefault(
             "source", str(self.data_dir / "storage-pools" / self.pool.name))
 
@@ -95,19 +97,6 @@ class DirDriver(DirectoryLayout):
         if not self.root.is_dir():
             raise NotFound(f"storage pool {self.pool.name}: source {self.root} is missing")
         make_layout(self.root)
-        for sub in LAYOUT_DIRS:
-            self._recover(self.root / sub)
-
-    @staticmethod
-    def _recover(base: Path) -> None:
-        """Repair what a crash left under hidden temporary names: a restore interrupted
-        between its two renames gets its volume back; half-made copies go."""
-        for leftover in sorted(base.glob(".*")):
-            name = leftover.name
-            if name.endswith(".old") and not (base / name[1:-len(".old")]).exists():
-                os.rename(leftover, base / name[1:-len(".old")])
-            elif name.endswith((".tmp", ".restore", ".old")):
-                remove_tree(leftover)
 
     def unmount(self) -> None:
         pass

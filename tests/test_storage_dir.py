@@ -71,6 +71,10 @@ def test_recovery_after_crash_in_restore(driver: DirDriver) -> None:
     (base / ".c1.old" / "rootfs").mkdir(parents=True)  # renamed away, new one not in place
     (base / ".c1.restore").mkdir()
     (base / ".c2.tmp").mkdir()
-    driver.mount()
+    snaps = driver.root / "containers-snapshots" / "c1"
+    (snaps / ".s1.tmp").mkdir(parents=True)  # a snapshot cut short
+    (driver.root / "images" / ".abc.unpack-x1y2").mkdir()  # an unpack cut short
+    driver.recover()
     assert sorted(os.listdir(base)) == ["c1"]
+    assert os.listdir(snaps) == [] and os.listdir(driver.root / "images") == []
     assert (base / "c1" / "rootfs").is_dir()

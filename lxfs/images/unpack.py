@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from lxfs.faults import point
 from lxfs.images.format import (
     _MAX_METADATA,
     _SHOWN_NAMES,
@@ -227,6 +228,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
         for entry in os.scandir(tmp):
             if entry.name not in _TOP_LEVEL:
                 _remove(Path(entry.path))
+        point("image-unpack.after-extract")
         if in_place:
             for name in sorted(os.listdir(tmp)):
                 os.rename(tmp / name, dest / name)
@@ -235,6 +237,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
         else:
             os.chmod(tmp, 0o711)
             os.rename(tmp, dest)
+        point("image-unpack.after-rename")
     except BaseException:
         for p in moved:
             _remove(p)

@@ -1,0 +1,108 @@
+"""Load: 20 clients doing 200 mixed operations each on 50 instances, through the mount and
+the CLI, while the daemon is killed (SIGKILL) twice. No deadlock, no lost instance, and
+``lxfsd --check`` finds nothing at the end."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+
+import pytest
+from conftest import CLIError, call_with_timeout
+from test_recovery_integration import check
+
+pytestmark = pytest.mark.integration
+
+CLIENTS = 20
+OPERATIONS = 200
+INSTANCES = 50
+#: errors a client may meet: the daemon being killed (ENOTCONN...), a transition refused
+#: because another client got there first (EBUSY, EEXIST, ENOENT, EINVAL...)
+EXPECTED = {errno.ENOTCONN, errno.ECONNABORTED, errno.EBUSY, errno.EEXIST, errno.ENOENT,
+            errno.EINVAL, errno.ENOTEMPTY, errno.EIO}
+
+
+def test_twenty_clients_and_two_crashes(daemon_with_busybox):
+    d = daemon_with_busybox
+    names = [f"l{i:02d}" for i in range(INSTANCES)]
+    for name in names[:10]:
+        d.cli("launch", "busybox", name)
+    for name in names[10:]:
+        d.cli("create", "busybox", name)
+    done = {"ops": 0, "expected_errors": 0}
+    unexpected: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(OPERATIONS):
+            if stop.is_set():
+                return
+            name = rng.choice(names)
+            base = d.path("instances", name)
+            kind = rng.choice(["state", "read", "config", "snapshot", "list", "cli-list",
+                               "cli-exec"])
+            try:
+                if kind == "state":
+                    action = rng.choice(["start", "stop", "kill", "freeze", "unfreeze"])
+                    call_with_timeout(lambda b=base, a=action: (b / "state").write_text(a + "\n"),
+                                      120, f"{action} {name}")
+                elif kind == "read":
+                    call_with_timeout(lambda b=base: (b / "state").read_text(), 30, "read")
+                elif kind == "config":
+                    value = f"{rng.randint(32, 256)}MiB"
+                    call_with_timeout(lambda b=base, v=value: (
+                        b / "config" / "limits.memory").write_text(v + "\n"), 60, "config")
+                elif kind == "snapshot":
+                    snap = f"ls{rng.randint(0, 3)}"
+                    path = base / "snapshots" / snap
+                    if rng.random() < 0.5:
+                        call_with_timeout(lambda p=path: os.mkdir(p), 120, "snapshot")
+                    else:
+                        call_with_timeout(lambda p=path: os.rmdir(p), 120, "snapshot delete")
+                elif kind == "list":
+                    call_with_timeout(
+                        lambda: d.path("instances", ".list").read_text(), 30, "list")
+                elif kind == "cli-list":
+                    d.cli("list", timeout=60)
+                else:
+                    d.cli("exec", name, "--", "true", timeout=60, check=False)
+            except OSError as exc:
+                if exc.errno not in EXPECTED:
+                    with lock:
+                        unexpected.append(f"{kind} {name}: {exc}")
+                with lock:
+                    done["expected_errors"] += 1
+            except CLIError:
+                with lock:
+                    done["expected_errors"] += 1
+            except TimeoutError as exc:
+                with lock:
+                    unexpected.append(f"{kind} {name}: {exc} (deadlock?)")
+            with lock:
+                done["ops"] += 1
+
+    threads = [threading.Thread(target=client, args=(seed,), daemon=True)
+               for seed in range(CLIENTS)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for _crash in range(2):
+        time.sleep(8)
+        d.kill9()
+        d.start()
+    for thread in threads:
+        thread.join(600)
+    stop.set()
+    elapsed = time.monotonic() - started
+    assert not any(t.is_alive() for t in threads), "clients still blocked: a deadlock"
+    assert not unexpected, unexpected[:20]
+    assert d.instance_names() == names, "an instance was lost"
+    check(d)
+    print(f"\nload: {done['ops']} operations by {CLIENTS} clients on {INSTANCES} instances "
+          f"in {elapsed:.0f}s with 2 daemon crashes; {done['expected_errors']} refused or "
+          "cut by a crash, 0 unexpected")

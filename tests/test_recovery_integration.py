@@ -256,3 +256,43 @@ def _cli() -> list[str]:
     from conftest import lxfs_cli_command
 
     return lxfs_cli_command()
+
+
+def test_helpers_do_not_outlive_the_daemon(d):
+    """A SIGKILL while `cp` copies a large instance: the next start ends that `cp` before it
+    repairs (it used to race it), and nothing is left."""
+    d.cli("copy", "src", "big")
+    big = d.data_dir / "storage-pools" / "default" / "containers" / "big" / "rootfs" / "big"
+    subprocess.run(["dd", "if=/dev/zero", f"of={big}", "bs=4M", "count=750"], check=True,
+                   capture_output=True)  # 3 GB: the copy takes seconds
+    proc = subprocess.Popen([*_cli(), "copy", "big", "big2"], env=d.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        helpers = _helpers_of(d)
+        if helpers:
+            break
+        time.sleep(0.02)
+    assert helpers, "the copy never started a helper"
+    d.kill9()
+    assert _helpers_of(d), "the helper ended with the daemon: nothing to show"
+    proc.wait(60)
+    d.start()
+    assert not _helpers_of(d), "a helper of the killed daemon is still running"
+    check(d)
+    assert "big2" not in d.instance_names()
+
+
+def _helpers_of(d: LxfsDaemon) -> list[int]:
+    """`cp` processes working on this daemon's data directory."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"cp") and \
+                any(str(d.data_dir).encode() in part for part in cmdline):
+            found.append(int(pid))
+    return found

@@ -9,14 +9,17 @@ the others.
 Host files (root filesystems, volumes, image exports) are passed through, and every system call
 on them that may wait for a disk runs in a worker thread under a limiter of its own
 (``HOST_IO_THREADS``): a slow disk holds up the requests on its files only, and cannot take the
-threads the server's operations need. Reads try the page cache first without waiting
-(``preadv2(RWF_NOWAIT)``, on the event loop: a thread trip costs about 100 µs here, as much as
-the read), and go to a thread when the data is not there. The inode tables, the handles and
-``creating`` are only touched on the event loop; a handle's fd is closed once no thread uses it.
+threads the server's operations need. A thread trip costs 100-300 µs here, as much as a
+request, so: the mount reads ahead 1 MiB (the kernel's 128 KiB made reads of 128-256 KiB, a
+trip each), a directory's entries are stat'ed by the batch, and a lookup or getattr is answered
+on the event loop when the kernel's caches hold the whole path and the attributes
+(``CachedStat``: it cannot wait for a disk). The inode tables, the handles and ``creating`` are
+only touched on the event loop; a handle's fd is closed once no thread uses it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -25,7 +28,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pyfuse3
 import trio
@@ -36,10 +39,19 @@ from lxfs.server import Server
 
 log = logging.getLogger("lxfs.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 Path_ = tuple[str, ...]
 TIMEOUT = 1.0
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+#: worker threads for system calls on host files, apart from the server's (trio's default
+#: limiter): as many requests as the kernel sends in the background (12) and some more
+HOST_IO_THREADS = 16
+#: entries of a host directory stat'ed per worker-thread trip of readdir
+READDIR_BATCH = 128
+#: readahead of the mount in KiB: the kernel's 128 KiB makes host files read in requests of
+#: 128-256 KiB; 1 MiB (libfuse's largest request) needs a quarter of the round trips
+READAHEAD_KB = 1024
 
 
 def guarded(fn: F) -> F:
@@ -63,6 +75,28 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class HostStat(NamedTuple):
+    """A host file's ``lstat`` as the mount shows it (a symbolic link in a root filesystem has
+    the size of its target as the mount shows it)."""
+
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result, size: int | None = None) -> HostStat:
+        return cls(st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev,
+                   st.st_size if size is None else size, st.st_blocks, st.st_atime_ns,
+                   st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass
 class Handle:
     node: Node
@@ -73,8 +107,26 @@ class Handle:
     buffer: bytearray = field(default_factory=bytearray)
     upload_path: Path | None = None
     uploaded: bool = False
+    #: the first write error of an upload (ENOSPC, EIO...): the upload then fails at close
+    failed: OSError | None = None
     events: Any = None
     pending: bytes = b""
+    #: worker threads using ``fd`` now: a release while they run leaves the closing to the
+    #: last of them, so that no fd is closed (and its number reused) under a thread
+    users: int = 0
+    released: bool = False
+    #: set when ``users`` drops to 0 (for a flush waiting for the writes in flight)
+    idle: trio.Event | None = None
+    #: directories: the entries (listed at opendir or rewind), and the last batch of stats
+    names: list[str] | None = None
+    fresh: bool = False
+    batch_start: int = 0
+    batch: list[tuple[HostFile, HostStat] | None] = field(default_factory=list)
+
+
+async def _failed_upload(name: str, exc: OSError) -> None:
+    """Fail an upload a write error cut short: a truncated file is never imported."""
+    raise OSError(exc.errno, f"upload of {name} failed ({exc.strerror}): nothing was imported")
 
 
 def _fatal_signal_pending(pid: int) -> bool:
@@ -88,6 +140,224 @@ def _fatal_signal_pending(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return True
     return False
+
+
+# --- blocking work on host files (run in worker threads) ------------------------------------
+
+
+def _new_entry(parent: HostFile, name: str) -> HostFile:
+    """The node of ``name`` in the host directory ``parent``, which need not exist yet."""
+    return HostFile(parent.path / name, parent.readonly, parent.scope, parent.root, parent.view)
+
+
+def host_stat(node: HostFile) -> HostStat:
+    st = os.lstat(node.path)
+    if node.root is not None and stat.S_ISLNK(st.st_mode):
+        return HostStat.of(st, len(os.fsencode(node.link_target())))
+    return HostStat.of(st)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+class _StatxTime(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("reserved", ctypes.c_int32)]
+
+    @property
+    def ns(self) -> int:
+        return self.sec * 1_000_000_000 + self.nsec
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
+                ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                ("atime", _StatxTime), ("btime", _StatxTime), ("ctime", _StatxTime),
+                ("mtime", _StatxTime), ("rdev_major", ctypes.c_uint32),
+                ("rdev_minor", ctypes.c_uint32), ("dev_major", ctypes.c_uint32),
+                ("dev_minor", ctypes.c_uint32), ("spare", ctypes.c_uint64 * 14)]
+
+
+class CachedStat:
+    """``lstat`` from the kernel's caches alone, for the event loop: the path is resolved only
+    if every component is in the dentry cache (``openat2`` with RESOLVE_CACHED, Linux 5.12),
+    and the attributes are the cached ones (``statx`` with AT_STATX_DONT_SYNC), so it never
+    waits for a disk or a server. Calling it gives None when a thread has to stat."""
+
+    SYS_OPENAT2 = 437  # the same number on every architecture
+    RESOLVE_CACHED = 0x20
+    AT_EMPTY_PATH = 0x1000
+    AT_STATX_DONT_SYNC = 0x4000
+    STATX_BASIC_STATS = 0x7FF
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = libc.syscall
+        self._statx = getattr(libc, "statx", None)
+        self.enabled = self._statx is not None
+        # used on the event loop only, one call at a time
+        self._how = _OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, self.RESOLVE_CACHED)
+        self._buf = _Statx()
+
+    def __call__(self, node: HostFile) -> HostStat | None:
+        if not self.enabled:
+            return None
+        fd = self._syscall(ctypes.c_long(self.SYS_OPENAT2), ctypes.c_long(-100),  # AT_FDCWD
+                           os.fsencode(node.path), ctypes.byref(self._how),
+                           ctypes.c_size_t(ctypes.sizeof(self._how)))
+        if fd < 0:
+            if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.EPERM):
+                self.enabled = False  # an older kernel (or a seccomp filter)
+            return None  # EAGAIN: not all cached; any other error is for the thread to see
+        try:
+            if self._statx(fd, b"", self.AT_EMPTY_PATH | self.AT_STATX_DONT_SYNC,
+                           self.STATX_BASIC_STATS, ctypes.byref(self._buf)) < 0:
+                return None
+        finally:
+            os.close(fd)
+        x = self._buf
+        if node.root is not None and stat.S_ISLNK(x.mode):
+            return None  # the target has to be read
+        return HostStat(x.mode, x.nlink, x.uid, x.gid, os.makedev(x.rdev_major, x.rdev_minor),
+                        x.size, x.blocks, x.atime.ns, x.mtime.ns, x.ctime.ns)
+
+
+def _open_host(path: Path, flags: int) -> int:
+    """Open a regular host file. The entry is checked through an O_PATH fd and reopened from
+    it: the kernel only opens files it saw as regular ones, and if a container has put a FIFO
+    or a device node there since, no open may wait for a writer or touch a device."""
+    path_fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(path_fd).st_mode):
+            raise OSError(errno.ENXIO, "not a regular file", str(path))
+        return os.open(f"/proc/self/fd/{path_fd}",
+                       flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
+    finally:
+        os.close(path_fd)
+
+
+def _create_host(node: HostFile, flags: int, mode: int, uid: int, gid: int
+                 ) -> tuple[int, HostStat]:
+    fd = os.open(node.path, flags | os.O_CREAT | os.O_NOFOLLOW, mode & 0o7777)
+    try:
+        os.fchown(fd, uid, gid)
+        return fd, HostStat.of(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _mkdir_host(node: HostFile, mode: int, uid: int, gid: int) -> HostStat:
+    os.mkdir(node.path, mode & 0o7777)
+    os.chown(node.path, uid, gid, follow_symlinks=False)
+    return host_stat(node)
+
+
+def _symlink_host(node: HostFile, target: bytes, uid: int, gid: int) -> HostStat:
+    os.symlink(target, node.path)
+    os.chown(node.path, uid, gid, follow_symlinks=False)
+    return host_stat(node)
+
+
+def _link_host(source: Path, node: HostFile) -> HostStat:
+    os.link(source, node.path, follow_symlinks=False)
+    return host_stat(node)
+
+
+def _mknod_host(node: HostFile, mode: int, rdev: int) -> HostStat:
+    os.mknod(node.path, mode, rdev)
+    return host_stat(node)
+
+
+def _rename_host(old: Path, new: Path, noreplace: bool) -> None:
+    if noreplace and os.path.lexists(new):
+        raise FileExistsError(errno.EEXIST, "exists", str(new))
+    os.rename(old, new)
+
+
+def _list_host_dir(path: Path) -> list[str]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symbolic link
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
+        raise
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def _stat_entries(parent: HostFile, names: list[str]
+                  ) -> list[tuple[HostFile, HostStat] | None]:
+    """The nodes and stats of entries of ``parent`` (None for those gone meanwhile)."""
+    found: list[tuple[HostFile, HostStat] | None] = []
+    for name in names:
+        node = _new_entry(parent, name)
+        try:
+            found.append((node, host_stat(node)))
+        except OSError:
+            found.append(None)
+    return found
+
+
+class AttrChange(NamedTuple):
+    """What a setattr changes on a host file (None: left as it is)."""
+
+    size: int | None
+    mode: int | None
+    uid: int
+    gid: int
+    atime_ns: int | None
+    mtime_ns: int | None
+
+
+def _setattr_host(fd: int, node: HostFile, change: AttrChange) -> HostStat:
+    path = node.path
+    if change.size is not None:
+        if fd >= 0:
+            os.ftruncate(fd, change.size)
+        else:
+            os.truncate(path, change.size)
+    if change.mode is not None and not stat.S_ISLNK(os.lstat(path).st_mode):
+        os.chmod(path, change.mode)
+    if change.uid != -1 or change.gid != -1:
+        os.chown(path, change.uid, change.gid, follow_symlinks=False)
+    if change.atime_ns is not None or change.mtime_ns is not None:
+        st = os.lstat(path)
+        atime = st.st_atime_ns if change.atime_ns is None else change.atime_ns
+        mtime = st.st_mtime_ns if change.mtime_ns is None else change.mtime_ns
+        os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+    return host_stat(node)
+
+
+def _set_readahead(mount: Path, kib: int) -> None:
+    """Set the readahead of the lxfs mount on ``mount`` (through its device's sysfs entry)."""
+    point = str(mount)
+    for char, escaped in (("\\", "\\134"), (" ", "\\040"), ("\t", "\\011"),
+                          ("\n", "\\012")):
+        point = point.replace(char, escaped)
+    device = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == point and fields[fields.index("-") + 1] == "fuse.lxfs":
+                device = fields[2]  # the last one is on top
+    if device is None:
+        raise FileNotFoundError(errno.ENOENT, "no lxfs mount", point)
+    with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+        f.write(f"{kib}\n")
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:  # release cannot report it; the fd is gone all the same
+        log.warning("closing a host file: %s", exc)
 
 
 class LxfsOperations(pyfuse3.Operations):
@@ -108,11 +378,55 @@ class LxfsOperations(pyfuse3.Operations):
         self.next_fh = 1
         #: paths of files created with O_CREAT and not yet written (they exist meanwhile)
         self.creating: dict[Path_, Node] = {}
-        self.started = trio.current_time() if False else 0.0
+        #: worker threads of host-file system calls
+        self.host_threads = trio.CapacityLimiter(HOST_IO_THREADS)
+        self.cached_stat = CachedStat()
+        #: the mount's readahead is raised at the first open of a host file (it cannot be
+        #: done earlier: the kernel's INIT caps it at 128 KiB)
+        self.readahead_set = False
         import time
 
         self.mount_time = time.time()
         server.on_change = self._on_change
+
+    # --- host I/O -------------------------------------------------------------------------
+
+    async def _host(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (blocking work on host files) in a worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.host_threads)
+
+    async def _stat(self, node: HostFile) -> HostStat:
+        """A host file's attributes: from the kernel's caches if they have them all, else
+        from a thread."""
+        return self.cached_stat(node) or await self._host(host_stat, node)
+
+    async def _with_fd(self, handle: Handle, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(handle.fd, *args)`` in a worker thread; the fd stays open until it returns."""
+        handle.users += 1
+        try:
+            return await self._host(fn, handle.fd, *args)
+        finally:
+            handle.users -= 1
+            if not handle.users:
+                if handle.idle is not None:
+                    handle.idle.set()
+                    handle.idle = None
+                if handle.released:
+                    await self._close_fd(handle)
+
+    async def _idle(self, handle: Handle) -> None:
+        """Wait until no worker thread uses the handle's fd."""
+        while handle.users:
+            if handle.idle is None:
+                handle.idle = trio.Event()
+            await handle.idle.wait()
+
+    async def _close_fd(self, handle: Handle) -> None:
+        """Close the handle's fd (no thread uses it), even when the caller is cancelled."""
+        fd, handle.fd = handle.fd, -1
+        if fd >= 0:
+            with trio.CancelScope(shield=True):
+                await self._host(_close_quietly, fd)
 
     # --- inodes ---------------------------------------------------------------------------
 
@@ -132,6 +446,8 @@ class LxfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     async def resolve(self, path: Path_) -> Node:
+        """The node at ``path``. Below a host directory nothing is checked (no disk access on
+        the event loop): the system call on the entry tells whether it exists."""
         node: Node = self.root
         for i, name in enumerate(path):
             if isinstance(node, HostFile):
@@ -151,33 +467,40 @@ class LxfsOperations(pyfuse3.Operations):
         path = self._path(ino)
         return path, await self.resolve(path)
 
-    def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+    async def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+        if isinstance(node, HostFile):
+            return self._host_attrs(node, ino, await self._stat(node))
+        return self._virtual_attrs(node, ino)
+
+    def _new_attrs(self, ino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
         e.entry_timeout = TIMEOUT
         e.attr_timeout = TIMEOUT
         e.st_blksize = 4096
-        if isinstance(node, HostFile):
-            st = os.lstat(node.path)
-            e.st_mode = st.st_mode
-            if node.readonly:
-                e.st_mode &= ~0o222
-            e.st_nlink = st.st_nlink
-            e.st_uid, e.st_gid = st.st_uid, st.st_gid
-            e.st_rdev = st.st_rdev
-            e.st_size = st.st_size
-            if node.root is not None and stat.S_ISLNK(st.st_mode):
-                e.st_size = len(os.fsencode(node.link_target()))
-            e.st_blocks = st.st_blocks
-            e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = (st.st_atime_ns, st.st_mtime_ns,
-                                                           st.st_ctime_ns)
-            if node.private:
-                e.st_mode &= ~0o077
-                e.st_uid = e.st_gid = 0
-            return e
-        # Virtual nodes: root's, and the access group's (rw for both, nothing for others),
-        # except private ones; the kernel enforces it (default_permissions).
+        return e
+
+    def _host_attrs(self, node: HostFile, ino: int, hs: HostStat) -> pyfuse3.EntryAttributes:
+        e = self._new_attrs(ino)
+        e.st_mode = hs.mode
+        if node.readonly:
+            e.st_mode &= ~0o222
+        e.st_nlink = hs.nlink
+        e.st_uid, e.st_gid = hs.uid, hs.gid
+        e.st_rdev = hs.rdev
+        e.st_size = hs.size
+        e.st_blocks = hs.blocks
+        e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = hs.atime_ns, hs.mtime_ns, hs.ctime_ns
+        if node.private:
+            e.st_mode &= ~0o077
+            e.st_uid = e.st_gid = 0
+        return e
+
+    def _virtual_attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+        # Root's, and the access group's (rw for both, nothing for others), except private
+        # ones; the kernel enforces it (default_permissions).
+        e = self._new_attrs(ino)
         ts = int(self.mount_time * 1e9)
         if isinstance(node, Dir):
             e.st_mode = stat.S_IFDIR | 0o770
@@ -205,10 +528,19 @@ class LxfsOperations(pyfuse3.Operations):
 
     async def _entry(self, path: Path_) -> pyfuse3.EntryAttributes:
         node = await self.resolve(path)
+        if isinstance(node, HostFile):
+            return self._host_entry(path, node, await self._stat(node))
         ino = self._ino(path)
-        attrs = self._attrs(node, ino)
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
-        return attrs
+        return self._virtual_attrs(node, ino)
+
+    def _host_entry(self, path: Path_, node: HostFile, hs: HostStat
+                    ) -> pyfuse3.EntryAttributes:
+        """A looked-up host entry: its inode (counted) and attributes, from a stat made in a
+        thread; the inode tables change here, on the event loop, in one step."""
+        ino = self._ino(path)
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        return self._host_attrs(node, ino, hs)
 
     def _on_change(self, kind: str, name: str) -> None:
         """The server changed something behind the kernel's back."""
@@ -244,7 +576,7 @@ class LxfsOperations(pyfuse3.Operations):
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
-        return self._attrs(await self.resolve(self._path(inode)), inode)
+        return await self._attrs(await self.resolve(self._path(inode)), inode)
 
     @guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -254,27 +586,23 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(node, HostFile):
             if node.readonly:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            p = node.path
-            if fields.update_size:
-                if fh is not None and fh in self.handles and self.handles[fh].fd >= 0:
-                    os.ftruncate(self.handles[fh].fd, attr.st_size)
-                else:
-                    os.truncate(p, attr.st_size)
-            if fields.update_mode and not stat.S_ISLNK(os.lstat(p).st_mode):
-                os.chmod(p, stat.S_IMODE(attr.st_mode))
-            if fields.update_uid or fields.update_gid:
-                os.chown(p, attr.st_uid if fields.update_uid else -1,
-                         attr.st_gid if fields.update_gid else -1, follow_symlinks=False)
-            if fields.update_atime or fields.update_mtime:
-                st = os.lstat(p)
-                atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-                mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-                os.utime(p, ns=(atime, mtime), follow_symlinks=False)
-        elif isinstance(node, (File, Upload)):
-            pass  # sizes and times of virtual files are not settable; truncation is implicit
-        else:
+            change = AttrChange(
+                size=attr.st_size if fields.update_size else None,
+                mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else -1,
+                gid=attr.st_gid if fields.update_gid else -1,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None)
+            handle = self.handles.get(fh) if fh is not None else None
+            if change.size is not None and handle is not None and handle.fd >= 0:
+                hs = await self._with_fd(handle, _setattr_host, node, change)
+            else:
+                hs = await self._host(_setattr_host, -1, node, change)
+            return self._host_attrs(node, inode, hs)
+        if not isinstance(node, (File, Upload)):
             raise pyfuse3.FUSEError(errno.EPERM)
-        return self._attrs(node, inode)
+        # sizes and times of virtual files are not settable; truncation is implicit
+        return self._virtual_attrs(node, inode)
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -282,45 +610,74 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(node, Link):
             return node.target.encode()
         if isinstance(node, HostFile):
-            return os.fsencode(node.link_target())
+            return os.fsencode(await self._host(node.link_target))
         raise pyfuse3.FUSEError(errno.EINVAL)
 
     # --- directories ----------------------------------------------------------------------
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = await self.resolve(self._path(inode))
+        path = self._path(inode)
+        node = await self.resolve(path)
+        handle = Handle(node, path, ctx.pid)
         if isinstance(node, HostFile):
-            if not stat.S_ISDIR(os.lstat(node.path).st_mode):
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            # listed now: the listing checks that it is a directory (and readdir follows)
+            handle.names = await self._host(_list_host_dir, node.path)
+            handle.fresh = True
         elif not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        return self._new_handle(handle)
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        path = self._path(fh)
-        node = await self.resolve(path)
-        if isinstance(node, HostFile):
-            names = sorted(os.listdir(node.path))
-        else:
-            assert isinstance(node, Dir)
-            names = await node.list()
+        handle = self.handles[fh]
+        node, path = handle.node, handle.path
+        if handle.names is None or (start_id == 0 and not handle.fresh):  # opened or rewound
+            if isinstance(node, HostFile):
+                handle.names = await self._host(_list_host_dir, node.path)
+            else:
+                assert isinstance(node, Dir)
+                handle.names = await node.list()
+            handle.batch = []
+        handle.fresh = False
+        names = handle.names
         for index in range(start_id, len(names)):
             name = names[index]
             child_path = path + (name,)
-            try:
-                child = await self.resolve(child_path)
+            if isinstance(node, HostFile):
+                found = await self._host_dir_entry(handle, node, index)
+                if found is None:
+                    continue  # vanished meanwhile
                 ino = self._ino(child_path)
-                attrs = self._attrs(child, ino)
-            except (pyfuse3.FUSEError, OSError, LxfsError):
-                continue  # vanished meanwhile
+                attrs = self._host_attrs(found[0], ino, found[1])
+            else:
+                assert isinstance(node, Dir)
+                try:
+                    child = await node.child(name) or self.creating.get(child_path)
+                except (pyfuse3.FUSEError, OSError, LxfsError):
+                    continue
+                if child is None:
+                    continue  # vanished meanwhile
+                ino = self._ino(child_path)
+                attrs = self._virtual_attrs(child, ino)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 break
             self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
+    async def _host_dir_entry(self, handle: Handle, node: HostFile, index: int
+                              ) -> tuple[HostFile, HostStat] | None:
+        """Entry ``index`` of a listed host directory, stat'ed in batches: one thread trip
+        for the next READDIR_BATCH entries."""
+        offset = index - handle.batch_start
+        if not 0 <= offset < len(handle.batch):
+            assert handle.names is not None
+            names = handle.names[index:index + READDIR_BATCH]
+            handle.batch = await self._host(_stat_entries, node, names)
+            handle.batch_start, offset = index, 0
+        return handle.batch[offset]
+
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.handles.pop(fh, None)
 
     @guarded
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
@@ -329,14 +686,14 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            os.mkdir(parent.path / fname, mode & 0o7777)
-            os.chown(parent.path / fname, ctx.uid, ctx.gid)
-        elif isinstance(parent, Dir):
-            if await parent.child(fname) is not None:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            await parent.mkdir(fname)
-        else:
+            node = _new_entry(parent, fname)
+            hs = await self._host(_mkdir_host, node, mode, ctx.uid, ctx.gid)
+            return self._host_entry(path + (fname,), node, hs)
+        if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if await parent.child(fname) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        await parent.mkdir(fname)
         return await self._entry(path + (fname,))
 
     @guarded
@@ -345,7 +702,7 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            os.rmdir(parent.path / fname)
+            await self._host(os.rmdir, parent.path / fname)
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -359,7 +716,7 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            os.unlink(parent.path / fname)
+            await self._host(os.unlink, parent.path / fname)
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -374,12 +731,12 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            os.symlink(target, parent.path / fname)
-            os.chown(parent.path / fname, ctx.uid, ctx.gid, follow_symlinks=False)
-        elif isinstance(parent, Dir):
-            await parent.symlink(fname, os.fsdecode(target))
-        else:
+            node = _new_entry(parent, fname)
+            hs = await self._host(_symlink_host, node, target, ctx.uid, ctx.gid)
+            return self._host_entry(path + (fname,), node, hs)
+        if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await parent.symlink(fname, os.fsdecode(target))
         return await self._entry(path + (fname,))
 
     @guarded
@@ -391,9 +748,8 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(old_parent, HostFile) and isinstance(new_parent, HostFile):
             self._writable(old_parent)
             self._writable(new_parent)
-            if flags & pyfuse3.RENAME_NOREPLACE and os.path.lexists(new_parent.path / new):
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            os.rename(old_parent.path / old, new_parent.path / new)
+            await self._host(_rename_host, old_parent.path / old, new_parent.path / new,
+                             bool(flags & pyfuse3.RENAME_NOREPLACE))
         elif isinstance(old_parent, Dir) and isinstance(new_parent, Dir):
             if await old_parent.child(old) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -436,7 +792,13 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(node, HostFile):
             if writing:
                 self._writable(node)
-            fd = os.open(node.path, (flags & ~os.O_CREAT) | os.O_NOFOLLOW)
+            if not self.readahead_set:
+                self.readahead_set = True
+                try:
+                    await self._host(_set_readahead, self.srv.mount, READAHEAD_KB)
+                except OSError as exc:
+                    log.info("readahead of the mount left as it is: %s", exc)
+            fd = await self._host(_open_host, node.path, flags)
             return pyfuse3.FileInfo(fh=self._new_handle(Handle(node, path, ctx.pid, fd=fd)))
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
@@ -459,32 +821,29 @@ class LxfsOperations(pyfuse3.Operations):
         child_path = path + (fname,)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            target = parent.path / fname
-            fd = os.open(target, flags | os.O_CREAT | os.O_NOFOLLOW, mode & 0o7777)
-            os.fchown(fd, ctx.uid, ctx.gid)
-            node: Node = HostFile(target, scope=parent.scope, root=parent.root,
-                                  view=parent.view)
-            handle = Handle(node, child_path, ctx.pid, fd=fd)
-            info = pyfuse3.FileInfo(fh=self._new_handle(handle))
-        elif isinstance(parent, Dir):
-            if await parent.child(fname) is not None:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            node = parent.create(fname)
-            handle = Handle(node, child_path, ctx.pid)
-            if isinstance(node, Upload):
-                handle.upload_path = self.srv.new_upload_path()
-                handle.fd = os.open(handle.upload_path, os.O_WRONLY | os.O_TRUNC)
-            self.creating[child_path] = node
-            info = pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True)
-        else:
+            node = _new_entry(parent, fname)
+            fd, hs = await self._host(_create_host, node, flags, mode, ctx.uid, ctx.gid)
+            info = pyfuse3.FileInfo(fh=self._new_handle(Handle(node, child_path, ctx.pid,
+                                                               fd=fd)))
+            return info, self._host_entry(child_path, node, hs)
+        if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if await parent.child(fname) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        created = parent.create(fname)
+        handle = Handle(created, child_path, ctx.pid)
+        if isinstance(created, Upload):
+            handle.upload_path = self.srv.new_upload_path()
+            handle.fd = os.open(handle.upload_path, os.O_WRONLY | os.O_TRUNC)
+        self.creating[child_path] = created
+        info = pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True)
         return info, await self._entry(child_path)
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
         if handle.fd >= 0:
-            return os.pread(handle.fd, size, off)
+            return await self._with_fd(handle, os.pread, size, off)
         node = handle.node
         if isinstance(node, File) and node.stream:
             return await self._read_stream(handle, size)
@@ -509,7 +868,12 @@ class LxfsOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         if handle.fd >= 0:
-            return os.pwrite(handle.fd, buf, off)
+            try:
+                return await self._with_fd(handle, os.pwrite, buf, off)
+            except OSError as exc:
+                if isinstance(handle.node, Upload) and handle.failed is None:
+                    handle.failed = exc
+                raise
         node = handle.node
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -519,8 +883,15 @@ class LxfsOperations(pyfuse3.Operations):
             handle.buffer = bytearray(buf)
         else:
             handle.buffer += buf
-        await node.write(bytes(handle.buffer) if node.accumulate else buf)
+        try:
+            await node.write(bytes(handle.buffer) if node.accumulate else buf)
+        except BaseException:
+            if self.creating.pop(handle.path, None) is not None:
+                self._invalidate(handle.path)  # refused: the new name is free again, now
+            raise
         self.creating.pop(handle.path, None)
+        if node.accumulate and not handle.buffer.rstrip(b"\n"):
+            self._invalidate(handle.path)  # an empty value unsets a key: its entry is gone
         return len(buf)
 
     @guarded
@@ -533,14 +904,21 @@ class LxfsOperations(pyfuse3.Operations):
         assert isinstance(handle.node, Upload) and handle.upload_path is not None
         handle.uploaded = True
         self.creating.pop(handle.path, None)
-        if handle.fd >= 0:
-            os.close(handle.fd)
-            handle.fd = -1
+        await self._idle(handle)  # a close() racing a write() of another thread
+        if handle.failed is None and handle.fd >= 0:
+            try:  # a write-back error (EIO, a late ENOSPC) shows here, not at close
+                await self._with_fd(handle, os.fdatasync)
+            except OSError as exc:
+                handle.failed = exc
+        await self._close_fd(handle)
         try:
+            if handle.failed is not None:
+                await self.srv.guarded("", _failed_upload(handle.node.name, handle.failed))
             await self.srv.guarded("", self.srv.import_upload(handle.upload_path,
                                                               handle.node.name))
         except BaseException:
             handle.upload_path.unlink(missing_ok=True)
+            self._invalidate(handle.path)  # a refused upload's name is free again at once
             raise
         self._invalidate(handle.path)
 
@@ -556,6 +934,9 @@ class LxfsOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
+        handle.released = True
+        if handle.events is not None:
+            self.srv.events.unsubscribe(handle.events)
         if self.creating.pop(handle.path, None) is not None:
             # created but never written (or its value was refused): the kernel still holds
             # the entry create() returned, so the next create of that name would find it
@@ -565,20 +946,18 @@ class LxfsOperations(pyfuse3.Operations):
                 await self._finish_upload(handle)
             except Exception as exc:  # noqa: BLE001 - release cannot report errors
                 log.error("upload of %s failed: %s", handle.node.name, exc)
-        if handle.fd >= 0:
-            os.close(handle.fd)
-        if handle.events is not None:
-            self.srv.events.unsubscribe(handle.events)
+        if not handle.users:  # else the last thread using the fd closes it
+            await self._close_fd(handle)
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if handle is not None and handle.fd >= 0:
-            (os.fdatasync if datasync else os.fsync)(handle.fd)
+            await self._with_fd(handle, os.fdatasync if datasync else os.fsync)
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        st = os.statvfs(self.srv.data_dir)
+        st = await self._host(os.statvfs, self.srv.data_dir)
         data = pyfuse3.StatvfsData()
         for attr in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                      "f_ffree", "f_favail"):
@@ -594,8 +973,10 @@ class LxfsOperations(pyfuse3.Operations):
         if not (isinstance(node, HostFile) and isinstance(parent, HostFile)):
             raise pyfuse3.FUSEError(errno.EPERM)
         self._writable(parent)
-        os.link(node.path, parent.path / os.fsdecode(new_name), follow_symlinks=False)
-        return await self._entry(path + (os.fsdecode(new_name),))
+        fname = os.fsdecode(new_name)
+        entry = _new_entry(parent, fname)
+        hs = await self._host(_link_host, node.path, entry)
+        return self._host_entry(path + (fname,), entry, hs)
 
     @guarded
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -604,8 +985,10 @@ class LxfsOperations(pyfuse3.Operations):
         if not isinstance(parent, HostFile):
             raise pyfuse3.FUSEError(errno.EPERM)
         self._writable(parent)
-        os.mknod(parent.path / os.fsdecode(name), mode, rdev)
-        return await self._entry(path + (os.fsdecode(name),))
+        fname = os.fsdecode(name)
+        entry = _new_entry(parent, fname)
+        hs = await self._host(_mknod_host, entry, mode, rdev)
+        return self._host_entry(path + (fname,), entry, hs)
 
 
 __all__ = ["LxfsOperations", "NotFound", "StaticDir"]

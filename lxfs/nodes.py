@@ -178,13 +178,13 @@ class HostFile(Node):
         self.view = view
         self.private = private  # only the entry itself: what is below keeps its own modes
 
-    def child(self, name: str) -> HostFile | None:
-        path = self.path / name
-        if not os.path.lexists(path):
-            return None
-        return HostFile(path, self.readonly, self.scope, self.root, self.view)
+    def child(self, name: str) -> HostFile:
+        """The node of entry ``name``. It never touches the disk (the event loop calls it):
+        whether the entry exists is for the system call made on it, in a worker thread."""
+        return HostFile(self.path / name, self.readonly, self.scope, self.root, self.view)
 
     def link_target(self) -> str:
+        """The link's target as the mount shows it (reads the link: blocking)."""
         target = os.readlink(self.path)
         if self.root is None:
             return target
@@ -420,6 +420,8 @@ class InstanceDir(Dir):
             "snapshots": lambda: SnapshotsDir(srv, name),
             "restore": lambda: File(srv, None, lambda v: srv.restore_snapshot(name, v),
                                     scope=name, accumulate=False),
+            "override": lambda: File(srv, None, lambda v: srv.override_device(name, v),
+                                     scope=name),
             "ipv4": lambda: File(srv, lambda: "", dynamic=True),
             "ipv6": lambda: File(srv, lambda: "", dynamic=True),
             "pool": lambda: File(srv, lambda: inst.root_pool(),

@@ -150,11 +150,70 @@ def _new_entry(parent: HostFile, name: str) -> HostFile:
     return HostFile(parent.path / name, parent.readonly, parent.scope, parent.root, parent.view)
 
 
+SYS_OPENAT2 = 437  # the same number on every architecture
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x01, 0x02, 0x10
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_long(dirfd), os.fsencode(path),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def _confined(node: HostFile, flags: int, target: Path | None = None) -> int:
+    """Open ``target`` (default: the node's own path) the way the container that owns it
+    would resolve it: inside its root filesystem (``node.root``) symbolic links and ``..``
+    never lead out of it, whatever the container swapped in since the kernel looked the
+    path up; elsewhere (image files, the daemon's own) as it is."""
+    path = node.path if target is None else target
+    if node.root is None:
+        return os.open(path, flags | os.O_CLOEXEC)
+    rel = path.relative_to(node.root)
+    root = os.open(node.root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return _openat2(root, str(rel) if rel.parts else ".", flags,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
+    finally:
+        os.close(root)
+
+
+class _At:
+    """``with _At(node) as (dirfd, name)``: the node's directory, opened confined, and its
+    last component: every operation on a host entry goes through ``*at`` calls on them."""
+
+    def __init__(self, node: HostFile) -> None:
+        self.node = node
+        self.fd = -1
+
+    def __enter__(self) -> tuple[int, str]:
+        path = self.node.path
+        at_root = self.node.root is not None and path == self.node.root
+        parent = path if at_root else path.parent
+        self.fd = _confined(HostFile(parent, root=self.node.root), os.O_PATH | os.O_DIRECTORY)
+        return self.fd, "." if at_root else path.name
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def host_stat(node: HostFile) -> HostStat:
-    st = os.lstat(node.path)
-    if node.root is not None and stat.S_ISLNK(st.st_mode):
-        return HostStat.of(st, len(os.fsencode(node.link_target())))
+    with _At(node) as (fd, name):
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if node.root is not None and stat.S_ISLNK(st.st_mode):
+            target = os.readlink(name, dir_fd=fd)
+            return HostStat.of(st, len(os.fsencode(node.link_target(target))))
     return HostStat.of(st)
+
+
+def read_link(node: HostFile) -> str:
+    """The link's target as the mount shows it."""
+    with _At(node) as (fd, name):
+        return node.link_target(os.readlink(name, dir_fd=fd))
 
 
 class _OpenHow(ctypes.Structure):
@@ -190,6 +249,7 @@ class CachedStat:
 
     SYS_OPENAT2 = 437  # the same number on every architecture
     RESOLVE_CACHED = 0x20
+    RESOLVE_NO_SYMLINKS = 0x04
     AT_EMPTY_PATH = 0x1000
     AT_STATX_DONT_SYNC = 0x4000
     STATX_BASIC_STATS = 0x7FF
@@ -200,7 +260,10 @@ class CachedStat:
         self._statx = getattr(libc, "statx", None)
         self.enabled = self._statx is not None
         # used on the event loop only, one call at a time
-        self._how = _OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0, self.RESOLVE_CACHED)
+        # no symbolic link on the way (a container may have swapped one in): a thread then
+        # resolves the path confined (a trailing link is fine: O_PATH | O_NOFOLLOW)
+        self._how = _OpenHow(os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                             self.RESOLVE_CACHED | self.RESOLVE_NO_SYMLINKS)
         self._buf = _Statx()
 
     def __call__(self, node: HostFile) -> HostStat | None:
@@ -226,14 +289,15 @@ class CachedStat:
                         x.size, x.blocks, x.atime.ns, x.mtime.ns, x.ctime.ns)
 
 
-def _open_host(path: Path, flags: int) -> int:
+def _open_host(node: HostFile, flags: int) -> int:
     """Open a regular host file. The entry is checked through an O_PATH fd and reopened from
     it: the kernel only opens files it saw as regular ones, and if a container has put a FIFO
     or a device node there since, no open may wait for a writer or touch a device."""
-    path_fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with _At(node) as (fd, name):
+        path_fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
     try:
         if not stat.S_ISREG(os.fstat(path_fd).st_mode):
-            raise OSError(errno.ENXIO, "not a regular file", str(path))
+            raise OSError(errno.ENXIO, "not a regular file", str(node.path))
         return os.open(f"/proc/self/fd/{path_fd}",
                        flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
     finally:
@@ -242,7 +306,9 @@ def _open_host(path: Path, flags: int) -> int:
 
 def _create_host(node: HostFile, flags: int, mode: int, uid: int, gid: int
                  ) -> tuple[int, HostStat]:
-    fd = os.open(node.path, flags | os.O_CREAT | os.O_NOFOLLOW, mode & 0o7777)
+    with _At(node) as (dirfd, name):
+        fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o7777,
+                     dir_fd=dirfd)
     try:
         os.fchown(fd, uid, gid)
         return fd, HostStat.of(os.fstat(fd))
@@ -252,39 +318,58 @@ def _create_host(node: HostFile, flags: int, mode: int, uid: int, gid: int
 
 
 def _mkdir_host(node: HostFile, mode: int, uid: int, gid: int) -> HostStat:
-    os.mkdir(node.path, mode & 0o7777)
-    os.chown(node.path, uid, gid, follow_symlinks=False)
+    with _At(node) as (fd, name):
+        os.mkdir(name, mode & 0o7777, dir_fd=fd)
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
     return host_stat(node)
 
 
 def _symlink_host(node: HostFile, target: bytes, uid: int, gid: int) -> HostStat:
-    os.symlink(target, node.path)
-    os.chown(node.path, uid, gid, follow_symlinks=False)
+    with _At(node) as (fd, name):
+        os.symlink(target, name, dir_fd=fd)
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
     return host_stat(node)
 
 
-def _link_host(source: Path, node: HostFile) -> HostStat:
-    os.link(source, node.path, follow_symlinks=False)
+def _link_host(source: HostFile, node: HostFile) -> HostStat:
+    with _At(source) as (sfd, sname), _At(node) as (fd, name):
+        os.link(sname, name, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False)
     return host_stat(node)
 
 
 def _mknod_host(node: HostFile, mode: int, rdev: int) -> HostStat:
-    os.mknod(node.path, mode, rdev)
+    with _At(node) as (fd, name):
+        os.mknod(name, mode, rdev, dir_fd=fd)
     return host_stat(node)
 
 
-def _rename_host(old: Path, new: Path, noreplace: bool) -> None:
-    if noreplace and os.path.lexists(new):
-        raise FileExistsError(errno.EEXIST, "exists", str(new))
-    os.rename(old, new)
+def _rename_host(old: HostFile, new: HostFile, noreplace: bool) -> None:
+    with _At(old) as (ofd, oname), _At(new) as (nfd, nname):
+        if noreplace:
+            try:
+                os.stat(nname, dir_fd=nfd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise FileExistsError(errno.EEXIST, "exists", str(new.path))
+        os.rename(oname, nname, src_dir_fd=ofd, dst_dir_fd=nfd)
 
 
-def _list_host_dir(path: Path) -> list[str]:
+def _remove_host(node: HostFile, directory: bool) -> None:
+    with _At(node) as (fd, name):
+        if directory:
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+
+def _list_host_dir(node: HostFile) -> list[str]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _confined(node, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a symbolic link
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(node.path)) \
+                from None
         raise
     try:
         return sorted(os.listdir(fd))
@@ -317,21 +402,30 @@ class AttrChange(NamedTuple):
 
 
 def _setattr_host(fd: int, node: HostFile, change: AttrChange) -> HostStat:
-    path = node.path
     if change.size is not None:
         if fd >= 0:
             os.ftruncate(fd, change.size)
         else:
-            os.truncate(path, change.size)
-    if change.mode is not None and not stat.S_ISLNK(os.lstat(path).st_mode):
-        os.chmod(path, change.mode)
-    if change.uid != -1 or change.gid != -1:
-        os.chown(path, change.uid, change.gid, follow_symlinks=False)
-    if change.atime_ns is not None or change.mtime_ns is not None:
-        st = os.lstat(path)
-        atime = st.st_atime_ns if change.atime_ns is None else change.atime_ns
-        mtime = st.st_mtime_ns if change.mtime_ns is None else change.mtime_ns
-        os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            own = _open_host(node, os.O_WRONLY)
+            try:
+                os.ftruncate(own, change.size)
+            finally:
+                os.close(own)
+    with _At(node) as (dirfd, name):
+        if change.mode is not None:
+            entry = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            try:
+                if not stat.S_ISLNK(os.fstat(entry).st_mode):  # links have no mode
+                    os.chmod(f"/proc/self/fd/{entry}", change.mode)
+            finally:
+                os.close(entry)
+        if change.uid != -1 or change.gid != -1:
+            os.chown(name, change.uid, change.gid, dir_fd=dirfd, follow_symlinks=False)
+        if change.atime_ns is not None or change.mtime_ns is not None:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            atime = st.st_atime_ns if change.atime_ns is None else change.atime_ns
+            mtime = st.st_mtime_ns if change.mtime_ns is None else change.mtime_ns
+            os.utime(name, ns=(atime, mtime), dir_fd=dirfd, follow_symlinks=False)
     return host_stat(node)
 
 
@@ -610,7 +704,7 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(node, Link):
             return node.target.encode()
         if isinstance(node, HostFile):
-            return os.fsencode(await self._host(node.link_target))
+            return os.fsencode(await self._host(read_link, node))
         raise pyfuse3.FUSEError(errno.EINVAL)
 
     # --- directories ----------------------------------------------------------------------
@@ -622,7 +716,7 @@ class LxfsOperations(pyfuse3.Operations):
         handle = Handle(node, path, ctx.pid)
         if isinstance(node, HostFile):
             # listed now: the listing checks that it is a directory (and readdir follows)
-            handle.names = await self._host(_list_host_dir, node.path)
+            handle.names = await self._host(_list_host_dir, node)
             handle.fresh = True
         elif not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -634,7 +728,7 @@ class LxfsOperations(pyfuse3.Operations):
         node, path = handle.node, handle.path
         if handle.names is None or (start_id == 0 and not handle.fresh):  # opened or rewound
             if isinstance(node, HostFile):
-                handle.names = await self._host(_list_host_dir, node.path)
+                handle.names = await self._host(_list_host_dir, node)
             else:
                 assert isinstance(node, Dir)
                 handle.names = await node.list()
@@ -702,7 +796,7 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            await self._host(os.rmdir, parent.path / fname)
+            await self._host(_remove_host, _new_entry(parent, fname), True)
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -716,7 +810,7 @@ class LxfsOperations(pyfuse3.Operations):
         fname = os.fsdecode(name)
         if isinstance(parent, HostFile):
             self._writable(parent)
-            await self._host(os.unlink, parent.path / fname)
+            await self._host(_remove_host, _new_entry(parent, fname), False)
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -748,7 +842,8 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(old_parent, HostFile) and isinstance(new_parent, HostFile):
             self._writable(old_parent)
             self._writable(new_parent)
-            await self._host(_rename_host, old_parent.path / old, new_parent.path / new,
+            await self._host(_rename_host, _new_entry(old_parent, old),
+                             _new_entry(new_parent, new),
                              bool(flags & pyfuse3.RENAME_NOREPLACE))
         elif isinstance(old_parent, Dir) and isinstance(new_parent, Dir):
             if await old_parent.child(old) is None:
@@ -798,7 +893,7 @@ class LxfsOperations(pyfuse3.Operations):
                     await self._host(_set_readahead, self.srv.mount, READAHEAD_KB)
                 except OSError as exc:
                     log.info("readahead of the mount left as it is: %s", exc)
-            fd = await self._host(_open_host, node.path, flags)
+            fd = await self._host(_open_host, node, flags)
             return pyfuse3.FileInfo(fh=self._new_handle(Handle(node, path, ctx.pid, fd=fd)))
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
@@ -975,7 +1070,7 @@ class LxfsOperations(pyfuse3.Operations):
         self._writable(parent)
         fname = os.fsdecode(new_name)
         entry = _new_entry(parent, fname)
-        hs = await self._host(_link_host, node.path, entry)
+        hs = await self._host(_link_host, node, entry)
         return self._host_entry(path + (fname,), entry, hs)
 
     @guarded

@@ -7,7 +7,6 @@ applies writes through the server (which validates them). See docs/filesystem.md
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -183,9 +182,8 @@ class HostFile(Node):
         whether the entry exists is for the system call made on it, in a worker thread."""
         return HostFile(self.path / name, self.readonly, self.scope, self.root, self.view)
 
-    def link_target(self) -> str:
-        """The link's target as the mount shows it (reads the link: blocking)."""
-        target = os.readlink(self.path)
+    def link_target(self, target: str) -> str:
+        """A link's ``target`` (as read from it) as the mount shows it."""
         if self.root is None:
             return target
         if not target.startswith("/"):
@@ -779,7 +777,8 @@ class VolumesDir(Dir):
         if vtype == "custom":
             children |= {
                 "snapshots": lambda: CustomSnapshotsDir(srv, pool, name),
-                "data": lambda: HostFile(backend.volume_path("custom", name), private=True),
+                "data": lambda: _rootfs(backend.volume_path("custom", name),
+                                        f"storage-pools/{pool}/volumes/custom/{name}/data", srv),
                 "used_by": lambda: File(srv, lambda: lines(srv.custom_volume_users(pool, name)),
                                         dynamic=True),
                 "copy": lambda: File(srv, None,
@@ -815,8 +814,9 @@ class CustomSnapshotsDir(Dir):
         if name not in await self.list():
             return None
         path = self.backend.snapshot_path("custom", self.volume, name)
-        return StaticDir(self.srv, {"data": lambda: HostFile(path, readonly=True,
-                                                             private=True)})
+        where = f"storage-pools/{self.pool}/volumes/custom/{self.volume}/snapshots/{name}/data"
+        return StaticDir(self.srv, {"data": lambda: _rootfs(path, where, self.srv,
+                                                            readonly=True)})
 
     async def mkdir(self, name: str) -> None:
         await self.srv.guarded("", self.srv.snapshot_custom_volume(self.pool, self.volume, name))

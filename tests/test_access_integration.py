@@ -227,3 +227,25 @@ def test_lxfs_group_is_the_daemons_group(lxfs_daemon):
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, lxfs_gid(), 0o770)
     st = os.stat(d.path("instances"))
     assert (st.st_gid, st.st_mode & 0o777) == (lxfs_gid(), 0o770)
+
+
+def test_a_swapped_symlink_never_leads_root_out_of_the_container(c1):
+    """The container swaps a directory the kernel has cached for a link to /etc: reads and
+    writes through the mount still resolve inside its own files, never the host's."""
+    d = c1
+    host_hostname = Path("/etc/hostname").read_text() if Path("/etc/hostname").exists() else ""
+    d.cli("exec", "c1", "--", "sh", "-c", "mkdir /d && echo inside > /d/hostname")
+    view = d.path("instances", "c1", "rootfs", "d")
+    assert (view / "hostname").read_text() == "inside\n"  # now in the kernel's caches
+    d.cli("exec", "c1", "--", "sh", "-c", "rm -rf /d && ln -s /etc /d")
+    for _ in range(3):
+        try:
+            text = (view / "hostname").read_text()
+        except OSError:
+            text = ""
+        assert text != host_hostname or not host_hostname
+        try:
+            (view / "planted-by-host-write").write_text("x")
+        except OSError:
+            pass
+        assert not Path("/etc/planted-by-host-write").exists()

@@ -13,6 +13,8 @@ touch the disk run) as well as from the event loop; none blocks for long.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import pluggy
 
+    from lxfs.events import EventBus
     from lxfs.model import Instance, Profile
     from lxfs.server import Server
     from lxfs.storage import StorageDriver
@@ -36,6 +39,28 @@ def cgroup_layout() -> str:
     if (CGROUP_ROOT / "unified" / "cgroup.controllers").exists():
         return "hybrid"
     return "v1"
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
+
+
+def peer_credentials(conn: Any) -> tuple[int, int, set[int]]:
+    """(pid, uid, groups) of the process at the other end, as they were when it connected
+    (the kernel's record, not the user database: groups given by ``newgrp`` or ``setpriv``
+    count, groups added since do not)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    try:  # Python's getsockopt takes at most 1024 bytes: 256 groups
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+    except OSError:  # ERANGE: more groups than that; the primary group still counts
+        raw = b""
+    groups = set(struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) - len(raw) % 4]))
+    return pid, uid, groups | {gid}
+
+
+def may_drive(uid: int, groups: set[int], access_gid: int) -> bool:
+    """Whether a peer may drive lxfs: root, or a member of the access group."""
+    return uid == 0 or (access_gid != 0 and access_gid in groups)
 
 
 class Host:
@@ -127,6 +152,25 @@ class Host:
 
     def delete_document(self, kind: str, name: str) -> None:
         self._server.db.delete_document(kind, name)
+
+    # --- for front ends (event loop only) --------------------------------------------------
+
+    @property
+    def operations(self) -> Server:
+        """The server's operations, for front-end plugins (the REST bridge) that drive
+        lxfs as the mount does: the public coroutines of ``lxfs.server.Server`` that the
+        mount's files call (``create_instance``, ``set_source``, ``change_state``,
+        ``set_instance_key``, ``create_snapshot``, ``import_upload``...) and its public
+        attributes (``instances``, ``images``, ``aliases``, ``profiles``, ``pools``,
+        ``config``, ``errors``). Everything they do is validated, journaled and evented as
+        through the mount; backend plugins have no use for it."""
+        return self._server
+
+    @property
+    def events(self) -> EventBus:
+        """The event bus behind the mount's ``events`` file: ``subscribe()`` a bounded
+        channel of JSON lines, ``unsubscribe()`` it, ``emit()`` or ``lifecycle()``."""
+        return self._server.events
 
     # --- for mount entries (event loop only) ----------------------------------------------
 

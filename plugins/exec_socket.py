@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from lxfs import hookimpl
-from lxfs.api import Host
+from lxfs.api import Host, may_drive, peer_credentials
 
 log = logging.getLogger("lxfs.exec")
 
@@ -78,28 +78,6 @@ async def serve(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_STATU
             path.unlink(missing_ok=True)
 
 
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13
-
-
-def peer_credentials(conn: trio.socket.SocketType) -> tuple[int, int, set[int]]:
-    """(pid, uid, groups) of the process at the other end, as they were when it connected
-    (the kernel's record, not the user database: groups given by ``newgrp`` or ``setpriv``
-    count, groups added since do not)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    try:  # Python's getsockopt takes at most 1024 bytes: 256 groups
-        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
-    except OSError:  # ERANGE: more groups than that; the primary group still counts
-        raw = b""
-    groups = set(struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) - len(raw) % 4]))
-    return pid, uid, groups | {gid}
-
-
-def may_exec(uid: int, groups: set[int], access_gid: int) -> bool:
-    """Root, or a member of the access group."""
-    return uid == 0 or (access_gid != 0 and access_gid in groups)
-
-
 def _receive_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
@@ -121,7 +99,7 @@ async def _serve_client(host: Host, conn: trio.socket.SocketType) -> None:
     with conn:
         try:
             pid, uid, groups = peer_credentials(conn)
-            if not may_exec(uid, groups, host.access_gid):
+            if not may_drive(uid, groups, host.access_gid):
                 log.warning("exec refused to uid %d (pid %d): not root nor in the access "
                             "group", uid, pid)
                 await _send(conn, {"error": "permission denied: only root and members of "

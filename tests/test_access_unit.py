@@ -8,8 +8,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from lxfs_plugins.exec_socket import _parse_request, may_exec
+from lxfs_plugins.exec_socket import _parse_request
 
+from lxfs.api import may_drive as may_exec
 from lxfs.config_schema import hash_secret, verify_secret
 from lxfs.errors import InvalidArgument
 from lxfs.projects import Forbidden, Restrictions, validate_project_key

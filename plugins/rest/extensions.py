@@ -1,0 +1,38 @@
+"""``api_extensions``: only what lxfs implements, named as LXD names them. The ``lxc`` 5.0
+client checks some of them to choose its code paths (``instances``: the /1.0/instances
+endpoints; ``container_exec_recording``; ``image_create_aliases``...)."""
+
+IMPLEMENTED: list[str] = [
+    "etag",
+    "patch",
+    "container_last_used_at",
+    "container_exec_recording",
+    "container_exec_signal_handling",
+    "container_image_properties",
+    "entity_description",
+    "image_create_aliases",
+    "file_delete",
+    "file_append",
+    "file_symlinks",
+    "file_get_symlink",
+    "directory_manipulation",
+    "profile_usedby",
+    "network",
+    "network_leases",
+    "network_state",
+    "storage",
+    "storage_api_volume_snapshots",
+    "console",
+    "operation_description",
+    "event_lifecycle",
+    "projects",
+    "resources",
+    "instances",
+    "instance_types",
+    "image_profiles",
+    "container_syscall_intercept",
+    "container_syscall_intercept_mount",
+    "event_location",
+    "api_filtering",
+    "instance_all_projects",
+]

@@ -175,7 +175,7 @@ def test_default_policy_denies_what_lxd_denies(daemon_with_busybox, probe_binary
         assert probe(d, "p1", call) == err(errno.ENOSYS), call
     # reject_force_umount: umount2(MNT_FORCE) gets EACCES before the kernel looks at it
     assert probe(d, "p1", "umount_force", "/proc") == err(errno.EACCES)
-    policy = (d.lxc_path / "p1" / "seccomp").read_text()
+    policy = (d.data_dir / "instance-data" / "p1" / "seccomp" / "policy").read_text()
     assert policy.startswith("2\ndenylist\n[all]\nreject_force_umount")
     # without interception nothing is notified and no proxy is configured
     assert "notify" not in policy
@@ -187,7 +187,7 @@ def test_deny_default_false_leaves_the_kernel_to_decide(daemon_with_busybox, pro
     d = daemon_with_busybox
     launch(d, "p2", probe_binary, "security.syscalls.deny_default=false")
     # no policy at all (LXD's rule): the kernel refuses these itself, with EPERM
-    assert not (d.lxc_path / "p2" / "seccomp").exists()
+    assert not (d.data_dir / "instance-data" / "p2" / "seccomp" / "policy").exists()
     assert "lxc.seccomp.profile" not in (d.lxc_path / "p2" / "config").read_text()
     # (kexec and modules are not in this kernel: ENOSYS from the kernel itself there)
     assert probe(d, "p2", "open_by_handle_at") == err(errno.EPERM)
@@ -204,7 +204,7 @@ def test_deny_list_blocks_what_it_names(daemon_with_busybox, probe_binary):
     assert "status=159" in r.stdout, r.stdout + r.stderr
     # the default denylist is still there, the compat section too
     assert probe(d, "p3", "open_by_handle_at") == err(errno.ENOSYS)
-    policy = (d.lxc_path / "p3" / "seccomp").read_text()
+    policy = (d.data_dir / "instance-data" / "p3" / "seccomp" / "policy").read_text()
     assert "[x86_64]\ncompat_sys_rt_sigaction errno 38\n" in policy or \
         os.uname().machine != "x86_64"
     assert policy.endswith("[all]\nkeyctl errno 1\nadd_key\n")
@@ -261,7 +261,7 @@ def test_mknod_interception(daemon_with_busybox, probe_binary):
     assert r.returncode != 0 and "Operation not permitted" in r.stderr
 
     launch(d, "m1", probe_binary, "security.syscalls.intercept.mknod=true")
-    policy = (d.lxc_path / "m1" / "seccomp").read_text()
+    policy = (d.data_dir / "instance-data" / "m1" / "seccomp" / "policy").read_text()
     assert "mknodat notify [2,8192,SCMP_CMP_MASKED_EQ,61440]" in policy
     assert "seccomp errno 22 [1,8,SCMP_CMP_MASKED_EQ,8]" in policy
     config = (d.lxc_path / "m1" / "config").read_text()
@@ -392,7 +392,7 @@ def test_nested_listener_refused_with_interception(daemon_with_busybox, probe_bi
     # a privileged container gets no interception (LXD's rule)
     launch(d, "n2", probe_binary, "security.privileged=true",
            "security.syscalls.intercept.mknod=true")
-    assert "notify" not in (d.lxc_path / "n2" / "seccomp").read_text()
+    assert "notify" not in (d.data_dir / "instance-data" / "n2" / "seccomp" / "policy").read_text()
     assert "seccomp.notify" not in (d.lxc_path / "n2" / "config").read_text()
 
 

@@ -143,6 +143,13 @@ def _rfc3339(expiry: str) -> str:
 # --- hooks ------------------------------------------------------------------------------------
 
 
+@hookimpl(optionalhook=True)  # the REST bridge's hook: absent when it is disabled
+def lxfs_rest_networks(host: Host) -> object:
+    from .rest import RestNetworks
+
+    return RestNetworks(manager(host))
+
+
 @hookimpl
 def lxfs_startup(host: Host) -> None:
     manager(host).restore()

@@ -240,6 +240,57 @@ class NetworkManager:
             self.get(name)["description"] = value.removesuffix("\n")
             self._save(name)
 
+    def update(self, name: str, description: str, config: dict[str, str]) -> None:
+        """Replace the description and the whole config (REST's PUT) and apply the result;
+        on a failure the old record is applied again and nothing changes."""
+        with self.lock:
+            rec = self.get(name)
+            new = {k: v for k, v in config.items() if v != ""}
+            for key, value in new.items():
+                cfg.validate_key(key, value)
+            cfg.validate_config(new)
+            new = cfg.resolve_auto(new, self._used(exclude=name))
+            self._check_static_leases(name, new)
+            old = dict(rec)
+            rec["config"], rec["description"] = new, description
+            try:
+                if new != old["config"]:
+                    self.apply(name)
+                self._save(name)
+            except BaseException:
+                rec.clear()
+                rec.update(old)
+                self.apply(name)
+                raise
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename an unused network: its bridge, rules and dnsmasq are made again under the
+        new name (a bridge cannot be renamed while it is up)."""
+        cfg.validate_name(new)
+        with self.lock:
+            rec = self.get(old)
+            users = self.used_by(old)
+            if users:
+                raise Busy(f"network {old} is in use by {', '.join(users)}")
+            if new in self.records:
+                raise AlreadyExists(f"network {new!r} already exists")
+            if _link_index(new) is not None:
+                raise AlreadyExists(f"an interface named {new} already exists on the host")
+            self._teardown(old)
+            del self.records[old]
+            self.records[new] = {**rec, "name": new}
+            try:
+                self.apply(new)
+                self._save(new)
+            except BaseException:
+                del self.records[new]
+                self._teardown(new)
+                self.records[old] = rec
+                self.apply(old)
+                raise
+            self.host.delete_document(KIND, old)
+        log.info("renamed network %s to %s", old, new)
+
     def restore(self) -> None:
         """At daemon start: every network's bridge, rules and dnsmasq back in place."""
         with self.lock:

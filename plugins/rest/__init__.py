@@ -24,6 +24,7 @@ from lxfs.api import Host, may_drive, peer_credentials
 
 from . import core  # noqa: F401 - registers its routes
 from .app import App, Context, error
+from .hookspecs import lxfs_add_hookspecs  # noqa: F401 - adds lxfs_rest_networks
 from .http import Connection, _send_response, serve_connection  # noqa: F401
 
 log = logging.getLogger("lxfs.rest")
@@ -35,7 +36,8 @@ def _load_endpoints() -> None:
     """Import the endpoint modules (each registers its routes)."""
     import importlib
 
-    for module in ("instances", "exec", "images", "resources"):
+    for module in ("instances", "exec", "images", "resources", "profiles", "networks",
+                   "storage", "projects"):
         with contextlib.suppress(ModuleNotFoundError):
             importlib.import_module(f"{__name__}.{module}")
 

@@ -143,6 +143,34 @@ class Monitor:
         return events
 
 
+# --- the module's pieces -------------------------------------------------------------------
+
+def test_times_and_filters():
+    from lxfs_plugins.rest import images
+
+    assert images.go_time(0) == "1970-01-01T00:00:00Z"
+    assert images.go_time(0, images.ZERO_TIME) == "0001-01-01T00:00:00Z"
+    assert images.go_time(1795431374) == "2026-11-23T10:56:14Z"
+    assert images.go_time(1795431374.5) == "2026-11-23T10:56:14.5Z"
+    assert images.parse_time("0001-01-01T00:00:00Z", "t") == 0
+    assert images.parse_time("1970-01-01T00:00:00Z", "t") == 0
+    assert images.parse_time("2026-11-23T12:56:14.5+02:00", "t") == 1795431374.5
+    with pytest.raises(images.HttpError):
+        images.parse_time("yesterday", "t")
+    doc = {"properties": {"os": "Debian", "user.x": "1"}, "public": False, "size": 5,
+           "fingerprint": "abc"}
+    for text, expected in (("properties.os eq debian", True), ("properties.os eq deb", False),
+                           ("properties.os eq ^deb", True), ("properties.user.x eq 1", True),
+                           ("public eq false and size eq 5", True),
+                           ("not fingerprint eq abc or size ne 6", True),
+                           ('properties.os eq "Debian GNU"', False), ("missing eq x", False)):
+        assert images.matches(doc, images.parse_filter(text)) is expected, text
+    for bad in ("public", "public eq", "not", "a eq b xor c eq d", "a eq b and",
+                'a eq "b c', "a gt b"):
+        with pytest.raises(images.HttpError):
+            images.parse_filter(bad)
+
+
 # --- documents, listing, info --------------------------------------------------------------
 
 def test_documents_match_lxd(daemon_with_busybox):
@@ -300,6 +328,9 @@ def test_aliases_with_lxc_and_the_mount(daemon_with_busybox):
     assert api(d, "GET", "/1.0/images/aliases/fromfs")[1]["metadata"]["target"] == fp
     os.unlink(d.path("images", "aliases", "fromfs"))
     assert api(d, "GET", "/1.0/images/aliases/fromfs")[0] == 404
+    os.rmdir(d.path("images", fp))
+    assert api(d, "GET", f"/1.0/images/{fp}")[0] == 404
+    assert api(d, "GET", "/1.0/images/aliases")[1]["metadata"] == []
 
 
 def test_alias_requests(daemon_with_busybox):

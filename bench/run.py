@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.common import CACHE, REPO, BenchError, machine_facts, run, table
 from bench.daemon import BenchDaemon
 from bench.suite import Options, Suite, fs_micro, monitor_pss
-from bench.systems import LxfsCli, LxfsMount, System
+from bench.systems import LxfsCli, LxfsMount, LxfsRest, System
 
 SECTIONS = ("dir", "btrfs", "images", "scale", "rate", "leaks")
 
@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "1 s per cycle)")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--rest", action="store_true",
+                   help="also drive lxfs through its REST bridge with the real lxc client "
+                        "(system lxfs-rest)")
     p.add_argument("--vs-lxd", action="store_true",
                    help="also run Debian's LXD 5.0.2, isolated in a network namespace")
     p.add_argument("--log-level", default="warning", help="lxfsd's log level (warning)")
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             opts.debian = images["debian"] = cached_image("debian", "debian-bookworm.tar.xz")
         daemon, cli, mount = setup_lxfs(stack, args, images)
         systems: list[System] = [cli, mount]
+        if args.rest:
+            systems.append(LxfsRest(daemon, cli.pools))
         reference = None
         lxd: System | None = None
         if args.vs_lxd:

@@ -161,6 +161,19 @@ class LxfsCli(CliSystem):
         return int(self.daemon.read("instances", name, "pid"))
 
 
+class LxfsRest(CliSystem):
+    """lxfs through its REST bridge, driven by the real ``lxc`` client (Debian's
+    lxd-client) on ``DATA_DIR/unix.socket``: the same client as for LXD."""
+
+    def __init__(self, daemon: BenchDaemon, pools: dict[str, str]) -> None:
+        env = dict(daemon.env, LXD_DIR=str(daemon.data_dir))
+        super().__init__("lxfs-rest", [require("lxc")], env, pools, lambda: daemon.pid)
+        self.daemon = daemon
+
+    def init_pid(self, name: str) -> int:
+        return int(self.daemon.read("instances", name, "pid"))
+
+
 class LxfsMount(System):
     """lxfs through direct file operations on its mount (what a script or program does)."""
 

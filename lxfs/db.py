@@ -172,6 +172,10 @@ class Database:
         with self.transaction() as cur:
             cur.execute("DELETE FROM aliases WHERE name = ?", (name,))
 
+    def rename_alias(self, old: str, new: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE aliases SET name = ? WHERE name = ?", (new, old))
+
     def delete_image(self, fingerprint: str) -> None:
         """Delete an image and the aliases pointing to it, atomically."""
         with self.transaction() as cur:

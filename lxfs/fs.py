@@ -637,12 +637,18 @@ class LxfsOperations(pyfuse3.Operations):
         return self._host_attrs(node, ino, hs)
 
     def _on_change(self, kind: str, name: str) -> None:
-        """The server changed something behind the kernel's back."""
-        if kind == "instance-deleted":
-            parent = self.ino_of.get(("instances",))
+        """The server changed something behind the kernel's back (the REST bridge...): the
+        kernel forgets the entry now rather than when its cache expires."""
+        where = {"instance-deleted": ("instances",), "image-deleted": ("images",),
+                 "alias-deleted": ("images", "aliases")}.get(kind)
+        if kind == "entry-deleted":  # any entry, by its path: ``profiles/web/devices/eth1``
+            *parent_path, name = name.split("/")
+            where = tuple(parent_path)
+        if where is not None:
+            parent = self.ino_of.get(where)
             if parent is not None:
                 try:
-                    pyfuse3.invalidate_entry_async(parent, name.encode())
+                    pyfuse3.invalidate_entry_async(parent, name.encode(), ignore_enoent=True)
                 except Exception:  # noqa: BLE001 - best effort, the cache expires anyway
                     pass
 

@@ -563,8 +563,10 @@ class Server:
 
     async def create_instance(self, name: str, *, profiles: list[str] | None = None,
                               config: dict[str, str] | None = None, ephemeral: bool = False,
-                              description: str = "") -> Instance:
-        """Create an instance record (no root filesystem yet)."""
+                              description: str = "",
+                              devices: dict[str, dict[str, str]] | None = None) -> Instance:
+        """Create an instance record (no root filesystem yet), with its own ``devices``
+        (REST's create) checked whole first."""
         validate_instance_name(name)
         if name in self.instances:
             raise AlreadyExists(f"instance {name!r} already exists")
@@ -574,10 +576,11 @@ class Server:
                 raise NotFound(f"profile {p!r} not found")
         for key, value in (config or {}).items():
             self.schema.validate_instance_key(key, value)
+        own_devices = self._checked_devices(devices or {})
         t = now()
         inst = Instance(name=name, architecture=platform.machine(), created_at=t,
                         ephemeral=ephemeral, description=description, config=dict(config or {}),
-                        profiles=list(profiles))
+                        devices=own_devices, profiles=list(profiles))
         expand(inst, self.profiles)
         self.instances[name] = inst
         try:
@@ -1166,6 +1169,7 @@ class Server:
                 raise
             expand(inst, self.profiles)
             await self._apply_live(inst)
+        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
 
     async def set_instance_field(self, name: str, field: str, value: str) -> None:
         """``description``, ``ephemeral`` or ``profiles`` (one per line)."""
@@ -1197,6 +1201,93 @@ class Server:
             if field == "profiles":
                 await self._apply_live(inst)
         self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+
+    async def update_instance(self, name: str, *, config: dict[str, str] | None = None,
+                              devices: dict[str, dict[str, str]] | None = None,
+                              profiles: list[str] | None = None,
+                              description: str | None = None,
+                              ephemeral: bool | None = None) -> None:
+        """Replace what is given of an instance's configuration, devices, profiles,
+        description and ephemeral flag in one change (REST's PUT and PATCH): all of it is
+        checked first and stored in one transaction, so a refused key, device, profile or
+        root disk size leaves the instance as it was. ``config`` is the whole set of the
+        user's keys (an empty value drops one); keys lxfs manages (``volatile.*``) stay as
+        they are, and one given with another value is refused."""
+        inst = self.instance(name)
+        async with self._locks[name]:
+            probe = copy.copy(inst)
+            if config is not None:
+                probe.config = self._replacement_config(inst, config)
+            if devices is not None:
+                probe.devices = self._checked_devices(devices)
+            if profiles is not None:
+                probe.profiles = self._checked_profiles(profiles)
+            expand(probe, self.profiles)
+            await self._resize_roots([(inst, probe)], name)
+            before = (inst.config, inst.devices, inst.profiles, inst.description,
+                      inst.ephemeral)
+            expanded_before = inst.expanded_devices
+            inst.config, inst.devices, inst.profiles = probe.config, probe.devices, \
+                probe.profiles
+            if description is not None:
+                inst.description = description
+            if ephemeral is not None:
+                inst.ephemeral = ephemeral
+            try:
+                await self._save(inst)
+            except BaseException:
+                (inst.config, inst.devices, inst.profiles, inst.description,
+                 inst.ephemeral) = before
+                expand(inst, self.profiles)
+                with trio.CancelScope(shield=True), contextlib.suppress(LxfsError, OSError):
+                    await self._resize_roots([(probe, inst)], name)  # the old sizes back
+                raise
+            expand(inst, self.profiles)
+            await self._apply_live(inst)
+            await self._hotplug(inst, expanded_before, name)
+        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+
+    def _replacement_config(self, inst: Instance, requested: dict[str, str]
+                            ) -> dict[str, str]:
+        """``requested`` checked as the whole of an instance's config: the keys lxfs
+        manages kept as they are, the others validated (restrictions for changed ones)."""
+        restrictions = self.restrictions()
+        config = {}
+        for key, value in inst.config.items():
+            spec = self.schema.instance_spec(key)
+            if spec is not None and spec.readonly:
+                config[key] = value
+        for key, value in requested.items():
+            spec = self.schema.instance_spec(key)
+            if spec is not None and spec.readonly:
+                if value != inst.config.get(key, ""):
+                    raise InvalidArgument(f"{key} is managed by lxfs and cannot be set")
+                continue
+            if value == "":
+                continue
+            self.schema.validate_instance_key(key, value)
+            if inst.config.get(key) != value:
+                restrictions.check_key(f"instance {inst.name}", key, value)
+            config[key] = value
+        return config
+
+    def _checked_devices(self, devices: dict[str, dict[str, str]]
+                         ) -> dict[str, dict[str, str]]:
+        """A copy of a whole set of devices, each validated complete."""
+        checked = {}
+        for device, keys in devices.items():
+            check_name("device", device)
+            self.device_types.validate(device, keys)
+            checked[device] = dict(keys)
+        return checked
+
+    def _checked_profiles(self, names: list[str]) -> list[str]:
+        for p in names:
+            if p not in self.profiles:
+                raise NotFound(f"profile {p!r} not found")
+        if len(set(names)) != len(names):
+            raise InvalidArgument("a profile is listed twice")
+        return list(names)
 
     async def set_device_key(self, owner: Instance | Profile, device: str, key: str,
                              value: str) -> None:
@@ -1234,6 +1325,7 @@ class Server:
             expand(owner, self.profiles)
             if devices:
                 await self._hotplug(owner, before, owner.name)
+            self.events.lifecycle("instance-updated", f"/1.0/instances/{owner.name}")
         else:
             await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
             for inst in list(self.instances.values()):
@@ -1573,6 +1665,13 @@ class Server:
     def pending_uploads(self) -> dict[str, Path]:
         return {name: path for path, name in self._pending.values()}
 
+    async def import_image(self, meta: Path, rootfs: Path | None, filename: str) -> Image:
+        """Import an image whose files are all at hand (a unified tarball, or a split image's
+        metadata tarball and rootfs: REST's uploads), never pending. The files are moved into
+        the store (or removed when the image is already there); on failure they are left for
+        the caller to remove."""
+        return await self._register_image(meta, rootfs, filename)
+
     async def _register_image(self, meta: Path, rootfs: Path | None, filename: str) -> Image:
         try:
             info = await in_thread(images.inspect_image, meta, rootfs, self._unpacked_limit())
@@ -1620,6 +1719,7 @@ class Server:
             point("image-delete.after-volumes")
             (self.images_dir / fp).unlink(missing_ok=True)
             (self.images_dir / f"{fp}.rootfs").unlink(missing_ok=True)
+        self.on_change("image-deleted", fp)
         self.events.lifecycle("image-deleted", f"/1.0/images/{image.fingerprint}")
 
     async def set_image_field(self, fp: str, field: str, value: str) -> None:
@@ -1651,12 +1751,41 @@ class Server:
         image = self.resolve_image(target)
         await in_thread(self.db.put_alias, alias, image.fingerprint, description)
         self.aliases[alias] = (image.fingerprint, description)
+        self.events.lifecycle("image-alias-created", f"/1.0/images/aliases/{alias}",
+                              target=image.fingerprint)
+
+    async def update_alias(self, alias: str, target: str, description: str) -> None:
+        """Point an alias at another image (a fingerprint, prefix or alias) and set its
+        description."""
+        if alias not in self.aliases:
+            raise NotFound(f"alias {alias!r} not found")
+        image = self.resolve_image(target)
+        await in_thread(self.db.put_alias, alias, image.fingerprint, description)
+        self.aliases[alias] = (image.fingerprint, description)
+        self.events.lifecycle("image-alias-updated", f"/1.0/images/aliases/{alias}",
+                              target=image.fingerprint)
+
+    async def rename_alias(self, old: str, new: str) -> None:
+        check_name("alias", new)
+        if new == "aliases":
+            raise InvalidArgument("invalid alias name 'aliases': it names the directory")
+        if old not in self.aliases:
+            raise NotFound(f"alias {old!r} not found")
+        if new in self.aliases:
+            raise AlreadyExists(f"alias {new!r} already exists")
+        await in_thread(self.db.rename_alias, old, new)
+        self.aliases[new] = self.aliases.pop(old)
+        self.on_change("alias-deleted", old)
+        self.events.lifecycle("image-alias-renamed", f"/1.0/images/aliases/{new}",
+                              old_name=old)
 
     async def delete_alias(self, alias: str) -> None:
         if alias not in self.aliases:
             raise NotFound(f"alias {alias!r} not found")
         await in_thread(self.db.delete_alias, alias)
         del self.aliases[alias]
+        self.on_change("alias-deleted", alias)
+        self.events.lifecycle("image-alias-deleted", f"/1.0/images/aliases/{alias}")
 
     # --- profiles -------------------------------------------------------------------------
 
@@ -1722,6 +1851,37 @@ class Server:
         profile.description = value.removesuffix("\n")
         await self._save_owner(profile)
 
+    def check_profile(self, name: str, config: dict[str, str],
+                      devices: dict[str, dict[str, str]]) -> None:
+        """Validate a whole profile (keys, restrictions, devices) without changing anything
+        (REST's POST and PUT)."""
+        for key, value in config.items():
+            self.schema.validate_instance_key(key, value)
+            self.restrictions().check_key(f"profile {name}", key, value)
+        for device, keys in devices.items():
+            check_name("device", device)
+            self.device_types.validate(device, keys)
+
+    async def update_profile(self, name: str, description: str, config: dict[str, str],
+                             devices: dict[str, dict[str, str]]) -> None:
+        """Replace a profile's description, config and devices in one step (REST's PUT):
+        everything is checked first, root disk sizes are applied to the instances using it;
+        on a refusal nothing changes."""
+        profile = self.profiles.get(name)
+        if profile is None:
+            raise NotFound(f"profile {name!r} not found")
+        config = {k: v for k, v in config.items() if v != ""}
+        devices = {k: dict(v) for k, v in devices.items()}
+        self.check_profile(name, config, devices)
+        await self._resize_roots_of(profile, devices)
+        old = (profile.description, profile.config, profile.devices)
+        profile.description, profile.config, profile.devices = description, config, devices
+        try:
+            await self._save_owner(profile, devices=True)
+        except BaseException:
+            profile.description, profile.config, profile.devices = old
+            raise
+
     # --- projects -------------------------------------------------------------------------
 
     def restrictions(self, project: str = "default") -> Restrictions:
@@ -1762,6 +1922,29 @@ class Server:
         if project is None:
             raise NotFound(f"project {name!r} not found")
         updated = Project(project.name, value.removesuffix("\n"), dict(project.config))
+        await in_thread(self.db.put, "projects", name, updated.to_record())
+        self.projects[name] = updated
+
+    async def update_project(self, name: str, description: str, config: dict[str, str]
+                             ) -> None:
+        """Replace a project's description and config in one step (REST's PUT): every key
+        is validated and the whole checked against the instances and profiles; on a refusal
+        nothing changes."""
+        project = self.projects.get(name)
+        if project is None:
+            raise NotFound(f"project {name!r} not found")
+        config = {k: v for k, v in config.items() if v != ""}
+        for key, value in config.items():
+            validate_project_key(key, value)
+        entities = [(f"instance {i.name}", i.expanded_config, i.expanded_devices, True)
+                    for i in self.instances.values()]
+        entities += [(f"profile {p.name}", p.config, p.devices, False)
+                     for p in self.profiles.values()]
+        broken = Restrictions(name, config, self._is_lowlevel).violations(entities)
+        if broken:
+            raise Forbidden("the project's instances or profiles break this restriction: "
+                            + "; ".join(broken))
+        updated = Project(project.name, description, config)
         await in_thread(self.db.put, "projects", name, updated.to_record())
         self.projects[name] = updated
 
@@ -1966,7 +2149,8 @@ class Server:
         self.events.lifecycle("storage-volume-deleted",
                               f"/1.0/storage-pools/{pool}/volumes/custom/{volume}")
 
-    async def copy_custom_volume(self, pool: str, volume: str, target: str) -> None:
+    async def copy_custom_volume(self, pool: str, volume: str, target: str,
+                                 snapshots: bool = False) -> None:
         target = target.strip()
         check_name("volume", target)
         backend = self._custom_pool(pool)
@@ -1974,7 +2158,35 @@ class Server:
             raise AlreadyExists(f"volume {target} already exists in pool {pool}")
         async with self._journal("volume-copy", target, pool=pool):
             point("volume-copy.after-intent")
-            await in_thread(backend.copy_volume, "custom", volume, target, False)
+            await in_thread(backend.copy_volume, "custom", volume, target, snapshots)
+
+    async def rename_custom_volume(self, pool: str, volume: str, new: str) -> None:
+        """Rename a custom volume with its snapshots (EBUSY while a device uses it)."""
+        check_name("volume", new)
+        backend = self._custom_pool(pool)
+        users = self.custom_volume_users(pool, volume)
+        if users:
+            raise Busy(f"volume {volume} is used by {', '.join(users)}: detach it first")
+        async with self._locks[f"volume/{pool}/{volume}"]:
+            if not await in_thread(backend.volume_exists, "custom", volume):
+                raise NotFound(f"volume {volume} not found in pool {pool}")
+            if await in_thread(backend.volume_exists, "custom", new):
+                raise AlreadyExists(f"volume {new} already exists in pool {pool}")
+            await in_thread(backend.rename_volume, "custom", volume, new)
+        self.events.lifecycle("storage-volume-renamed",
+                              f"/1.0/storage-pools/{pool}/volumes/custom/{new}",
+                              old_name=volume)
+
+    async def rename_custom_snapshot(self, pool: str, volume: str, old: str, new: str
+                                     ) -> None:
+        check_name("snapshot", new)
+        backend = self._custom_pool(pool)
+        snapshots = await in_thread(backend.list_snapshots, "custom", volume)
+        if old not in snapshots:
+            raise NotFound(f"snapshot {volume}/{old} not found")
+        if new in snapshots:
+            raise AlreadyExists(f"snapshot {volume}/{new} already exists")
+        await in_thread(backend.rename_snapshot, "custom", volume, old, new)
 
     async def snapshot_custom_volume(self, pool: str, volume: str, snapshot: str) -> None:
         check_name("snapshot", snapshot)

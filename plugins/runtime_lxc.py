@@ -332,6 +332,8 @@ class LxcRuntime(Runtime):
             self._containers.pop(instance.name, None)
         old = self._dir(instance)
         if old.exists():
+            # its config names the old directory (log files): every start writes it anew
+            (old / "config").unlink(missing_ok=True)
             os.rename(old, self.lxc_path / new_name)
 
     def _remove_cgroups(self, name: str, wait: float = 2.0) -> None:

@@ -22,7 +22,7 @@ import trio
 from lxfs import hookimpl
 from lxfs.api import Host, may_drive, peer_credentials
 
-from . import core  # noqa: F401 - registers its routes
+from . import core, openapi  # noqa: F401 - register their routes
 from .app import App, Context, error
 from .hookspecs import lxfs_add_hookspecs  # noqa: F401 - adds lxfs_rest_networks
 from .http import Connection, _send_response, serve_connection  # noqa: F401
@@ -38,8 +38,12 @@ def _load_endpoints() -> None:
 
     for module in ("instances", "exec", "images", "resources", "profiles", "networks",
                    "storage", "projects"):
-        with contextlib.suppress(ModuleNotFoundError):
+        try:
             importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{module}":
+                raise  # a dependency of the module is missing: say so
+            log.debug("REST: no endpoint module %s", module)
 
 
 @hookimpl

@@ -62,19 +62,28 @@ class Route:
     pattern: re.Pattern[str]
     endpoint: Endpoint
     template: str
+    #: JSON schema of the request body (documented in the OpenAPI document, and what the
+    #: schema-driven fuzzer generates), or None
+    body: dict[str, Any] | None = None
+    #: query parameters the endpoint reads: name → JSON schema
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 ROUTES: list[Route] = []
 
 
-def route(method: str, template: str) -> Callable[[Endpoint], Endpoint]:
+def route(method: str, template: str, body: dict[str, Any] | None = None,
+          query: dict[str, dict[str, Any]] | None = None) -> Callable[[Endpoint], Endpoint]:
     """Declare an endpoint: ``@route("GET", "/1.0/instances/{name}")``. ``{x}`` matches one
-    path segment, ``{x:path}`` the rest of the path."""
+    path segment, ``{x:path}`` the rest of the path. ``body`` and ``query`` describe the
+    request for the OpenAPI document (``openapi.py``); the endpoint's docstring is its
+    summary."""
     regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", template)
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
 
     def register(endpoint: Endpoint) -> Endpoint:
-        ROUTES.append(Route(method, re.compile(f"^{regex}/?$"), endpoint, template))
+        ROUTES.append(Route(method, re.compile(f"^{regex}/?$"), endpoint, template, body,
+                            dict(query or {})))
         return endpoint
 
     return register

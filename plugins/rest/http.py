@@ -100,7 +100,10 @@ class Request:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (for uploads)."""
         while not self._body_done:
-            event = await self.conn.next_event()
+            try:
+                event = await self.conn.next_event()
+            except h11.RemoteProtocolError as exc:  # cut short, or malformed chunking
+                raise HttpError(400, f"invalid request body: {exc}") from None
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -274,7 +277,8 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler,
                 conn.h11.start_next_cycle()
             except h11.LocalProtocolError:
                 return
-    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError,
+            h11.RemoteProtocolError):
         return
     finally:
         with trio.CancelScope(shield=True):

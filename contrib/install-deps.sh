@@ -27,7 +27,7 @@ PACKAGES=(
     btrfs-progs libbtrfsutil-dev squashfs-tools
     nftables python3-nftables iputils-ping iproute2
     xz-utils zstd tar gzip bzip2 git ca-certificates util-linux procps
-    lxd-client
+    lxd-client socat
 )
 # apparmor_parser: loads the containers' profiles where the kernel has AppArmor, and compiles
 # them in the tests everywhere (it needs no kernel support for that).

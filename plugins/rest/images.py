@@ -588,6 +588,9 @@ def publish(ctx: Context, body: dict[str, Any], source: dict[str, Any], kind: st
     if parse_time(body.get("expires_at"), "expires_at"):
         raise HttpError(400, "expires_at: lxfs images do not expire")
     properties = check_properties(body.get("properties"))
+    # ``lxc publish x1 public=true`` (as LXD's guide shows it) sends a property
+    # named public: it means the image's public flag, which is what lxfs makes of it.
+    make_public = is_true(properties.pop("public", "false"))
     reserved = sorted(set(properties) & set(PUBLISH_OPTIONS))
     if reserved:
         raise HttpError(400, f"properties: lxfs cannot publish a property named "
@@ -595,7 +598,7 @@ def publish(ctx: Context, body: dict[str, Any], source: dict[str, Any], kind: st
     words = [f"compression={check_string(body.get('compression_algorithm'), 'compression')}"]
     if words[0] == "compression=":
         words = []
-    if check_bool(body.get("public"), "public"):
+    if check_bool(body.get("public"), "public") or make_public:
         words.append("public=true")
     words += [f"{key}={value}" for key, value in properties.items()]
 

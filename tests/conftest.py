@@ -384,7 +384,17 @@ class LxfsDaemon:
             f"--- {self.stderr_path} (stdout+stderr, last {LOG_TAIL_LINES} lines):\n"
             f"{tail(self.stderr_path)}\n"
             f"--- {self.log_path} (last {LOG_TAIL_LINES} lines):\n{tail(self.log_path)}"
+            + "".join(f"\n--- {log} (errors):\n{errors}" for log, errors in self.lxc_errors())
         )
+
+    def lxc_errors(self) -> list[tuple[Path, str]]:
+        """The ERROR lines of the instances' LXC logs (liblxc's starts and attaches)."""
+        found = []
+        for log in sorted(self.lxc_path.glob("*/lxc.log")):
+            lines = [line for line in tail(log, 2000).splitlines() if " ERROR " in line]
+            if lines:
+                found.append((log, "\n".join(lines[-20:])))
+        return found
 
     # -- teardown ----------------------------------------------------------------------------
 

@@ -1291,3 +1291,16 @@ def test_exec_not_running(mnt: Path, capsys: pytest.CaptureFixture[str]) -> None
     make_instance(mnt, "c1", "STOPPED")
     assert main(["exec", "c1", "--", "true"]) == 1
     assert capsys.readouterr().err == "Error: Instance is not running\n"
+
+
+def test_attach_errors_quote_what_liblxc_logged(tmp_path):
+    log = tmp_path / "lxc.log"
+    log.write_text("lxc m1 20261203 ERROR    old - attach.c:f:1 - before this exec\n")
+    start = log.stat().st_size
+    with log.open("a") as f:
+        f.write("lxc m1 20261203 ERROR    commands - commands.c:lxc_cmd:1 - Failed to add "
+                "seccomp listener\nlxc m1 20261203 INFO     x - y.c:z:2 - chatter\n"
+                "lxc m1 20261203 ERROR    attach - attach.c:lxc_attach:3 - Failed to attach\n")
+    assert cli_exec.attach_errors(str(log), start) == \
+        "Failed to add seccomp listener; Failed to attach"
+    assert cli_exec.attach_errors(str(tmp_path / "missing"), 0) == ""

@@ -337,6 +337,9 @@ def run(args: argparse.Namespace) -> int:
     container = lxc.Container(args.name, lxc_path)
     if container.state != "RUNNING":
         raise CLIError("Instance is not running")
+    # liblxc's attach errors go to the instance's LXC log (as LXD's do), and into our error
+    container.set_config_item("lxc.log.file", os.path.join(lxc_path, args.name, "lxc.log"))
+    container.set_config_item("lxc.log.level", "ERROR")
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     if args.force_interactive:
@@ -447,10 +450,30 @@ def run_through_daemon(root: str, args: argparse.Namespace) -> int:
 
 
 def _attach(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:
+    log_path = container.get_config_item("lxc.log.file") or ""
+    try:
+        log_start = os.stat(log_path).st_size
+    except OSError:
+        log_start = 0
     pid = container.attach(attached_child, spec, **options)
     if pid is None or pid < 0:
-        raise CLIError("Failed to attach to the instance")
+        reason = attach_errors(log_path, log_start)
+        raise CLIError("Failed to attach to the instance" + (f": {reason}" if reason else ""))
     return int(pid)
+
+
+def attach_errors(log_path: str, start: int) -> str:
+    """The messages liblxc logged from ``start`` on in the instance's LXC log (its lines end
+    with `` - file.c:function:line - message``), joined."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read(65536).decode(errors="replace")
+    except OSError:
+        return ""
+    messages = [line.split(" - ", 2)[-1].strip() for line in text.splitlines()
+                if " ERROR " in line]
+    return "; ".join(dict.fromkeys(m for m in messages if m))
 
 
 def _run_plain(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:

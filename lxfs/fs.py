@@ -19,6 +19,8 @@ only touched on the event loop; a handle's fd is closed once no thread uses it.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
 import errno
 import functools
@@ -52,6 +54,8 @@ READDIR_BATCH = 128
 #: readahead of the mount in KiB: the kernel's 128 KiB makes host files read in requests of
 #: 128-256 KiB; 1 MiB (libfuse's largest request) needs a quarter of the round trips
 READAHEAD_KB = 1024
+#: how long a front end waits for the kernel to drop entries it changed behind its back
+SETTLE_TIMEOUT = 2.0
 
 
 def guarded(fn: F) -> F:
@@ -482,6 +486,9 @@ class LxfsOperations(pyfuse3.Operations):
 
         self.mount_time = time.time()
         server.on_change = self._on_change
+        server.settle_changes = self.settle_changes
+        #: entries dropped by ``_on_change`` that ``settle_changes`` has not waited for
+        self._unsettled: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=1024)
 
     # --- host I/O -------------------------------------------------------------------------
 
@@ -638,7 +645,8 @@ class LxfsOperations(pyfuse3.Operations):
 
     def _on_change(self, kind: str, name: str) -> None:
         """The server changed something behind the kernel's back (the REST bridge...): the
-        kernel forgets the entry now rather than when its cache expires."""
+        kernel forgets the entry now rather than when its cache expires (queued to
+        pyfuse3's notify thread; ``settle_changes`` waits for it)."""
         where = {"instance-deleted": ("instances",), "image-deleted": ("images",),
                  "alias-deleted": ("images", "aliases")}.get(kind)
         if kind == "entry-deleted":  # any entry, by its path: ``profiles/web/devices/eth1``
@@ -647,10 +655,29 @@ class LxfsOperations(pyfuse3.Operations):
         if where is not None:
             parent = self.ino_of.get(where)
             if parent is not None:
+                self._unsettled.append((parent, name.encode()))
                 try:
                     pyfuse3.invalidate_entry_async(parent, name.encode(), ignore_enoent=True)
                 except Exception:  # noqa: BLE001 - best effort, the cache expires anyway
                     pass
+
+    async def settle_changes(self) -> None:
+        """Return once the kernel has dropped the entries ``_on_change`` named, so that a
+        client told "deleted" finds the mount agreeing. The kernel may wait for requests
+        on the same directory, which the event loop serves meanwhile: hence a thread (at
+        most ``SETTLE_TIMEOUT`` seconds; the queued drop still happens after that)."""
+        if not self._unsettled:
+            return
+        entries = list(self._unsettled)
+        self._unsettled.clear()
+
+        def drop() -> None:
+            for parent, name in entries:
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_entry(parent, name)
+
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            await trio.to_thread.run_sync(drop, abandon_on_cancel=True)
 
     # --- lookups --------------------------------------------------------------------------
 

@@ -88,6 +88,10 @@ def validate_instance_name(name: str) -> None:
     check_name("instance", name)
 
 
+async def _nothing_to_settle() -> None:
+    return None
+
+
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
@@ -166,7 +170,10 @@ class Server:
         #: the last image published from each instance (or NAME/SNAP)
         self.published: dict[str, str] = {}
         self.nursery: trio.Nursery | None = None
+        #: the mount's cache drops for changes made behind the kernel's back (``lxfs.fs``)
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
+        #: waits until the kernel has dropped them (front ends call it before answering)
+        self.settle_changes: Callable[[], Awaitable[None]] = _nothing_to_settle
 
     # --- startup --------------------------------------------------------------------------
 
@@ -796,14 +803,23 @@ class Server:
         return image
 
     async def usage(self, name: str) -> dict[str, int]:
-        """Processes, memory, memory peak and CPU time of a running instance; root disk."""
-        inst = self.instance(name)
-        result: dict[str, int] = {}
-        if inst.storage_state != "ready":
-            return result
-        if name in self._running_pids:  # the daemon's record: no runtime query per read
-            result.update(await in_thread(self.runtime.usage, inst))
-        return result
+        """Processes, memory, memory peak and CPU time of a running instance."""
+        return (await self.usages([name])).get(name, {})
+
+    async def usages(self, names: list[str]) -> dict[str, dict[str, int]]:
+        """``usage`` of many instances in one thread trip (a listing would otherwise queue a
+        trip per instance behind the event loop's hold of the GIL); the stopped ones, and
+        those unknown, are left out."""
+        running = [self.instances[n] for n in names
+                   if n in self.instances and n in self._running_pids  # the daemon's record
+                   and self.instances[n].storage_state == "ready"]
+        if not running:
+            return {}
+
+        def read() -> dict[str, dict[str, int]]:
+            return {inst.name: self.runtime.usage(inst) for inst in running}
+
+        return await in_thread(read)
 
     async def disk_usage(self, name: str) -> int:
         inst = self.instance(name)
@@ -838,6 +854,10 @@ class Server:
 
     async def pid(self, name: str) -> int:
         self.instance(name)
+        return self._running_pids.get(name, 0)
+
+    def pid_now(self, name: str) -> int:
+        """``pid`` without a checkpoint: 0 for a stopped or unknown instance."""
         return self._running_pids.get(name, 0)
 
     async def change_state(self, name: str, action: str) -> None:

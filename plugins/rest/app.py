@@ -160,6 +160,7 @@ class Context:
             op.cancel_scope = scope
             try:
                 await work(op)
+                await self.ops.settle_changes()  # the mount agrees before the client hears
                 self.finish(op, "Success", 200)
             except LxfsError as exc:
                 self.finish(op, "Failure", 400, exc.message, exc.status)
@@ -214,7 +215,9 @@ class App:
                 continue
             request.params = match.groupdict()
             try:
-                return await candidate.endpoint(self.context, request)
+                response = await candidate.endpoint(self.context, request)
+                await self.context.ops.settle_changes()  # the mount agrees with the answer
+                return response
             except LxfsError as exc:
                 return error(status_of(exc), exc.message)
             except HttpError as exc:

@@ -251,31 +251,41 @@ class LxcRuntime(Runtime):
             raise OperationFailed(f"failed to unfreeze {instance.name}")
 
     def usage(self, instance: Instance) -> dict[str, int]:
-        c = self._container(instance.name)
+        """Read from the container's cgroup files directly (microseconds; liblxc's
+        ``get_cgroup_item`` asks the monitor over its command socket, a round trip per
+        key); through liblxc when a file is not where this runtime puts it."""
+        v2 = cgroup_layout() == "v2"
+        c: Container | None = None
 
-        def item(key: str) -> int:
-            # liblxc raises ValueError when it cannot reach the monitor for the cgroup path
-            # (seen under load right after a start): retry briefly, then report 0
-            for attempt in range(5):
-                try:
-                    return int(c.get_cgroup_item(key))
-                except (TypeError, ValueError):
-                    time.sleep(0.01 * (attempt + 1))
-            return 0
-
-        if cgroup_layout() == "v2":
-            cpu = 0
+        def item(controller: str, key: str) -> int:
+            nonlocal c
+            base = CGROUP_ROOT if v2 else CGROUP_ROOT / controller
             try:
-                stat_text = c.get_cgroup_item("cpu.stat") or ""
+                text = (base / self.prefix / instance.name / key).read_text()
+            except FileNotFoundError:
+                text = None
+            except OSError:
+                return 0
+            if text is None:
+                c = c or self._container(instance.name)
+                text = _liblxc_cgroup_item(c, key)
+            if key == "cpu.stat":
+                return next((int(line.split()[1]) * 1000 for line in text.splitlines()
+                             if line.startswith("usage_usec")), 0)
+            try:
+                return int(text.split()[0]) if text.strip() else 0
             except ValueError:
-                stat_text = ""
-            for line in stat_text.splitlines():
-                if line.startswith("usage_usec"):
-                    cpu = int(line.split()[1]) * 1000
-            return {"processes": item("pids.current"), "memory": item("memory.current"),
-                    "memory_peak": item("memory.peak"), "cpu": cpu}
-        return {"processes": item("pids.current"), "memory": item("memory.usage_in_bytes"),
-                "memory_peak": item("memory.max_usage_in_bytes"), "cpu": item("cpuacct.usage")}
+                return 0
+
+        if v2:
+            return {"processes": item("pids", "pids.current"),
+                    "memory": item("memory", "memory.current"),
+                    "memory_peak": item("memory", "memory.peak"),
+                    "cpu": item("cpu", "cpu.stat")}
+        return {"processes": item("pids", "pids.current"),
+                "memory": item("memory", "memory.usage_in_bytes"),
+                "memory_peak": item("memory", "memory.max_usage_in_bytes"),
+                "cpu": item("cpuacct", "cpuacct.usage")}
 
     def apply_limits(self, instance: Instance) -> None:
         layout = cgroup_layout()
@@ -361,6 +371,17 @@ def _signal_number(name: str) -> int:
     if name.startswith("SIGRTMIN+"):
         return signal.SIGRTMIN + int(name[len("SIGRTMIN+"):])
     return int(getattr(signal, name))
+
+
+def _liblxc_cgroup_item(c: Container, key: str) -> str:
+    """A cgroup value through liblxc. It raises ValueError when it cannot reach the monitor
+    for the cgroup path (seen under load right after a start): retry briefly, then ''."""
+    for attempt in range(5):
+        try:
+            return str(c.get_cgroup_item(key) or "")
+        except (TypeError, ValueError):
+            time.sleep(0.01 * (attempt + 1))
+    return ""
 
 
 def _hierarchies() -> list[Path]:

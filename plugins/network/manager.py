@@ -617,6 +617,10 @@ class NetworkManager:
 
     def instance_addresses(self, inst: Instance, family: int) -> list[str]:
         """``ADDRESS (IFACE)`` lines of a running instance, from netlink in its namespace."""
+        return [f"{addr} ({iface})" for addr, iface in self.instance_address_pairs(inst, family)]
+
+    def instance_address_pairs(self, inst: Instance, family: int) -> list[tuple[str, str]]:
+        """``(address, interface)`` of a running instance, from netlink in its namespace."""
         if inst.storage_state != "ready":
             return []
         pid = self.host.instance_pid(inst)
@@ -635,7 +639,7 @@ class NetworkManager:
             self._addresses = {p: v for p, v in self._addresses.items()
                                if now - v[0] < ADDRESS_CACHE_SECONDS}
             self._addresses[pid] = (now, addrs)
-        return [f"{addr} ({iface})" for fam, addr, _plen, iface in addrs if fam == family]
+        return [(addr, iface) for fam, addr, _plen, iface in addrs if fam == family]
 
 
 def _on_network(device: dict[str, str], name: str) -> bool:

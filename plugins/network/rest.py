@@ -5,12 +5,16 @@ bridge calls them in worker threads)."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+import socket
+from typing import TYPE_CHECKING, Any
 
 from lxfs.errors import NotSupported
 
 from . import config as cfg
 from .manager import NetworkManager
+
+if TYPE_CHECKING:
+    from lxfs.model import Instance
 
 #: LXD's default network type, and the only one lxfs makes
 BRIDGE = "bridge"
@@ -24,6 +28,16 @@ class RestNetworks:
 
     def names(self) -> list[str]:
         return sorted(self.mgr.records)
+
+    def addresses(self, instances: list[Instance]) -> dict[str, dict[str, list[tuple[str, str]]]]:
+        found = {}
+        for inst in instances:
+            if any(d.get("type") == "nic" for d in inst.expanded_devices.values()):
+                found[inst.name] = {
+                    family: [(address, iface) for address, iface
+                             in self.mgr.instance_address_pairs(inst, number)]
+                    for family, number in (("ipv4", socket.AF_INET), ("ipv6", socket.AF_INET6))}
+        return found
 
     def get(self, name: str) -> dict[str, Any]:
         rec = self.mgr.get(name)

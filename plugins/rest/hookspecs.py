@@ -36,7 +36,11 @@ def lxfs_rest_networks(host: Host) -> Any:
     - ``rename(old, new)``: rename an unused network (raise ``NotSupported`` if it cannot);
     - ``delete(name)``: remove an unused network;
     - ``leases(name) -> list[dict]``: LXD's ``NetworkLease`` documents (``hostname``,
-      ``hwaddr``, ``address``, ``type``: gateway, static or dynamic, ``location``).
+      ``hwaddr``, ``address``, ``type``: gateway, static or dynamic, ``location``);
+    - ``addresses(instances) -> dict``: the addresses of running instances' nics, by
+      instance name, then ``"ipv4"``/``"ipv6"``: ``(address, interface)`` pairs (what
+      ``instances/NAME/ipv4`` reads; one call answers a whole ``lxc list``). Optional:
+      without it the bridge reads each instance's ``ipv4`` and ``ipv6`` entries.
 
     The interfaces' kernel state (``/1.0/networks/NAME/state``) is read by the bridge."""
 

@@ -30,6 +30,7 @@ from lxfs.nodes import File
 
 from .app import Context, Operation, error, etag, read_object, recursion, route, sync
 from .http import HttpError, Request, Response
+from .networks import provider
 
 if TYPE_CHECKING:
     from lxfs.model import Instance, Profile, Snapshot
@@ -255,13 +256,27 @@ async def instance_document(ctx: Context, inst: Instance) -> dict[str, Any]:
     }
 
 
-async def full_document(ctx: Context, inst: Instance) -> dict[str, Any]:
+async def full_document(ctx: Context, inst: Instance,
+                        state: dict[str, Any] | None = None) -> dict[str, Any]:
     """LXD's ``InstanceFull``: the instance with its state, snapshots and backups."""
     document = await instance_document(ctx, inst)
     snapshots = [snapshot_document(ctx, inst, s) for s in _snapshots_in_order(inst)]
-    document.update(backups=None, state=await state_document(ctx, inst),
-                    snapshots=snapshots or None)
+    if state is None:
+        state = await state_document(ctx, inst)
+    document.update(backups=None, state=state, snapshots=snapshots or None)
     return document
+
+
+async def full_documents(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
+    """``full_document`` of many instances, their states read together."""
+    insts = [ctx.ops.instances[n] for n in names if n in ctx.ops.instances]
+    states = await state_documents(ctx, insts)
+    documents = []
+    for inst in insts:
+        if inst.name in states:
+            with contextlib.suppress(NotFound):
+                documents.append(await full_document(ctx, inst, states[inst.name]))
+    return documents
 
 
 def _snapshots_in_order(inst: Instance) -> list[Snapshot]:
@@ -289,25 +304,54 @@ def snapshot_document(ctx: Context, inst: Instance, snap: Snapshot) -> dict[str,
 
 
 async def state_document(ctx: Context, inst: Instance) -> dict[str, Any]:
-    """LXD's ``InstanceState``: the server's record of the state, the runtime's usage, the
-    root disk's usage where the pool keeps it cheaply (quotas), and the network: addresses
-    from the plugins' ``ipv4``/``ipv6`` entries, the kernel's own view of the instance's
-    network namespace for the rest."""
-    status, code = _status(await ctx.ops.state(inst.name))
-    pid = await ctx.ops.pid(inst.name)
-    document: dict[str, Any] = {
-        "status": status, "status_code": code, "disk": await _disk_state(ctx, inst),
-        "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
-        "network": None, "pid": pid, "processes": 0, "cpu": {"usage": 0},
-    }
-    if pid > 0:
-        usage = await ctx.ops.usage(inst.name)
-        document["memory"].update(usage=usage.get("memory", 0),
-                                  usage_peak=usage.get("memory_peak", 0))
-        document["processes"] = usage.get("processes", 0)
-        document["cpu"]["usage"] = usage.get("cpu", 0)
-        document["network"] = await _network_state(ctx, inst, pid)
-    return document
+    """LXD's ``InstanceState`` of one instance (see ``state_documents``)."""
+    documents = await state_documents(ctx, [inst])
+    if inst.name not in documents:
+        raise NotFound(f"Instance not found: {inst.name}")
+    return documents[inst.name]
+
+
+async def state_documents(ctx: Context, insts: list[Instance]) -> dict[str, dict[str, Any]]:
+    """LXD's ``InstanceState`` by name: the server's record of the state, the runtime's
+    usage, the root disk's usage where the pool keeps it cheaply (quotas), and the network:
+    addresses from the plugins' ``ipv4``/``ipv6`` entries, the kernel's own view of the
+    instance's network namespace for the rest. The kernel's files of all the instances are
+    read in one thread trip each (usage, network), not one per instance."""
+    pids = {inst.name: ctx.ops.pid_now(inst.name) for inst in insts}
+    running = [name for name, pid in pids.items() if pid > 0]
+    usages = await ctx.ops.usages(running)
+    networks = provider(ctx)
+    batch = getattr(networks, "addresses", None)
+    running_insts = [inst for inst in insts if inst.name in running]
+
+    def read_kernel() -> tuple[dict[str, ProcNet], dict[str, Addresses] | None]:
+        proc_net = {name: _read_proc_net(pids[name]) for name in running}
+        return proc_net, batch(running_insts) if batch is not None and running else None
+
+    proc_net, addresses = await trio.to_thread.run_sync(read_kernel)
+    documents = {}
+    for inst in insts:
+        try:
+            status, code = _status(await ctx.ops.state(inst.name))
+        except NotFound:  # deleted meanwhile: left out
+            continue
+        pid = pids[inst.name]
+        document: dict[str, Any] = {
+            "status": status, "status_code": code, "disk": await _disk_state(ctx, inst),
+            "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0, "swap_usage_peak": 0},
+            "network": None, "pid": pid, "processes": 0, "cpu": {"usage": 0},
+        }
+        if pid > 0:
+            usage = usages.get(inst.name, {})
+            document["memory"].update(usage=usage.get("memory", 0),
+                                      usage_peak=usage.get("memory_peak", 0))
+            document["processes"] = usage.get("processes", 0)
+            document["cpu"]["usage"] = usage.get("cpu", 0)
+            found = (addresses.get(inst.name, {}) if addresses is not None
+                     else await _plugin_addresses(ctx, inst))
+            document["network"] = _network_state(inst, proc_net[inst.name], found)
+        documents[inst.name] = document
+    return documents
 
 
 async def _disk_state(ctx: Context, inst: Instance) -> dict[str, Any]:
@@ -349,8 +393,12 @@ async def _plugin_addresses(ctx: Context, inst: Instance) -> dict[str, list[tupl
 IPV6_SCOPES = {0x00: "global", 0x10: "local", 0x20: "link", 0x40: "site"}
 
 
-def _read_proc_net(pid: int) -> tuple[dict[str, list[int]], list[tuple[str, str, int, str]],
-                                      list[tuple[str, int, int]]]:
+#: ``(address, interface)`` pairs by family (``ipv4``, ``ipv6``)
+Addresses = dict[str, list[tuple[str, str]]]
+ProcNet = tuple[dict[str, list[int]], list[tuple[str, str, int, str]], list[tuple[str, int, int]]]
+
+
+def _read_proc_net(pid: int) -> ProcNet:
     """The instance's network namespace as the kernel shows it in ``/proc/PID/net``:
     counters by interface, IPv6 addresses ``(iface, address, prefix, scope)`` and IPv4 routes
     ``(iface, destination, mask)``, the kernel printing addresses in host byte order.
@@ -390,9 +438,10 @@ def _ipv4_prefix(address: str, iface: str, routes: list[tuple[str, int, int]]) -
     return str(best) if best >= 0 else "32"
 
 
-async def _network_state(ctx: Context, inst: Instance, pid: int) -> dict[str, Any]:
-    found = await _plugin_addresses(ctx, inst)
-    counters, inet6, routes = await trio.to_thread.run_sync(_read_proc_net, pid)
+def _network_state(inst: Instance, proc_net: ProcNet, found: Addresses
+                   ) -> dict[str, Any]:
+    found = {"ipv4": found.get("ipv4", []), "ipv6": found.get("ipv6", [])}
+    counters, inet6, routes = proc_net
     nics = {dev.get("name") or name: (name, dev) for name, dev in inst.expanded_devices.items()
             if dev.get("type") == "nic"}
     ifaces = set(counters) | {iface for family in found.values() for _a, iface in family}
@@ -554,8 +603,10 @@ async def list_instances(ctx: Context, request: Request) -> Response:
     names = sorted(ctx.ops.instances)
     if depth == 0 and not clauses:
         return sync([f"/1.0/{collection}/{n}" for n in names])
-    documents = await _documents(ctx, names, full_document if depth >= 2 else
-                                 instance_document)
+    if depth >= 2:
+        documents = await full_documents(ctx, names)
+    else:
+        documents = await _documents(ctx, names, instance_document)
     documents = [d for d in documents if matches(d, clauses)]
     if depth == 0:
         return sync([f"/1.0/{collection}/{d['name']}" for d in documents])

@@ -470,13 +470,24 @@ def test_protocol_interactive_and_control(d):
 
 
 def test_websockets_not_connected(d):
+    """The attach starts while the client connects, but the command runs only once it has:
+    a client that never comes leaves nothing run and nothing running."""
+    before = api(d, "GET", "/1.0/instances/c1/state")[1]["metadata"]["processes"]
     status, body = api(d, "POST", "/1.0/instances/c1/exec",
-                       {"command": ["sleep", "7771"], "wait-for-websocket": True})
+                       {"command": ["sh", "-c", "touch /root/ran-alone; sleep 7771"],
+                        "wait-for-websocket": True})
     assert status == 202
     op = wait_operation(d, body["operation"])
     assert (op["status"], op["err"]) == ("Failure", "Timed out waiting for websockets to "
                                                     "connect")
     assert not processes("sleep 7771")
+    assert not d.path("instances", "c1", "rootfs", "root", "ran-alone").exists()
+    # no attached child is left waiting at the gate (it exits as the gate closes)
+    deadline = time.monotonic() + 5
+    while (api(d, "GET", "/1.0/instances/c1/state")[1]["metadata"]["processes"] != before
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert api(d, "GET", "/1.0/instances/c1/state")[1]["metadata"]["processes"] == before
 
 
 def test_exec_without_websockets_and_recorded_output(d):

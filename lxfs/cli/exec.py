@@ -32,13 +32,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
 VALUE_OPTIONS = ("--env", "--cwd", "--user", "--group")
+#: set by the REST bridge's exec helper: the read end of a pipe on which the attached child
+#: waits for b"1" before it runs the command (the attach overlaps the client's websocket
+#: connections; EOF instead means the client never came: nothing runs)
+GATE_FD = -1
+#: the attached child's exit status when the gate closed without opening
+GATE_CLOSED = 125
 
 
 class ChildSpec:
     """What the attached child needs; prepared before attaching (the child imports nothing).
     A plain class: ``dataclasses`` costs 7 ms of start-up."""
 
-    __slots__ = ("argv", "env", "cwd", "explicit_cwd", "uid", "use_pty", "max_fd")
+    __slots__ = ("argv", "env", "cwd", "explicit_cwd", "uid", "use_pty", "max_fd", "gate_fd")
 
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None,
                  explicit_cwd: bool, uid: int, use_pty: bool) -> None:
@@ -49,6 +55,7 @@ class ChildSpec:
         self.uid = uid
         self.use_pty = use_pty
         self.max_fd = os.sysconf("SC_OPEN_MAX")
+        self.gate_fd = GATE_FD
 
 
 def _passwd_entry(uid: int) -> tuple[str, str] | None:
@@ -76,6 +83,8 @@ def attached_child(spec: ChildSpec) -> int:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED_SIGNALS, signal.SIGCHLD,
                     signal.SIGWINCH):
             signal.signal(sig, signal.SIG_DFL)
+        if spec.gate_fd >= 0 and os.read(spec.gate_fd, 1) != b"1":
+            return GATE_CLOSED
         if spec.use_pty:
             try:
                 os.setsid()

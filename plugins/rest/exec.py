@@ -224,17 +224,23 @@ except BaseException as exc:
 gc.freeze()
 sock = socket.socket(fileno=int(sys.argv[1]))
 try:
-    message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+    message, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
 except OSError:
     os._exit(125)
-if not message or len(fds) != 3:
+if not message or len(fds) not in (3, 4):
     os._exit(125)
 os.setpriority(os.PRIO_PROCESS, 0, priority)
 sock.close()
+gate = fds[3] if len(fds) == 4 else -1
+fds = fds[:3]
 for target, fd in enumerate(fds):
     os.dup2(fd, target)
 for fd in set(fds) - {0, 1, 2}:
     os.close(fd)
+if gate >= 0 and failure is None:
+    if gate <= 2:  # cannot be (0-2 were taken when it came), but never wait on a std fd
+        os._exit(125)
+    lxfs.cli.exec.GATE_FD = gate
 if failure is not None:
     sys.stderr.write(f"Error: cannot start lxfs exec: {failure}\\n")
     sys.stderr.flush()
@@ -431,8 +437,9 @@ class Running:
                 _killpg(pgid, signal.SIGKILL)
 
 
-async def start_command(ctx: Context, args: list[str], fds: tuple[int, int, int]) -> Running:
-    """Run ``lxfs exec ARGS`` on ``fds`` (stdin, stdout, stderr) through a helper."""
+async def start_command(ctx: Context, args: list[str], fds: tuple[int, ...]) -> Running:
+    """Run ``lxfs exec ARGS`` on ``fds`` (stdin, stdout, stderr and, optionally, the gate:
+    see ``lxfs.cli.exec.GATE_FD``) through a helper."""
     pool = helper_pool(ctx)
     message = json.dumps(args).encode()
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -549,19 +556,25 @@ class Session:
             async with trio.open_nursery() as nursery:
                 for fd in self.channels:
                     nursery.start_soon(self._accept, fd)
-                with trio.move_on_after(WS_CONNECT_TIMEOUT):
-                    for fd in self.required:
-                        await self.arrived[fd].wait()
-                if all(self.arrived[fd].is_set() for fd in self.required):
-                    failure = await self.serve(nursery)
-                else:
-                    failure = HttpError(400, "Timed out waiting for websockets to connect")
+                failure = await self.prepare()
+                if failure is None:
+                    with trio.move_on_after(WS_CONNECT_TIMEOUT):
+                        for fd in self.required:
+                            await self.arrived[fd].wait()
+                    if all(self.arrived[fd].is_set() for fd in self.required):
+                        failure = await self.serve(nursery)
+                    else:
+                        failure = HttpError(400, "Timed out waiting for websockets to connect")
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self.cleanup()
         if failure is not None:
             raise failure
+
+    async def prepare(self) -> HttpError | None:
+        """What can be done while the client connects its websockets."""
+        return None
 
     async def serve(self, nursery: trio.Nursery) -> HttpError | None:
         raise NotImplementedError
@@ -621,6 +634,9 @@ class ExecSession(Session):
         self.outputs_done = trio.Event()
         self._outputs_left = 1 if req.interactive else 2
         self._raw = False
+        self.master: trio.lowlevel.FdStream | None = None
+        self.pipes: tuple[trio.lowlevel.FdStream, ...] = ()
+        self.gate = -1  # the write end of the gate (see ``prepare``)
 
     def metadata(self) -> dict[str, Any]:
         order = ["0", "1", "2", "control"]
@@ -643,7 +659,12 @@ class ExecSession(Session):
         if self._outputs_left <= 0:
             self.outputs_done.set()
 
-    async def serve(self, nursery: trio.Nursery) -> HttpError | None:
+    async def prepare(self) -> HttpError | None:
+        """Start ``lxfs exec`` at once, its command held at the gate: the attach (cgroup
+        moves, namespaces, the seccomp filter: 5 to 20 ms) overlaps the client's websocket
+        connections, and the command still runs only once they are there (LXD's
+        ``wait-for-websocket``). A client that never connects closes the gate: the attached
+        child exits without running anything."""
         req = self.req
         if req.interactive:
             master, slave = os.openpty()
@@ -651,36 +672,48 @@ class ExecSession(Session):
             os.set_inheritable(slave, False)
             self.fds_to_close.append(slave)
             _pty_size(master, req.width, req.height)
-            master_stream = self.stream(master)
+            self.master = self.stream(master)
             child_fds = (slave, slave, slave)
         else:
             pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
             self.fds_to_close += [pipes[0][0], pipes[1][1], pipes[2][1]]
-            stdin, stdout, stderr = (self.stream(pipes[0][1]), self.stream(pipes[1][0]),
-                                     self.stream(pipes[2][0]))
+            self.pipes = (self.stream(pipes[0][1]), self.stream(pipes[1][0]),
+                          self.stream(pipes[2][0]))
             child_fds = (pipes[0][0], pipes[1][1], pipes[2][1])
+        gate_read, self.gate = os.pipe2(os.O_CLOEXEC)
+        self.fds_to_close += [gate_read, self.gate]
         args = exec_arguments(self.name, req, self.env, req.interactive)
         try:
-            self.running = await start_command(self.ctx, args, child_fds)
+            self.running = await start_command(self.ctx, args, (*child_fds, gate_read))
         except HttpError as exc:
             return exc
         except OSError as exc:
             return HttpError(500, f"cannot start lxfs exec: {exc.strerror}")
         finally:  # the helper has its copies: ours would hold the streams open
-            for fd in child_fds:
+            for fd in (*child_fds, gate_read):
                 if fd in self.fds_to_close:
                     self.fds_to_close.remove(fd)
                     os.close(fd)
+        return None
+
+    async def serve(self, nursery: trio.Nursery) -> HttpError | None:
+        req = self.req
+        assert self.running is not None
+        try:
+            os.write(self.gate, b"1")
+        except OSError:  # the helper is gone (it failed before attaching): its output says
+            pass
         self.ctx.host.events.lifecycle("instance-exec", f"/1.0/instances/{self.name}",
                                        command=req.command)
         if req.interactive:
-            nursery.start_soon(self._pty_out, master_stream)
-            nursery.start_soon(self._pty_in, master_stream)
+            nursery.start_soon(self._pty_out, self.master)
+            nursery.start_soon(self._pty_in, self.master)
         else:
+            stdin, stdout, stderr = self.pipes
             nursery.start_soon(self._pipe_in, stdin)
             nursery.start_soon(self._pipe_out, "1", stdout)
             nursery.start_soon(self._pipe_out, "2", stderr)
-        nursery.start_soon(self._control, master_stream if req.interactive else None)
+        nursery.start_soon(self._control, self.master if req.interactive else None)
         nursery.start_soon(self._hang_up_when_gone)
         code = await self.running.wait()
         await _wait_any(self.outputs_done, self.client_gone)

@@ -1,14 +1,12 @@
 """The OpenAPI document of what the REST bridge serves, generated from its routes (their
 templates, docstrings, body and query schemas), served at ``GET /openapi.json`` and written
-to ``docs/rest-openapi.json`` by ``python -m lxfs_plugins.rest.openapi``. The schema-driven
+to ``docs/rest-openapi.json`` by ``python -m lxfs_plugins.rest``. The schema-driven
 fuzzer (``tests/test_rest_fuzz_integration.py``) generates its requests from it."""
 
 from __future__ import annotations
 
 import inspect
-import json
 import re
-import sys
 from typing import Any
 
 from .app import ROUTES, Context, route, sync
@@ -134,25 +132,6 @@ def document(version: str = "") -> dict[str, Any]:
 async def get_openapi(ctx: Context, request: Request) -> Response:
     """The OpenAPI document of this API (generated from the code)."""
     return Response.json(200, document(ctx.ops.environment().get("server_version", "")))
-
-
-def main() -> int:
-    """Write the document (with every endpoint module loaded) to the path given, or
-    stdout."""
-    from . import _load_endpoints
-
-    _load_endpoints()
-    text = json.dumps(document(), indent=1, sort_keys=True) + "\n"
-    if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 __all__ = ["document", "sync"]

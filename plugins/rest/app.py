@@ -248,9 +248,20 @@ def recursion(request: Request) -> int:
         raise HttpError(400, "invalid recursion value") from None
 
 
-def etag(document: Any) -> list[tuple[str, str]]:
-    """LXD's ETag header (sha256 of the document)."""
+def etag_value(document: Any) -> str:
+    """sha256 of the document, as LXD's ETags."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-    return [("ETag", f'"{digest}"')]
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def etag(document: Any) -> list[tuple[str, str]]:
+    """LXD's ETag header."""
+    return [("ETag", f'"{etag_value(document)}"')]
+
+
+def check_etag(request: Request, current: Any) -> None:
+    """LXD's ``If-Match``: a PUT or PATCH made from an older read is refused (412)."""
+    wanted = request.headers.get("if-match", "").strip().strip('"')
+    if wanted and wanted != (value := etag_value(current)):
+        raise HttpError(412, f"ETag doesn't match: {value} vs {wanted}")

@@ -40,7 +40,17 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 from lxfs.config_schema import is_true, parse_size
 from lxfs.errors import AlreadyExists, InvalidArgument, LxfsError, NotFound, NotSupported
 
-from .app import Context, Operation, etag, parse_json_object, read_object, recursion, route, sync
+from .app import (
+    Context,
+    Operation,
+    check_etag,
+    etag,
+    parse_json_object,
+    read_object,
+    recursion,
+    route,
+    sync,
+)
 from .http import MAX_JSON_BODY, HttpError, Request, Response
 
 if TYPE_CHECKING:
@@ -165,16 +175,6 @@ def check_project(ctx: Context, request: Request) -> None:
     project = request.query.get("project") or "default"
     if project not in ctx.ops.projects:
         raise HttpError(404, "Project not found")
-
-
-def check_etag(request: Request, source: Any) -> None:
-    """LXD's ``If-Match`` check (412 when the document changed since it was read)."""
-    match = request.headers.get("if-match", "").strip().strip('"')
-    if not match:
-        return
-    current = etag(source)[0][1].strip('"')
-    if match != current:
-        raise HttpError(412, f"ETag doesn't match: {current} vs {match}")
 
 
 def check_properties(value: Any, what: str = "properties") -> dict[str, str]:

@@ -28,7 +28,17 @@ import trio
 from lxfs.errors import InvalidArgument, LxfsError, NotFound
 from lxfs.nodes import File
 
-from .app import Context, Operation, error, etag, read_object, recursion, route, sync
+from .app import (
+    Context,
+    Operation,
+    check_etag,
+    error,
+    etag,
+    read_object,
+    recursion,
+    route,
+    sync,
+)
 from .http import HttpError, Request, Response
 from .networks import provider
 
@@ -197,16 +207,6 @@ def _managed(ctx: Context, key: str) -> bool:
     """A key lxfs manages itself (``volatile.*``)."""
     spec = ctx.ops.schema.instance_spec(key)
     return spec is not None and spec.readonly
-
-
-def _check_if_match(request: Request, document: Any) -> None:
-    """LXD's ``If-Match``: a change made on a stale read is refused (412)."""
-    wanted = request.headers.get("if-match", "").strip().strip('"')
-    if not wanted:
-        return
-    current = etag(document)[0][1].strip('"')
-    if wanted != current:
-        raise HttpError(412, f"ETag doesn't match: {current} vs {wanted}")
 
 
 # --- documents -------------------------------------------------------------------------------
@@ -752,7 +752,7 @@ async def put_instance(ctx: Context, request: Request) -> Response:
     """Replace the configuration (one change, all or nothing), or restore a snapshot."""
     name = request.params["name"]
     inst = requested_instance(ctx, name)
-    _check_if_match(request, _etag_fields(inst))
+    check_etag(request, _etag_fields(inst))
     body = await read_object(request)
     restore = _text(body, "restore")
     if restore:
@@ -792,7 +792,7 @@ async def patch_instance(ctx: Context, request: Request) -> Response:
     (one change, all or nothing)."""
     name = request.params["name"]
     inst = requested_instance(ctx, name)
-    _check_if_match(request, _etag_fields(inst))
+    check_etag(request, _etag_fields(inst))
     body = await read_object(request)
     if _text(body, "restore"):
         return error(400, "Can't call PATCH in restore mode")
@@ -961,7 +961,7 @@ async def _update_snapshot(ctx: Context, request: Request) -> Response:
     none."""
     name, snapshot = request.params["name"], request.params["snapshot"]
     _requested_snapshot(ctx, name, snapshot)
-    _check_if_match(request, [NO_EXPIRY])
+    check_etag(request, [NO_EXPIRY])
     body = await read_object(request)
     if not _no_expiry(body):
         return error(400, "snapshot expiry is not supported by lxfs")
@@ -1169,7 +1169,7 @@ async def _set_metadata(ctx: Context, request: Request, merge: bool) -> Response
     name = request.params["name"]
     volume = _volume(ctx, name)
     current = _metadata_document(await trio.to_thread.run_sync(_read_metadata, volume))
-    _check_if_match(request, current)
+    check_etag(request, current)
     body = await read_object(request)
     if merge:
         body = {k: v for k, v in current.items() if v is not None} | body

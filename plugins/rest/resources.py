@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import trio
 
-from .app import Context, etag, route, sync
+from .app import Context, check_etag, etag, route, sync  # noqa: F401 - check_etag re-exported
 from .http import HttpError, Request, Response
 
 T = TypeVar("T")
@@ -36,17 +36,6 @@ def url(*parts: str) -> str:
 def used_by_urls(paths: Iterable[str]) -> list[str]:
     """The server's ``instances/NAME``, ``profiles/NAME`` as LXD's ``/1.0/...`` URLs."""
     return [url(*p.split("/", 1)) for p in paths]
-
-
-def etag_value(document: Any) -> str:
-    return etag(document)[0][1].strip('"')
-
-
-def check_etag(request: Request, current: Any) -> None:
-    """LXD's ``If-Match``: a PUT or PATCH made from an older read is refused (412)."""
-    wanted = request.headers.get("if-match", "").strip().strip('"')
-    if wanted and wanted != etag_value(current):
-        raise HttpError(412, f"ETag doesn't match: {wanted} vs {etag_value(current)}")
 
 
 def text(value: Any, what: str) -> str:

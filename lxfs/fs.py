@@ -915,8 +915,13 @@ class LxfsOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
                    ) -> pyfuse3.FileInfo:
         path = self._path(inode)
-        node = await self.resolve(path)
         writing = bool(flags & WRITE_FLAGS)
+        try:
+            node = await self.resolve(path)
+        except pyfuse3.FUSEError as exc:
+            node = await self._recreate(path, exc) if writing else None
+            if node is None:
+                raise
         if isinstance(node, HostFile):
             if writing:
                 self._writable(node)
@@ -939,6 +944,27 @@ class LxfsOperations(pyfuse3.Operations):
             handle.events = self.srv.events.subscribe()
         return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True,
                                 nonseekable=node.stream)
+
+    async def _recreate(self, path: Path_, exc: pyfuse3.FUSEError) -> Node | None:
+        """A write-open of a name the kernel still holds but lxfs dropped (a refused or
+        emptied value, a create never written: the kernel's entry goes asynchronously) is a
+        create again, as the writer's O_CREAT meant; None where that cannot be."""
+        if exc.errno != errno.ENOENT or not path:
+            return None
+        try:
+            parent = await self.resolve(path[:-1])
+        except pyfuse3.FUSEError:
+            return None
+        if not isinstance(parent, Dir):
+            return None
+        try:
+            created = parent.create(path[-1])
+        except LxfsError:
+            return None
+        if not isinstance(created, File) or isinstance(created, Upload):
+            return None
+        self.creating[path] = created
+        return created
 
     @guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -1013,9 +1039,15 @@ class LxfsOperations(pyfuse3.Operations):
             handle.buffer += buf
         try:
             await node.write(bytes(handle.buffer) if node.accumulate else buf)
+        except Exception:
+            if self.creating.pop(handle.path, None) is not None:
+                # refused: the new name is free again, before the writer hears of it (a
+                # retry's open would otherwise still meet the entry create() made: ENOENT)
+                await self._drop_entry(handle.path)
+            raise
         except BaseException:
             if self.creating.pop(handle.path, None) is not None:
-                self._invalidate(handle.path)  # refused: the new name is free again, now
+                self._invalidate(handle.path)
             raise
         self.creating.pop(handle.path, None)
         if node.accumulate and not handle.buffer.rstrip(b"\n"):
@@ -1049,6 +1081,20 @@ class LxfsOperations(pyfuse3.Operations):
             self._invalidate(handle.path)  # a refused upload's name is free again at once
             raise
         self._invalidate(handle.path)
+
+    async def _drop_entry(self, path: Path_) -> None:
+        """Make the kernel forget an entry and wait until it has (in a thread: the kernel
+        may first wait for requests on the directory, which the event loop serves)."""
+        parent = self.ino_of.get(path[:-1])
+        if parent is None:
+            return
+
+        def drop() -> None:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(parent, path[-1].encode())
+
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            await trio.to_thread.run_sync(drop, abandon_on_cancel=True)
 
     def _invalidate(self, path: Path_) -> None:
         parent = self.ino_of.get(path[:-1])

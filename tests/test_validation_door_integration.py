@@ -185,3 +185,20 @@ def test_daemon_survives_and_cli_has_no_traceback(daemon_with_busybox: Any) -> N
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("Error: ") and bad.stderr.count("\n") == 1
     assert shutil.which("lxc-ls") and d.read("environment", "server_pid")
+
+
+def test_a_key_set_again_right_after_unset_or_refusal(lxfs_daemon: Any) -> None:
+    """Unsetting a key (an empty write) or a refused first value drops its entry from the
+    kernel asynchronously; writing the key again at once must still work (it met ENOENT
+    while the kernel held the old entry)."""
+    d = lxfs_daemon
+    for i in range(150):
+        d.write("config", "user.race", f"v{i}")
+        d.write("config", "user.race", "")
+    assert not d.path("config", "user.race").exists()
+    for _ in range(50):
+        with pytest.raises(OSError) as exc:
+            d.write("config", "images.remote_cache_expiry", "soon")
+        assert exc.value.errno == errno.EINVAL
+        d.write("config", "images.remote_cache_expiry", "3")
+        d.write("config", "images.remote_cache_expiry", "")

@@ -25,8 +25,19 @@ from lxfs.storage import grant_search
 
 
 def _target(path: str) -> str:
-    """An LXC mount target: relative to the container's root."""
-    return os.path.normpath("/" + path).lstrip("/")
+    """An LXC mount target: relative to the container's root, escaped as a field."""
+    return fstab_field(os.path.normpath("/" + path).lstrip("/"))
+
+
+#: what separates or ends the fields of an fstab line, as getmntent(3) decodes it
+_FSTAB_ESCAPES = str.maketrans({"\\": "\\134", " ": "\\040", "\t": "\\011", "\n": "\\012"})
+
+
+def fstab_field(value: str) -> str:
+    """A path as one field of an ``lxc.mount.entry`` line (liblxc reads them with
+    getmntent): a space, tab, newline or backslash in it is written octal-escaped, so a path
+    cannot split into other fields or add mount options."""
+    return value.translate(_FSTAB_ESCAPES)
 
 
 def disk_lines(name: str, dev: dict[str, str], privileged: bool,
@@ -62,7 +73,8 @@ def disk_lines(name: str, dev: dict[str, str], privileged: bool,
         options.append("ro")
     if is_true(dev.get("shift")) and not privileged:
         options.append("idmap=container")
-    return [f"lxc.mount.entry = {source} {_target(path)} none {','.join(options)} 0 0"]
+    return [f"lxc.mount.entry = {fstab_field(source)} {_target(path)} none "
+            f"{','.join(options)} 0 0"]
 
 
 def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
@@ -110,7 +122,7 @@ def unix_lines(name: str, dev: dict[str, str], staging: Path, privileged: bool,
     options = "bind,create=file" + ("" if privileged else ",idmap=container")
     key = "lxc.cgroup2.devices.allow" if cgroup_layout() == "v2" else "lxc.cgroup.devices.allow"
     return [f"{key} = {kind} {major}:{minor} rwm",
-            f"lxc.mount.entry = {node} {_target(path)} none {options} 0 0"]
+            f"lxc.mount.entry = {fstab_field(str(node))} {_target(path)} none {options} 0 0"]
 
 
 #: keys holding booleans (true/false, 1/0, yes/no, on/off)

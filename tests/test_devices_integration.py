@@ -121,3 +121,26 @@ def test_disk_hotplug_and_next_start_notice(daemon_with_busybox, host_dir):
     assert "apply at the next start" in d.read("instances", "c1", "error")
     d.cli("restart", "c1")
     assert d.cli("exec", "c1", "--", "test", "-c", "/dev/mynull").returncode == 0
+
+
+def test_paths_with_spaces_stay_one_field(daemon_with_busybox):
+    """A space in a disk's source or path is escaped in the LXC mount entry (getmntent's
+    \\040): the bind lands where asked, and a path cannot add fields or mount options."""
+    d = daemon_with_busybox
+    host = Path(f"/var/tmp/lxfs share {os.getpid()}")
+    host.mkdir()
+    try:
+        (host / "hello").write_text("spaced\n")
+        os.mkdir(d.path("instances", "c1"))
+        add_device(d, ("instances", "c1"), "share", type="disk", source=str(host),
+                   path="/mnt/my share none bind,rw 0 0", readonly="true")
+        d.write("instances", "c1", "source", "busybox")
+        d.write("instances", "c1", "state", "start")
+        where = "/mnt/my share none bind,rw 0 0/hello"
+        assert d.cli("exec", "c1", "--", "cat", where).stdout == "spaced\n"
+        r = d.cli("exec", "c1", "--", "touch", "/mnt/my share none bind,rw 0 0/new",
+                  check=False)
+        assert r.returncode != 0 and not (host / "new").exists()  # still read-only
+    finally:
+        d.write("instances", "c1", "state", "kill")
+        shutil.rmtree(host)

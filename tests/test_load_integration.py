@@ -1,10 +1,11 @@
-"""Load: 20 clients doing 200 mixed operations each on 50 instances, through the mount and
-the CLI, while the daemon is killed (SIGKILL) twice. No deadlock, no lost instance, and
-``lxfsd --check`` finds nothing at the end."""
+"""Load: 20 clients doing 200 mixed operations each on 50 instances, through the mount, the
+CLI and the REST bridge, while the daemon is killed (SIGKILL) twice. No deadlock, no lost
+instance, no answer of 500, and ``lxfsd --check`` finds nothing at the end."""
 
 from __future__ import annotations
 
 import errno
+import http.client
 import os
 import random
 import threading
@@ -13,6 +14,7 @@ import time
 import pytest
 from conftest import CLIError, call_with_timeout
 from test_recovery_integration import check
+from test_rest_instances_integration import api
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +25,24 @@ INSTANCES = 50
 #: because another client got there first (EBUSY, EEXIST, ENOENT, EINVAL...)
 EXPECTED = {errno.ENOTCONN, errno.ECONNABORTED, errno.EBUSY, errno.EEXIST, errno.ENOENT,
             errno.EINVAL, errno.ENOTEMPTY, errno.EIO}
+#: what a REST client meets while the daemon is down or restarting
+REST_EXPECTED = {errno.ECONNREFUSED, errno.ENOENT, errno.ECONNRESET, errno.EPIPE}
+
+
+class ServerError(Exception):
+    """A REST answer of 500: input or a race must never produce one."""
+
+
+def rest(d, method: str, path: str, body: object = None) -> None:
+    """One REST request (and its operation, when async); a 500 raises ServerError."""
+    status, doc, _ = api(d, method, path, body)
+    if status >= 500 or doc.get("error_code", 0) >= 500:
+        raise ServerError(f"{method} {path}: {status} {doc}")
+    if doc.get("type") == "async":
+        status, op, _ = api(d, "GET", doc["operation"] + "/wait?timeout=120")
+        metadata = op.get("metadata") or {}
+        if status >= 500 or (metadata.get("err") and "internal error" in metadata["err"]):
+            raise ServerError(f"{method} {path}: operation {op}")
 
 
 def test_twenty_clients_and_two_crashes(daemon_with_busybox):
@@ -45,7 +65,7 @@ def test_twenty_clients_and_two_crashes(daemon_with_busybox):
             name = rng.choice(names)
             base = d.path("instances", name)
             kind = rng.choice(["state", "read", "config", "snapshot", "list", "cli-list",
-                               "cli-exec"])
+                               "cli-exec", "rest-list", "rest-state", "rest-config"])
             try:
                 if kind == "state":
                     action = rng.choice(["start", "stop", "kill", "freeze", "unfreeze"])
@@ -69,10 +89,30 @@ def test_twenty_clients_and_two_crashes(daemon_with_busybox):
                         lambda: d.path("instances", ".list").read_text(), 30, "list")
                 elif kind == "cli-list":
                     d.cli("list", timeout=60)
+                elif kind == "rest-list":
+                    call_with_timeout(lambda: rest(d, "GET", "/1.0/instances?recursion=2"),
+                                      60, "rest list")
+                elif kind == "rest-state":
+                    action = rng.choice(["start", "stop", "restart", "freeze", "unfreeze"])
+                    call_with_timeout(lambda n=name, a=action: rest(
+                        d, "PUT", f"/1.0/instances/{n}/state",
+                        {"action": a, "force": True, "timeout": 30}), 120, f"rest {action}")
+                elif kind == "rest-config":
+                    value = f"{rng.randint(32, 256)}MiB"
+                    call_with_timeout(lambda n=name, v=value: rest(
+                        d, "PATCH", f"/1.0/instances/{n}", {"config": {"limits.memory": v}}),
+                        60, "rest config")
                 else:
                     d.cli("exec", name, "--", "true", timeout=60, check=False)
+            except ServerError as exc:
+                with lock:
+                    unexpected.append(f"{kind} {name}: {exc}")
+            except http.client.HTTPException:  # an answer cut by a crash
+                with lock:
+                    done["expected_errors"] += 1
             except OSError as exc:
-                if exc.errno not in EXPECTED:
+                allowed = EXPECTED | (REST_EXPECTED if kind.startswith("rest") else set())
+                if exc.errno not in allowed:
                     with lock:
                         unexpected.append(f"{kind} {name}: {exc}")
                 with lock:

@@ -174,6 +174,7 @@ class Server:
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
         #: waits until the kernel has dropped them (front ends call it before answering)
         self.settle_changes: Callable[[], Awaitable[None]] = _nothing_to_settle
+        self._config_changed = trio.Event()
 
     # --- startup --------------------------------------------------------------------------
 
@@ -1973,8 +1974,10 @@ class Server:
     async def set_server_key(self, key: str, value: str) -> None:
         value = value.removesuffix("\n")
         if value == "":
-            await in_thread(self.db.set_server_config, key, None)
-            self.config.pop(key, None)
+            if key in self.config:
+                await in_thread(self.db.set_server_config, key, None)
+                self.config.pop(key, None)
+                self._server_config_changed()
             return
         self.schema.validate_server_key(key, value)
         spec = self.schema.server_spec(key)
@@ -1982,6 +1985,17 @@ class Server:
             value = await in_thread(hash_secret, value)
         await in_thread(self.db.set_server_config, key, value)
         self.config[key] = value
+        self._server_config_changed()
+
+    def _server_config_changed(self) -> None:
+        self._config_changed.set()
+        self._config_changed = trio.Event()
+        self.events.lifecycle("config-updated", "/1.0")
+
+    async def wait_server_config_change(self) -> None:
+        """Return at the next change of the server configuration (``config/``, REST's
+        ``/1.0``): services that follow a key (the HTTPS listener) wait on it."""
+        await self._config_changed.wait()
 
     # --- storage pools ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import yaml
 from conftest import LxfsDaemon
 from lxfs_plugins.network import config as cfg
 from test_network_integration import Net, wait_ipv4
+from test_rest_https_integration import client_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -506,12 +507,20 @@ def test_projects_certificates_and_resources(lxfs_daemon: LxfsDaemon) -> None:
     assert result.returncode != 0 and "only the default project" in result.stderr
     assert rest(d, "GET", "/1.0/projects/other")[0] == 404
 
-    # certificates: an empty trust store, additions refused with the reason
+    # certificates: the trust store, empty at first; a bad certificate is refused with
+    # the reason; the unix socket's clients (trusted) add and remove them, as on the mount
     assert metadata(d, "/1.0/certificates") == []
     assert lxc(d, "config", "trust", "list", "-f", "csv").stdout.strip() == ""
     status, _response, body = rest(d, "POST", "/1.0/certificates",
                                    {"type": "client", "certificate": "x"})
-    assert status == 501 and "HTTPS" in body["error"], body
+    assert status == 400 and "certificate" in body["error"], body
+    crt, _key = client_certificate(d.base, "admin")
+    lxc(d, "config", "trust", "add", str(crt))
+    [fingerprint] = [u.rsplit("/", 1)[1] for u in metadata(d, "/1.0/certificates")]
+    assert d.read("certificates", fingerprint, "name") == "admin.crt"  # lxc names it so
+    assert d.read("certificates", fingerprint, "certificate") == crt.read_text().strip()
+    os.rmdir(d.path("certificates", fingerprint))
+    assert metadata(d, "/1.0/certificates") == []
 
     # resources
     out = lxc(d, "info", "--resources").stdout

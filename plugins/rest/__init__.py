@@ -26,6 +26,8 @@ from . import core, openapi  # noqa: F401 - register their routes
 from .app import App, Context, error
 from .hookspecs import lxfs_add_hookspecs  # noqa: F401 - adds lxfs_rest_networks
 from .http import Connection, _send_response, serve_connection  # noqa: F401
+from .https import ensure_certificate, follow_address
+from .trust import TrustStore, lxfs_mount_entries, register, unregister  # noqa: F401 - hook
 
 log = logging.getLogger("lxfs.rest")
 
@@ -37,7 +39,7 @@ def _load_endpoints() -> None:
     import importlib
 
     for module in ("instances", "exec", "images", "resources", "profiles", "networks",
-                   "storage", "projects"):
+                   "storage", "projects", "trust"):
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:
@@ -70,12 +72,23 @@ async def serve_unix(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_
         sock.listen(128)
         listener = trio.SocketListener(sock)
         async with trio.open_nursery() as nursery:
-            app = App(Context(host, nursery))
+            context = Context(host, nursery)
+            context.trust = await TrustStore.load(host)
+            register(host, context.trust)
+            try:
+                context.certificate_pem, context.certificate_fingerprint = \
+                    await trio.to_thread.run_sync(ensure_certificate, host)
+            except (OSError, ValueError) as exc:
+                log.error("no server certificate (%s): the HTTPS listener is off", exc)
+            app = App(context)
+            if context.certificate_pem:
+                await nursery.start(follow_address, host, app)
             task_status.started()
             log.info("REST API on %s", path)
             await trio.serve_listeners(functools.partial(_serve_client, host, app),
                                        [listener])
     finally:
+        unregister(host)
         sock.close()
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)

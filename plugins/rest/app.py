@@ -67,23 +67,27 @@ class Route:
     body: dict[str, Any] | None = None
     #: query parameters the endpoint reads: name → JSON schema
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: HTTPS clients whose certificate is not trusted may call it
+    untrusted: bool = False
 
 
 ROUTES: list[Route] = []
 
 
 def route(method: str, template: str, body: dict[str, Any] | None = None,
-          query: dict[str, dict[str, Any]] | None = None) -> Callable[[Endpoint], Endpoint]:
+          query: dict[str, dict[str, Any]] | None = None, untrusted: bool = False
+          ) -> Callable[[Endpoint], Endpoint]:
     """Declare an endpoint: ``@route("GET", "/1.0/instances/{name}")``. ``{x}`` matches one
     path segment, ``{x:path}`` the rest of the path. ``body`` and ``query`` describe the
     request for the OpenAPI document (``openapi.py``); the endpoint's docstring is its
-    summary."""
+    summary. ``untrusted``: HTTPS clients whose certificate is not trusted may call it too
+    (every other endpoint answers them 403, as LXD)."""
     regex = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", template)
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
 
     def register(endpoint: Endpoint) -> Endpoint:
         ROUTES.append(Route(method, re.compile(f"^{regex}/?$"), endpoint, template, body,
-                            dict(query or {})))
+                            dict(query or {}), untrusted))
         return endpoint
 
     return register
@@ -136,6 +140,18 @@ class Context:
         self.ops = host.operations
         self.nursery = nursery
         self.operations: dict[str, Operation] = {}
+        #: the trust store of HTTPS clients (``trust.TrustStore``), set by the service
+        self.trust: Any = None
+        #: the server's certificate (PEM) and its fingerprint, set by the service
+        self.certificate_pem = ""
+        self.certificate_fingerprint = ""
+
+    def trusted(self, peer: Any) -> bool:
+        """Whether a connection's peer may use the whole API (unix socket peers were
+        checked by uid and group; HTTPS peers by the trust store)."""
+        if self.trust is None:
+            return not hasattr(peer, "der")
+        return bool(self.trust.trusted(peer))
 
     # --- operations -----------------------------------------------------------------------
 
@@ -214,6 +230,9 @@ class App:
                 allowed.append(candidate.method)
                 continue
             request.params = match.groupdict()
+            request.trusted = self.context.trusted(request.conn.peer)
+            if not request.trusted and not candidate.untrusted:
+                return error(403, "not authorized")
             try:
                 response = await candidate.endpoint(self.context, request)
                 await self.context.ops.settle_changes()  # the mount agrees with the answer

@@ -17,7 +17,7 @@ from .app import Context, error, etag, read_object, recursion, route, sync
 from .http import HttpError, Request, Response
 
 
-@route("GET", "/")
+@route("GET", "/", untrusted=True)
 async def get_root(ctx: Context, request: Request) -> Response:
     return sync(["/1.0"])
 
@@ -38,10 +38,11 @@ def server_document(ctx: Context) -> dict[str, Any]:
         "public": False,
         "auth_methods": ["tls"],
         "environment": {
-            "addresses": [],
+            "addresses": [address] if (address := ctx.ops.config.get("core.https_address"))
+            else [],
             "architectures": host_architectures(),
-            "certificate": "",
-            "certificate_fingerprint": "",
+            "certificate": ctx.certificate_pem,
+            "certificate_fingerprint": ctx.certificate_fingerprint,
             "driver": env.get("driver", "lxc"),
             "driver_version": env.get("driver_version", ""),
             "firewall": "nftables",
@@ -88,9 +89,14 @@ def _os_release() -> dict[str, str]:
     return found
 
 
-@route("GET", "/1.0")
+@route("GET", "/1.0", untrusted=True)
 async def get_server(ctx: Context, request: Request) -> Response:
+    """The server: its configuration and environment (to a client whose certificate is not
+    trusted, only what it needs to ask for trust, as LXD)."""
     document = server_document(ctx)
+    if not request.trusted:
+        return sync({k: document[k] for k in ("api_extensions", "api_status", "api_version",
+                                              "public", "auth_methods")} | {"auth": "untrusted"})
     return sync(document, headers=etag(document["config"]))
 
 

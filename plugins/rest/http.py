@@ -94,6 +94,8 @@ class Request:
         self._body_done = False
         #: what the route matched, by name
         self.params: dict[str, str] = {}
+        #: whether the peer may use the whole API (set by the dispatcher)
+        self.trusted = True
 
     # --- the body -------------------------------------------------------------------------
 

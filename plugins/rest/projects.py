@@ -112,24 +112,3 @@ async def project_state(ctx: Context, request: Request) -> Response:
     usage = {"containers": len(ctx.ops.instances), "instances": len(ctx.ops.instances),
              "virtual-machines": 0, "networks": 0}
     return sync({"resources": {k: {"limit": -1, "usage": v} for k, v in usage.items()}})
-
-
-# --- certificates -----------------------------------------------------------------------------
-
-
-@route("GET", "/1.0/certificates")
-async def list_certificates(ctx: Context, request: Request) -> Response:
-    return sync([])
-
-
-@route("POST", "/1.0/certificates")
-async def add_certificate(ctx: Context, request: Request) -> Response:
-    await request.drain()
-    raise NotSupported("lxfs keeps no trusted certificates yet: it serves the local unix "
-                       "socket only (its peers are checked by uid and group); the trust "
-                       "store comes with the HTTPS listener")
-
-
-@route("GET", "/1.0/certificates/{fingerprint}")
-async def get_certificate(ctx: Context, request: Request) -> Response:
-    raise NotFound("Certificate not found")

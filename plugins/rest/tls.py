@@ -1,0 +1,228 @@
+"""TLS for the REST bridge's HTTPS listener: the server certificate, and a trio stream over
+pyOpenSSL that accepts any client certificate so that LXD's trust flows can run.
+
+Python's ``ssl`` module fails the handshake of a client whose self-signed certificate is not
+already trusted, but LXD's first contact is exactly that: an unknown client presents its
+certificate, reads ``GET /1.0`` as "untrusted", then ``POST /1.0/certificates`` with the trust
+password or a token. pyOpenSSL's ``set_verify`` callback accepts every certificate at the
+handshake; what a client may do is decided per request from its certificate's fingerprint
+(``plugins/rest/trust.py``). OpenSSL runs on memory BIOs: this module only moves bytes between
+them and the TCP stream (no TLS is implemented here).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+log = logging.getLogger("lxfs.rest")
+
+READ_SIZE = 65536
+HANDSHAKE_TIMEOUT = 10.0
+#: a server certificate lives this long (LXD: 10 years)
+CERT_DAYS = 3650
+
+
+def fingerprint(der: bytes) -> str:
+    """A certificate's fingerprint as LXD writes it: sha256 of its DER, in hex."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def certificate_der(pem: str | bytes) -> bytes:
+    """The DER form of a PEM certificate (or of base64 DER, as ``POST /1.0/certificates``
+    sends it); ValueError if it is neither."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        import base64
+
+        data = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(
+            base64.b64decode(data, validate=False)) + b"-----END CERTIFICATE-----\n"
+    cert = x509.load_pem_x509_certificate(data)
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def der_to_pem(der: bytes) -> str:
+    cert = x509.load_der_x509_certificate(der)
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def make_certificate(cert_path: Path, key_path: Path, common_name: str) -> None:
+    """A self-signed EC P-384 certificate and its key (mode 0600), written atomically, as
+    LXD makes ``server.crt``/``server.key`` at its first start."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxfs"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [x509.DNSName(socket.gethostname()),
+                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                         x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA384()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    _write_atomic(key_path, key_pem, 0o600)
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def server_context(cert_path: Path, key_path: Path) -> SSL.Context:
+    """TLS 1.2+ with the server's certificate, asking every client for its certificate
+    and accepting any (trust is decided per request), HTTP/1.1 by ALPN."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.use_certificate_chain_file(str(cert_path))
+    ctx.use_privatekey_file(str(key_path))
+    ctx.check_privatekey()
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
+    ctx.set_alpn_select_callback(_select_http11)
+    ctx.set_session_id(b"lxfs")
+    return ctx
+
+
+def _accept_any(_conn: SSL.Connection, _cert: crypto.X509, _errno: int, _depth: int,
+                _ok: int) -> bool:
+    return True
+
+
+def _select_http11(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+class TLSStream(trio.abc.Stream):
+    """A server-side TLS connection over ``transport``: OpenSSL on memory BIOs, the
+    ciphertext moved by trio. ``send_all`` and ``receive_some`` may run in two tasks at once
+    (a websocket's reader and writer): what OpenSSL produced is sent under one lock, in
+    order."""
+
+    def __init__(self, transport: trio.abc.Stream, context: SSL.Context) -> None:
+        self.transport = transport
+        self.conn = SSL.Connection(context, None)
+        self.conn.set_accept_state()
+        self._send_lock = trio.Lock()
+        self._receive_lock = trio.Lock()
+        self._eof = False
+        self.peer_der: bytes | None = None
+
+    async def handshake(self) -> None:
+        """Run the handshake (at most ``HANDSHAKE_TIMEOUT`` seconds); the client's
+        certificate, if it gave one, is then ``peer_der``."""
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            while True:
+                try:
+                    self.conn.do_handshake()
+                    break
+                except SSL.WantReadError:
+                    await self._flush()
+                    if not await self._fill():
+                        raise trio.BrokenResourceError(
+                            "the client closed during the handshake") from None
+        await self._flush()
+        cert = self.conn.get_peer_certificate()
+        if cert is not None:
+            self.peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+
+    async def _flush(self) -> None:
+        """Send what OpenSSL has written to its outgoing BIO."""
+        async with self._send_lock:
+            chunks = []
+            while True:
+                try:
+                    chunks.append(self.conn.bio_read(READ_SIZE))
+                except SSL.WantReadError:
+                    break
+            if chunks:
+                await self.transport.send_all(b"".join(chunks))
+
+    async def _fill(self) -> bool:
+        """Feed OpenSSL the next ciphertext; False at the transport's EOF."""
+        data = await self.transport.receive_some(READ_SIZE)
+        if not data:
+            self.conn.bio_shutdown()
+            return False
+        self.conn.bio_write(data)
+        return True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.conn.send(bytes(view[:16384]))
+            except SSL.WantReadError:  # a renegotiation would need input: TLS 1.2 only
+                await self._flush()
+                continue
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS: {exc}") from None
+            view = view[sent:]
+            await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        async with self._receive_lock:
+            while True:
+                if self._eof:
+                    return b""
+                try:
+                    return self.conn.recv(max_bytes or READ_SIZE)
+                except SSL.WantReadError:
+                    await self._flush()  # TLS 1.3 tickets, key updates
+                    try:
+                        more = await self._fill()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        more = False
+                    if not more:
+                        self._eof = True
+                except SSL.ZeroReturnError:  # close_notify
+                    self._eof = True
+                except SSL.SysCallError:  # EOF without close_notify
+                    self._eof = True
+                except SSL.Error as exc:
+                    raise trio.BrokenResourceError(f"TLS: {exc}") from None
+
+    async def aclose(self) -> None:
+        try:
+            with trio.move_on_after(1):
+                try:
+                    self.conn.shutdown()
+                except SSL.Error:
+                    pass
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport.aclose()
+
+
+def describe(peer: Any) -> str:
+    return f"certificate {fingerprint(peer)[:12]}" if isinstance(peer, bytes) else str(peer)

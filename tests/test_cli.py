@@ -1304,3 +1304,16 @@ def test_attach_errors_quote_what_liblxc_logged(tmp_path):
     assert cli_exec.attach_errors(str(log), start) == \
         "Failed to add seccomp listener; Failed to attach"
     assert cli_exec.attach_errors(str(tmp_path / "missing"), 0) == ""
+
+
+def test_attached_orphan_is_the_one_child_left():
+    code = (
+        "import subprocess, sys\n"
+        "from lxfs.cli.exec import attached_orphan\n"
+        "assert attached_orphan() is None\n"
+        "p = subprocess.Popen(['sleep', '5'])\n"
+        "assert attached_orphan() == p.pid, attached_orphan()\n"
+        "p.kill(); p.wait()\n"
+        "assert attached_orphan() is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -466,9 +466,27 @@ def _attach(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:
         log_start = 0
     pid = container.attach(attached_child, spec, **options)
     if pid is None or pid < 0:
+        orphan = attached_orphan()
+        if orphan is not None:
+            return orphan
         reason = attach_errors(log_path, log_start)
         raise CLIError("Failed to attach to the instance" + (f": {reason}" if reason else ""))
     return int(pid)
+
+
+def attached_orphan() -> int | None:
+    """The attached process of an attach that liblxc reported failed although the process
+    runs (it is ours: liblxc clones it with CLONE_PARENT). liblxc 5.0's attached process
+    sends its seccomp listener on the socket the transient process sends its pid on: when it
+    wins that race (seen under load, with seccomp interception), liblxc reads a wrong pid
+    and gives up, while the command runs on. Following it is then right; None when no child
+    is left (a real failure: nothing runs)."""
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    return children[0] if len(children) == 1 else None
 
 
 def attach_errors(log_path: str, start: int) -> str:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import subprocess
 from typing import Any
 
 import trio
@@ -77,8 +78,8 @@ async def serve_unix(host: Host, task_status: trio.TaskStatus[None] = trio.TASK_
             register(host, context.trust)
             try:
                 context.certificate_pem, context.certificate_fingerprint = \
-                    await trio.to_thread.run_sync(ensure_certificate, host)
-            except (OSError, ValueError) as exc:
+                    await ensure_certificate(host)
+            except (OSError, ValueError, subprocess.CalledProcessError) as exc:
                 log.error("no server certificate (%s): the HTTPS listener is off", exc)
             app = App(context)
             if context.certificate_pem:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import functools
 import logging
 import socket
-from typing import TYPE_CHECKING
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import trio
-from OpenSSL import SSL
 
 from .app import App
+from .certs import fingerprint, pem_to_der
 from .http import serve_connection
-from .tls import TLSStream, certificate_der, fingerprint, make_certificate, server_context
 from .trust import TlsPeer
 
 if TYPE_CHECKING:
@@ -44,25 +45,25 @@ def split_address(address: str) -> tuple[str | None, int]:
     return host, port
 
 
-def ensure_certificate(host: Host) -> tuple[str, str]:
-    """The server's certificate (made at the first start) as PEM, and its fingerprint."""
+async def ensure_certificate(host: Host) -> tuple[str, str]:
+    """The server's certificate as PEM, and its fingerprint; made at the first start, in a
+    process of its own (``certs.py``: the daemon itself never loads the key generation)."""
     cert_path, key_path = host.data_dir / CERT_NAME, host.data_dir / KEY_NAME
     if not cert_path.exists() or not key_path.exists():
-        make_certificate(cert_path, key_path, f"root@{socket.gethostname()}")
+        await trio.run_process([sys.executable, "-m", "lxfs_plugins.rest.certs", str(cert_path),
+                                str(key_path), f"root@{socket.gethostname()}"],
+                               capture_stdout=True, capture_stderr=True)
         log.info("made the server certificate %s", cert_path)
-    pem = cert_path.read_text()
-    return pem, fingerprint(certificate_der(pem))
+    pem = await trio.to_thread.run_sync(cert_path.read_text)
+    return pem, fingerprint(pem_to_der(pem))
 
 
 async def follow_address(host: Host, app: App, task_status: trio.TaskStatus[None] =
                          trio.TASK_STATUS_IGNORED) -> None:
-    """Listen where ``core.https_address`` says, for as long as the service runs."""
-    try:
-        context = server_context(host.data_dir / CERT_NAME, host.data_dir / KEY_NAME)
-    except (SSL.Error, OSError) as exc:
-        log.error("REST API: the server certificate cannot be used (%s): no HTTPS", exc)
-        task_status.started()
-        return
+    """Listen where ``core.https_address`` says, for as long as the service runs. TLS
+    (pyOpenSSL) is loaded when an address is first set."""
+    tls: ModuleType | None = None
+    context: Any = None
     current = ""
     scope: trio.CancelScope | None = None
     task_status.started()
@@ -75,9 +76,20 @@ async def follow_address(host: Host, app: App, task_status: trio.TaskStatus[None
                     scope = None
                     log.info("REST API: stopped listening on %s", current)
                 current = wanted
+                if wanted and tls is None:
+                    try:
+                        from . import tls  # noqa: PLC0415 - OpenSSL only once HTTPS is on
+
+                        context = tls.server_context(host.data_dir / CERT_NAME,
+                                                     host.data_dir / KEY_NAME)
+                    except Exception as exc:  # noqa: BLE001 - the daemon serves on
+                        tls = None
+                        log.error("REST API: no TLS (%s): the HTTPS listener is off", exc)
+                        host.set_error("", f"core.https_address: no TLS: {exc}")
+                        wanted = ""
                 if wanted:
                     try:
-                        scope = await nursery.start(_listen, app, context, wanted)
+                        scope = await nursery.start(_listen, app, tls, context, wanted)
                     except (OSError, ValueError) as exc:
                         message = f"cannot listen on {wanted}: {exc}"
                         log.error("REST API: %s", message)
@@ -85,7 +97,7 @@ async def follow_address(host: Host, app: App, task_status: trio.TaskStatus[None
             await host.operations.wait_server_config_change()
 
 
-async def _listen(app: App, context: SSL.Context, address: str,
+async def _listen(app: App, tls: ModuleType, context: Any, address: str,
                   task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
                   ) -> None:
     bind_host, port = split_address(address)
@@ -93,14 +105,15 @@ async def _listen(app: App, context: SSL.Context, address: str,
     with trio.CancelScope() as scope:
         log.info("REST API on https://%s", address)
         task_status.started(scope)
-        await trio.serve_listeners(functools.partial(_serve_tls, app, context), listeners)
+        await trio.serve_listeners(functools.partial(_serve_tls, app, tls, context),
+                                   listeners)
 
 
-async def _serve_tls(app: App, context: SSL.Context, tcp: trio.SocketStream) -> None:
-    stream = TLSStream(tcp, context)
+async def _serve_tls(app: App, tls: ModuleType, context: Any, tcp: trio.SocketStream) -> None:
+    stream = tls.TLSStream(tcp, context)
     try:
         await stream.handshake()
-    except (trio.BrokenResourceError, trio.TooSlowError, SSL.Error, OSError) as exc:
+    except (trio.BrokenResourceError, trio.TooSlowError, tls.SSL.Error, OSError) as exc:
         log.debug("REST: TLS handshake failed: %s", exc)
         await trio.aclose_forcefully(tcp)
         return

@@ -1,5 +1,5 @@
-"""TLS for the REST bridge's HTTPS listener: the server certificate, and a trio stream over
-pyOpenSSL that accepts any client certificate so that LXD's trust flows can run.
+"""TLS for the REST bridge's HTTPS listener: a trio stream over pyOpenSSL that accepts any
+client certificate so that LXD's trust flows can run (imported once HTTPS is enabled).
 
 Python's ``ssl`` module fails the handshake of a client whose self-signed certificate is not
 already trusted, but LXD's first contact is exactly that: an unknown client presents its
@@ -12,87 +12,16 @@ them and the TCP stream (no TLS is implemented here).
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import ipaddress
 import logging
-import os
-import socket
 from pathlib import Path
-from typing import Any
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
 log = logging.getLogger("lxfs.rest")
 
 READ_SIZE = 65536
 HANDSHAKE_TIMEOUT = 10.0
-#: a server certificate lives this long (LXD: 10 years)
-CERT_DAYS = 3650
-
-
-def fingerprint(der: bytes) -> str:
-    """A certificate's fingerprint as LXD writes it: sha256 of its DER, in hex."""
-    return hashlib.sha256(der).hexdigest()
-
-
-def certificate_der(pem: str | bytes) -> bytes:
-    """The DER form of a PEM certificate (or of base64 DER, as ``POST /1.0/certificates``
-    sends it); ValueError if it is neither."""
-    data = pem.encode() if isinstance(pem, str) else pem
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        import base64
-
-        data = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(
-            base64.b64decode(data, validate=False)) + b"-----END CERTIFICATE-----\n"
-    cert = x509.load_pem_x509_certificate(data)
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def der_to_pem(der: bytes) -> str:
-    cert = x509.load_der_x509_certificate(der)
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def make_certificate(cert_path: Path, key_path: Path, common_name: str) -> None:
-    """A self-signed EC P-384 certificate and its key (mode 0600), written atomically, as
-    LXD makes ``server.crt``/``server.key`` at its first start."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxfs"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    alt_names: list[x509.GeneralName] = [x509.DNSName(socket.gethostname()),
-                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                         x509.IPAddress(ipaddress.ip_address("::1"))]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
-            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(key, hashes.SHA384()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def server_context(cert_path: Path, key_path: Path) -> SSL.Context:
@@ -222,7 +151,3 @@ class TLSStream(trio.abc.Stream):
             pass
         finally:
             await self.transport.aclose()
-
-
-def describe(peer: Any) -> str:
-    return f"certificate {fingerprint(peer)[:12]}" if isinstance(peer, bytes) else str(peer)

@@ -24,8 +24,8 @@ from lxfs.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported
 from lxfs.nodes import Dir, File, Node, StaticDir
 
 from .app import Context, check_etag, etag, read_object, recursion, route, sync
+from .certs import certificate_der, common_name, der_to_pem, fingerprint
 from .http import HttpError, Request, Response
-from .tls import certificate_der, der_to_pem, fingerprint
 
 if TYPE_CHECKING:
     from lxfs.api import Host
@@ -198,20 +198,11 @@ async def add_certificate(ctx: Context, request: Request) -> Response:
     else:
         raise InvalidArgument("Can't use TLS data on non-TLS link")
     if not name:
-        name = _common_name(der)
+        name = common_name(der)
     record = await trust.add(der, name, cert_type, restricted, projects)
     ctx.host.events.lifecycle("certificate-created", f"/1.0/certificates/{record['fingerprint']}",
                               name=name)
     return sync(None, 201, [("Location", f"/1.0/certificates/{record['fingerprint']}")])
-
-
-def _common_name(der: bytes) -> str:
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    cert = x509.load_der_x509_certificate(der)
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
 
 
 @route("GET", "/1.0/certificates/{fingerprint}")
@@ -307,7 +298,7 @@ class CertificatesDir(Dir):
                 der = certificate_der(text)
             except ValueError:
                 raise InvalidArgument(f"{name}: not a PEM certificate") from None
-            record = await trust.add(der, _common_name(der))
+            record = await trust.add(der, common_name(der))
             self.srv.events.lifecycle("certificate-created",
                                       f"/1.0/certificates/{record['fingerprint']}")
 

@@ -4,7 +4,6 @@ raw requests, checked against the mount (and the reverse)."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_rest_instances_integration import UnixConnection, lxc
 
 pytestmark = pytest.mark.integration
 
@@ -23,34 +23,6 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lxd-
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def lxc(d, *args: str, input: str | None = None, check: bool = True,
-        env: dict[str, str] | None = None, timeout: float = 120
-        ) -> subprocess.CompletedProcess[str]:
-    """The real client on this daemon's socket (``LXD_DIR``), with a configuration of its
-    own (``LXD_CONF``)."""
-    conf = d.base / "lxc-conf"
-    conf.mkdir(exist_ok=True)
-    environ = dict(os.environ, LXD_DIR=str(d.data_dir), LXD_CONF=str(conf), **(env or {}))
-    result = subprocess.run(["lxc", *args], input=input, capture_output=True, text=True,
-                            env=environ, timeout=timeout,
-                            stdin=None if input is not None else subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise AssertionError(f"lxc {' '.join(args)} exited with {result.returncode}\n"
-                             f"stdout: {result.stdout}\nstderr: {result.stderr}")
-    return result
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 60) -> None:
-        super().__init__("lxd", timeout=timeout)
-        self.socket_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-
 
 def api(d, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
         ) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -30,13 +30,14 @@ FREE_MAPS = {"config", "expanded_config", "devices", "expanded_devices", "disk",
 
 # --- helpers -------------------------------------------------------------------------------
 
-def lxc(d, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+def lxc(d, *args: str, input: str | None = None, check: bool = True,
+        env: dict[str, str] | None = None, timeout: float = 120
         ) -> subprocess.CompletedProcess[str]:
     """The real client on this daemon's socket (``LXD_DIR``), with a configuration of its
     own (``LXD_CONF``)."""
     conf = d.base / "lxc-conf"
     conf.mkdir(exist_ok=True)
-    environ = dict(os.environ, LXD_DIR=str(d.data_dir), LXD_CONF=str(conf))
+    environ = dict(os.environ, LXD_DIR=str(d.data_dir), LXD_CONF=str(conf), **(env or {}))
     result = subprocess.run(["lxc", *args], input=input, capture_output=True, text=True,
                             env=environ, timeout=timeout,
                             stdin=None if input is not None else subprocess.DEVNULL)

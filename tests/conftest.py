@@ -200,9 +200,11 @@ class LxfsDaemon:
     """
 
     def __init__(
-        self, base: Path, extra_args: list[str] | None = None, log_level: str = "debug"
+        self, base: Path, extra_args: list[str] | None = None, log_level: str = "debug",
+        netns: str | None = None,
     ) -> None:
         self.base = base
+        self.netns = netns  # a network namespace (``ip netns``) the daemon runs in
         self.data_dir = base / "data"
         self.mount = base / "mnt"
         self.log_path = self.data_dir / "lxfsd.log"
@@ -237,6 +239,7 @@ class LxfsDaemon:
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
         cmd = [
+            *(["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []),
             *lxfsd_command(),
             "--data-dir",
             str(self.data_dir),
@@ -531,8 +534,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture
 def lxfs_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., LxfsDaemon]]:
-    """``start(extra_args=None, log_level="debug", env=None) -> LxfsDaemon``: start a daemon
-    (``env``: variables added to its environment) on a fresh
+    """``start(extra_args=None, log_level="debug", env=None, netns=None) -> LxfsDaemon``:
+    start a daemon (``env``: variables added to its environment; ``netns``: the network
+    namespace it runs in, as ``host_network`` makes them) on a fresh
     data dir and mount point, ready to use. All of them are torn down after the test; when the
     test failed, their log tails are printed (pytest shows them with the failure)."""
     problems = integration_problems()
@@ -542,8 +546,9 @@ def lxfs_daemon_factory(request: pytest.FixtureRequest) -> Iterator[Callable[...
     daemons: list[LxfsDaemon] = []
 
     def start(extra_args: list[str] | None = None, log_level: str = "debug",
-              env: dict[str, str] | None = None) -> LxfsDaemon:
-        daemon = LxfsDaemon(make_base_dir(), extra_args=extra_args, log_level=log_level)
+              env: dict[str, str] | None = None, netns: str | None = None) -> LxfsDaemon:
+        daemon = LxfsDaemon(make_base_dir(), extra_args=extra_args, log_level=log_level,
+                            netns=netns)
         daemon.env.update(env or {})
         daemons.append(daemon)  # registered first: torn down even if start fails
         return daemon.start()
@@ -629,3 +634,69 @@ def debian_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"debian.sh exited with {result.returncode}\n{result.stderr[-3000:]}",
                     pytrace=False)
     return Path(lines[-1])
+
+
+class HostNetwork:
+    """Network namespaces standing for hosts, on one bridge of the root namespace (a
+    subnet of 10.251.0.0/16, nothing routed or NATed out). ``add(name)`` makes one and
+    returns ``(netns, address)``; ``gateway`` is the bridge's address (the test's side)."""
+
+    def __init__(self, index: int) -> None:
+        self.tag = f"{os.getpid() % 10000}{index}"
+        self.bridge = f"lxfsmh{self.tag}"[:15]
+        self.subnet = f"10.251.{200 + index}"
+        self.gateway = f"{self.subnet}.1"
+        self.namespaces: list[str] = []
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge],
+                       check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    def add(self, name: str) -> tuple[str, str]:
+        n = len(self.namespaces) + 2
+        netns = f"lxfs-{name}-{self.tag}"
+        host_end, ns_end = f"vmh{self.tag}{n}"[:15], f"vmn{self.tag}{n}"[:15]
+        self.namespaces.append(netns)
+        address = f"{self.subnet}.{n}"
+        for cmd in (
+            ["ip", "netns", "add", netns],
+            ["ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end],
+            ["ip", "link", "set", host_end, "master", self.bridge, "up"],
+            ["ip", "link", "set", ns_end, "netns", netns],
+            ["ip", "-n", netns, "link", "set", "lo", "up"],
+            ["ip", "-n", netns, "link", "set", ns_end, "name", "eth0"],
+            ["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"],
+            ["ip", "-n", netns, "link", "set", "eth0", "up"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+        return netns, address
+
+    def teardown(self) -> None:
+        for netns in self.namespaces:
+            pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True,
+                                  text=True, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+
+
+@pytest.fixture
+def host_network() -> Iterator[Callable[[], HostNetwork]]:
+    """``make() -> HostNetwork``: namespaces for several hosts on one machine, removed after
+    the test (declare it before ``lxfs_daemon_factory``, so that daemons stop first)."""
+    networks: list[HostNetwork] = []
+
+    def make() -> HostNetwork:
+        network = HostNetwork(len(networks))
+        networks.append(network)
+        return network
+
+    try:
+        yield make
+    finally:
+        for network in networks:
+            network.teardown()

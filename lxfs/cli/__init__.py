@@ -30,9 +30,10 @@ COMMAND_MODULES = {
     "storage": "storage",
     "network": "network",
     "init": "init",
+    "remote": "remotes",
 }
 MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "console", "files",
-                "images", "storage", "network", "init")
+                "images", "storage", "network", "init", "remotes")
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -85,7 +86,7 @@ def _run(args_list: list[str]) -> int:
         from lxfs.cli import exec as exec_  # noqa: PLC0415
 
         fast = exec_.parse_fast(args_list[1:])
-        if fast is not None:
+        if fast is not None and ":" not in fast.name and not _default_remote_elsewhere():
             return exec_.run(fast)  # type: ignore[arg-type]
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
@@ -93,7 +94,41 @@ def _run(args_list: list[str]) -> int:
     if func is None:
         parser.print_help()
         return 0
+    from lxfs.cli.parser import command_word  # noqa: PLC0415 - imported by build_parser
+
+    word = command_word(args_list)
+    if word != "remote" and _may_name_remote(args_list):
+        from lxfs.cli.remote_commands import dispatch  # noqa: PLC0415
+
+        code = dispatch(args, word or "")
+        if code is not None:
+            return code
     return int(func(args) or 0)
+
+
+def _may_name_remote(argv: list[str]) -> bool:
+    """May ``argv`` name a remote: a ``WORD:`` argument before ``--``, or a default remote
+    other than ``local``? (Cheap: the common commands run with neither.)"""
+    for arg in argv:
+        if arg == "--":
+            break
+        if ":" in arg and not arg.startswith("-"):
+            return True
+    return _default_remote_elsewhere()
+
+
+def _default_remote_elsewhere() -> bool:
+    """Is the user's default remote another server? Read without YAML or pathlib."""
+    conf = os.environ.get("LXFS_CONF") or os.path.expanduser("~/.config/lxfs")
+    try:
+        with open(os.path.join(conf, "config.yml"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("default-remote:"):
+            return line.partition(":")[2].strip().strip("'\"") not in ("", "local")
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,10 +85,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             strip_local_remote(f)
             continue
         filters.append(strip_local_remote(f) if ":" in f else f)
+    print_images([image_object(mount, fp) for fp in mount.image_fingerprints()], filters,
+                 args.format)
+    return 0
+
+
+def print_images(images: list[dict[str, Any]], filters: list[str], fmt: str) -> None:
+    """Print images (LXD's ``/1.0/images?recursion=1`` objects, from the mount or a
+    remote) as ``lxc image list`` does, keeping those that match every filter."""
     objects = []
-    for fp in mount.image_fingerprints():
-        obj = image_object(mount, fp)
-        haystack = [fp, obj["properties"].get("description", "")]
+    for obj in images:
+        haystack = [obj["fingerprint"], obj["properties"].get("description", "")]
         haystack += [a["name"] for a in obj["aliases"]]
         if all(any(flt.lower() in h.lower() for h in haystack) for flt in filters):
             objects.append(obj)
@@ -108,9 +115,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     order = sorted(range(len(rows)), key=lambda i: (rows[i][0], objects[i]["fingerprint"]))
     rows = [rows[i] for i in order]
     objects = [objects[i] for i in order]
-    emit(args.format, ["ALIAS", "FINGERPRINT", "PUBLIC", "DESCRIPTION", "ARCHITECTURE", "TYPE",
-                       "SIZE", "UPLOAD DATE"], rows, objects)
-    return 0
+    emit(fmt, ["ALIAS", "FINGERPRINT", "PUBLIC", "DESCRIPTION", "ARCHITECTURE", "TYPE",
+               "SIZE", "UPLOAD DATE"], rows, objects)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -290,6 +296,27 @@ def _copy_out(mount: Mount, src: Path, dest: str) -> None:
                 g.write(chunk)
     except OSError as exc:
         raise CLIError(f"{exc.filename or dest}: {exc.strerror or exc}") from exc
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    """``lxfs image copy IMAGE local: [--alias A]``: on this host, the aliases only (copies
+    that involve other servers run in ``remote_commands``)."""
+    mount = Mount()
+    fp = mount.resolve_image(args.image)
+    for alias in args.alias or []:
+        target = mount.images / "aliases" / alias
+        mount.do(lambda t=target: os.symlink(fp, t), mount.images)
+    if args.public:
+        mount.write(mount.images / fp / "public", "true", mount.images)
+    print("Image copied successfully!")
+    return 0
+
+
+def pull_remote_image(remote: Any, image: str, aliases: list[str], public: bool = False,
+                      auto_update: bool = False) -> str:
+    """Bring ``image`` of an image server (``remote``: an lxd or simplestreams remote) into
+    this host's image store; its fingerprint."""
+    raise CLIError(f"copying images from {remote.name}: to this host is not supported yet")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -506,6 +533,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.set_defaults(func=cmd_export)
+
+    p = isub.add_parser("copy", aliases=["cp"], help="Copy images between servers: "
+                        "SRC:IMAGE DST: (lxfs remote list)")
+    p.add_argument("image", metavar="[REMOTE:]IMAGE")
+    p.add_argument("targets", metavar="REMOTE:", nargs="+")
+    p.add_argument("--alias", action="append", metavar="ALIAS", help="an alias on the target")
+    p.add_argument("--public", action="store_true", help="make the image public on the target")
+    p.add_argument("--auto-update", action="store_true", help="keep it updated (pulled images)")
+    p.set_defaults(func=cmd_copy)
 
     p = isub.add_parser("delete", aliases=["rm"], help="Delete images")
     p.add_argument("images", metavar="IMAGE", nargs="+")

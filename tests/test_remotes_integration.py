@@ -1,0 +1,162 @@
+"""Remotes: two lxfs hosts, each a daemon in its own network namespace, driven from one
+``lxfs`` command (``lxfs remote add``, ``lxfs list host2:``, ``lxfs launch host2:busybox
+host2:c1``, ``lxfs exec host2:c1``, ``lxfs image copy local:busybox host2:``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import CLIError, HostNetwork, LxfsDaemon
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "two hosts"
+
+
+def reachable(address: str, port: int = 8443) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def serve_https(daemon: LxfsDaemon, address: str) -> None:
+    daemon.write("config/core.trust_password", PASSWORD)
+    daemon.write("config/core.https_address", f"{address}:8443")
+    deadline = time.monotonic() + 20
+    while not reachable(address):
+        assert time.monotonic() < deadline, f"{address}:8443 never answered"
+        time.sleep(0.1)
+
+
+class User:
+    """One user's ``lxfs`` command on one host: its own remotes (LXFS_CONF)."""
+
+    def __init__(self, daemon: LxfsDaemon, conf: Path) -> None:
+        self.daemon = daemon
+        self.env = {**daemon.env, "LXFS_CONF": str(conf)}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+        from conftest import lxfs_cli_command
+
+        cmd = [*lxfs_cli_command(), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise CLIError(done.returncode, cmd, done.stdout, done.stderr)
+        return done
+
+
+@pytest.fixture
+def two_hosts(host_network: Callable[[], HostNetwork],
+              lxfs_daemon_factory: Callable[..., LxfsDaemon], busybox_image: Path,
+              tmp_path: Path) -> tuple[User, User, str, str]:
+    network = host_network()
+    ns1, addr1 = network.add("h1")
+    ns2, addr2 = network.add("h2")
+    host1 = lxfs_daemon_factory(netns=ns1)
+    host2 = lxfs_daemon_factory(netns=ns2)
+    host1.cli("image", "import", busybox_image, "--alias", "busybox", timeout=120)
+    serve_https(host1, addr1)
+    serve_https(host2, addr2)
+    return User(host1, tmp_path / "conf1"), User(host2, tmp_path / "conf2"), addr1, addr2
+
+
+def test_remote_list_has_the_defaults(lxfs_daemon: LxfsDaemon, tmp_path: Path) -> None:
+    user = User(lxfs_daemon, tmp_path / "conf")
+    listing = json.loads(user.run("remote", "list", "--format", "json").stdout)
+    assert set(listing) == {"local", "images", "ubuntu"}
+    assert listing["images"]["protocol"] == "simplestreams"
+    assert user.run("remote", "get-default").stdout.strip() == "local"
+    # an image server has no instances; a remote nobody added is named as such
+    done = user.run("list", "images:", check=False)
+    assert done.returncode == 1 and "image server" in done.stderr
+    done = user.run("list", "nowhere:", check=False)
+    assert done.returncode == 1 and "Remote nowhere doesn't exist" in done.stderr
+    # the static remote cannot go; nothing unreachable is added
+    done = user.run("remote", "remove", "local", check=False)
+    assert done.returncode == 1 and "static" in done.stderr
+    done = user.run("remote", "add", "x", "https://127.0.0.1:9", "--accept-certificate",
+                    check=False)
+    assert done.returncode == 1 and "cannot reach" in done.stderr
+    assert "x" not in json.loads(user.run("remote", "list", "-f", "json").stdout)
+
+
+def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
+    user1, user2, addr1, addr2 = two_hosts
+    # both ways
+    user1.run("remote", "add", "host2", addr2, "--accept-certificate", "--password", PASSWORD)
+    user2.run("remote", "add", "host1", f"https://{addr1}:8443", "--accept-certificate",
+              "--password", PASSWORD)
+    listing = json.loads(user1.run("remote", "list", "-f", "json").stdout)
+    assert listing["host2"]["addr"] == f"https://{addr2}:8443"
+    assert json.loads(user2.run("list", "host1:", "-f", "json").stdout) == []
+
+    # an image of this host copied to the other, then an instance launched there
+    user1.run("image", "copy", "local:busybox", "host2:", "--alias", "busybox")
+    images = json.loads(user1.run("image", "list", "host2:", "-f", "json").stdout)
+    assert [a["name"] for a in images[0]["aliases"]] == ["busybox"]
+    assert images[0]["fingerprint"] == user1.daemon.read("images/aliases/busybox/fingerprint")
+    user1.run("launch", "host2:busybox", "host2:c1")
+    rows = json.loads(user1.run("list", "host2:", "-f", "json").stdout)
+    assert [(r["name"], r["status"]) for r in rows] == [("c1", "Running")]
+    # ... which is host2's own, on its mount, and not host1's
+    assert user2.daemon.read("instances/c1/state") == "RUNNING"
+    assert not user1.daemon.path("instances", "c1").exists()
+
+    done = user1.run("exec", "host2:c1", "--", "sh", "-c", "echo out; echo err >&2; exit 3",
+                     check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n"), done.stderr
+    done = subprocess.run(
+        [*__import__("conftest").lxfs_cli_command(), "exec", "host2:c1", "--", "cat"],
+        input="piped in\n", capture_output=True, text=True, env=user1.env, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "piped in\n")
+    assert "c1" in user1.run("info", "host2:c1").stdout
+
+    # the default remote
+    user1.run("remote", "switch", "host2")
+    assert user1.run("remote", "get-default").stdout.strip() == "host2"
+    assert [r["name"] for r in json.loads(user1.run("list", "-f", "json").stdout)] == ["c1"]
+    assert json.loads(user1.run("list", "local:", "-f", "json").stdout) == []
+    user1.run("remote", "switch", "local")
+
+    user1.run("stop", "host2:c1", "--force")
+    assert user2.daemon.read("instances/c1/state") == "STOPPED"
+    user1.run("delete", "host2:c1")
+    assert not user2.daemon.path("instances", "c1").exists()
+
+    # rename, set-url, remove
+    user1.run("remote", "rename", "host2", "second")
+    assert json.loads(user1.run("list", "second:", "-f", "json").stdout) == []
+    user1.run("remote", "set-url", "second", f"https://{addr2}:8443")
+    user1.run("remote", "remove", "second")
+    done = user1.run("list", "second:", check=False)
+    assert done.returncode == 1 and "doesn't exist" in done.stderr
+
+
+def test_untrusted_and_changed_certificates(two_hosts: tuple[User, User, str, str],
+                                            tmp_path: Path) -> None:
+    user1, user2, _addr1, addr2 = two_hosts
+    done = user1.run("remote", "add", "host2", addr2, "--accept-certificate", "--password",
+                     "wrong", check=False)
+    assert done.returncode == 1
+    assert "host2" not in json.loads(user1.run("remote", "list", "-f", "json").stdout)
+    done = user1.run("remote", "add", "host2", addr2, "--accept-certificate", check=False)
+    assert done.returncode == 1 and "--password" in done.stderr
+    # a pinned certificate that no longer matches: refused, never silently accepted
+    user1.run("remote", "add", "host2", addr2, "--accept-certificate", "--password", PASSWORD)
+    pinned = Path(user1.env["LXFS_CONF"]) / "servercerts" / "host2.crt"
+    other = user1.daemon.data_dir / "server.crt"
+    pinned.write_text(other.read_text())
+    done = user1.run("list", "host2:", check=False)
+    assert done.returncode == 1 and "certificate of remote host2" in done.stderr
+    assert os.stat(pinned).st_mode & 0o077 == 0

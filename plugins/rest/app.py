@@ -233,6 +233,9 @@ class App:
             request.trusted = self.context.trusted(request.conn.peer)
             if not request.trusted and not candidate.untrusted:
                 return error(403, "not authorized")
+            if request.trusted and self.context.trust is not None and \
+                    not self.context.trust.allows(request, candidate):
+                return error(403, "not authorized")  # a restricted certificate
             try:
                 response = await candidate.endpoint(self.context, request)
                 await self.context.ops.settle_changes()  # the mount agrees with the answer

@@ -55,6 +55,14 @@ def certificate_der(text: str | bytes) -> bytes:
     return der
 
 
+def certificate_validity(der: bytes) -> tuple[float, float]:
+    """A certificate's notBefore and notAfter, in seconds since the epoch."""
+    from cryptography import x509  # noqa: PLC0415
+
+    cert = x509.load_der_x509_certificate(der)
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
 def common_name(der: bytes) -> str:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.x509.oid import NameOID  # noqa: PLC0415

@@ -46,4 +46,8 @@ IMPLEMENTED: list[str] = [
     "event_location",
     "api_filtering",
     "instance_all_projects",
+    "certificate_update",
+    "certificate_project",
+    "certificate_token",
+    "remote_token_expiry",
 ]

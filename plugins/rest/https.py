@@ -117,4 +117,5 @@ async def _serve_tls(app: App, tls: ModuleType, context: Any, tcp: trio.SocketSt
         log.debug("REST: TLS handshake failed: %s", exc)
         await trio.aclose_forcefully(tcp)
         return
-    await serve_connection(stream, app, peer=TlsPeer(stream.peer_der))  # closes it
+    peer = TlsPeer(stream.peer_der, stream.peer_not_before, stream.peer_not_after)
+    await serve_connection(stream, app, peer=peer)  # closes it

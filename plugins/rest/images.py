@@ -52,6 +52,7 @@ from .app import (
     sync,
 )
 from .http import MAX_JSON_BODY, HttpError, Request, Response
+from .trust import image_secret_valid, start_image_secret
 
 if TYPE_CHECKING:
     from lxfs.model import Image
@@ -476,13 +477,16 @@ async def read_json_body(first: bytes, chunks: AsyncIterator[bytes]) -> Any:
 
 # --- /1.0/images ---------------------------------------------------------------------------
 
-@route("GET", "/1.0/images")
+@route("GET", "/1.0/images", untrusted=True)
 async def list_images(ctx: Context, request: Request) -> Response:
-    """Images: their URLs, or (recursion=1) their documents; ``filter`` as LXD."""
+    """Images: their URLs, or (recursion=1) their documents; ``filter`` as LXD.
+
+    An untrusted client sees the public ones only."""
     check_project(ctx, request)
     clauses = parse_filter(request.query.get("filter", ""))
     documents = [image_document(ctx, image)
-                 for _fp, image in sorted(ctx.ops.images.items())]
+                 for _fp, image in sorted(ctx.ops.images.items())
+                 if request.trusted or image.public]
     documents = [d for d in documents if matches(d, clauses)]
     if recursion(request):
         return sync(documents)
@@ -642,11 +646,16 @@ async def create_alias(ctx: Context, request: Request) -> Response:
     return sync(None, 201, [("Location", alias_url(name))])
 
 
-@route("GET", "/1.0/images/aliases/{name}")
+@route("GET", "/1.0/images/aliases/{name}", untrusted=True)
 async def get_alias(ctx: Context, request: Request) -> Response:
-    """An alias (``name``, ``target``, ``description``, ``type``), with its ETag."""
+    """An alias (``name``, ``target``, ``description``, ``type``), with its ETag.
+
+    An untrusted client sees only the aliases of public images."""
     check_project(ctx, request)
     document = alias_document(ctx, find_alias(ctx, request.params["name"]))
+    image = ctx.ops.images.get(document["target"])
+    if not request.trusted and (image is None or not image.public):
+        raise HttpError(404, "Image alias not found")
     return sync(document, headers=etag(document))
 
 
@@ -707,11 +716,26 @@ async def delete_alias(ctx: Context, request: Request) -> Response:
 
 # --- /1.0/images/{fingerprint} -------------------------------------------------------------
 
-@route("GET", "/1.0/images/{fingerprint}")
-async def get_image(ctx: Context, request: Request) -> Response:
-    """An image's document, with LXD's ETag (public, auto_update, properties)."""
-    check_project(ctx, request)
+def visible_image(ctx: Context, request: Request) -> Image:
+    """The image a request names, if the client may see it: a trusted client any, an
+    untrusted one a public image or a private one with its ``?secret=`` (which this use
+    ends, as LXD's: it works until its operation is gone)."""
     image = find_image(ctx, request.params["fingerprint"])
+    allowed = image_secret_valid(ctx, image.fingerprint, request.query.get("secret", ""))
+    if not image.public and not request.trusted and not allowed:
+        raise HttpError(404, "Image not found")
+    return image
+
+
+@route("GET", "/1.0/images/{fingerprint}", untrusted=True,
+       query={"secret": {"type": "string"}})
+async def get_image(ctx: Context, request: Request) -> Response:
+    """An image's document, with LXD's ETag (public, auto_update, properties).
+
+    An untrusted client sees a public image, or a private one with a secret from ``POST
+    .../secret``."""
+    check_project(ctx, request)
+    image = visible_image(ctx, request)
     return sync(image_document(ctx, image), headers=etag(image_etag_source(image)))
 
 
@@ -829,6 +853,17 @@ async def refresh_image(ctx: Context, request: Request) -> Response:
                                work)
 
 
+@route("POST", "/1.0/images/{fingerprint}/secret")
+async def image_secret(ctx: Context, request: Request) -> Response:
+    """A single-use secret for an untrusted client to read this image.
+
+    ``?secret=`` on the image and its export; an operation of class ``token`` whose
+    metadata is ``secret``, as LXD's (``lxc image copy`` from a private image asks for
+    one)."""
+    check_project(ctx, request)
+    return start_image_secret(ctx, find_image(ctx, request.params["fingerprint"]).fingerprint)
+
+
 # --- exports -------------------------------------------------------------------------------
 
 def _extension(path: Path) -> str:
@@ -892,11 +927,14 @@ def _form_part(boundary: str, name: str, filename: str, first: bool) -> bytes:
             "Content-Type: application/octet-stream\r\n\r\n").encode()
 
 
-@route("GET", "/1.0/images/{fingerprint}/export")
+@route("GET", "/1.0/images/{fingerprint}/export", untrusted=True,
+       query={"secret": {"type": "string"}})
 async def export_image(ctx: Context, request: Request) -> Response:
-    """The image's files as stored: byte for byte what was imported."""
+    """The image's files as stored: byte for byte what was imported.
+
+    To an untrusted client: a public image, or a private one with its secret."""
     check_project(ctx, request)
-    image = find_image(ctx, request.params["fingerprint"])
+    image = visible_image(ctx, request)
     fp = image.fingerprint
     meta, rootfs = ctx.ops.images_dir / fp, ctx.ops.images_dir / f"{fp}.rootfs"
     try:

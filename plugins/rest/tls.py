@@ -12,7 +12,9 @@ them and the TCP stream (no TLS is implemented here).
 
 from __future__ import annotations
 
+import calendar
 import logging
+import time
 from pathlib import Path
 
 import trio
@@ -43,6 +45,17 @@ def _accept_any(_conn: SSL.Connection, _cert: crypto.X509, _errno: int, _depth: 
     return True
 
 
+def asn1_time(value: bytes | None) -> float:
+    """An X.509 time as OpenSSL gives it (``YYYYMMDDhhmmssZ``), in seconds since the epoch
+    (0 when there is none or it cannot be read)."""
+    if not value:
+        return 0.0
+    try:
+        return calendar.timegm(time.strptime(value.decode("ascii"), "%Y%m%d%H%M%SZ"))
+    except (UnicodeDecodeError, ValueError):
+        return 0.0
+
+
 def _select_http11(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
     return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
@@ -61,6 +74,9 @@ class TLSStream(trio.abc.Stream):
         self._receive_lock = trio.Lock()
         self._eof = False
         self.peer_der: bytes | None = None
+        #: the client certificate's validity (seconds since the epoch; 0: not known)
+        self.peer_not_before = 0.0
+        self.peer_not_after = 0.0
 
     async def handshake(self) -> None:
         """Run the handshake (at most ``HANDSHAKE_TIMEOUT`` seconds); the client's
@@ -79,6 +95,8 @@ class TLSStream(trio.abc.Stream):
         cert = self.conn.get_peer_certificate()
         if cert is not None:
             self.peer_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            self.peer_not_before = asn1_time(cert.get_notBefore())
+            self.peer_not_after = asn1_time(cert.get_notAfter())
 
     async def _flush(self) -> None:
         """Send what OpenSSL has written to its outgoing BIO."""

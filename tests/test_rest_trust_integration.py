@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +395,114 @@ def export_bytes(port: int, path: str, cert: tuple[Path, Path]) -> bytes:
     finally:
         conn.close()
 
+
+
+# --- the real LXD pulls from lxfs -------------------------------------------------------------
+
+class Veth:
+    """A veth pair from this namespace into another process's network namespace, with a
+    /30 of 10.251.0.0/16 that no route of the host uses yet; removed by ``remove``."""
+
+    def __init__(self, pid: int) -> None:
+        tag = os.getpid() % 100000
+        self.host_end, self.peer_end = f"lxfst{tag}h", f"lxfst{tag}p"
+        routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"],
+                                capture_output=True, text=True, check=True).stdout
+        third = next(n for n in range(150, 190) if f"10.251.{n}." not in routes)
+        self.host_address, self.peer_address = f"10.251.{third}.1", f"10.251.{third}.2"
+        self.pid = pid
+
+    def add(self) -> None:
+        def run(*cmd: str) -> None:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+        run("ip", "link", "add", self.host_end, "type", "veth", "peer", "name", self.peer_end)
+        run("ip", "link", "set", self.peer_end, "netns", str(self.pid))
+        run("ip", "address", "add", f"{self.host_address}/30", "dev", self.host_end)
+        run("ip", "link", "set", self.host_end, "up")
+        inside = ("nsenter", "-t", str(self.pid), "-n")
+        run(*inside, "ip", "address", "add", f"{self.peer_address}/30", "dev", self.peer_end)
+        run(*inside, "ip", "link", "set", self.peer_end, "up")
+
+    def remove(self) -> None:
+        # the peer end goes with its namespace, or with the host end
+        subprocess.run(["ip", "link", "del", self.host_end], capture_output=True, check=False)
+
+
+@pytest.fixture
+def isolated_lxd():
+    """Debian's LXD 5.0.2, started isolated as ``bench/`` starts it (its own LXD_DIR, its
+    own network namespace), and a veth pair into that namespace; all removed afterwards,
+    even on failure."""
+    from conftest import REPO
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.lxd import start_isolated_lxd
+
+    with ExitStack() as stack:
+        lxd = start_isolated_lxd(stack, {})
+        veth = Veth(lxd.daemon_pid)
+        stack.callback(veth.remove)
+        veth.add()
+        yield lxd, veth
+
+
+def test_lxd_pulls_a_public_image_from_lxfs(daemon_with_busybox, isolated_lxd, tmp_path):
+    d = daemon_with_busybox
+    lxd, veth = isolated_lxd
+    port = free_port()
+    address = f"{veth.host_address}:{port}"
+    d.write("config", "core.https_address", address)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["curl", "-k", "-s", "-o", "/dev/null", f"https://{address}/"],
+                         timeout=10).returncode != 0:
+        assert time.monotonic() < deadline, d.read("error")
+        time.sleep(0.1)
+    status, doc, _ = api(d, "GET", "/1.0/images/aliases/busybox")
+    fp = doc["metadata"]["target"]
+    status, doc, _ = api(d, "PATCH", f"/1.0/images/{fp}", {"public": True})
+    assert status == 200, doc
+    # LXD's daemon reaches lxfs from its namespace, over the veth only
+    reach = subprocess.run(["nsenter", "-t", str(lxd.daemon_pid), "-n", "curl", "-k", "-s",
+                            f"https://{address}/1.0"], capture_output=True, text=True,
+                           timeout=30)
+    assert json.loads(reach.stdout)["metadata"]["auth"] == "untrusted", reach
+    lxd.cli("remote", "add", "lxfs", f"https://{address}", "--public", "--accept-certificate")
+    assert "busybox" in lxd.cli("image", "list", "lxfs:")
+    lxd.cli("image", "copy", "lxfs:busybox", "local:", "--alias", "from-lxfs")
+    copied = json.loads(lxd.cli("query", "/1.0/images/aliases/from-lxfs"))
+    assert copied["target"] == fp
+    image = json.loads(lxd.cli("query", f"/1.0/images/{fp}"))
+    assert image["fingerprint"] == fp and image["size"] > 0
+    # an instance from lxfs's image, straight from the remote (LXD caches it): LXD runs it
+    lxd.cli("image", "delete", "from-lxfs")
+    lxd.cli("launch", "lxfs:busybox", "c1")
+    assert json.loads(lxd.cli("query", "/1.0/instances/c1"))["status"] == "Running"
+    assert lxd.cli("exec", "c1", "--", "echo", "pulled from lxfs") == "pulled from lxfs\n"
+    cached = json.loads(lxd.cli("query", f"/1.0/images/{fp}"))
+    assert cached["cached"] is True
+    assert cached["update_source"]["server"] == f"https://{address}"
+    assert cached["update_source"]["protocol"] == "lxd"
+    lxd.cli("delete", "--force", "c1")
+    lxd.cli("image", "delete", fp)
+    # a private image: refused to the untrusted client; once LXD's client joins lxfs with a
+    # token, it asks lxfs for a secret, and LXD's daemon downloads with it
+    status, doc, _ = api(d, "PATCH", f"/1.0/images/{fp}", {"public": False})
+    assert status == 200, doc
+    refused = run_lxc(lxd.env, "image", "copy", "lxfs:busybox", "local:")
+    assert refused.returncode != 0, refused
+    admin = client(tmp_path, "admin", d)
+    admin("remote", "add", "lxfs", f"unix://{d.data_dir / 'unix.socket'}")
+    admin("remote", "switch", "lxfs")
+    lxd.cli("remote", "add", "lxfs-trusted", make_token(admin, "lxd-host"))
+    lxd.cli("image", "copy", "lxfs-trusted:busybox", "local:", "--alias", "private-copy")
+    copied = json.loads(lxd.cli("query", "/1.0/images/aliases/private-copy"))
+    assert copied["target"] == fp
+    secrets_used = [op for ops in api(d, "GET", "/1.0/operations?recursion=1")[1]["metadata"]
+                    .values() for op in ops if op["description"] == "Image download token"]
+    assert all(op["status"] == "Cancelled" for op in secrets_used)  # used up
+
+
+def run_lxc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["lxc", *args], env=env, capture_output=True, text=True, timeout=300)

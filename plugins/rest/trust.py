@@ -323,6 +323,9 @@ async def add_certificate(ctx: Context, request: Request) -> Response:
             der = certificate_der(text)
         except ValueError:
             raise InvalidArgument("certificate: not a valid X.509 certificate") from None
+        if not trust.is_admin(peer) and (not isinstance(peer, TlsPeer) or
+                                         fingerprint(der) != peer.fingerprint):
+            raise HttpError(403, "not authorized")  # only its own, unlike LXD
     elif isinstance(peer, TlsPeer) and peer.der:
         der = peer.der
     else:

@@ -1021,7 +1021,6 @@ class Server:
                 await self.delete_instance(inst.name)
             except LxfsError as exc:
                 log.error("could not delete ephemeral instance %s: %s", inst.name, exc)
-            self.on_change("instance-deleted", inst.name)
 
     async def delete_instance(self, name: str) -> None:
         inst = self.instance(name)
@@ -1048,6 +1047,7 @@ class Server:
             del self.instances[name]
             self.errors.pop(name, None)
         self._locks.pop(name, None)
+        self.on_change("instance-deleted", name)  # deleted by REST: the mount forgets it too
         await in_thread(lambda: self.hook.lxfs_instance_post_delete(host=self.api, instance=inst))
         self.events.lifecycle("instance-deleted", f"/1.0/instances/{name}")
 
@@ -1122,6 +1122,7 @@ class Server:
             self.instances[new] = self.instances.pop(old)
             self.errors[new] = self.errors.pop(old, "")
         self._locks.pop(old, None)
+        self.on_change("instance-deleted", old)  # renamed by REST: the old name is gone
         self.events.lifecycle("instance-renamed", f"/1.0/instances/{new}", old_name=old)
 
     def _rename_files(self, inst: Instance, old: str, new: str) -> None:

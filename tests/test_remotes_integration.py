@@ -56,6 +56,43 @@ class User:
         return done
 
 
+def interactive_exec(user: User, name: str, keys: bytes, size: tuple[int, int]
+                     ) -> tuple[int, str]:
+    """``lxfs exec NAME -- sh`` on a terminal of ``size`` (rows, columns): the exit code and
+    the last line the shell printed before it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from conftest import lxfs_cli_command
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    proc = subprocess.Popen([*lxfs_cli_command(), "exec", name, "--", "sh"], stdin=slave,
+                            stdout=slave, stderr=slave, env=user.env, start_new_session=True)
+    os.close(slave)
+    output = b""
+    sent = False
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        import select
+
+        if not sent and b"# " in output:  # the prompt: the shell reads its input now
+            os.write(master, keys)
+            sent = True
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                output += os.read(master, 65536)
+            except OSError:
+                break
+    code = proc.wait(timeout=10)
+    os.close(master)
+    lines = [line for line in output.decode(errors="replace").splitlines()
+             if line.strip() and "exit 5" not in line and "stty" not in line]
+    return code, lines[-1].strip() if lines else ""
+
+
 @pytest.fixture
 def two_hosts(host_network: Callable[[], HostNetwork],
               lxfs_daemon_factory: Callable[..., LxfsDaemon], busybox_image: Path,
@@ -121,6 +158,24 @@ def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
         input="piped in\n", capture_output=True, text=True, env=user1.env, timeout=60)
     assert (done.returncode, done.stdout) == (0, "piped in\n")
     assert "c1" in user1.run("info", "host2:c1").stdout
+    assert interactive_exec(user1, "host2:c1", b"stty size; exit 5\n", (33, 101)) \
+        == (5, "33 101")
+
+    # snapshots, config, files
+    user1.run("snapshot", "host2:c1", "snap0")
+    assert user2.daemon.path("instances", "c1", "snapshots", "snap0").is_dir()
+    user1.run("config", "set", "host2:c1", "user.note", "set from host1")
+    assert user2.daemon.read("instances/c1/config/user.note") == "set from host1"
+    assert user1.run("config", "get", "host2:c1", "user.note").stdout == "set from host1\n"
+    user1.run("config", "unset", "host2:c1", "user.note")
+    assert not user2.daemon.path("instances", "c1", "config", "user.note").exists()
+    local_file = Path(user1.env["LXFS_CONF"]).parent / "hello.txt"
+    local_file.write_text("hello from host1\n")
+    user1.run("file", "push", str(local_file), "host2:c1/root/hello.txt")
+    assert user1.run("exec", "host2:c1", "--", "cat", "/root/hello.txt").stdout \
+        == "hello from host1\n"
+    assert user1.run("file", "pull", "host2:c1/root/hello.txt", "-").stdout \
+        == "hello from host1\n"
 
     # the default remote
     user1.run("remote", "switch", "host2")

@@ -23,7 +23,13 @@ REF_FIELDS: dict[str, tuple[str, ...]] = {
     "list": ("filters",), "ls": ("filters",), "info": ("name",),
     **dict.fromkeys(("start", "stop", "restart", "freeze", "pause", "unfreeze"), ("names",)),
     "delete": ("names",), "rm": ("names",), "exec": ("name",),
+    "snapshot": ("name",), "restore": ("name",), "move": ("old", "new"), "mv": ("old", "new"),
+    "rename": ("old", "new"),
 }
+CONFIG_REF_FIELDS: dict[str, tuple[str, ...]] = {
+    "get": ("args",), "set": ("args",), "unset": ("args",), "show": ("name",),
+}
+FILE_REF_FIELDS: dict[str, tuple[str, ...]] = {"push": ("target",), "pull": ("sources",)}
 IMAGE_REF_FIELDS: dict[str, tuple[str, ...]] = {
     "list": ("filters",), "ls": ("filters",), "copy": ("image", "targets"),
     "cp": ("image", "targets"), "info": ("image",), "show": ("image",),
@@ -31,9 +37,19 @@ IMAGE_REF_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _subcommand(args: Any, command: str) -> str:
+    attr = {"image": "image_command", "config": "config_command", "file": "file_command"}
+    return getattr(args, attr[command], "") or "" if command in attr else ""
+
+
 def _fields(args: Any, command: str) -> tuple[str, ...]:
+    sub = _subcommand(args, command)
     if command == "image":
-        return IMAGE_REF_FIELDS.get(getattr(args, "image_command", "") or "", ())
+        return IMAGE_REF_FIELDS.get(sub, ())
+    if command == "config":
+        return CONFIG_REF_FIELDS.get(sub, ())
+    if command == "file":
+        return FILE_REF_FIELDS.get(sub, ())
     return REF_FIELDS.get(command, ())
 
 
@@ -52,6 +68,8 @@ def dispatch(args: Any, command: str) -> int | None:
             if field == "filters" and ":" in item and not item.endswith(":") \
                     and item.partition(":")[0] not in config.remotes:
                 continue  # a key:value filter
+            if field == "args" and (i > 0 or ":" not in item):
+                continue  # config get/set: only the first word may name an instance
             remote, name = split_remote(item, config)
             refs.append((field, remote, name, i if isinstance(value, list) else None))
     remotes = {r for _, r, _, _ in refs} or {config.default_remote}
@@ -59,7 +77,8 @@ def dispatch(args: Any, command: str) -> int | None:
                              and _instance_remote(refs, config) == LOCAL):
         _strip_local(args, refs)  # the mount (a remote image for a local instance: the
         return None               # mount's own pull path handles it)
-    handler = HANDLERS.get(command if command != "image" else f"image {args.image_command}")
+    sub = _subcommand(args, command)
+    handler = HANDLERS.get(f"{command} {sub}" if sub else command)
     if handler is None:
         raise CLIError(f"`lxfs {command}` works on this host only (the remote "
                        f"{sorted(remotes - {LOCAL})[0]}: is not supported by it yet)")
@@ -413,9 +432,7 @@ def _pump_in(ws: Any, fd: int) -> None:
 
 
 def _finish(server: Any, operation: str) -> int:
-    op = server.request("GET", f"{operation}/wait?timeout=-1").get("metadata") or {}
-    if op.get("status") != "Success":
-        raise CLIError(op.get("err") or "exec failed")
+    op = server.wait(operation)
     return int((op.get("metadata") or {}).get("return", 0))
 
 
@@ -437,33 +454,54 @@ def _exec_pipes(server: Any, operation: str, streams: dict[int, Any], control: A
 
 
 def _exec_interactive(server: Any, operation: str, pty_ws: Any, control: Any) -> int:
+    """Relay the terminal and websocket ``0`` in one thread (both directions share one TLS
+    connection), window sizes on ``control``, until the server closes ``0``."""
     import json  # noqa: PLC0415
+    import selectors  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import termios  # noqa: PLC0415
-    import threading  # noqa: PLC0415
     import tty  # noqa: PLC0415
 
     saved = termios.tcgetattr(0) if os.isatty(0) else None
+    resized = []
 
     def on_winch(_sig: int, _frame: Any) -> None:
-        size = os.get_terminal_size(sys.stdout.fileno())
-        control.send_text(json.dumps({"command": "window-resize", "args": {
-            "width": str(size.columns), "height": str(size.lines)}}))
+        resized.append(True)
 
     previous = signal.signal(signal.SIGWINCH, on_winch)
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ, "stdin")
+    selector.register(pty_ws.sock, selectors.EVENT_READ, "ws")
     try:
         if saved is not None:
             tty.setraw(0)
-        out = threading.Thread(target=_pump_out, args=(pty_ws, 1), daemon=True)
-        stdin = threading.Thread(target=_pump_in, args=(pty_ws, 0), daemon=True)
-        out.start()
-        stdin.start()
-        code = _finish(server, operation)
-        out.join(5)
+        closed = False
+        while not closed:
+            if resized:
+                resized.clear()
+                size = os.get_terminal_size(sys.stdout.fileno())
+                control.send_text(json.dumps({"command": "window-resize", "args": {
+                    "width": str(size.columns), "height": str(size.lines)}}))
+            for key, _events in selector.select(timeout=1.0):
+                if key.data == "ws":
+                    messages, closed = pty_ws.poll()
+                    for data in messages:
+                        os.write(1, data)
+                    continue
+                try:
+                    data = os.read(0, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    pty_ws.send_bytes(data)
+                else:
+                    selector.unregister(0)
     finally:
+        selector.close()
         signal.signal(signal.SIGWINCH, previous)
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    code = _finish(server, operation)
     pty_ws.close()
     control.close()
     return code
@@ -511,6 +549,168 @@ def cmd_image_copy(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     return 0
 
 
+# -- snapshots, renames, config, files ----------------------------------------------------------
+
+
+def cmd_snapshot(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    server = server_for(config, refs[0][1])
+    name = refs[0][2]
+    body: dict[str, Any] = {"stateful": False}
+    if args.snapshot:
+        body["name"] = args.snapshot
+    server.run("POST", f"/1.0/instances/{quote(name)}/snapshots", body)
+    return 0
+
+
+def cmd_restore(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    server = server_for(config, refs[0][1])
+    server.run("PUT", f"/1.0/instances/{quote(refs[0][2])}", {"restore": args.snapshot})
+    return 0
+
+
+def cmd_rename(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    remotes = [r for _f, r, _n, _i in refs]
+    if len(set(remotes)) > 1:
+        raise CLIError("moving instances between servers is not supported yet (`lxfs copy` "
+                       "and `lxfs move` across hosts come with the migration protocol)")
+    server = server_for(config, remotes[0])
+    old, new = refs[0][2], refs[1][2]
+    inst, _, snap = old.partition("/")
+    if snap:
+        new_snap = new.partition("/")[2] or new
+        server.run("POST", f"/1.0/instances/{quote(inst)}/snapshots/{quote(snap)}",
+                   {"name": new_snap})
+    else:
+        server.run("POST", f"/1.0/instances/{quote(old)}", {"name": new})
+    return 0
+
+
+def _config_target(args: Any, refs: list[Any]) -> tuple[str, str, list[str]]:
+    """``config get/set/unset``: the remote, the instance ("" = the server) and the rest."""
+    remote, name = refs[0][1], refs[0][2]
+    return remote, name, list(args.args[1:])
+
+
+def _config_url(name: str) -> str:
+    return f"/1.0/instances/{quote(name)}" if name else "/1.0"
+
+
+def cmd_config_get(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    remote, name, rest = _config_target(args, refs)
+    if len(rest) != 1:
+        raise CLIError("config get: REMOTE:[NAME] KEY")
+    document = server_for(config, remote).get(_config_url(name))
+    print((document.get("config") or {}).get(rest[0], ""))
+    return 0
+
+
+def cmd_config_set(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    remote, name, rest = _config_target(args, refs)
+    if len(rest) == 2 and "=" not in rest[0]:
+        pairs = [(rest[0], rest[1])]
+    else:
+        pairs = []
+        for item in rest:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CLIError(f"config set: expected KEY=VALUE, got {item!r}")
+            pairs.append((key, value))
+    if not pairs:
+        raise CLIError("config set: REMOTE:[NAME] KEY VALUE")
+    server_for(config, remote).run("PATCH", _config_url(name), {"config": dict(pairs)})
+    return 0
+
+
+def cmd_config_unset(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    remote, name, rest = _config_target(args, refs)
+    if len(rest) != 1:
+        raise CLIError("config unset: REMOTE:[NAME] KEY")
+    server = server_for(config, remote)
+    document = server.get(_config_url(name))
+    values = dict(document.get("config") or {})
+    if rest[0] not in values:
+        raise CLIError(f"Can't unset key '{rest[0]}', it's not currently set")
+    del values[rest[0]]
+    body = {"config": values}
+    if name:
+        body = {k: document[k] for k in ("architecture", "devices", "ephemeral", "profiles",
+                                         "description") if k in document} | body
+    server.run("PUT", _config_url(name), body)
+    return 0
+
+
+def cmd_config_show(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    from lxfs.cli.output import render_yaml  # noqa: PLC0415
+
+    remote, name = refs[0][1], refs[0][2]
+    document = server_for(config, remote).get(_config_url(name))
+    if name:
+        keys = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
+                "description")
+        if args.expanded:
+            document = {**document, "config": document.get("expanded_config"),
+                        "devices": document.get("expanded_devices")}
+        document = {k: document.get(k) for k in keys}
+    else:
+        document = {"config": document.get("config") or {}}
+    sys.stdout.write(render_yaml(document))
+    return 0
+
+
+def _split_file_ref(ref: str) -> tuple[str, str]:
+    name, sep, path = ref.partition("/")
+    if not sep or not name:
+        raise CLIError(f"Invalid path {ref!r}: expected [REMOTE:]NAME/PATH")
+    return name, "/" + path
+
+
+def cmd_file_push(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    if args.recursive:
+        raise CLIError("file push -r to a remote is not supported yet")
+    server = server_for(config, refs[0][1])
+    name, path = _split_file_ref(refs[0][2])
+    for source in args.sources:
+        target = path
+        if path.endswith("/") or len(args.sources) > 1:
+            target = path.rstrip("/") + "/" + os.path.basename(source)
+        st = os.stat(source)
+        headers = {"X-LXD-type": "file", "X-LXD-write": "overwrite",
+                   "X-LXD-mode": args.mode or f"{st.st_mode & 0o7777:04o}",
+                   "X-LXD-uid": str(args.uid if args.uid is not None else 0),
+                   "X-LXD-gid": str(args.gid if args.gid is not None else 0),
+                   "Content-Type": "application/octet-stream"}
+        with open(source, "rb") as f:
+            server.request("POST", f"/1.0/instances/{quote(name)}/files?path={quote(target)}",
+                           f.read(), headers=headers)
+    return 0
+
+
+def cmd_file_pull(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    if args.recursive:
+        raise CLIError("file pull -r from a remote is not supported yet")
+    for _f, remote, ref, _i in refs:
+        server = server_for(config, remote)
+        name, path = _split_file_ref(ref)
+        status, data = server.raw("GET", f"/1.0/instances/{quote(name)}/files?path={quote(path)}")
+        if status >= 400:
+            import json  # noqa: PLC0415
+
+            try:
+                message = json.loads(data).get("error")
+            except ValueError:
+                message = None
+            raise CLIError(message or f"HTTP {status}")
+        target = args.target
+        if target == "-":
+            sys.stdout.buffer.write(data)
+            continue
+        if os.path.isdir(target):
+            target = os.path.join(target, os.path.basename(path))
+        with open(target, "wb") as f:
+            f.write(data)
+    return 0
+
+
 HANDLERS: dict[str, Any] = {
     "list": cmd_list, "ls": cmd_list, "info": cmd_info,
     "launch": lambda a, c, r: cmd_create(a, c, r, start=True),
@@ -519,4 +719,9 @@ HANDLERS: dict[str, Any] = {
     "delete": cmd_delete, "rm": cmd_delete, "exec": cmd_exec,
     "image list": cmd_image_list, "image ls": cmd_image_list,
     "image copy": cmd_image_copy, "image cp": cmd_image_copy,
+    "snapshot": cmd_snapshot, "restore": cmd_restore,
+    **dict.fromkeys(("move", "mv", "rename"), cmd_rename),
+    "config get": cmd_config_get, "config set": cmd_config_set,
+    "config unset": cmd_config_unset, "config show": cmd_config_show,
+    "file push": cmd_file_push, "file pull": cmd_file_pull,
 }

@@ -162,8 +162,16 @@ class Server:
         return self.wait(document["operation"])
 
     def wait(self, operation: str) -> dict[str, Any]:
-        """Wait for an operation (its URL); CLIError with its error if it failed."""
-        op = self.request("GET", f"{operation}/wait?timeout=-1").get("metadata") or {}
+        """Wait for an operation (its URL), however long it runs; CLIError with its error
+        if it failed."""
+        conn = self.connection()
+        if conn.sock is not None:
+            conn.sock.settimeout(None)
+        try:
+            op = self.request("GET", f"{operation}/wait?timeout=-1").get("metadata") or {}
+        finally:
+            if self._conn is not None and self._conn.sock is not None:
+                self._conn.sock.settimeout(TIMEOUT)
         if op.get("status") != "Success":
             raise CLIError(op.get("err") or f"operation {op.get('status', 'failed')}")
         return op
@@ -334,6 +342,33 @@ class WebSocket:
         from wsproto.events import TextMessage  # noqa: PLC0415
 
         self._send(self.ws.send(TextMessage(data=text)))
+
+    def poll(self) -> tuple[list[bytes], bool]:
+        """After the socket polled readable: the messages that arrived, and whether the peer
+        closed. One thread may then read and write (TLS allows no two at once)."""
+        from wsproto.events import CloseConnection, Message, Ping  # noqa: PLC0415
+
+        try:
+            data = self.sock.recv(65536)
+            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                data += self.sock.recv(self.sock.pending())
+        except OSError:
+            return [], True
+        self.ws.receive_data(data or None)
+        messages, closed = [], not data
+        for event in self.ws.events():
+            if isinstance(event, CloseConnection):
+                try:
+                    self._send(self.ws.send(event.response()))
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+                closed = True
+            elif isinstance(event, Ping):
+                self._send(self.ws.send(event.response()))
+            elif isinstance(event, Message):
+                payload = event.data
+                messages.append(payload.encode() if isinstance(payload, str) else bytes(payload))
+        return messages, closed
 
     def receive(self) -> bytes | None:
         """The next message's bytes, or None once the peer closed."""

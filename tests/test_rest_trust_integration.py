@@ -245,6 +245,8 @@ def test_restricted_certificates_as_lxd(https, tmp_path):
                ("PATCH", "/1.0/projects/default", {"config": {}})]
     for method, path, body in refused:
         assert request(port, method, path, body, cert=member) == (403, NOT_AUTHORIZED), path
+    # nor read the daemon's log records (as LXD: logging events are the administrator's)
+    assert request(port, "GET", "/1.0/events?type=logging", cert=member)[0] == 403
     # a restricted client cannot make tokens, add certificates, or lift its restriction
     status, doc = request(port, "POST", "/1.0/certificates", {"type": "client", "token": True},
                           cert=member)

@@ -123,6 +123,12 @@ class TrustStore:
         if projects is None:
             return True
         level = access_level(candidate.method, candidate.template)
+        if candidate.template == "/1.0/events":
+            # as LXD: the daemon's log records are the administrator's alone
+            wanted = request.query.get("type", "")
+            if "logging" in wanted.split(","):
+                return False
+            request.query["type"] = wanted or "lifecycle,operation"
         if level == AUTHENTICATED:
             return True
         if level == PROJECT:
@@ -435,10 +441,10 @@ def expiry_time(expression: str, now: float) -> float:
     # as Go's AddDate: a day past the month's end rolls over into the next month
     day_overflow = max(0, start.day - calendar.monthrange(year, month)[1])
     moved = start.replace(year=year, month=month, day=start.day - day_overflow)
-    delta = datetime.timedelta(days=day_overflow + amounts.get("d", 0) + 7 * amounts.get("w", 0),
-                               hours=amounts.get("H", 0), minutes=amounts.get("M", 0),
-                               seconds=amounts.get("S", 0))
     try:
+        delta = datetime.timedelta(
+            days=day_overflow + amounts.get("d", 0) + 7 * amounts.get("w", 0),
+            hours=amounts.get("H", 0), minutes=amounts.get("M", 0), seconds=amounts.get("S", 0))
         return (moved + delta).timestamp()
     except OverflowError:
         raise InvalidArgument("Invalid expiry expression: too far in the future") from None
@@ -520,6 +526,10 @@ def decode_join_token(text: str) -> dict[str, Any] | None:
     return token
 
 
+def _same_secret(ours: Any, given: str) -> bool:
+    return isinstance(ours, str) and hmac.compare_digest(ours.encode(), given.encode())
+
+
 def _cancel(ctx: Context, op: Operation) -> None:
     """End a token's operation now (its task notices at its next checkpoint)."""
     ctx.finish(op, "Cancelled", 401, "operation cancelled")
@@ -534,7 +544,7 @@ def redeem_join_token(ctx: Context, token: dict[str, Any]) -> dict[str, Any]:
         metadata = op.metadata if isinstance(op.metadata, dict) else {}
         if op.op_class != "token" or op.done.is_set() or "request" not in metadata:
             continue
-        if hmac.compare_digest(str(metadata.get("secret", "")), str(token["secret"])):
+        if _same_secret(metadata.get("secret"), token["secret"]):
             _cancel(ctx, op)
             expires = metadata.get("expiresAt")
             if expires and time.time() > _parse_rfc3339(expires):
@@ -575,7 +585,7 @@ def image_secret_valid(ctx: Context, fp: str, secret: str) -> bool:
         metadata = op.metadata if isinstance(op.metadata, dict) else {}
         if op.op_class != "token" or url not in (op.resources or {}).get("images", []):
             continue
-        if hmac.compare_digest(str(metadata.get("secret", "")), secret):
+        if _same_secret(metadata.get("secret"), secret):
             _cancel(ctx, op)
             return True
     return False

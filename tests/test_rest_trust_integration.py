@@ -283,6 +283,33 @@ def test_restricted_certificates_as_lxd(https, tmp_path):
     limited("delete", "--force", "r:c1")
 
 
+def test_every_route_has_lxds_access_level():
+    """Each route's level as LXD 5.0.2's handlers give it (``lxd/*.go``: AccessHandler
+    ``allowAuthenticated``, ``allowProjectPermission``, or none: the administrator's)."""
+    import lxfs_plugins.rest as rest
+    from lxfs_plugins.rest.app import ROUTES
+    from lxfs_plugins.rest.trust import ADMIN, AUTHENTICATED, PROJECT, access_level
+
+    rest._load_endpoints()
+    admin = {("PUT", "/1.0"), ("PATCH", "/1.0"), ("POST", "/1.0/certificates"),
+             ("DELETE", "/1.0/certificates/{fingerprint}"), ("POST", "/1.0/projects"),
+             ("PUT", "/1.0/projects/{name}"), ("PATCH", "/1.0/projects/{name}"),
+             ("POST", "/1.0/projects/{name}"), ("DELETE", "/1.0/projects/{name}"),
+             ("POST", "/1.0/storage-pools"), ("PUT", "/1.0/storage-pools/{name}"),
+             ("PATCH", "/1.0/storage-pools/{name}"), ("DELETE", "/1.0/storage-pools/{name}"),
+             ("GET", "/"), ("GET", "/1.0")}  # the last three: untrusted routes anyway
+    for r in ROUTES:
+        level = access_level(r.method, r.template)
+        if (r.method, r.template) in admin:
+            assert level == ADMIN, (r.method, r.template)
+        elif r.template.startswith(("/1.0/instances", "/1.0/containers", "/1.0/images",
+                                    "/1.0/profiles", "/1.0/networks",
+                                    "/1.0/storage-pools/{pool}/volumes", "/1.0/projects/")):
+            assert level == PROJECT, (r.method, r.template)
+        elif not r.untrusted:  # an untrusted route's level does not matter
+            assert level == AUTHENTICATED, (r.method, r.template)
+
+
 def test_certificates_outside_their_validity_are_not_trusted(https, tmp_path):
     d, port, _admin = https
     now = datetime.datetime.now(datetime.UTC)

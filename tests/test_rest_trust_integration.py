@@ -171,6 +171,14 @@ def test_join_tokens_expire_with_core_remote_token_expiry(https, tmp_path):
     joiner = client(tmp_path, "in-time", d)
     joiner("remote", "add", "r", make_token(admin, "in-time"))
     assert "NAME" in joiner("list", "r:")
+    # the key outlives a restart (the REST plugin declares it before anyone reads it)
+    d.stop()
+    d.start()
+    wait_listening(port)
+    assert d.read("config", "core.remote_token_expiry") == "1H"
+    make_token(admin, "after-restart")
+    [op] = pending_tokens(d)
+    assert "expiresAt" in op["metadata"]
 
 
 # --- restricted and expired certificates --------------------------------------------------

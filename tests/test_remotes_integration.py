@@ -215,3 +215,26 @@ def test_untrusted_and_changed_certificates(two_hosts: tuple[User, User, str, st
     done = user1.run("list", "host2:", check=False)
     assert done.returncode == 1 and "certificate of remote host2" in done.stderr
     assert os.stat(pinned).st_mode & 0o077 == 0
+
+
+def test_join_token(two_hosts: tuple[User, User, str, str]) -> None:
+    user1, user2, _addr1, _addr2 = two_hosts
+    # host2's administrator makes a token on the mount's host; host1's user joins with it
+    out = user2.run("config", "trust", "add", "--name", "laptop").stdout
+    token = out.strip().splitlines()[-1]
+    listed = json.loads(user2.run("config", "trust", "list-tokens", "-f", "json").stdout)
+    assert [t["metadata"]["request"]["name"] for t in listed] == ["laptop"]
+    user1.run("remote", "add", "host2", token)
+    assert json.loads(user1.run("list", "host2:", "-f", "json").stdout) == []
+    certs = json.loads(user2.run("config", "trust", "list", "-f", "json").stdout)
+    assert "laptop" in [c["name"] for c in certs]
+    # a token works once: another client (its own certificate) cannot use it again
+    other_client = User(user1.daemon, Path(user1.env["LXFS_CONF"]).parent / "conf3")
+    done = other_client.run("remote", "add", "again", token, check=False)
+    assert done.returncode == 1 and "No matching certificate add operation" in done.stderr
+    # a revoked token does not work at all; the remote's trust store is managed from afar
+    token = user2.run("config", "trust", "add", "--name", "other").stdout.strip().split()[-1]
+    user2.run("config", "trust", "revoke-token", "other")
+    assert json.loads(user2.run("config", "trust", "list-tokens", "-f", "json").stdout) == []
+    done = other_client.run("remote", "add", "other", token, check=False)
+    assert done.returncode == 1

@@ -323,6 +323,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     add_device_parsers(csub, "instance", "NAME").set_defaults(func=cmd_device)
 
+    from lxfs.cli.trust import register_trust  # noqa: PLC0415
+
+    register_trust(csub)
+
 
 def add_device_parsers(sub: argparse._SubParsersAction, owner: str,  # type: ignore[type-arg]
                        metavar: str) -> argparse.ArgumentParser:

@@ -56,6 +56,8 @@ def _fields(args: Any, command: str) -> tuple[str, ...]:
 def dispatch(args: Any, command: str) -> int | None:
     """Run ``args`` (of the top-level ``command``) on a remote when its names point at one;
     None to run it on the mount (with ``local:`` prefixes removed)."""
+    if command == "config" and _subcommand(args, command) == "trust":
+        return None  # `config trust` names its server itself
     config = load_config()
     fields = _fields(args, command)
     refs: list[tuple[str, str, str, int | None]] = []  # field, remote, name, index

@@ -49,13 +49,41 @@ def _split_addr(addr: str) -> tuple[str, str, int, str]:
     return url.scheme, url.hostname, url.port or default, url.path.rstrip("/")
 
 
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP on a unix socket (this host's ``DATA_DIR/unix.socket``)."""
+
+    def __init__(self, path: str, timeout: float = TIMEOUT) -> None:
+        super().__init__("unix.socket", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def local_socket() -> str:
+    """This host's REST socket, as the mount names its data directory."""
+    from lxfs.cli.base import mount_point, read_opt  # noqa: PLC0415
+
+    data_dir = read_opt(os.path.join(mount_point(), "environment", "data_dir")).strip()
+    if not data_dir:
+        raise CLIError("the mount does not publish environment/data_dir")
+    return os.path.join(data_dir, "unix.socket")
+
+
 class Server:
-    """A connection to one LXD-protocol server (lxfs's HTTPS listener, or LXD's)."""
+    """A connection to one LXD-protocol server: lxfs's HTTPS listener or LXD's, or this
+    host's unix socket for ``local`` (what the mount has no files for: join tokens)."""
 
     def __init__(self, remote: Remote, pinned_der: bytes | None = None,
                  use_client_cert: bool = True) -> None:
         self.remote = remote
-        self.scheme, self.host, self.port, self.prefix = _split_addr(remote.addr)
+        if remote.is_local:
+            self.scheme, self.host, self.port, self.prefix = "unix", local_socket(), 0, ""
+        else:
+            self.scheme, self.host, self.port, self.prefix = _split_addr(remote.addr)
         if pinned_der is None:
             pinned = server_cert_path(remote.name)
             if pinned is not None:
@@ -92,9 +120,11 @@ class Server:
 
     def connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            if self.scheme == "https":
-                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=TIMEOUT, context=self.ssl_context())
+            if self.scheme == "unix":
+                conn: http.client.HTTPConnection = UnixConnection(self.host)
+            elif self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=TIMEOUT,
+                                                   context=self.ssl_context())
             else:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
             try:
@@ -192,7 +222,7 @@ def decode_token(text: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not all(k in data for k in ("addresses", "fingerprint",
                                                                  "secret")):
         return None
-    return data
+    return {**data, "text": text}
 
 
 def _save_server_cert(name: str, der: bytes) -> None:
@@ -270,7 +300,7 @@ def join_with_token(name: str, addresses: list[str], token: dict[str, Any]) -> R
             continue
         server = Server(remote, pinned_der=der)
         if server.get("/1.0").get("auth") != "trusted":
-            _trust(server, token["secret"])
+            _trust(server, token["text"])  # the whole token, as `lxc remote add` sends it
         server.close()
         _save_server_cert(name, der)
         return remote

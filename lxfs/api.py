@@ -4,7 +4,8 @@ Hooks receive a :class:`Host` as ``host``; runtimes get it at construction. Plug
 only these modules of lxfs: ``lxfs`` (``hookimpl``), ``lxfs.api``, ``lxfs.errors``,
 ``lxfs.config_schema`` (``KeySpec`` and the value checkers), ``lxfs.model`` (the records),
 ``lxfs.storage`` (``StorageDriver`` and its helpers), ``lxfs.runtime`` (``Runtime``),
-``lxfs.devices`` (``DeviceType``) and ``lxfs.nodes`` (building blocks for mount entries).
+``lxfs.devices`` (``DeviceType``), ``lxfs.nodes`` (building blocks for mount entries) and
+``lxfs.image_servers`` (``ImageServer`` drivers, and the simplestreams documents).
 ``tests/test_plugin_api.py`` checks that the built-in plugins keep to it.
 
 Unless it says otherwise, a method may be called from a worker thread (where hooks that

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from lxfs.api import Host
     from lxfs.config_schema import KeySpec
     from lxfs.devices import DeviceType
+    from lxfs.image_servers import ImageServer
     from lxfs.model import Instance
     from lxfs.nodes import Node
     from lxfs.runtime import Runtime
@@ -90,6 +91,26 @@ def lxfs_device_types() -> list[DeviceType]:
     validator). ``none`` is the core's; every other type (``disk``, ``nic``...) is a
     plugin's. A device of an undeclared type, or with a key its type does not declare, is
     refused with EINVAL."""
+
+
+@hookspec
+def lxfs_image_servers() -> list[type[ImageServer]]:
+    """Return the image server drivers this plugin provides: subclasses of
+    ``lxfs.image_servers.ImageServer``, one per protocol, each with a unique ``protocol``
+    name (``simplestreams``, ``lxd``) that users give (``lxc remote add --protocol``, REST's
+    ``source.protocol``, the first word of a remote reference on the mount). Two plugins
+    giving the same name stop the daemon with an error naming both.
+
+    A driver is made for each pull with the ``Host``, the ``ImageSource`` (server URL,
+    certificate, alias, secret) and a timeout; ``resolve(ref, architectures)`` finds the
+    image (alias, ``alias/arch`` or fingerprint) and ``download(image, directory,
+    progress)`` fetches its files into the core's staging directory, checking each file
+    against what the server publishes. The core owns everything else: the staging
+    directory (removed whatever happens; nothing of it survives a kill -9), the check of
+    the image's fingerprint, registering it atomically, the cache (``cached``,
+    ``last_used_at``, ``update_source``), expiry and auto-update. See
+    ``lxfs/image_servers.py``.
+    """
 
 
 # --- daemon lifecycle ----------------------------------------------------------------------

@@ -88,6 +88,11 @@ class Image:
     split: bool = False
     properties: dict[str, str] = field(default_factory=dict)
     templates: dict[str, Any] = field(default_factory=dict)
+    #: pulled for an instance from an image server (expires when unused, as LXD's cache)
+    cached: bool = False
+    last_used_at: float = 0.0
+    #: where it came from (``ImageSource.record()``: server, protocol, alias, certificate)
+    update_source: dict[str, str] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

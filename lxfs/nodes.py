@@ -525,7 +525,8 @@ class Upload(Node):
 
 class ImagesDir(Dir):
     async def list(self) -> list[str]:
-        return sorted(self.srv.images) + ["aliases"] + sorted(self.srv.pending_uploads())
+        return sorted(self.srv.images) + ["aliases", "pull"] + \
+            sorted(self.srv.pending_uploads())
 
     async def child(self, name: str) -> Node | None:
         if name == "aliases":
@@ -538,7 +539,7 @@ class ImagesDir(Dir):
         return None
 
     def create(self, name: str) -> Node:
-        if name == "aliases" or name in self.srv.images:
+        if name in ("aliases", "pull") or name in self.srv.images:
             raise InvalidArgument(f"{name} exists")
         return Upload(self.srv, name)
 
@@ -560,6 +561,9 @@ class ImageDir(Dir):
         srv, image, fp = self.srv, self.image, self.fp
 
         def ro(value: Callable[[], object]) -> Callable[[], Node]:
+        if name == "pull":  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last pulled
+            return File(self.srv, lambda: self.srv.last_pulled, self.srv.pull_from_line,
+                        dynamic=True)
             return lambda: File(srv, lambda: _fmt(value()))
 
         def rw(attr: str) -> Callable[[], Node]:
@@ -614,6 +618,10 @@ class AliasesDir(Dir):
         entry = self.srv.aliases.get(name)
         return Link(f"../{entry[0]}") if entry else None
 
+            "cached": ro(lambda: image.cached),
+            "last_used_at": ro(lambda: rfc3339(image.last_used_at)),
+            "update_source": lambda: KeyValueDir(srv, lambda: image.update_source, None,
+                                                 None) if image.update_source else None,
     async def symlink(self, name: str, target: str) -> None:
         await self.srv.guarded("", self.srv.create_alias(name, target))
 

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from lxfs.errors import (
 )
 from lxfs.events import EventBus
 from lxfs.faults import point
+from lxfs.image_servers import ImageServer, ImageSource, Progress
 from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
 from lxfs.names import check_line, check_name, escape_controls
 from lxfs.projects import Forbidden, Restrictions, validate_project_key
@@ -59,6 +61,9 @@ log = logging.getLogger("lxfs")
 T = TypeVar("T")
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+#: seconds an image server may stay silent (connecting, answering, sending a file's next
+#: bytes) before a pull fails; ``LXFS_IMAGE_SERVER_TIMEOUT`` changes it (tests shorten it)
+PULL_TIMEOUT = float(os.environ.get("LXFS_IMAGE_SERVER_TIMEOUT") or 60)
 ACTIONS = ("start", "stop", "kill", "restart", "freeze", "unfreeze")
 
 
@@ -140,6 +145,10 @@ class Server:
         self.storage_drivers: dict[str, type[StorageDriver]] = {
             d.name: d for d in _registered(pm, "lxfs_storage_drivers", lambda d: d.name,
                                            "storage driver")}
+        #: image server drivers by protocol name (``lxfs_image_servers``)
+        self.image_servers: dict[str, type[ImageServer]] = {
+            d.protocol: d for d in _registered(pm, "lxfs_image_servers", lambda d: d.protocol,
+                                               "image server protocol")}
         runtimes = _registered(pm, "lxfs_runtimes", lambda r: r.type, "runtime for type")
         if not runtimes:
             raise PluginError("no runtime plugin is registered: no instance could run (is "
@@ -169,6 +178,8 @@ class Server:
         self._notices: dict[str, str] = {}
         #: the last image published from each instance (or NAME/SNAP)
         self.published: dict[str, str] = {}
+        #: the fingerprint of the last image pulled through the mount's ``images/pull``
+        self.last_pulled = ""
         self.nursery: trio.Nursery | None = None
         #: the mount's cache drops for changes made behind the kernel's back (``lxfs.fs``)
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
@@ -616,8 +627,9 @@ class Server:
             if len(matches) > 1:
                 raise InvalidArgument(f"fingerprint prefix {ref!r} is ambiguous")
         if ":" in ref:
-            raise NotFound(f"image {ref!r} not found: remote image servers are not reachable "
-                           "from lxfs; build images with `lxfs image build`")
+            raise NotFound(f"image {ref!r} not found: a remote image is named by a remote "
+                           "reference (PROTOCOL URL IMAGE, e.g. `simplestreams "
+                           "https://mirror.example busybox`)")
         raise NotFound(f"image {ref!r} not found (no such alias or fingerprint)")
 
     async def set_source(self, name: str, ref: str) -> None:
@@ -629,7 +641,12 @@ class Server:
             if inst.storage_state:
                 raise AlreadyExists(
                     f"instance {name} was already created from image {inst.source or '?'}")
-            image = self.resolve_image(ref)
+            remote = self.parse_remote_ref(ref)
+            if remote is not None:  # pulled into the cache, as LXD's launch of REMOTE:IMAGE
+                image = await self.pull_image(*remote, cached=True,
+                                              auto_update=self.auto_update_cached())
+            else:
+                image = self.resolve_image(ref)
             if image.architecture not in images.host_architectures():
                 raise InvalidArgument(  # as LXD: the launch is refused, the import was not
                     f"image {image.fingerprint[:12]} is for {image.architecture}: this host runs "
@@ -639,6 +656,7 @@ class Server:
             await in_thread(lambda: self.hook.lxfs_instance_pre_create(host=self.api,
                                                                        instance=inst))
             await self._ensure_image_volume(pool, image)
+            await self._image_used(image)
             async with self._journal("create", name, pool=pool.pool.name):
                 inst.storage_state, inst.source = "creating", image.fingerprint
                 await self._save(inst)
@@ -1694,13 +1712,20 @@ class Server:
         the caller to remove."""
         return await self._register_image(meta, rootfs, filename)
 
-    async def _register_image(self, meta: Path, rootfs: Path | None, filename: str) -> Image:
+    async def _register_image(self, meta: Path, rootfs: Path | None, filename: str,
+                              expected: str = "", fields: dict[str, Any] | None = None
+                              ) -> Image:
+        """Inspect, move into the store and record an image; ``expected``: the fingerprint
+        it must have (a pull), ``fields``: more of its record (``cached``...)."""
         try:
             info = await in_thread(images.inspect_image, meta, rootfs, self._unpacked_limit())
         except images.ImageError as exc:
             raise InvalidArgument(f"{filename}: {exc}") from None
         point("image-import.after-inspect")
         fp = info.fingerprint
+        if expected and fp != expected:
+            raise InvalidArgument(f"{filename}: the image's fingerprint is {fp}, the server "
+                                  f"announced {expected}: corrupt download")
         if fp in self.images:
             meta.unlink(missing_ok=True)
             if rootfs:
@@ -1712,6 +1737,8 @@ class Server:
                       uploaded_at=now(), expires_at=getattr(info, "expiry_date", 0) or 0,
                       split=rootfs is not None,
                       properties=dict(info.properties), templates=dict(info.templates or {}))
+        for key, value in (fields or {}).items():
+            setattr(image, key, value)
         os.replace(meta, self.images_dir / fp)
         if rootfs:
             os.replace(rootfs, self.images_dir / f"{fp}.rootfs")
@@ -1727,6 +1754,156 @@ class Server:
         log.info("imported image %s (%s)", fp, filename)
         self.events.lifecycle("image-created", f"/1.0/images/{fp}")
         return image
+
+    # --- image servers and the image cache ------------------------------------------------
+
+    def parse_remote_ref(self, text: str) -> tuple[ImageSource, str] | None:
+        """A remote reference, ``PROTOCOL URL IMAGE [certificate=BASE64] [secret=S]`` (the
+        certificate: the server's PEM without its header lines and newlines), as the
+        source and the image asked for; None when the first word names no protocol."""
+        words = text.split()
+        if len(words) < 3 or words[0] not in self.image_servers:
+            return None
+        source = ImageSource(server=words[1], protocol=words[0])
+        for word in words[3:]:
+            key, sep, value = word.partition("=")
+            if not sep or key not in ("certificate", "secret"):
+                raise InvalidArgument(f"unknown option {word!r} in the remote reference "
+                                      "(certificate=BASE64 and secret=S are known)")
+            if key == "certificate":
+                body = "\n".join(value[i:i + 64] for i in range(0, len(value), 64))
+                value = f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+            setattr(source, key, value)
+        return source, words[2]
+
+    async def pull_from_line(self, line: str) -> None:
+        """The mount's ``images/pull``: ``PROTOCOL URL IMAGE [certificate=B64] [secret=S]
+        [alias=NAME]... [public=true] [auto_update=true]`` pulls an image (not cached)."""
+        words, aliases, flags = [], [], {"public": False, "auto_update": False}
+        for word in line.split():
+            key, sep, value = word.partition("=")
+            if sep and key == "alias":
+                check_name("alias", value)
+                aliases.append(value)
+            elif sep and key in flags:
+                flags[key] = is_true(value)
+            else:
+                words.append(word)
+        remote = self.parse_remote_ref(" ".join(words))
+        if remote is None:
+            known = ", ".join(sorted(self.image_servers))
+            raise InvalidArgument(f"expected PROTOCOL URL IMAGE, PROTOCOL one of {known} "
+                                  f"(got {line.strip()!r})")
+        for alias in aliases:
+            if alias in self.aliases:
+                raise AlreadyExists(f"alias {alias!r} already exists")
+        image = await self.pull_image(*remote, **flags)
+        for alias in aliases:
+            await self.create_alias(alias, image.fingerprint)
+        self.last_pulled = image.fingerprint
+
+    def auto_update_cached(self) -> bool:
+        return is_true(self.config.get("images.auto_update_cached", "true"))
+
+    async def pull_image(self, source: ImageSource, ref: str, *, cached: bool = False,
+                         auto_update: bool = False, public: bool = False,
+                         progress: Progress | None = None) -> Image:
+        """Download image ``ref`` (alias or fingerprint) from an image server through the
+        driver of ``source.protocol``, check it and register it. Staged in the upload
+        directory (emptied at every start): on any failure nothing is left and no image
+        changed. An image already here is returned as it is (marked used when ``cached``).
+        """
+        driver_class = self.image_servers.get(source.protocol)
+        if driver_class is None:
+            known = ", ".join(sorted(self.image_servers)) or "none"
+            raise InvalidArgument(f"unknown image server protocol {source.protocol!r} "
+                                  f"(known: {known})")
+        if not source.server:
+            raise InvalidArgument("an image server's URL is required")
+        driver = driver_class(self.api, source, PULL_TIMEOUT)
+        remote = await driver.resolve(ref.strip(), images.host_architectures())
+        fp = remote.fingerprint
+        async with self._image_locks[f"pull:{fp}"]:
+            image = self.images.get(fp)
+            if image is not None:
+                if cached:
+                    await self._image_used(image)
+                return image
+            log.info("pulling image %s (%s) from %s (%s)", fp[:12], ref, source.server,
+                     source.protocol)
+            staging = Path(await in_thread(lambda: tempfile.mkdtemp(prefix="pull-",
+                                                                   dir=self.uploads_dir)))
+            try:
+                meta, rootfs = await driver.download(remote, staging,
+                                                     progress or (lambda *_: None))
+                point("image-pull.after-download")
+                record = ImageSource(source.server, source.protocol, ref.strip(),
+                                     source.certificate).record()
+                image = await self._register_image(
+                    meta, rootfs, remote.filename or meta.name, expected=fp,
+                    fields={"cached": cached, "auto_update": auto_update, "public": public,
+                            "last_used_at": now() if cached else 0.0,
+                            "update_source": record})
+            finally:
+                with trio.CancelScope(shield=True):
+                    await in_thread(lambda: shutil.rmtree(staging, ignore_errors=True))
+        return image
+
+    async def _image_used(self, image: Image) -> None:
+        image.last_used_at = now()
+        await in_thread(self.db.put, "images", image.fingerprint, image.to_record())
+
+    async def refresh_image(self, fp: str, progress: Progress | None = None) -> Image | None:
+        """Look for a newer version of an image at its ``update_source``; when there is
+        one, it replaces the image as LXD's refresh does (it takes the aliases, flags and
+        last use; the old fingerprint is deleted). Returns the new image, or None."""
+        image = self.images.get(fp)
+        if image is None:
+            raise NotFound(f"image {fp} not found")
+        if not image.update_source:
+            raise NotFound(f'Failed to update image "{fp}" in project "default": Image source '
+                           "not found")
+        source = ImageSource(**image.update_source)
+        new = await self.pull_image(source, source.alias, cached=image.cached,
+                                    auto_update=image.auto_update, public=image.public,
+                                    progress=progress)
+        if new.fingerprint == fp:
+            return None
+        new.last_used_at = image.last_used_at
+        await in_thread(self.db.put, "images", new.fingerprint, new.to_record())
+        for alias, (target, description) in list(self.aliases.items()):
+            if target == fp:
+                await self.update_alias(alias, new.fingerprint, description)
+        await self.delete_image(fp)
+        log.info("image %s refreshed: now %s", fp[:12], new.fingerprint[:12])
+        self.events.lifecycle("image-refreshed", f"/1.0/images/{fp}")
+        return new
+
+    async def refresh_images(self) -> None:
+        """Refresh every image with ``auto_update`` and a source (the background task of
+        ``images.auto_update_interval``); failures are logged, never raised."""
+        for fp, image in list(self.images.items()):
+            if image.auto_update and image.update_source and fp in self.images:
+                try:
+                    await self.refresh_image(fp)
+                except LxfsError as exc:
+                    log.warning("auto-update of image %s: %s", fp[:12], exc)
+
+    def image_setting(self, key: str) -> int:
+        """An integer ``images.*`` server key (its default when unset)."""
+        spec = self.schema.server_spec(key)
+        return int(self.config.get(key) or (spec.default if spec else "0") or 0)
+
+    async def expire_cached_images(self, max_age: float) -> list[str]:
+        """Delete cached images unused for ``max_age`` seconds; their fingerprints."""
+        expired = [fp for fp, image in self.images.items()
+                   if image.cached and (image.last_used_at or image.uploaded_at) + max_age
+                   < now()]
+        for fp in expired:
+            log.info("image %s expired from the cache (unused for %.0f s)", fp[:12], max_age)
+            with contextlib.suppress(NotFound):
+                await self.delete_image(fp)
+        return expired
 
     async def delete_image(self, fp: str) -> None:
         if fp not in self.images:

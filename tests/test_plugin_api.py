@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 THIRDPARTY = REPO / "tests" / "fixtures" / "thirdparty"
 #: the modules of lxfs a plugin may import (lxfs.api's docstring lists them)
 ALLOWED_MODULES = {"lxfs", "lxfs.api", "lxfs.errors", "lxfs.config_schema", "lxfs.model",
-                   "lxfs.storage", "lxfs.runtime", "lxfs.devices", "lxfs.nodes"}
+                   "lxfs.storage", "lxfs.runtime", "lxfs.devices", "lxfs.nodes",
+                   "lxfs.image_servers"}
 #: names plugins give the Host (``host``; the network plugin's nodes call it ``srv``)
 HOST_NAMES = {"host", "srv"}
 

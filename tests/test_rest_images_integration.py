@@ -458,12 +458,15 @@ def test_publish_requests(daemon_with_busybox):
     status, doc, _ = api(d, "POST", "/1.0/images", {
         "source": {"type": "snapshot", "name": "r1/s0"}, "aliases": [{"name": "ps0"}]})
     assert (status, doc["error"]) == (409, "Alias already exists: ps0")
-    # remote sources: refused clearly
-    for source in ({"type": "url", "url": "https://example.invalid/x"},
-                   {"type": "image", "server": "https://images.example.invalid",
+    # remote sources: pulled by the daemon (tests/test_image_servers_integration.py); an
+    # unreachable server fails the operation clearly
+    for source in ({"type": "url", "url": "https://127.0.0.1:1/x"},
+                   {"type": "image", "server": "https://127.0.0.1:1",
                     "protocol": "simplestreams", "alias": "debian/12"}):
         status, doc, _ = api(d, "POST", "/1.0/images", {"source": source})
-        assert status == 501 and "not supported by lxfs yet" in doc["error"], doc
+        assert status == 202, doc
+        op = wait(d, doc)
+        assert op["status"] == "Failure" and "cannot reach image server" in op["err"], op
     # refresh: an image from no server, as LXD
     status, doc, _ = api(d, "POST", f"/1.0/images/{fp}/refresh")
     op = wait(d, doc)

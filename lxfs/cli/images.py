@@ -58,7 +58,7 @@ def image_object(mount: Mount, fp: str) -> dict[str, Any]:
         "profiles": ["default"],
         "aliases": [{"name": a, "description": ""} for a in image_aliases(mount, fp)],
         "architecture": read_opt(d / "architecture"),
-        "cached": False,
+        "cached": parse_bool(read_opt(d / "cached", "false")),
         "filename": read_opt(d / "filename"),
         "fingerprint": fp,
         "size": size,
@@ -315,8 +315,10 @@ def cmd_copy(args: argparse.Namespace) -> int:
 def pull_remote_image(remote: Any, image: str, aliases: list[str], public: bool = False,
                       auto_update: bool = False) -> str:
     """Bring ``image`` of an image server (``remote``: an lxd or simplestreams remote) into
-    this host's image store; its fingerprint."""
-    raise CLIError(f"copying images from {remote.name}: to this host is not supported yet")
+    this host's image store (the daemon pulls it); its fingerprint."""
+    from lxfs.cli import image_servers  # noqa: PLC0415
+
+    return image_servers.pull_remote_image(remote, image, aliases, public, auto_update)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -542,6 +544,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--public", action="store_true", help="make the image public on the target")
     p.add_argument("--auto-update", action="store_true", help="keep it updated (pulled images)")
     p.set_defaults(func=cmd_copy)
+
+    from lxfs.cli import image_servers  # noqa: PLC0415
+
+    image_servers.register(isub)  # export-streams
 
     p = isub.add_parser("delete", aliases=["rm"], help="Delete images")
     p.add_argument("images", metavar="IMAGE", nargs="+")

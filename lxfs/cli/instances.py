@@ -63,7 +63,12 @@ def parse_pairs(items: list[str] | None, what: str = "key=value pair") -> list[t
 def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
     """``lxfs create|launch IMAGE [NAME]``."""
     mount = Mount()
-    image = strip_local_remote(args.image)
+    if ":" in args.image and not args.image.startswith("local:"):
+        from lxfs.cli.image_servers import remote_source  # noqa: PLC0415
+
+        image = remote_source(args.image) or strip_local_remote(args.image)  # REMOTE:IMAGE
+    else:
+        image = strip_local_remote(args.image)
     if not image:
         raise CLIError("Image not found")
     from lxfs.cli.names import random_name, valid_instance_name  # noqa: PLC0415 - random: 2 ms

@@ -28,7 +28,7 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 
 from lxfs.config_schema import is_true, parse_size
 from lxfs.errors import AlreadyExists, InvalidArgument, LxfsError, NotFound, NotSupported
+from lxfs.image_servers import ImageSource
 
 from .app import (
     Context,
@@ -116,10 +117,10 @@ def alias_url(name: str) -> str:
 
 
 def image_document(ctx: Context, image: Image) -> dict[str, Any]:
-    """LXD's ``Image`` (the fields of ``get_image_fp.json``; never cached, no
-    ``update_source``: lxfs images are local ones)."""
+    """LXD's ``Image`` (the fields of ``get_image_fp.json``; ``update_source`` for an
+    image pulled from an image server)."""
     fp = image.fingerprint
-    return {
+    document = {
         "auto_update": image.auto_update,
         "properties": dict(image.properties),
         "public": image.public,
@@ -129,15 +130,23 @@ def image_document(ctx: Context, image: Image) -> dict[str, Any]:
                     for name, (target, description) in sorted(ctx.ops.aliases.items())
                     if target == fp],
         "architecture": image.architecture,
-        "cached": False,
+        "cached": image.cached,
         "filename": image.filename,
         "fingerprint": fp,
         "size": image.size,
         "type": image.type or "container",
         "created_at": go_time(image.created_at),
-        "last_used_at": ZERO_TIME,  # lxfs does not record uses
+        "last_used_at": go_time(image.last_used_at, ZERO_TIME),
         "uploaded_at": go_time(image.uploaded_at),
     }
+    if image.update_source:
+        document["update_source"] = {
+            "alias": image.update_source.get("alias", ""),
+            "certificate": image.update_source.get("certificate", ""),
+            "protocol": image.update_source.get("protocol", ""),
+            "server": image.update_source.get("server", ""),
+            "image_type": "container"}
+    return document
 
 
 def image_etag_source(image: Image) -> list[Any]:
@@ -532,10 +541,6 @@ async def create_from_request(ctx: Context, body: dict[str, Any]) -> Response:
     kind = check_string(source.get("type"), "source.type")
     if check_string(source.get("mode"), "source.mode") == "push":
         raise NotSupported("image push (source.mode=push) is not supported by lxfs yet")
-    if kind == "url" or (kind == "image" and source.get("server")):
-        raise NotSupported(
-            "remote image sources (source.type=url, or image with a server) are not supported "
-            "by lxfs yet: download the image and import its file (lxc image import FILE)")
     aliases = []
     for entry in body.get("aliases") or []:
         entry = parse_json_object(entry, "aliases")
@@ -545,11 +550,99 @@ async def create_from_request(ctx: Context, body: dict[str, Any]) -> Response:
         if name in ctx.ops.aliases:
             raise HttpError(409, f"Alias already exists: {name}")
         aliases.append((name, check_string(entry.get("description"), "aliases.description")))
+    if kind == "url":
+        return pull_url(ctx, body, source, aliases)
+    if kind == "image" and source.get("server"):
+        return pull(ctx, body, source_of(source), aliases)
     if kind == "image":
         return copy_local(ctx, source, aliases)
     if kind in ("container", "virtual-machine", "instance", "snapshot"):
         return publish(ctx, body, source, kind, aliases)
     raise HttpError(400, "Invalid images JSON")
+
+
+def source_of(source: dict[str, Any]) -> tuple[ImageSource, str]:
+    """An image source with a server (``source.type=image``, ``mode=pull``) as the server
+    operation takes it, and the image asked for (fingerprint, else alias)."""
+    protocol = check_string(source.get("protocol"), "source.protocol") or "lxd"
+    ref = check_string(source.get("fingerprint"), "source.fingerprint") or \
+        check_string(source.get("alias"), "source.alias")
+    if not ref:
+        raise HttpError(400, "source: a fingerprint or alias is required")
+    return ImageSource(server=check_string(source.get("server"), "source.server"),
+                       protocol=protocol,
+                       certificate=check_string(source.get("certificate"),
+                                                "source.certificate"),
+                       secret=check_string(source.get("secret"), "source.secret")), ref
+
+
+def progress_reporter(op: Operation) -> Callable[[str, int, int], None]:
+    """LXD's ``download_progress`` in the operation's metadata (and a line in the log at
+    every tenth)."""
+    started = time.monotonic()
+    logged: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-3)
+        text = f"{stage}: {done * 100 // total}% ({_human(rate)}/s)" if total else \
+            f"{stage}: {_human(done)} ({_human(rate)}/s)"
+        op.metadata = {**(op.metadata or {}), "download_progress": text}
+        tenth = done * 10 // total if total else done >> 26
+        if logged.get(stage) != tenth:
+            logged[stage] = tenth
+            log.info("image download: %s", text)
+
+    return report
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.2f}{unit}" if unit != "B" else f"{n:.0f}B"
+        n /= 1000
+    return f"{n:.2f}TB"
+
+
+def pull(ctx: Context, body: dict[str, Any], remote: tuple[ImageSource, str],
+         aliases: list[tuple[str, str]]) -> Response:
+    """``source.type=image`` with a server: the daemon pulls the image (``lxc image copy
+    REMOTE:IMAGE local:``)."""
+    source, ref = remote
+    public = check_bool(body.get("public"), "public")
+    auto_update = check_bool(body.get("auto_update"), "auto_update")
+
+    async def work(op: Operation) -> None:
+        image = await ctx.ops.pull_image(source, ref, auto_update=auto_update, public=public,
+                                         progress=progress_reporter(op))
+        op.metadata = {"fingerprint": image.fingerprint, "size": str(image.size)}
+        if public and not image.public:
+            await ctx.ops.set_image_field(image.fingerprint, "public", "true")
+        for name, description in aliases:
+            await ctx.ops.create_alias(name, image.fingerprint, description)
+
+    return ctx.start_operation(Operation("Downloading image"), work)
+
+
+def pull_url(ctx: Context, body: dict[str, Any], source: dict[str, Any],
+             aliases: list[tuple[str, str]]) -> Response:
+    """``source.type=url``: as LXD, the URL answers a HEAD with ``LXD-Image-URL`` and
+    ``LXD-Image-Hash`` headers naming the image file and its fingerprint (the ``url``
+    driver of the image servers plugin)."""
+    url = check_string(source.get("url"), "source.url")
+    if not url:
+        raise HttpError(400, "source.url is required")
+    public = check_bool(body.get("public"), "public")
+    auto_update = check_bool(body.get("auto_update"), "auto_update")
+    remote = ImageSource(server=url, protocol="url")
+
+    async def work(op: Operation) -> None:
+        image = await ctx.ops.pull_image(remote, url, auto_update=auto_update, public=public,
+                                         progress=progress_reporter(op))
+        op.metadata = {"fingerprint": image.fingerprint, "size": str(image.size)}
+        for name, description in aliases:
+            await ctx.ops.create_alias(name, image.fingerprint, description)
+
+    return ctx.start_operation(Operation("Downloading image"), work)
 
 
 def copy_local(ctx: Context, source: dict[str, Any], aliases: list[tuple[str, str]]
@@ -841,13 +934,14 @@ async def delete_image(ctx: Context, request: Request) -> Response:
 
 @route("POST", "/1.0/images/{fingerprint}/refresh")
 async def refresh_image(ctx: Context, request: Request) -> Response:
-    """As LXD for an image that came from no image server: the operation fails."""
+    """Refresh an image from its ``update_source`` now; the operation's metadata says
+    whether it was (``refreshed``). As LXD, an image from no image server fails."""
     check_project(ctx, request)
     fp = find_image(ctx, request.params["fingerprint"]).fingerprint
 
     async def work(op: Operation) -> None:
-        raise NotFound(f'Failed to update image "{fp}" in project "default": Image source not '
-                       "found")
+        new = await ctx.ops.refresh_image(fp, progress_reporter(op))
+        op.metadata = {"refreshed": new is not None}
 
     return ctx.start_operation(Operation("Refreshing image", resources={"images": [image_url(fp)]}),
                                work)

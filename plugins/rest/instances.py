@@ -631,10 +631,6 @@ def _new_name(ctx: Context) -> str:
 def _image_source(ctx: Context, source: dict[str, Any]) -> str:
     """What the ``source`` file would be given for an image source: LXD's order is the
     fingerprint, then the alias, then a match on properties (newest image first)."""
-    if source.get("server") or source.get("protocol") or source.get("mode") == "pull":
-        raise HttpError(404, f"remote image servers are not reachable from lxfs (asked for "
-                             f"{source.get('server') or 'a remote server'}): import the "
-                             "image locally (lxc image import, lxfs image build)")
     fingerprint = _text(source, "fingerprint")
     alias = _text(source, "alias")
     if fingerprint:
@@ -691,8 +687,14 @@ async def create_instance(ctx: Context, request: Request) -> Response:
         return error(400, "source: expected an object")
     source_type = _text(source, "type")
     origin = ""
-    if source_type == "image":
-        ref: str | None = _image_source(ctx, source)
+    remote = None
+    if source_type == "image" and source.get("server"):  # pulled by the daemon first
+        from .images import source_of
+
+        remote = source_of(source)
+        ref: str | None = ""
+    elif source_type == "image":
+        ref = _image_source(ctx, source)
     elif source_type == "copy":
         ref, origin = _copy_source(ctx, source)
     elif source_type == "none":
@@ -713,7 +715,15 @@ async def create_instance(ctx: Context, request: Request) -> Response:
         ctx.ops.device_types.validate(device, keys)
     ephemeral, description = _flag(body, "ephemeral"), _text(body, "description")
 
-    async def create() -> None:
+    async def create(op: Operation) -> None:
+        nonlocal ref
+        if remote is not None:  # as LXD: the image is in the cache before the instance
+            from .images import progress_reporter
+
+            image = await ctx.ops.pull_image(
+                *remote, cached=True, auto_update=ctx.ops.auto_update_cached(),
+                progress=progress_reporter(op))
+            ref = image.fingerprint
         await ctx.host.guarded("", ctx.ops.create_instance(
             name, profiles=profiles, config=config, ephemeral=ephemeral,
             description=description, devices=devices))
@@ -727,7 +737,8 @@ async def create_instance(ctx: Context, request: Request) -> Response:
             raise
 
     names = (name, origin) if origin else (name,)
-    return _start(ctx, "Creating instance", _resources(*names), create)
+    return ctx.start_operation(Operation("Creating instance", resources=_resources(*names)),
+                               create)
 
 
 async def _discard_unfinished(ctx: Context, name: str) -> None:

@@ -106,6 +106,11 @@ def test_join_token_flow_with_the_real_lxc(https, tmp_path):
         ("Executing operation", True, None)
     listed = admin("config", "trust", "list-tokens", "lxfs:", "--format", "csv")
     assert listed.strip() == f"x,{token},"
+    # a client without a certificate is told so, and the token is not spent
+    status, doc = request(port, "POST", "/1.0/certificates", {"type": "client",
+                                                             "password": token})
+    assert (status, doc["error"]) == (400, "No client certificate provided")
+    assert len(pending_tokens(d)) == 1
     # a second client joins with it (no password, no --accept-certificate: the token
     # names the server's certificate)
     joiner = client(tmp_path, "joiner", d)

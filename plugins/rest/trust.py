@@ -211,17 +211,20 @@ def _check_type(value: Any) -> str:
     return value
 
 
-def _check_projects(ctx: Context, restricted: Any, projects: Any) -> tuple[bool, list[str]]:
+def _check_projects(restricted: Any, projects: Any) -> tuple[bool, list[str]]:
     if not isinstance(restricted, bool):
         raise InvalidArgument("restricted: expected a boolean")
     if projects is None:
         projects = []
     if not isinstance(projects, list) or not all(isinstance(p, str) for p in projects):
         raise InvalidArgument("projects: expected a list of project names")
+    return restricted, list(dict.fromkeys(projects))
+
+
+def _check_projects_exist(ctx: Context, projects: list[str]) -> None:
     for name in projects:
         if name not in ctx.ops.projects:
             raise NotFound(f"Project {name!r} not found")
-    return restricted, list(dict.fromkeys(projects))
 
 
 # --- who may call what -----------------------------------------------------------------------
@@ -299,12 +302,13 @@ async def add_certificate(ctx: Context, request: Request) -> Response:
         raise InvalidArgument("Client is already trusted")
     name = _check_name(body.get("name"))
     cert_type = _check_type(body.get("type"))
-    restricted, projects = _check_projects(ctx, body.get("restricted", False),
-                                           body.get("projects"))
+    restricted, projects = _check_projects(body.get("restricted", False), body.get("projects"))
     if not trust.is_admin(peer):
         password = body.get("password", "")
         if token or not password or not isinstance(password, str):
             raise HttpError(403, "not authorized")
+        if not text and not (isinstance(peer, TlsPeer) and peer.der):
+            raise InvalidArgument("No client certificate provided")  # before a token is used
         join = decode_join_token(password)
         if join is not None:
             granted = redeem_join_token(ctx, join)
@@ -318,6 +322,7 @@ async def add_certificate(ctx: Context, request: Request) -> Response:
                             "password)", peer.fingerprint[:12] if isinstance(peer, TlsPeer)
                             else peer)
                 raise HttpError(403, "not authorized")
+    _check_projects_exist(ctx, projects)
     if token:
         return await start_join_token(ctx, {
             "name": name, "type": cert_type, "restricted": restricted, "projects": projects,
@@ -332,7 +337,9 @@ async def add_certificate(ctx: Context, request: Request) -> Response:
         if not trust.is_admin(peer) and (not isinstance(peer, TlsPeer) or
                                          fingerprint(der) != peer.fingerprint):
             raise HttpError(403, "not authorized")  # only its own, unlike LXD
-    elif isinstance(peer, TlsPeer) and peer.der:
+    elif isinstance(peer, TlsPeer):
+        if not peer.der:
+            raise InvalidArgument("No client certificate provided")
         der = peer.der
     else:
         raise InvalidArgument("Can't use TLS data on non-TLS link")
@@ -368,7 +375,8 @@ async def _update(ctx: Context, request: Request, replace: bool) -> Response:
         record["type"] = _check_type(body.get("type"))
     restricted = body.get("restricted", False if replace else record.get("restricted", False))
     projects = body.get("projects", [] if replace else record.get("projects"))
-    record["restricted"], record["projects"] = _check_projects(ctx, restricted, projects)
+    record["restricted"], record["projects"] = _check_projects(restricted, projects)
+    _check_projects_exist(ctx, record["projects"])
     if not trust.is_admin(request.conn.peer) and any(
             record.get(k) != before.get(k) for k in ("name", "restricted", "projects")):
         raise HttpError(403, "Only the certificate can be changed")

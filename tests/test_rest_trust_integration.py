@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -478,6 +479,8 @@ def isolated_lxd():
     even on failure."""
     from conftest import REPO
 
+    if not shutil.which("lxd"):  # bench/ would install it: a test never reaches the internet
+        pytest.fail("LXD 5.0.2 is not installed (apt-get install lxd)", pytrace=False)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from bench.lxd import start_isolated_lxd

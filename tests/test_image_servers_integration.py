@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from conftest import lxfs_cli_command
 from test_rest_instances_integration import api, lxc, wait
+from test_rest_trust_integration import isolated_lxd  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -559,3 +560,42 @@ def test_kill9_mid_download_leaves_nothing(lxfs_daemon_factory, busybox_image, s
     d.start()
     assert uploads_left(d) == []
     assert fp not in images_of(d) and fp not in store_files(d)
+
+
+# --- the real LXD 5.0.2 launches from lxfs over simplestreams ------------------------------
+
+def test_lxd_launches_from_lxfs_over_simplestreams(daemon_with_busybox, isolated_lxd):  # noqa: F811
+    """LXD isolated in its network namespace (``isolated_lxd`` of the trust tests: the
+    LXD-protocol half is there), reaching lxfs's HTTPS listener over a veth."""
+    d = daemon_with_busybox
+    lxd, veth = isolated_lxd
+    fp = d.path("images", "aliases", "busybox").resolve().name
+    d.write("images", fp, "public", "true")
+    port = _free_port()
+    address = f"{veth.host_address}:{port}"
+    d.write("config", "core.https_address", address)
+    try:
+        wait_for(lambda: _reachable_at(veth.host_address, port), "the HTTPS listener", 30)
+        lxd.cli("remote", "add", "lxfs-ss", f"https://{address}", "--protocol",
+                "simplestreams")
+        servercerts = Path(lxd.env["LXD_CONF"]) / "servercerts"
+        servercerts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(d.data_dir / "server.crt", servercerts / "lxfs-ss.crt")
+        assert fp in lxd.cli("image", "list", "lxfs-ss:", "--format", "csv", "-c", "F")
+        lxd.cli("launch", "lxfs-ss:busybox", "c1")
+        assert json.loads(lxd.cli("query", "/1.0/instances/c1"))["status"] == "Running"
+        assert lxd.cli("exec", "c1", "--", "echo", "over simplestreams") == \
+            "over simplestreams\n"
+        cached = json.loads(lxd.cli("query", f"/1.0/images/{fp}"))
+        assert cached["cached"] is True
+        assert cached["update_source"]["protocol"] == "simplestreams"
+        assert cached["update_source"]["server"] == f"https://{address}"
+        lxd.cli("delete", "--force", "c1")
+    finally:
+        d.write("config", "core.https_address", "")
+
+
+def _reachable_at(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 1):
+        return True
+    return False

@@ -531,6 +531,9 @@ class ImagesDir(Dir):
     async def child(self, name: str) -> Node | None:
         if name == "aliases":
             return AliasesDir(self.srv)
+        if name == "pull":  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last pulled
+            return File(self.srv, lambda: self.srv.last_pulled, self.srv.pull_from_line,
+                        dynamic=True)
         if name in self.srv.images:
             return ImageDir(self.srv, name)
         pending = self.srv.pending_uploads().get(name)
@@ -561,9 +564,6 @@ class ImageDir(Dir):
         srv, image, fp = self.srv, self.image, self.fp
 
         def ro(value: Callable[[], object]) -> Callable[[], Node]:
-        if name == "pull":  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last pulled
-            return File(self.srv, lambda: self.srv.last_pulled, self.srv.pull_from_line,
-                        dynamic=True)
             return lambda: File(srv, lambda: _fmt(value()))
 
         def rw(attr: str) -> Callable[[], Node]:
@@ -588,6 +588,10 @@ class ImageDir(Dir):
             "expires_at": ro(lambda: rfc3339(image.expires_at)),
             "public": rw("public"),
             "auto_update": rw("auto_update"),
+            "cached": ro(lambda: image.cached),
+            "last_used_at": ro(lambda: rfc3339(image.last_used_at)),
+            "update_source": lambda: KeyValueDir(srv, lambda: image.update_source, None,
+                                                 None) if image.update_source else None,
             "aliases": ro(lambda: lines(sorted(a for a, (f, _) in srv.aliases.items()
                                                if f == fp))),
             "properties": lambda: KeyValueDir(srv, lambda: image.properties, set_prop,
@@ -618,10 +622,6 @@ class AliasesDir(Dir):
         entry = self.srv.aliases.get(name)
         return Link(f"../{entry[0]}") if entry else None
 
-            "cached": ro(lambda: image.cached),
-            "last_used_at": ro(lambda: rfc3339(image.last_used_at)),
-            "update_source": lambda: KeyValueDir(srv, lambda: image.update_source, None,
-                                                 None) if image.update_source else None,
     async def symlink(self, name: str, target: str) -> None:
         await self.srv.guarded("", self.srv.create_alias(name, target))
 

@@ -54,6 +54,8 @@ class StaticServer:
         self.root = root
         self.stall = False
         self.requests: list[str] = []
+        #: what a HEAD of /direct answers (LXD's source.type=url): (fingerprint, file path)
+        self.direct: tuple[str, str] | None = None
         outer = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -74,6 +76,16 @@ class StaticServer:
                     time.sleep(20)
                     return
                 super().do_GET()
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                if self.path == "/direct" and outer.direct:
+                    self.send_response(200)
+                    self.send_header("LXD-Image-Hash", outer.direct[0])
+                    self.send_header("LXD-Image-URL", outer.direct[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_HEAD()
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
@@ -599,3 +611,30 @@ def _reachable_at(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), 1):
         return True
     return False
+
+
+def test_url_source_and_system_cas(lxfs_daemon_factory, busybox_image, static_server,
+                                   tls_cert):
+    """``source.type=url`` (LXD's direct download: a HEAD answers LXD-Image-Hash and
+    LXD-Image-URL); no certificate given: the system's CAs (SSL_CERT_FILE) decide."""
+    d = start(lxfs_daemon_factory, SSL_CERT_FILE=str(tls_cert[0]))
+    fp = publish_tree(d, busybox_image, static_server.root)
+    _, item = _items(static_server.root)
+    static_server.direct = (fp, "/" + item["path"])
+    status, doc, _ = api(d, "POST", "/1.0/images", {
+        "source": {"type": "url", "url": f"{static_server.url}/direct"},
+        "aliases": [{"name": "direct"}]})
+    assert status == 202, doc
+    op = wait(d, doc)
+    assert op["status"] == "Success", op
+    assert op["metadata"]["fingerprint"] == fp
+    assert d.path("images", "aliases", "direct").resolve().name == fp
+    assert "image download: metadata: 100%" in d.log_path.read_text()
+    # a hash that does not match the file: nothing registered
+    d.cli("image", "delete", fp)
+    static_server.direct = ("cd" * 32, "/" + item["path"])
+    status, doc, _ = api(d, "POST", "/1.0/images", {
+        "source": {"type": "url", "url": f"{static_server.url}/direct"}})
+    op = wait(d, doc)
+    assert op["status"] == "Failure" and "fingerprint" in op["err"], op
+    assert fp not in images_of(d) and uploads_left(d) == []

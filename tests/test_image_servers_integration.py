@@ -556,18 +556,19 @@ def test_kill9_mid_download_leaves_nothing(lxfs_daemon_factory, busybox_image, s
     d = lxfs_daemon_factory(env={"LXFS_IMAGE_SERVER_TIMEOUT": "60"})
     fp = publish_tree(d, busybox_image, static_server.root)
     static_server.stall = True
-    writer = subprocess.Popen(
-        ["sh", "-c", f"echo 'simplestreams {static_server.url} busybox "
-                     f"certificate={_b64(tls_cert[0])}' > {d.path('images', 'pull')}"],
-        stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: any(p.startswith("/images/") for p in static_server.requests),
-                 "the download to start", 30)
-        wait_for(lambda: any(n.startswith("pull-") for n in uploads_left(d)),
-                 "the staging directory", 10)
-        d.kill9()
-    finally:
-        writer.wait(30)
+    status, doc, _ = api(d, "POST", "/1.0/images", {"source": {
+        "type": "image", "mode": "pull", "server": static_server.url,
+        "protocol": "simplestreams", "alias": "busybox",
+        "certificate": tls_cert[0].read_text()}})
+    assert status == 202, doc
+
+    def progress() -> str:
+        op = api(d, "GET", doc["operation"])[1]["metadata"]
+        return (op.get("metadata") or {}).get("download_progress", "")
+
+    wait_for(lambda: progress().startswith("metadata: 0%"), "download_progress", 30)
+    assert any(n.startswith("pull-") for n in uploads_left(d))
+    d.kill9()
     static_server.stall = False
     d.start()
     assert uploads_left(d) == []

@@ -99,13 +99,14 @@ def _open(url: str, certificate: str, timeout: float, method: str = "GET"
                     context=_tls_context(certificate))
             else:
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-            conn.request(method, path, headers={"User-Agent": "lxfs"})
-            if certificate and parts.scheme == "https":
+            conn.connect()
+            if certificate and parts.scheme == "https":  # checked before a byte is sent
                 sock: Any = conn.sock
                 if sock.getpeercert(binary_form=True) != _pinned_der(certificate):
                     conn.close()
                     raise DownloadError(f"{parts.netloc}: the server's certificate is not the "
                                         "one given for it")
+            conn.request(method, path, headers={"User-Agent": "lxfs"})
             response = conn.getresponse()
         except TimeoutError:
             raise DownloadError(f"{parts.netloc}: no answer within {timeout:.0f} s (the "

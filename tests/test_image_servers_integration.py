@@ -388,6 +388,12 @@ def test_bad_downloads_change_nothing(lxfs_daemon_factory, busybox_image, static
                 f"certificate={_b64(tls_cert[0])}")
     assert expected in d.read("error")
     assert images_of(d) == before_images
+    # and lxfs launch tells the reason
+    use_remotes(d, tls_cert[0], static_server)
+    result = d.cli("launch", "mirror:busybox", "c2", check=False, timeout=120)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert "certificate=" not in result.stderr
+    assert "c2" not in d.instance_names() and images_of(d) == before_images
 
 
 def _split(busybox_image: Path, tree: Path) -> tuple[tuple[str, int, str], ...]:

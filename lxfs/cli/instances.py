@@ -113,7 +113,7 @@ def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
         for dev, options in devices.items():
             set_device(mount, inst, dev, options)
         mount.write(inst / "source", image, inst, messages={
-            errno.ENOENT: f"Image not found: {image}",
+            errno.ENOENT: f"Image not found: {args.image}",
         })
     except (CLIError, KeyboardInterrupt):
         try:

@@ -39,6 +39,9 @@ from lxfs.api import Host, may_drive, peer_credentials
 log = logging.getLogger("lxfs.exec")
 
 SOCKET_NAME = "exec.socket"
+#: root's ``lxfs exec`` on this host's instance, whatever default remote root's own
+#: configuration names
+LOCAL_EXEC = "import sys; from lxfs.cli import main; sys.exit(main(sys.argv[1:], local_only=True))"
 #: signals a client may forward (what a terminal or a user sends to a foreground command)
 ALLOWED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH}
@@ -150,7 +153,7 @@ async def _run(host: Host, conn: trio.socket.SocketType, args: list[str], term: 
     if term:
         env["TERM"] = term
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "lxfs.cli", "exec", *args],
+        [sys.executable, "-c", LOCAL_EXEC, "exec", *args],
         stdin=fds[0], stdout=fds[1], stderr=fds[2], env=env, start_new_session=True)
     for fd in fds:
         os.close(fd)

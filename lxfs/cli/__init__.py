@@ -81,12 +81,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return build(argv)
 
 
-def _run(args_list: list[str]) -> int:
+def _run(args_list: list[str], local_only: bool = False) -> int:
     if args_list[:1] == ["exec"]:  # the latency-critical command: no argparse when it can
         from lxfs.cli import exec as exec_  # noqa: PLC0415
 
         fast = exec_.parse_fast(args_list[1:])
-        if fast is not None and ":" not in fast.name and not _default_remote_elsewhere():
+        if fast is not None and (local_only or (":" not in fast.name
+                                                and not _default_remote_elsewhere())):
             return exec_.run(fast)  # type: ignore[arg-type]
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
@@ -97,7 +98,7 @@ def _run(args_list: list[str]) -> int:
     from lxfs.cli.parser import command_word  # noqa: PLC0415 - imported by build_parser
 
     word = command_word(args_list)
-    if word != "remote" and _may_name_remote(args_list):
+    if word != "remote" and not local_only and _may_name_remote(args_list):
         from lxfs.cli.remote_commands import dispatch  # noqa: PLC0415
 
         code = dispatch(args, word or "")
@@ -131,11 +132,13 @@ def _default_remote_elsewhere() -> bool:
     return False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (and exits with it when run as a script)."""
+def main(argv: Sequence[str] | None = None, local_only: bool = False) -> int:
+    """Run the CLI; returns the exit status (and exits with it when run as a script).
+    ``local_only``: names are this host's, whatever the user's remotes say (the daemon's own
+    ``lxfs exec`` helpers)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = _run(args_list)
+        code = _run(args_list, local_only)
     except NoMount as exc:
         sys.stderr.write(exc.message + "\n")
         code = exc.code

@@ -38,6 +38,10 @@ VALUE_OPTIONS = ("--env", "--cwd", "--user", "--group")
 GATE_FD = -1
 #: the attached child's exit status when the gate closed without opening
 GATE_CLOSED = 125
+#: set by the REST bridge's exec helper: the container directory (``lxc_path``) the daemon
+#: already knows. The ``--env`` options are then the whole environment (the daemon computed
+#: it): nothing is read from the mount, whose daemon is busy with the client's websockets.
+PRESET_LXC_PATH = ""
 
 
 class ChildSpec:
@@ -126,22 +130,27 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def build_env(inst: str, uid: int, use_pty: bool, extra: list[str]) -> dict[str, str]:
-    """LXD's defaults, then the instance's ``environment.*`` keys, then ``--env``."""
-    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
-    if uid == 0:
-        env["HOME"] = "/root"
-        env["USER"] = "root"
-    term = os.environ.get("TERM")
-    if term:
-        env["TERM"] = term
-    elif use_pty:
-        env["TERM"] = "xterm"
-    config = os.path.join(inst, "expanded", "config")
-    try:
-        keys = sorted(k for k in os.listdir(config) if k.startswith("environment."))
-    except OSError:
-        keys = []
+def build_env(inst: str, uid: int, use_pty: bool, extra: list[str], defaults: bool = True
+              ) -> dict[str, str]:
+    """LXD's defaults, then the instance's ``environment.*`` keys, then ``--env``
+    (without ``defaults``: ``--env`` only, the whole environment as the daemon made it)."""
+    env: dict[str, str] = {}
+    keys: list[str] = []
+    if defaults:
+        env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+        if uid == 0:
+            env["HOME"] = "/root"
+            env["USER"] = "root"
+        term = os.environ.get("TERM")
+        if term:
+            env["TERM"] = term
+        elif use_pty:
+            env["TERM"] = "xterm"
+        config = os.path.join(inst, "expanded", "config")
+        try:
+            keys = sorted(k for k in os.listdir(config) if k.startswith("environment."))
+        except OSError:
+            keys = []
     for key in keys:
         try:
             value = read_text(os.path.join(config, key))
@@ -327,20 +336,24 @@ def run(args: argparse.Namespace) -> int:
     make it). Whether the instance runs is asked from liblxc, not read from the mount."""
     if args.force_interactive and args.force_noninteractive:
         raise CLIError("-t and -T cannot be used together")
-    root = mount_point()
-    check_mount(root)
-    inst = instance_dir(root, args.name)
     if not args.command:
         raise CLIError("Missing command: lxfs exec NAME -- COMMAND [ARGS...]")
-    if os.geteuid() != 0:
-        return run_through_daemon(root, args)
+    lxc_path = PRESET_LXC_PATH
+    inst = ""
+    if not lxc_path:
+        root = mount_point()
+        check_mount(root)
+        inst = instance_dir(root, args.name)
+        if os.geteuid() != 0:
+            return run_through_daemon(root, args)
     try:
         # python-lxc's C module: its ``lxc`` wrapper adds nothing exec uses and imports
         # subprocess (4 ms of start-up)
         import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
     except ImportError as exc:
         raise CLIError("python-lxc is not installed (needed by exec)") from exc
-    lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
+    if not lxc_path:
+        lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
     if not lxc_path:
         raise CLIError("The server does not publish environment/lxc_path")
     container = lxc.Container(args.name, lxc_path)
@@ -360,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
 
     uid = 0 if args.user is None else args.user
     gid = 0 if args.group is None else args.group
-    env = build_env(inst, uid, use_pty, args.env or [])
+    env = build_env(inst, uid, use_pty, args.env or [], defaults=not PRESET_LXC_PATH)
     cwd = args.cwd or ("/root" if uid == 0 else None)
     spec = ChildSpec(argv=list(args.command), env=env, cwd=cwd, explicit_cwd=bool(args.cwd),
                      uid=uid, use_pty=use_pty)

@@ -208,7 +208,8 @@ def _resources(name: str) -> dict[str, list[str]]:
 
 #: the helper: imports the exec code (at the lowest priority: a spare warms up while an exec
 #: runs), waits for ``lxfs exec``'s arguments (JSON) and three descriptors on the socket
-#: named by argv[1], puts them on 0, 1 and 2 and runs the CLI
+#: named by argv[1], puts them on 0, 1 and 2 and runs the CLI (told the container directory
+#: and given the whole environment: it reads nothing from the mount)
 HELPER_BOOTSTRAP = """\
 import gc, os, socket, sys
 priority = os.getpriority(os.PRIO_PROCESS, 0)
@@ -241,11 +242,14 @@ if gate >= 0 and failure is None:
     if gate <= 2:  # cannot be (0-2 were taken when it came), but never wait on a std fd
         os._exit(125)
     lxfs.cli.exec.GATE_FD = gate
+request = json.loads(message)
+if failure is None:
+    lxfs.cli.exec.PRESET_LXC_PATH = request["lxc_path"]
 if failure is not None:
     sys.stderr.write(f"Error: cannot start lxfs exec: {failure}\\n")
     sys.stderr.flush()
     os._exit(125)
-code = main(["exec", *json.loads(message)])
+code = main(["exec", *request["args"]], local_only=True)
 for stream in (sys.stdout, sys.stderr):
     try:
         stream.flush()
@@ -441,7 +445,7 @@ async def start_command(ctx: Context, args: list[str], fds: tuple[int, ...]) -> 
     """Run ``lxfs exec ARGS`` on ``fds`` (stdin, stdout, stderr and, optionally, the gate:
     see ``lxfs.cli.exec.GATE_FD``) through a helper."""
     pool = helper_pool(ctx)
-    message = json.dumps(args).encode()
+    message = json.dumps({"args": args, "lxc_path": _lxc_path(ctx)}).encode()
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
     for attempt in range(2):
         helper = await pool.take() if attempt == 0 else await pool.spawn()

@@ -177,6 +177,14 @@ def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
     assert user1.run("file", "pull", "host2:c1/root/hello.txt", "-").stdout \
         == "hello from host1\n"
 
+    # the other way: host2's daemon pulls host1's (private) image, for an image or an instance
+    user2.run("image", "copy", "host1:busybox", "local:", "--alias", "from-host1")
+    assert user2.daemon.read("images/aliases/from-host1/fingerprint") == \
+        user1.daemon.read("images/aliases/busybox/fingerprint")
+    user2.run("launch", "host1:busybox", "c3")
+    assert user2.daemon.read("instances/c3/state") == "RUNNING"
+    user2.run("delete", "--force", "c3")
+
     # the default remote
     user1.run("remote", "switch", "host2")
     assert user1.run("remote", "get-default").stdout.strip() == "host2"

@@ -25,6 +25,13 @@ def remote_reference(remote: Any, image: str) -> str:
     from lxfs.cli.remotes import server_cert_path  # noqa: PLC0415
 
     words = [remote.protocol, remote.addr, image]
+    if remote.protocol == "lxd" and not remote.public:
+        from lxfs.cli.remote_commands import private_image_secret  # noqa: PLC0415
+
+        fingerprint, secret = private_image_secret(remote, image)
+        if secret:  # a private image: the daemon downloads it by fingerprint with a secret
+            words[2] = fingerprint
+            words.append(f"secret={secret}")
     cert = server_cert_path(remote.name)
     if cert is not None:
         body = "".join(line.strip() for line in cert.read_text().splitlines()
@@ -58,7 +65,7 @@ def pull_remote_image(remote: Any, image: str, aliases: list[str], public: bool 
     line = remote_reference(remote, image)
     line += "".join(f" alias={a}" for a in aliases)
     line += " public=true" * public + " auto_update=true" * auto_update
-    mount.write(mount.images / "pull", line, mount.images)
+    mount.write(mount.images / "pull", line)  # its errors: the top-level error file
     return read_opt(mount.images / "pull").strip()
 
 

@@ -305,9 +305,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
     fp = mount.resolve_image(args.image)
     for alias in args.alias or []:
         target = mount.images / "aliases" / alias
-        mount.do(lambda t=target: os.symlink(fp, t), mount.images)
+        mount.do(lambda t=target: os.symlink(fp, t))
     if args.public:
-        mount.write(mount.images / fp / "public", "true", mount.images)
+        mount.write(mount.images / fp / "public", "true")
     print("Image copied successfully!")
     return 0
 

@@ -197,9 +197,22 @@ def _image_source(config: RemotesConfig, image_remote: str, image: str, target: 
 
             source["certificate"] = ssl.DER_cert_to_PEM_cert(origin.pinned_der)
         if not info.get("public"):
-            op = origin.request("POST", f"/1.0/images/{fp}/secret", {})
-            source["secret"] = (op.get("metadata") or {}).get("metadata", {}).get("secret")
+            source["secret"] = private_image_secret(remote, fp)[1]
     return source
+
+
+def private_image_secret(remote: Any, image: str) -> tuple[str, str]:
+    """An image of an LXD-protocol remote: its fingerprint and, unless it is public, a
+    single-use secret with which another server (this host's daemon) may download it,
+    asked for with this client's certificate ("" for a public image)."""
+    from lxfs.cli.rest_client import Server  # noqa: PLC0415
+
+    origin = Server(remote)
+    fp = _resolve_remote_image(origin, image)
+    if origin.get(f"/1.0/images/{fp}").get("public"):
+        return fp, ""
+    op = origin.request("POST", f"/1.0/images/{fp}/secret", {})
+    return fp, str(((op.get("metadata") or {}).get("metadata") or {}).get("secret") or "")
 
 
 def _looks_like_fingerprint(text: str) -> bool:

@@ -12,7 +12,9 @@ other did).
   file behind.
 - ``POST /1.0/images`` with a JSON body publishes an instance or a snapshot (LXD refuses a
   running instance: ``lxc publish --force`` stops it and starts it again itself). Remote
-  sources (``url``, ``image`` with a ``server``, push mode) are refused until lxfs has remotes.
+  sources (``url``, ``image`` with a ``server``) are pulled by the daemon
+  (``Server.pull_image`` through the image server drivers), with LXD's
+  ``download_progress``; push mode is refused.
 - Exports are the stored files, byte for byte: a unified image as one file, a split one as
   ``multipart/form-data`` with both, named as LXD names them (``FP.tar.xz``, ``meta-FP...``).
 """
@@ -504,8 +506,9 @@ async def list_images(ctx: Context, request: Request) -> Response:
 
 @route("POST", "/1.0/images")
 async def create_image(ctx: Context, request: Request) -> Response:
-    """An upload (raw or multipart body), or a JSON request (publish; remote sources are
-    refused). As LXD, a body that parses as JSON is a request whatever its content type."""
+    """An upload (raw or multipart body), or a JSON request (publish, a copy, a pull from an
+    image server). As LXD, a body that parses as JSON is a request whatever its content
+    type."""
     check_project(ctx, request)
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     ctype = ctype.lower()

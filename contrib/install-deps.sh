@@ -29,6 +29,8 @@ PACKAGES=(
     xz-utils zstd tar gzip bzip2 git ca-certificates util-linux procps
     lxd-client socat
 )
+# the shell tools the mount is tested with (tests/test_mount_shell_tools_integration.py)
+PACKAGES+=(rsync ed vim nano diffutils findutils)
 # apparmor_parser: loads the containers' profiles where the kernel has AppArmor, and compiles
 # them in the tests everywhere (it needs no kernel support for that).
 PACKAGES+=(apparmor)

@@ -24,9 +24,11 @@ import contextlib
 import ctypes
 import errno
 import functools
+import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ import pyfuse3
 import trio
 
 from lxfs.errors import InvalidArgument, LxfsError, NotFound, PermissionDenied
-from lxfs.nodes import Dir, File, HostFile, Link, Node, StaticDir, Upload, root
+from lxfs.nodes import Dir, File, HostFile, KeyValueDir, Link, Node, StaticDir, Upload, root
 from lxfs.server import Server
 
 log = logging.getLogger("lxfs.fs")
@@ -56,6 +58,16 @@ READDIR_BATCH = 128
 READAHEAD_KB = 1024
 #: how long a front end waits for the kernel to drop entries it changed behind its back
 SETTLE_TIMEOUT = 2.0
+#: the largest value (and scratch file)
+VALUE_MAX = 1 << 20
+#: scratch files one process may hold at a time, and all processes together
+SCRATCH_PER_PROCESS = 64
+SCRATCH_MAX = 1024
+#: a value computed for a getattr serves a read that follows within this many seconds (an
+#: ``open()`` stats before it reads: the value is computed once, not twice)
+FRESH_FOR = 0.05
+#: values and listings whose change times are remembered (beyond that, forgotten)
+TIMES_MAX = 100_000
 
 
 def guarded(fn: F) -> F:
@@ -121,11 +133,84 @@ class Handle:
     released: bool = False
     #: set when ``users`` drops to 0 (for a flush waiting for the writes in flight)
     idle: trio.Event | None = None
+    #: values: written since opened; truncated to 0 (by O_TRUNC or ftruncate) and not
+    #: written since: the value is emptied at close
+    written: bool = False
+    truncated: bool = False
     #: directories: the entries (listed at opendir or rewind), and the last batch of stats
     names: list[str] | None = None
     fresh: bool = False
     batch_start: int = 0
     batch: list[tuple[HostFile, HostStat] | None] = field(default_factory=list)
+
+
+class Scratch(Node):
+    """A new file in a directory of values (the temporary file of ``sed -i``, an editor,
+    ``mkstemp``): private to the process that made it (``owner``, a thread group id), kept in
+    memory, applied as one validated write when renamed over a value, gone when unlinked or
+    when its owner exits."""
+
+    kind = "scratch"
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.data = bytearray()
+        self.mtime_ns = time.time_ns()
+
+
+class ValueTimes:
+    """When each virtual value and directory listing last changed: a digest of what it was
+    when last seen, and since when. A change is seen when a getattr, lookup or readdir
+    computes the node, and right after every daemon event for its object (``touch``); what is
+    seen for the first time dates from its object's last event or change through the mount,
+    else from the mount's start."""
+
+    def __init__(self) -> None:
+        self.start_ns = time.time_ns()
+        self.seen: dict[Path_, tuple[int, int]] = {}
+        self.touched: dict[Path_, int] = {}
+
+    def stamp(self, path: Path_, content: object) -> int:
+        digest = hash(content)
+        old = self.seen.get(path)
+        if old is not None and old[0] == digest:
+            return old[1]
+        mtime = time.time_ns() if old is not None else self.known(path)
+        if len(self.seen) >= TIMES_MAX:
+            self.seen.clear()
+        self.seen[path] = (digest, mtime)
+        return mtime
+
+    def known(self, path: Path_) -> int:
+        old = self.seen.get(path)
+        return old[1] if old is not None else self.touched.get(path[:2], self.start_ns)
+
+    def touch(self, path: Path_) -> None:
+        """The object of ``path`` (``instances/NAME``...) changed now."""
+        if len(self.touched) >= TIMES_MAX:
+            self.touched.clear()
+        self.touched[path[:2]] = time.time_ns()
+
+
+def _tgid(pid: int) -> int:
+    """The process (thread group) of a thread id (FUSE requests carry the thread's)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
+def _event_object(source: str) -> Path_:
+    """The mount path of the object an event's ``source`` names (``/1.0/instances/c1/...``
+    → ``instances/c1``; ``/1.0`` → ``config``)."""
+    parts = [p for p in source.split("/") if p][1:]
+    if not parts:
+        return ("config",)
+    return tuple(parts[:2])
 
 
 async def _failed_upload(name: str, exc: OSError) -> None:
@@ -476,19 +561,27 @@ class LxfsOperations(pyfuse3.Operations):
         self.next_fh = 1
         #: paths of files created with O_CREAT and not yet written (they exist meanwhile)
         self.creating: dict[Path_, Node] = {}
+        #: scratch files, by path; processes whose exit drops theirs (and their rm -r marks)
+        self.scratch: dict[Path_, Scratch] = {}
+        self.followed: set[int] = set()
+        #: (process, instance) pairs: that process's ``rm -r`` of the instance was refused,
+        #: and it may remove nothing more below it
+        self.refused_rm: set[tuple[int, str]] = set()
+        self.times = ValueTimes()
+        #: the value a getattr computed last, per path (``FRESH_FOR``)
+        self.fresh: dict[Path_, tuple[float, bytes]] = {}
         #: worker threads of host-file system calls
         self.host_threads = trio.CapacityLimiter(HOST_IO_THREADS)
         self.cached_stat = CachedStat()
         #: the mount's readahead is raised at the first open of a host file (it cannot be
         #: done earlier: the kernel's INIT caps it at 128 KiB)
         self.readahead_set = False
-        import time
-
-        self.mount_time = time.time()
         server.on_change = self._on_change
         server.settle_changes = self.settle_changes
         #: entries dropped by ``_on_change`` that ``settle_changes`` has not waited for
         self._unsettled: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=1024)
+        if server.nursery is not None:
+            server.nursery.start_soon(self._follow_events)
 
     # --- host I/O -------------------------------------------------------------------------
 
@@ -558,7 +651,7 @@ class LxfsOperations(pyfuse3.Operations):
             else:
                 child = None
             if child is None:
-                child = self.creating.get(path[:i + 1])
+                child = self.creating.get(path[:i + 1]) or self.scratch.get(path[:i + 1])
             if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = child
@@ -568,10 +661,46 @@ class LxfsOperations(pyfuse3.Operations):
         path = self._path(ino)
         return path, await self.resolve(path)
 
-    async def _attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+    async def _attrs(self, node: Node, ino: int, path: Path_) -> pyfuse3.EntryAttributes:
         if isinstance(node, HostFile):
             return self._host_attrs(node, ino, await self._stat(node))
-        return self._virtual_attrs(node, ino)
+        return self._virtual_attrs(node, ino, *await self._measure(path, node))
+
+    async def _measure(self, path: Path_, node: Node, keep: bool = True) -> tuple[int, int]:
+        """A virtual node's size and mtime (ns), from its current value (a directory: its
+        entries). The value is kept a moment for the read that follows (``FRESH_FOR``)."""
+        if isinstance(node, Scratch):
+            return len(node.data), node.mtime_ns
+        if isinstance(node, File):
+            if node.stream:
+                return 0, self.times.known(path)
+            try:
+                data = await node.read()
+            except (LxfsError, OSError):
+                data = b""  # write-only, or gone meanwhile
+            if keep:
+                if len(self.fresh) >= 256:
+                    self.fresh.clear()
+                self.fresh[path] = (time.monotonic(), data)
+            return len(data), self.times.stamp(path, data)
+        if isinstance(node, Dir):
+            try:
+                names = tuple(await node.list())
+            except (LxfsError, OSError):
+                names = ()
+            return 0, self.times.stamp(path, names)
+        return 0, self.times.known(path)
+
+    def _take_fresh(self, path: Path_) -> bytes | None:
+        kept = self.fresh.pop(path, None)
+        if kept is None or time.monotonic() - kept[0] > FRESH_FOR:
+            return None
+        return kept[1]
+
+    def _changed(self, path: Path_) -> None:
+        """A value or an entry changed through the mount: no kept value is served since."""
+        self.fresh.clear()
+        self.times.touch(path)
 
     def _new_attrs(self, ino: int) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -598,16 +727,18 @@ class LxfsOperations(pyfuse3.Operations):
             e.st_uid = e.st_gid = 0
         return e
 
-    def _virtual_attrs(self, node: Node, ino: int) -> pyfuse3.EntryAttributes:
+    def _virtual_attrs(self, node: Node, ino: int, size: int = 0, mtime_ns: int = 0,
+                       timeout: float = TIMEOUT) -> pyfuse3.EntryAttributes:
+        """Attributes of a virtual node: ``size`` the length of its value, ``mtime_ns`` when
+        it last changed (``ValueTimes``); ``timeout`` for the kernel's attribute cache."""
         # Root's, and the access group's (rw for both, nothing for others), except private
         # ones; the kernel enforces it (default_permissions).
         e = self._new_attrs(ino)
-        ts = int(self.mount_time * 1e9)
+        e.attr_timeout = timeout
+        ts = mtime_ns or self.times.start_ns
         if isinstance(node, Dir):
             e.st_mode = stat.S_IFDIR | 0o770
             e.st_nlink = 2
-            if node.mtime:
-                ts = int(node.mtime * 1e9)
         elif isinstance(node, Link):
             e.st_mode = stat.S_IFLNK | 0o777
             e.st_nlink = 1
@@ -615,7 +746,12 @@ class LxfsOperations(pyfuse3.Operations):
         elif isinstance(node, File):
             e.st_mode = stat.S_IFREG | node.mode & 0o700 | (node.mode & 0o700) >> 3
             e.st_nlink = 1
-            e.st_size = 0 if node.dynamic else 4096
+            e.st_size = size
+        elif isinstance(node, Scratch):  # its owner's alone: never cached by the kernel
+            e.st_mode = stat.S_IFREG | 0o660
+            e.st_nlink = 1
+            e.st_size = len(node.data)
+            e.entry_timeout = e.attr_timeout = 0
         else:  # Upload in progress
             e.st_mode = stat.S_IFREG | 0o660
             e.st_nlink = 1
@@ -631,9 +767,10 @@ class LxfsOperations(pyfuse3.Operations):
         node = await self.resolve(path)
         if isinstance(node, HostFile):
             return self._host_entry(path, node, await self._stat(node))
+        measured = await self._measure(path, node)
         ino = self._ino(path)
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
-        return self._virtual_attrs(node, ino)
+        return self._virtual_attrs(node, ino, *measured)
 
     def _host_entry(self, path: Path_, node: HostFile, hs: HostStat
                     ) -> pyfuse3.EntryAttributes:
@@ -679,12 +816,163 @@ class LxfsOperations(pyfuse3.Operations):
         with trio.move_on_after(SETTLE_TIMEOUT):
             await trio.to_thread.run_sync(drop, abandon_on_cancel=True)
 
+    async def _follow_events(self) -> None:
+        """A task of the daemon's nursery: after each event, the values and listings of its
+        object that have been seen are computed again, so that their mtimes are those of the
+        change (a state transition, an instance stopping by itself...) and the kernel drops
+        the attributes it holds of those that changed."""
+        events = self.srv.events.subscribe()
+        try:
+            for name in list(self.srv.instances):
+                await self._restamp(("instances", name, "state"))
+            async for line in events:
+                try:
+                    source = json.loads(line).get("metadata", {}).get("source")
+                    if isinstance(source, str):
+                        await self._object_changed(_event_object(source))
+                except Exception:  # noqa: BLE001 - the mount's times are best effort
+                    log.exception("while following an event")
+        finally:
+            self.srv.events.unsubscribe(events)
+
+    async def _object_changed(self, obj: Path_) -> None:
+        self.fresh.clear()
+        self.times.touch(obj)
+        n = len(obj)
+        paths = [p for p in self.times.seen if p[:n] == obj]
+        if obj[:1] == ("instances",) and n == 2:
+            paths.append(obj + ("state",))  # seen from its creation on: exact mtimes
+        changed = [ino for path in [obj[:-1], *paths] if (ino := await self._restamp(path))]
+        if changed:
+            def drop() -> None:
+                for ino in changed:
+                    with contextlib.suppress(Exception):
+                        pyfuse3.invalidate_inode(ino, True)
+
+            await trio.to_thread.run_sync(drop)
+
+    async def _restamp(self, path: Path_) -> int | None:
+        """Compute a virtual node again; its inode if the kernel holds it and it changed."""
+        before = self.times.seen.get(path)
+        try:
+            node = await self.resolve(path)
+        except pyfuse3.FUSEError:
+            self.times.seen.pop(path, None)
+            return None
+        if isinstance(node, HostFile):
+            return None
+        await self._measure(path, node, keep=False)
+        if self.times.seen.get(path) == before:
+            return None
+        return self.ino_of.get(path)
+
+    # --- scratch files and refused rm -r -----------------------------------------------------
+
+    async def _takes_scratch(self, parent: Dir) -> bool:
+        """Whether ``parent``, where files cannot be created, holds values that can be
+        written (a new file made with O_EXCL there is then a scratch file; in ``config/``,
+        one whose name is not a key)."""
+        for entry in await parent.list():
+            child = await parent.child(entry)
+            if isinstance(child, File) and child.mode & 0o200 and not child.stream:
+                return True
+        return False
+
+    def _follow_owner(self, owner: int) -> None:
+        """Drop what ``owner`` leaves (scratch files, rm -r refusals) when it exits."""
+        if owner in self.followed or self.srv.nursery is None:
+            return
+        self.followed.add(owner)
+        self.srv.nursery.start_soon(self._reap_owner, owner)
+
+    async def _reap_owner(self, owner: int) -> None:
+        try:
+            fd = os.pidfd_open(owner)
+        except OSError:
+            fd = -1
+        try:
+            if fd >= 0:
+                await trio.lowlevel.wait_readable(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            self.followed.discard(owner)
+            for path, scratch in list(self.scratch.items()):
+                if scratch.owner == owner:
+                    del self.scratch[path]
+                    self._invalidate(path)
+            self.refused_rm = {r for r in self.refused_rm if r[0] != owner}
+
+    def _visible(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
+        """A scratch file exists for its owner only."""
+        scratch = self.scratch.get(path)
+        if scratch is not None and scratch.owner != _tgid(ctx.pid):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+    def _check_rm(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
+        """After a process's removal of an entry of an instance directory was refused (an
+        ``rm -r`` of the instance), it removes nothing below it: no key unset, no file of
+        its root filesystem deleted one by one."""
+        if self.refused_rm and len(path) >= 2 and path[0] == "instances" and (
+                (_tgid(ctx.pid), path[1]) in self.refused_rm):
+            raise PermissionDenied(f"instance {path[1]} is removed by rmdir (lxfs delete), "
+                                   "not entry by entry: this rm -r removed nothing")
+
+    def _refused_rm(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
+        if len(path) == 3 and path[0] == "instances" and path[1] in self.srv.instances:
+            owner = _tgid(ctx.pid)
+            self.refused_rm.add((owner, path[1]))
+            self._follow_owner(owner)
+            self.srv.set_error(path[1], f"cannot remove {path[2]}: an instance is removed by "
+                                        f"rmdir instances/{path[1]} (lxfs delete), not by "
+                                        "rm -r: nothing was removed")
+
+    async def _create_scratch(self, path: Path_, ctx: pyfuse3.RequestContext
+                              ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        owner = _tgid(ctx.pid)
+        if len(self.scratch) >= SCRATCH_MAX or sum(
+                s.owner == owner for s in self.scratch.values()) >= SCRATCH_PER_PROCESS:
+            raise pyfuse3.FUSEError(errno.ENOSPC)
+        scratch = Scratch(owner)
+        self.scratch[path] = scratch
+        self._follow_owner(owner)
+        info = pyfuse3.FileInfo(fh=self._new_handle(Handle(scratch, path, ctx.pid)),
+                                direct_io=True)
+        return info, await self._entry(path)
+
+    async def _apply_scratch(self, scratch: Scratch, parent: Dir, path: Path_) -> None:
+        """Rename of a scratch file over ``path``: its content is one write of that value
+        (a key that does not exist yet is created)."""
+        target = await parent.child(path[-1])
+        if isinstance(target, Dir):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(target, Scratch) or (target is None and path in self.scratch):
+            self.scratch[path] = scratch
+            return
+        if target is None:
+            target = parent.create(path[-1])
+        if not isinstance(target, File) or isinstance(target, Upload):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if not target.mode & 0o200:
+            raise self._denied(parent, path, "read-only file")
+        self._changed(path)
+        await target.write(bytes(scratch.data))
+        if target.accumulate and not scratch.data.rstrip(b"\n"):
+            self._invalidate(path)  # emptied: the key is unset
+
+    def _denied(self, parent: Dir, path: Path_, why: str) -> LxfsError:
+        exc = PermissionDenied(f"{'/'.join(path)}: {why}")
+        self.srv.set_error(parent.scope, exc.message)
+        return exc
+
     # --- lookups --------------------------------------------------------------------------
 
     @guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
                      ) -> pyfuse3.EntryAttributes:
         path = self._path(parent_inode) + (os.fsdecode(name),)
+        if self.scratch:
+            self._visible(path, ctx)
         return await self._entry(path)
 
     async def forget(self, inode_list: Any) -> None:
@@ -703,7 +991,8 @@ class LxfsOperations(pyfuse3.Operations):
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
                       ) -> pyfuse3.EntryAttributes:
-        return await self._attrs(await self.resolve(self._path(inode)), inode)
+        path = self._path(inode)
+        return await self._attrs(await self.resolve(path), inode, path)
 
     @guarded
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -726,10 +1015,40 @@ class LxfsOperations(pyfuse3.Operations):
             else:
                 hs = await self._host(_setattr_host, -1, node, change)
             return self._host_attrs(node, inode, hs)
-        if not isinstance(node, (File, Upload)):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        # sizes and times of virtual files are not settable; truncation is implicit
-        return self._virtual_attrs(node, inode)
+        path = self._path(inode)
+        if fields.update_size and isinstance(node, (File, Scratch)):
+            await self._truncate(path, node, attr.st_size, fh)
+        # modes, owners and times of virtual nodes are lxfs's: setting them (tar, rsync -a,
+        # cp -p, touch) succeeds and changes nothing
+        return await self._attrs(node, inode, path)
+
+    async def _truncate(self, path: Path_, node: Node, size: int, fh: int | None) -> None:
+        """``truncate``, ``ftruncate``, O_TRUNC: a value cut to ``size``. To 0 through an
+        open file (O_TRUNC, ``truncate -s 0``), the value is emptied at close unless written
+        meanwhile (an empty value unsets a key, or is refused where one is required)."""
+        if size > VALUE_MAX:
+            raise pyfuse3.FUSEError(errno.EFBIG)
+        if isinstance(node, Scratch):
+            del node.data[size:]
+            node.data.extend(bytes(size - len(node.data)))
+            node.mtime_ns = time.time_ns()
+            return
+        if not isinstance(node, File) or node.stream:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        handle = self.handles.get(fh) if fh is not None else None
+        if size == 0 and handle is not None and handle.node is node:
+            handle.truncated, handle.written = True, False
+            handle.buffer = bytearray()
+            return
+        value = b"" if size == 0 else await node.read()
+        await self._write_value(path, node, value[:size].ljust(size, b"\0"))
+
+    async def _write_value(self, path: Path_, node: File, data: bytes) -> None:
+        """One whole write of a value (a truncate, an emptied O_TRUNC)."""
+        self._changed(path)
+        await node.write(data)
+        if node.accumulate and not data.rstrip(b"\n"):
+            self._invalidate(path)  # an empty value unsets a key: its entry is gone
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -745,6 +1064,7 @@ class LxfsOperations(pyfuse3.Operations):
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
+        self._check_rm(path, ctx)
         node = await self.resolve(path)
         handle = Handle(node, path, ctx.pid)
         if isinstance(node, HostFile):
@@ -765,6 +1085,10 @@ class LxfsOperations(pyfuse3.Operations):
             else:
                 assert isinstance(node, Dir)
                 handle.names = await node.list()
+                if self.scratch:  # the reader's own scratch files
+                    owner = _tgid(handle.pid)
+                    handle.names += [p[-1] for p, s in self.scratch.items()
+                                     if p[:-1] == path and s.owner == owner]
             handle.batch = []
         handle.fresh = False
         names = handle.names
@@ -780,13 +1104,32 @@ class LxfsOperations(pyfuse3.Operations):
             else:
                 assert isinstance(node, Dir)
                 try:
-                    child = await node.child(name) or self.creating.get(child_path)
+                    child = (await node.child(name) or self.creating.get(child_path)
+                             or self.scratch.get(child_path))
                 except (pyfuse3.FUSEError, OSError, LxfsError):
                     continue
                 if child is None:
                     continue  # vanished meanwhile
+                if isinstance(child, HostFile):  # (rootfs/, export): its own attributes
+                    try:
+                        hs = await self._stat(child)
+                    except OSError:
+                        continue
+                    ino = self._ino(child_path)
+                    if not pyfuse3.readdir_reply(token, os.fsencode(name),
+                                                 self._host_attrs(child, ino, hs), index + 1):
+                        break
+                    self.lookups[ino] = self.lookups.get(ino, 0) + 1
+                    continue
+                if isinstance(child, File) and (child.dynamic or child.stream):
+                    # computed at the getattr that follows, if any (not for a plain ls)
+                    measured = (0, self.times.known(child_path), 0.0)
+                elif isinstance(child, (File, Scratch)):
+                    measured = (*await self._measure(child_path, child, keep=False), TIMEOUT)
+                else:  # a directory's entries are listed at its own getattr
+                    measured = (0, self.times.known(child_path), TIMEOUT)
                 ino = self._ino(child_path)
-                attrs = self._virtual_attrs(child, ino)
+                attrs = self._virtual_attrs(child, ino, *measured)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 break
             self.lookups[ino] = self.lookups.get(ino, 0) + 1
@@ -825,29 +1168,45 @@ class LxfsOperations(pyfuse3.Operations):
 
     @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _, parent = await self._parent_dir(parent_inode)
+        path, parent = await self._parent_dir(parent_inode)
         fname = os.fsdecode(name)
+        self._check_rm(path + (fname,), ctx)
         if isinstance(parent, HostFile):
             self._writable(parent)
             await self._host(_remove_host, _new_entry(parent, fname), True)
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            await parent.rmdir(fname)
+            self._changed(path + (fname,))
+            try:
+                await parent.rmdir(fname)
+            except LxfsError:
+                self._refused_rm(path + (fname,), ctx)
+                raise
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _, parent = await self._parent_dir(parent_inode)
+        path, parent = await self._parent_dir(parent_inode)
         fname = os.fsdecode(name)
+        child_path = path + (fname,)
+        self._check_rm(child_path, ctx)
         if isinstance(parent, HostFile):
             self._writable(parent)
             await self._host(_remove_host, _new_entry(parent, fname), False)
+        elif child_path in self.scratch:
+            self._visible(child_path, ctx)
+            del self.scratch[child_path]
         elif isinstance(parent, Dir):
             if await parent.child(fname) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            await parent.unlink(fname)
+            self._changed(child_path)
+            try:
+                await parent.unlink(fname)
+            except LxfsError:
+                self._refused_rm(child_path, ctx)
+                raise
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
 
@@ -872,7 +1231,20 @@ class LxfsOperations(pyfuse3.Operations):
         old_path, old_parent = await self._parent_dir(parent_inode_old)
         new_path, new_parent = await self._parent_dir(parent_inode_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
-        if isinstance(old_parent, HostFile) and isinstance(new_parent, HostFile):
+        self._check_rm(old_path + (old,), ctx)
+        self._check_rm(new_path + (new,), ctx)
+        scratch = self.scratch.get(old_path + (old,))
+        if scratch is not None:
+            self._visible(old_path + (old,), ctx)
+            if not isinstance(new_parent, Dir):
+                raise pyfuse3.FUSEError(errno.EXDEV)
+            if flags & pyfuse3.RENAME_NOREPLACE and (
+                    await new_parent.child(new) is not None or new_path + (new,) in self.scratch):
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            await self._apply_scratch(scratch, new_parent, new_path + (new,))
+            if self.scratch.get(old_path + (old,)) is scratch:
+                del self.scratch[old_path + (old,)]
+        elif isinstance(old_parent, HostFile) and isinstance(new_parent, HostFile):
             self._writable(old_parent)
             self._writable(new_parent)
             await self._host(_rename_host, _new_entry(old_parent, old),
@@ -881,6 +1253,7 @@ class LxfsOperations(pyfuse3.Operations):
         elif isinstance(old_parent, Dir) and isinstance(new_parent, Dir):
             if await old_parent.child(old) is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            self._changed(old_path + (old,))
             await old_parent.rename(old, new_parent, new)
         else:
             raise pyfuse3.FUSEError(errno.EXDEV)
@@ -933,6 +1306,9 @@ class LxfsOperations(pyfuse3.Operations):
                     log.info("readahead of the mount left as it is: %s", exc)
             fd = await self._host(_open_host, node, flags)
             return pyfuse3.FileInfo(fh=self._new_handle(Handle(node, path, ctx.pid, fd=fd)))
+        if isinstance(node, Scratch):
+            return pyfuse3.FileInfo(fh=self._new_handle(Handle(node, path, ctx.pid)),
+                                    direct_io=True)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, Dir) else errno.EACCES)
         if writing and not node.mode & 0o200:
@@ -940,6 +1316,7 @@ class LxfsOperations(pyfuse3.Operations):
         if not writing and not node.mode & 0o444:
             raise PermissionDenied("write-only file")
         handle = Handle(node, path, ctx.pid)
+        handle.truncated = writing and bool(flags & os.O_TRUNC)  # (FUSE's atomic O_TRUNC)
         if node.stream:
             handle.events = self.srv.events.subscribe()
         return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True,
@@ -982,9 +1359,17 @@ class LxfsOperations(pyfuse3.Operations):
             return info, self._host_entry(child_path, node, hs)
         if not isinstance(parent, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if await parent.child(fname) is not None:
+        if await parent.child(fname) is not None or child_path in self.scratch:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        created = parent.create(fname)
+        try:
+            if flags & os.O_EXCL and isinstance(parent, KeyValueDir) and not parent.is_key(
+                    fname) and parent.set_key is not None:
+                return await self._create_scratch(child_path, ctx)
+            created = parent.create(fname)
+        except PermissionDenied:
+            if not (flags & os.O_EXCL and await self._takes_scratch(parent)):
+                raise
+            return await self._create_scratch(child_path, ctx)
         handle = Handle(created, child_path, ctx.pid)
         if isinstance(created, Upload):
             handle.upload_path = self.srv.new_upload_path()
@@ -999,12 +1384,16 @@ class LxfsOperations(pyfuse3.Operations):
         if handle.fd >= 0:
             return await self._with_fd(handle, os.pread, size, off)
         node = handle.node
+        if isinstance(node, Scratch):
+            return bytes(node.data[off:off + size])
         if isinstance(node, File) and node.stream:
             return await self._read_stream(handle, size)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if handle.data is None or off == 0:
-            handle.data = await node.read()
+        # read again from the start, and past the end of a value that grows (tail -f log)
+        if handle.data is None or off == 0 or (node.dynamic and off >= len(handle.data)):
+            fresh = self._take_fresh(handle.path)
+            handle.data = await node.read() if fresh is None else fresh
         return handle.data[off:off + size]
 
     async def _read_stream(self, handle: Handle, size: int) -> bytes:
@@ -1029,14 +1418,26 @@ class LxfsOperations(pyfuse3.Operations):
                     handle.failed = exc
                 raise
         node = handle.node
+        if isinstance(node, Scratch):
+            if off + len(buf) > VALUE_MAX:
+                raise pyfuse3.FUSEError(errno.EFBIG)
+            node.data.extend(bytes(max(0, off - len(node.data))))
+            node.data[off:off + len(buf)] = buf
+            node.mtime_ns = time.time_ns()
+            return len(buf)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if len(handle.buffer) + len(buf) > 1 << 20:
+        if len(handle.buffer) + len(buf) > VALUE_MAX:
             raise InvalidArgument("values are limited to 1 MiB")
         if off == 0:
             handle.buffer = bytearray(buf)
+        elif not handle.written and not handle.truncated and node.accumulate and (
+                node.mode & 0o444):  # the first write lands inside the value (O_APPEND)
+            handle.buffer = bytearray((await node.read())[:off].ljust(off, b"\0")) + buf
         else:
             handle.buffer += buf
+        handle.written, handle.truncated = True, False
+        self._changed(handle.path)
         try:
             await node.write(bytes(handle.buffer) if node.accumulate else buf)
         except Exception:
@@ -1057,6 +1458,9 @@ class LxfsOperations(pyfuse3.Operations):
     @guarded
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
+        if handle is not None and handle.truncated and isinstance(handle.node, File):
+            handle.truncated = False  # emptied and not written: an empty value
+            await self._write_value(handle.path, handle.node, b"")
         if handle is not None and isinstance(handle.node, Upload) and not handle.uploaded:
             await self._finish_upload(handle)
 

@@ -121,7 +121,7 @@ class File(Node):
 
     def __init__(self, srv: Owner, read: Reader | None = None, write: Writer | None = None,
                  scope: str = "", dynamic: bool = False, accumulate: bool = True,
-                 private: bool = False) -> None:
+                 private: bool = False, verbatim: bool = False) -> None:
         self.srv = srv
         self._read = read
         self._write = write
@@ -129,6 +129,9 @@ class File(Node):
         self.dynamic = dynamic
         self.accumulate = accumulate
         self.private = private
+        #: read as it is, no newline added: a file that grows (``tail -f log`` reads on
+        #: from where the last read ended)
+        self.verbatim = verbatim
         self.mode = (0o444 if read else 0) | (0o200 if write else 0)
 
     async def read(self) -> bytes:
@@ -137,7 +140,7 @@ class File(Node):
         value = self._read()
         if not isinstance(value, str):
             value = await value
-        return text(value)
+        return value.encode() if self.verbatim else text(value)
 
     async def write(self, data: bytes) -> None:
         if self._write is None:
@@ -212,7 +215,23 @@ class KeyValueDir(Dir):
         self.secret = secret
 
     async def list(self) -> list[str]:
-        return sorted(self.get())
+        return sorted(self.get(), key=self.order)
+
+    @staticmethod
+    def order(key: str) -> tuple[bool, str]:
+        """Listing order: sorted (a device's ``type`` first, see ``DevicesDir``)."""
+        return (False, key)
+
+    def is_key(self, name: str) -> bool:
+        """Whether a new file ``name`` would be a key (else a scratch file: ``lxfs.fs``)."""
+        if self.set_key is None:
+            return False
+        try:
+            if self.validate_name:
+                self.validate_name(name)
+        except LxfsError:
+            return False
+        return True
 
     def _file(self, key: str) -> File:
         write = (lambda v: self.set_key(key, v)) if self.set_key else None
@@ -269,10 +288,24 @@ class DevicesDir(Dir):
         async def unset_key(key: str) -> None:
             await srv.set_device_key(owner(), name, key, "")
 
-        return KeyValueDir(
+        def validate_key(key: str) -> None:
+            if key == "type" or key.startswith("user."):
+                return
+            kind = self._devices().get(name, {}).get("type", "")
+            dtype = srv.device_types.types.get(kind)
+            if dtype is None:
+                raise InvalidArgument(f"device {name}: write its type first")
+            if key not in dtype.keys:
+                raise InvalidArgument(f"device {name}: unknown key {key!r} for a {kind} "
+                                      "device")
+
+        keys = KeyValueDir(
             srv, lambda: self._devices().get(name, {}),
             None if self.readonly else set_key, None if self.readonly else unset_key,
-            scope=self.scope)
+            validate_key, scope=self.scope)
+        # ``type`` first: a copy (tar, cp -r, rsync) writes it before the keys that need it
+        keys.order = lambda key: (key != "type", key)  # type: ignore[method-assign]
+        return keys
 
     async def mkdir(self, name: str) -> None:
         if self.readonly:
@@ -410,9 +443,9 @@ class InstanceDir(Dir):
                 "devices": lambda: DevicesDir(srv, lambda: inst, name, readonly=True),
             }),
             "log": lambda: File(srv, lambda: srv.runtime.log(inst), dynamic=True,
-                                private=True),
+                                private=True, verbatim=True),
             "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True,
-                                    private=True),
+                                    private=True, verbatim=True),
             "rootfs": lambda: _rootfs(srv.rootfs(inst), f"instances/{name}/rootfs", srv,
                                       scope=name) if ready() else None,
             "snapshots": lambda: SnapshotsDir(srv, name),

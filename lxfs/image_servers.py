@@ -26,6 +26,22 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]
 
 
+def progress_text(stage: str, done: int, total: int, seconds: float) -> str:
+    """A download's progress as LXD words it (``rootfs: 45% (1.20MB/s)``)."""
+    rate = _human(done / max(seconds, 1e-3))
+    if total:
+        return f"{stage}: {done * 100 // total}% ({rate}/s)"
+    return f"{stage}: {_human(done)} ({rate}/s)"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f}B" if unit == "B" else f"{n:.2f}{unit}"
+        n /= 1000
+    return f"{n:.2f}TB"
+
+
 @dataclass
 class ImageSource:
     """Where an image comes from, as LXD's ``update_source``: the server's URL, its
@@ -92,4 +108,5 @@ class ImageServer:
 
 
 __all__ = ["ImageServer", "ImageSource", "Progress", "RemoteImage", "StreamFile", "StreamImage",
-           "describe_files", "documents", "image_dir", "normalize_architecture"]
+           "describe_files", "documents", "image_dir", "normalize_architecture",
+           "progress_text"]

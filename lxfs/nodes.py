@@ -558,7 +558,7 @@ class Upload(Node):
 
 class ImagesDir(Dir):
     async def list(self) -> list[str]:
-        return sorted(self.srv.images) + ["aliases", "pull"] + \
+        return sorted(self.srv.images) + ["aliases", "pull", "pulling"] + \
             sorted(self.srv.pending_uploads())
 
     async def child(self, name: str) -> Node | None:
@@ -567,6 +567,9 @@ class ImagesDir(Dir):
         if name == "pull":  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last pulled
             return File(self.srv, lambda: self.srv.last_pulled, self.srv.pull_from_line,
                         dynamic=True)
+        if name == "pulling":  # the pulls under way: ``SERVER IMAGE: PROGRESS`` lines
+            return File(self.srv, lambda: lines([f"{k}: {v}" for k, v in
+                                                 sorted(self.srv.pulls.items())]), dynamic=True)
         if name in self.srv.images:
             return ImageDir(self.srv, name)
         pending = self.srv.pending_uploads().get(name)
@@ -575,7 +578,7 @@ class ImagesDir(Dir):
         return None
 
     def create(self, name: str) -> Node:
-        if name in ("aliases", "pull") or name in self.srv.images:
+        if name in ("aliases", "pull", "pulling") or name in self.srv.images:
             raise InvalidArgument(f"{name} exists")
         return Upload(self.srv, name)
 

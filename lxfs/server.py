@@ -42,7 +42,7 @@ from lxfs.errors import (
 )
 from lxfs.events import EventBus
 from lxfs.faults import point
-from lxfs.image_servers import ImageServer, ImageSource, Progress
+from lxfs.image_servers import ImageServer, ImageSource, progress_text
 from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
 from lxfs.names import check_line, check_name, escape_controls
 from lxfs.projects import Forbidden, Restrictions, validate_project_key
@@ -180,6 +180,8 @@ class Server:
         self.published: dict[str, str] = {}
         #: the fingerprint of the last image pulled through the mount's ``images/pull``
         self.last_pulled = ""
+        #: the pulls under way: ``SERVER IMAGE`` → their progress (``images/pulling``)
+        self.pulls: dict[str, str] = {}
         self.nursery: trio.Nursery | None = None
         #: the mount's cache drops for changes made behind the kernel's back (``lxfs.fs``)
         self.on_change: Callable[[str, str], None] = lambda kind, name: None
@@ -1807,12 +1809,13 @@ class Server:
 
     async def pull_image(self, source: ImageSource, ref: str, *, cached: bool = False,
                          auto_update: bool = False, public: bool = False,
-                         progress: Progress | None = None) -> Image:
+                         progress: Callable[[str], None] | None = None) -> Image:
         """Download image ``ref`` (alias or fingerprint) from an image server through the
         driver of ``source.protocol``, check it and register it. Staged in the upload
         directory (emptied at every start): on any failure nothing is left and no image
         changed. An image already here is returned as it is (marked used when ``cached``).
-        """
+        The download's progress (LXD's words) goes to ``progress``, the log (every tenth)
+        and ``pulls``."""
         driver_class = self.image_servers.get(source.protocol)
         if driver_class is None:
             known = ", ".join(sorted(self.image_servers)) or "none"
@@ -1833,9 +1836,20 @@ class Server:
                      source.protocol)
             staging = Path(await in_thread(lambda: tempfile.mkdtemp(prefix="pull-",
                                                                    dir=self.uploads_dir)))
+            key, started, logged = f"{source.server} {ref.strip()}", trio.current_time(), {}
+
+            def report(stage: str, done: int, total: int) -> None:
+                text = progress_text(stage, done, total, trio.current_time() - started)
+                self.pulls[key] = text
+                tenth = done * 10 // total if total else done >> 26
+                if logged.get(stage) != tenth:
+                    logged[stage] = tenth
+                    log.info("image %s download: %s", fp[:12], text)
+                if progress is not None:
+                    progress(text)
+
             try:
-                meta, rootfs = await driver.download(remote, staging,
-                                                     progress or (lambda *_: None))
+                meta, rootfs = await driver.download(remote, staging, report)
                 point("image-pull.after-download")
                 record = ImageSource(source.server, source.protocol, ref.strip(),
                                      source.certificate).record()
@@ -1845,6 +1859,7 @@ class Server:
                             "last_used_at": now() if cached else 0.0,
                             "update_source": record})
             finally:
+                self.pulls.pop(key, None)
                 with trio.CancelScope(shield=True):
                     await in_thread(lambda: shutil.rmtree(staging, ignore_errors=True))
         return image
@@ -1853,7 +1868,8 @@ class Server:
         image.last_used_at = now()
         await in_thread(self.db.put, "images", image.fingerprint, image.to_record())
 
-    async def refresh_image(self, fp: str, progress: Progress | None = None) -> Image | None:
+    async def refresh_image(self, fp: str, progress: Callable[[str], None] | None = None
+                            ) -> Image | None:
         """Look for a newer version of an image at its ``update_source``; when there is
         one, it replaces the image as LXD's refresh does (it takes the aliases, flags and
         last use; the old fingerprint is deleted). Returns the new image, or None."""

@@ -573,6 +573,7 @@ def test_kill9_mid_download_leaves_nothing(lxfs_daemon_factory, busybox_image, s
         return (op.get("metadata") or {}).get("download_progress", "")
 
     wait_for(lambda: progress().startswith("metadata: 0%"), "download_progress", 30)
+    assert d.read("images", "pulling").startswith(f"{static_server.url} busybox: metadata: 0%")
     assert any(n.startswith("pull-") for n in uploads_left(d))
     d.kill9()
     static_server.stall = False
@@ -636,7 +637,7 @@ def test_url_source_and_system_cas(lxfs_daemon_factory, busybox_image, static_se
     assert op["status"] == "Success", op
     assert op["metadata"]["fingerprint"] == fp
     assert d.path("images", "aliases", "direct").resolve().name == fp
-    assert "image download: metadata: 100%" in d.log_path.read_text()
+    assert " download: metadata: 100%" in d.log_path.read_text()
     # a hash that does not match the file: nothing registered
     d.cli("image", "delete", fp)
     static_server.direct = ("cd" * 32, "/" + item["path"])

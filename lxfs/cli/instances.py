@@ -63,12 +63,12 @@ def parse_pairs(items: list[str] | None, what: str = "key=value pair") -> list[t
 def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
     """``lxfs create|launch IMAGE [NAME]``."""
     mount = Mount()
+    remote = None
     if ":" in args.image and not args.image.startswith("local:"):
         from lxfs.cli.image_servers import remote_source  # noqa: PLC0415
 
-        image = remote_source(args.image) or strip_local_remote(args.image)  # REMOTE:IMAGE
-    else:
-        image = strip_local_remote(args.image)
+        remote = remote_source(args.image)  # REMOTE:IMAGE of an image server: pulled
+    image = remote or strip_local_remote(args.image)
     if not image:
         raise CLIError("Image not found")
     from lxfs.cli.names import random_name, valid_instance_name  # noqa: PLC0415 - random: 2 ms
@@ -112,9 +112,17 @@ def cmd_create(args: argparse.Namespace, start: bool = False) -> int:
             devices.setdefault("root", {}).update(pool=args.storage)
         for dev, options in devices.items():
             set_device(mount, inst, dev, options)
-        mount.write(inst / "source", image, inst, messages={
-            errno.ENOENT: f"Image not found: {args.image}",
-        })
+        def write_source() -> None:
+            mount.write(inst / "source", image, inst, messages={
+                errno.ENOENT: f"Image not found: {args.image}",
+            })
+
+        if remote:
+            from lxfs.cli.image_servers import with_progress  # noqa: PLC0415
+
+            with_progress(mount, remote, write_source)
+        else:
+            write_source()
     except (CLIError, KeyboardInterrupt):
         try:
             os.rmdir(inst)

@@ -579,31 +579,13 @@ def source_of(source: dict[str, Any]) -> tuple[ImageSource, str]:
                        secret=check_string(source.get("secret"), "source.secret")), ref
 
 
-def progress_reporter(op: Operation) -> Callable[[str, int, int], None]:
-    """LXD's ``download_progress`` in the operation's metadata (and a line in the log at
-    every tenth)."""
-    started = time.monotonic()
-    logged: dict[str, int] = {}
+def progress_reporter(op: Operation) -> Callable[[str], None]:
+    """LXD's ``download_progress`` in the operation's metadata."""
 
-    def report(stage: str, done: int, total: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-3)
-        text = f"{stage}: {done * 100 // total}% ({_human(rate)}/s)" if total else \
-            f"{stage}: {_human(done)} ({_human(rate)}/s)"
+    def report(text: str) -> None:
         op.metadata = {**(op.metadata or {}), "download_progress": text}
-        tenth = done * 10 // total if total else done >> 26
-        if logged.get(stage) != tenth:
-            logged[stage] = tenth
-            log.info("image download: %s", text)
 
     return report
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.2f}{unit}" if unit != "B" else f"{n:.0f}B"
-        n /= 1000
-    return f"{n:.2f}TB"
 
 
 def pull(ctx: Context, body: dict[str, Any], remote: tuple[ImageSource, str],

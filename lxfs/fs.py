@@ -1478,8 +1478,8 @@ class LxfsOperations(pyfuse3.Operations):
         try:
             if handle.failed is not None:
                 await self.srv.guarded("", _failed_upload(handle.node.name, handle.failed))
-            await self.srv.guarded("", self.srv.import_upload(handle.upload_path,
-                                                              handle.node.name))
+            await self.srv.guarded("", handle.node.importer(handle.upload_path,
+                                                            handle.node.name))
         except BaseException:
             handle.upload_path.unlink(missing_ok=True)
             self._invalidate(handle.path)  # a refused upload's name is free again at once

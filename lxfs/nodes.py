@@ -374,6 +374,12 @@ class InstancesDir(Dir):
             return File(self.srv, lambda: instances_table(self.srv), dynamic=True)
         return InstanceDir(self.srv, name) if name in self.srv.instances else None
 
+    def create(self, name: str) -> Node:
+        """A backup tarball copied in: imported at close under the backup's own name."""
+        if name in self.srv.instances or name == LISTING:
+            raise InvalidArgument(f"{name} exists")
+        return Upload(self.srv, name, lambda path, _n: self.srv.backups.import_tarball(path))
+
     async def mkdir(self, name: str) -> None:
         await self.srv.guarded("", self.srv.create_instance(name))
 
@@ -465,6 +471,7 @@ class InstanceDir(Dir):
             "publish": lambda: File(srv, lambda: srv.published.get(name, ""),
                                     lambda v: _publish(srv, name, "", v), scope=name,
                                     accumulate=False),
+            "backups": lambda: BackupsDir(srv, name) if ready() else None,
         }
 
     def _all_children(self) -> dict[str, Callable[[], Node | None]]:
@@ -479,6 +486,91 @@ class InstanceDir(Dir):
     async def child(self, name: str) -> Node | None:
         make = self._all_children().get(name)
         return make() if make else None
+
+    def create(self, name: str) -> Node:
+        """A backup tarball copied into an instance made by ``mkdir`` (no root filesystem
+        yet): imported into it (its pool, config and profiles set beforehand win)."""
+        if self.inst.storage_state:
+            raise PermissionDenied("files cannot be created here")
+        return Upload(self.srv, name,
+                      lambda path, _n: self.srv.backups.import_tarball(path, self.name))
+
+
+class BackupsDir(Dir):
+    """``instances/NAME/backups/``: ``mkdir B`` makes backup B (with snapshots, the
+    default compression), ``create`` takes ``B [instance_only=true]
+    [optimized_storage=true] [compression_algorithm=C]``; ``B/export`` is the tarball,
+    ``rmdir B`` deletes it, ``mv B C`` renames it."""
+
+    def __init__(self, srv: Server, name: str) -> None:
+        super().__init__(srv, name)
+        self.name = name
+
+    async def list(self) -> list[str]:
+        return ["create", *(b.name for b in self.srv.backups.list(self.name))]
+
+    async def child(self, name: str) -> Node | None:
+        srv, inst = self.srv, self.name
+        if name == "create":
+            return File(srv, None, lambda v: _create_backup(srv, inst, v), scope=inst,
+                        accumulate=False)
+        try:
+            b = srv.backups.get(inst, name)
+        except LxfsError:
+            return None
+
+        async def set_expiry(value: str) -> None:
+            await srv.backups.set_expiry(inst, name, value)
+
+        return StaticDir(srv, {
+            "name": lambda: File(srv, lambda: b.name),
+            "created_at": lambda: File(srv, lambda: rfc3339(b.created_at)),
+            "expires_at": lambda: File(srv, lambda: b.expires_at, set_expiry, scope=inst),
+            "instance_only": lambda: File(srv, lambda: _bool(b.instance_only)),
+            "optimized_storage": lambda: File(srv, lambda: _bool(b.optimized_storage)),
+            "compression_algorithm": lambda: File(srv, lambda: b.compression_algorithm),
+            "export": lambda: HostFile(srv.backups.path(inst, name), readonly=True,
+                                       private=True),
+        }, scope=inst)
+
+    async def mkdir(self, name: str) -> None:
+        await self.srv.guarded(self.scope, self.srv.backups.create(self.name, name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded(self.scope, self.srv.backups.delete(self.name, name))
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        if not (isinstance(new_parent, BackupsDir) and new_parent.name == self.name):
+            raise InvalidArgument("backups can only be renamed within their instance")
+        await self.srv.guarded(self.scope, self.srv.backups.rename(self.name, old, new))
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+async def _create_backup(srv: Server, name: str, line: str) -> None:
+    """``create``'s line: ``B [instance_only=BOOL] [optimized_storage=BOOL]
+    [compression_algorithm=C] [expires_at=TIME]``."""
+    words = line.split()
+    if not words:
+        raise InvalidArgument("create: expected a backup name and KEY=VALUE options")
+    options: dict[str, str] = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or key not in ("instance_only", "optimized_storage",
+                                  "compression_algorithm", "expires_at"):
+            raise InvalidArgument(f"create: unknown option {word!r}")
+        options[key] = value
+    flag = {"true": True, "false": False, "1": True, "0": False}
+    for key in ("instance_only", "optimized_storage"):
+        if options.get(key, "false") not in flag:
+            raise InvalidArgument(f"create: {key} is true or false")
+    await srv.backups.create(
+        name, words[0], instance_only=flag[options.get("instance_only", "false")],
+        optimized=flag[options.get("optimized_storage", "false")],
+        compression=options.get("compression_algorithm", ""),
+        expires_at=options.get("expires_at", ""))
 
 
 def _rootfs(path: Path, where: str, srv: Server, scope: str = "",
@@ -551,9 +643,12 @@ class Upload(Node):
 
     kind = "upload"
 
-    def __init__(self, srv: Server, name: str) -> None:
+    def __init__(self, srv: Server, name: str,
+                 importer: Callable[[Path, str], Awaitable[object]] | None = None) -> None:
         self.srv = srv
         self.name = name
+        #: what imports the file at close (default: ``Server.import_upload``, an image)
+        self.importer = importer or srv.import_upload
 
 
 class ImagesDir(Dir):

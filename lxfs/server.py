@@ -28,6 +28,7 @@ import trio
 
 from lxfs import __version__, images
 from lxfs.api import Host, cgroup_layout
+from lxfs.backups import Backups
 from lxfs.config_schema import MAX_SECONDS, Schema, hash_secret, is_true, parse_size
 from lxfs.db import Database
 from lxfs.devices import DeviceTypes
@@ -188,6 +189,8 @@ class Server:
         #: waits until the kernel has dropped them (front ends call it before answering)
         self.settle_changes: Callable[[], Awaitable[None]] = _nothing_to_settle
         self._config_changed = trio.Event()
+        #: instance backups and their imports (``lxfs.backups``)
+        self.backups = Backups(self)
 
     # --- startup --------------------------------------------------------------------------
 
@@ -345,6 +348,8 @@ class Server:
             for fp in pool.list_volumes("image"):
                 if fp not in self.images:
                     pool.delete_volume("image", fp)
+        self.backups.repair()
+        self.backups.prune_expired()
         for path in self.images_dir.iterdir():
             if path.name.split(".")[0] not in self.images:
                 log.warning("removing orphan image file %s", path.name)
@@ -376,6 +381,7 @@ class Server:
             self._forget_instance(inst)  # the launch it belonged to is gone as a whole
 
     _recover_copy = _recover_create
+    _recover_import = _recover_create  # a backup's import (``lxfs.backups``)
 
     def _recover_snapshot(self, name: str, data: dict[str, Any]) -> None:
         inst = self.instances.get(name)

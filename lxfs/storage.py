@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     from lxfs.model import Instance
@@ -77,6 +77,8 @@ class StorageDriver(ABC):
     quotas: ClassVar[bool] = False
     live_resize: ClassVar[bool] = False
     optimized_transfer: ClassVar[bool] = False
+    optimized_backups: ClassVar[bool] = False
+    optimized_backup_header: ClassVar[bool] = False
     #: Whether the driver can make the ``default`` pool of a first start on a directory of
     #: the data directory, with no configuration (the first such driver does).
     default_pool: ClassVar[bool] = False
@@ -205,6 +207,25 @@ class StorageDriver(ABC):
         from lxfs.errors import NotSupported
 
         raise NotSupported(f"the {self.name} storage driver has no optimized transfer")
+
+    def export_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                dest: Path) -> tuple[dict[str, Any] | None, list[str]]:
+        """Write volume ``name`` and its ``snapshots`` (oldest first) as the driver's streams
+        into directory ``dest`` (a backup's ``backup/``): ``snapshots/SNAP.bin`` each, then
+        ``container.bin``. Returns the optimized header (or None) and the files' paths
+        relative to ``dest``, in tarball order. Only with ``optimized_backups``."""
+        from lxfs.errors import NotSupported
+
+        raise NotSupported(f"the {self.name} storage driver has no optimized backups")
+
+    def import_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                src: Path) -> None:
+        """Make volume ``name`` with ``snapshots`` from the streams a backup holds in
+        directory ``src`` (see ``export_optimized_backup``); on failure nothing is left.
+        Only with ``optimized_backups``."""
+        from lxfs.errors import NotSupported
+
+        raise NotSupported(f"the {self.name} storage driver has no optimized backups")
 
     def update_pool_key(self, key: str, value: str) -> None:
         """Change a config key of an existing pool (``size`` of a loop file...). Default:

@@ -36,6 +36,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lxfs import hookimpl
 from lxfs.config_schema import parse_size
@@ -135,6 +136,8 @@ class BtrfsDriver(DirectoryLayout):
     copy_on_write = True
     quotas = True
     live_resize = True
+    optimized_backups = True
+    optimized_backup_header = True
     pool_keys = {
         "source": "an existing directory on btrfs, or the loop file to create "
                   "(default DATA_DIR/disks/NAME.img)",
@@ -494,6 +497,91 @@ class BtrfsDriver(DirectoryLayout):
     ) -> None:
         self._snapshot(self.snapshot_path(vtype, src, snapshot), self.volume_path(vtype, dst),
                        read_only=False)
+
+    # --- optimized backups (LXD's btrfs format) ----------------------------------------
+
+    def _uuid(self, path: Path) -> str:
+        import uuid
+
+        return str(uuid.UUID(bytes=bytes(btrfsutil().subvolume_info(str(path)).uuid)))
+
+    def export_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                dest: Path) -> tuple[dict[str, Any] | None, list[str]]:
+        """``btrfs send`` of each snapshot (incremental from the one before), then of a
+        read-only snapshot of the volume (from the last snapshot), as LXD writes them."""
+        current = self.volume_path(vtype, name)
+        frozen = current.with_name(f".{name}.backup")
+        self._delete_path(frozen)
+        self._snapshot(current, frozen, read_only=True)
+        try:
+            header: list[dict[str, Any]] = []
+            files: list[str] = []
+            parent = ""
+            (dest / "snapshots").mkdir(exist_ok=True)
+            for snap in snapshots:
+                path = self.snapshot_path(vtype, name, snap)
+                header.append({"path": "/", "snapshot": snap, "readonly": True,
+                               "uuid": self._uuid(path)})
+                files.append(f"snapshots/{snap}.bin")
+                self._send(path, parent, dest / files[-1])
+                parent = str(path)
+            header.append({"path": "/", "snapshot": "", "readonly": False,
+                           "uuid": self._uuid(frozen)})
+            files.append("container.bin")
+            self._send(frozen, parent, dest / "container.bin")
+        finally:
+            self._delete_path(frozen)
+        return {"subvolumes": header}, files
+
+    @staticmethod
+    def _send(path: Path, parent: str, out: Path) -> None:
+        _run("btrfs", "send", "-q", *(["-p", parent] if parent else []), "-f", str(out),
+             str(path))
+
+    def import_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                src: Path) -> None:
+        """``btrfs receive`` of each stream into a hidden directory, each received
+        subvolume renamed into place; the volume itself a writable snapshot of what
+        ``container.bin`` gives."""
+        target = self.volume_path(vtype, name)
+        if os.path.lexists(target):
+            raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        work = target.with_name(f".{name}.receive")
+        self._delete_path(work)
+        work.mkdir(mode=0o700)
+        try:
+            for snap in snapshots:
+                stream = src / "snapshots" / f"{snap}.bin"
+                if not stream.is_file():
+                    raise InvalidArgument(f"the backup has no snapshots/{snap}.bin")
+                got = self._receive(stream, work)
+                dst = self.snapshot_path(vtype, name, snap)
+                dst.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                os.rename(got, dst)
+            stream = src / "container.bin"
+            if not stream.is_file():
+                raise InvalidArgument("the backup has no container.bin")
+            got = self._receive(stream, work)
+            self._snapshot(got, target, read_only=False)
+            os.chmod(target, 0o711)
+        except BaseException:
+            self.delete_volume(vtype, name)
+            raise
+        finally:
+            self._delete_path(work)
+
+    def _receive(self, stream: Path, work: Path) -> Path:
+        """Receive one stream into the (emptied) ``work`` directory: the new subvolume."""
+        for entry in list(work.iterdir()):
+            self._delete_path(entry)
+        try:
+            _run("btrfs", "receive", "-q", "-f", str(stream), str(work))
+        except OperationFailed as exc:
+            raise InvalidArgument(f"cannot receive {stream.name}: {exc}") from None
+        entries = list(work.iterdir())
+        if len(entries) != 1:
+            raise InvalidArgument(f"{stream.name} holds {len(entries)} subvolumes, not one")
+        return entries[0]
 
 
 @hookimpl

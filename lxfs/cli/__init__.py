@@ -24,6 +24,7 @@ COMMAND_MODULES = {
     "config": "config",
     "profile": "profiles",
     **dict.fromkeys(("copy", "cp", "publish"), "copying"),
+    **dict.fromkeys(("export", "import"), "backups"),
     "console": "console",
     "file": "files",
     "image": "images",
@@ -32,8 +33,8 @@ COMMAND_MODULES = {
     "init": "init",
     "remote": "remotes",
 }
-MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "console", "files",
-                "images", "storage", "network", "init", "remotes")
+MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "backups", "console",
+                "files", "images", "storage", "network", "init", "remotes")
 
 
 def cmd_version(_args: argparse.Namespace) -> int:

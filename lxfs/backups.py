@@ -552,6 +552,12 @@ class Backups:
                     await trio.to_thread.run_sync(self._make_volume, pool, name, snapshots,
                                                   staging, optimized)
                     point("import.after-volume")
+                    if name != index.get("name"):  # a new name: as a copy's
+                        from lxfs import images
+
+                        await trio.to_thread.run_sync(
+                            images.render_templates, pool.volume_path("container", name),
+                            "copy", srv._template_context(inst))
                     await srv._apply_root_quota(inst, pool, tell=True)
                 except BaseException:
                     with trio.CancelScope(shield=True):

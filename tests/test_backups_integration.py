@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_rest_instances_integration import api, lxc, raw, succeeds, wait
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,103 @@ def test_cli_round_trip_with_snapshots_and_instance_only(daemon_with_busybox, tm
     # the backup's own name, taken: refused
     r = d.cli("import", str(only), check=False)
     assert r.returncode != 0 and "already exists" in (r.stderr + d.read("error"))
+
+
+def test_mount_backups_directory_and_import_by_copy(daemon_with_busybox, tmp_path):
+    d = daemon_with_busybox
+    with_two_snapshots(d, "m1")
+    backups = d.path("instances", "m1", "backups")
+    os.mkdir(backups / "b0")  # a backup with the defaults: snapshots, gzip
+    assert sorted(os.listdir(backups)) == ["b0", "create"]
+    assert d.read("instances", "m1", "backups", "b0", "instance_only") == "false"
+    assert d.read("instances", "m1", "backups", "b0", "compression_algorithm") == "gzip"
+    d.write("instances", "m1", "backups", "create", "b1 instance_only=true "
+            "compression_algorithm=zstd")
+    assert d.read("instances", "m1", "backups", "b1", "instance_only") == "true"
+    with pytest.raises(OSError) as exc:
+        os.mkdir(backups / "b1")
+    assert exc.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as exc:
+        d.write("instances", "m1", "backups", "create", "b2 compression_algorithm=lz4")
+    assert exc.value.errno == errno.EINVAL
+    assert "compression" in d.read("instances", "m1", "error")
+    os.rename(backups / "b1", backups / "only")
+    assert sorted(os.listdir(backups)) == ["b0", "create", "only"]
+    out = tmp_path / "m1.tar.gz"
+    with open(backups / "b0" / "export", "rb") as src:
+        out.write_bytes(src.read())
+    assert index_of(out)["snapshots"] == ["s1", "s2"]
+    os.rmdir(backups / "only")
+    assert sorted(os.listdir(backups)) == ["b0", "create"]
+    # cp into instances/: imported under the backup's own name (m1 exists: refused)
+    with pytest.raises(OSError):
+        with open(d.path("instances", "m1.tar.gz"), "wb") as f:
+            f.write(out.read_bytes())
+    assert "already exists" in d.read("error")
+    assert "m1.tar.gz" not in os.listdir(d.path("instances"))
+    d.write("instances", "m1", "state", "start")
+    os.rmdir(backups / "b0")
+    d.cli("delete", "--force", "m1")
+    with open(d.path("instances", "m1.tar.gz"), "wb") as f:
+        f.write(out.read_bytes())
+    assert "m1" in os.listdir(d.path("instances"))
+    assert sorted(os.listdir(d.path("instances", "m1", "snapshots"))) == ["s1", "s2"]
+    # into an instance made by mkdir, with its own pool and config set first
+    os.mkdir(d.path("instances", "m2"))
+    d.write("instances", "m2", "config", "user.own", "mine")
+    with open(d.path("instances", "m2", "backup.tar.gz"), "wb") as f:
+        f.write(out.read_bytes())
+    assert d.read("instances", "m2", "config", "user.own") == "mine"
+    assert d.read("instances", "m2", "config", "user.note") == "kept"
+    d.write("instances", "m2", "state", "start")
+    assert d.cli("exec", "m2", "--", "cat", "/root/data").stdout == "three\n"
+    assert d.cli("exec", "m2", "--", "hostname").stdout.strip() == "m2"
+
+
+def test_rest_backups_and_lxc_export_import(daemon_with_busybox, tmp_path):
+    d = daemon_with_busybox
+    with_two_snapshots(d, "r1")
+    op = succeeds(d, "POST", "/1.0/instances/r1/backups",
+                  {"name": "", "expires_at": "2099-01-01T00:00:00Z", "instance_only": False,
+                   "optimized_storage": False, "compression_algorithm": "gzip"})
+    assert op["resources"]["backups"] == ["/1.0/backups/backup0"]
+    status, doc, _ = api(d, "GET", "/1.0/instances/r1/backups")
+    assert doc["metadata"] == ["/1.0/instances/r1/backups/backup0"]
+    status, doc, _ = api(d, "GET", "/1.0/instances/r1/backups/backup0")
+    assert doc["metadata"]["expires_at"] == "2099-01-01T00:00:00Z"
+    assert doc["metadata"]["instance_only"] is False
+    succeeds(d, "POST", "/1.0/instances/r1/backups/backup0", {"name": "kept"})
+    status, body, headers = raw(d, "GET", "/1.0/instances/r1/backups/kept/export")
+    assert status == 200 and headers["content-type"] == "application/octet-stream"
+    assert body[:2] == b"\x1f\x8b"
+    status, doc, _ = api(d, "GET", "/1.0/instances/r1/backups/nope")
+    assert status == 404
+    succeeds(d, "DELETE", "/1.0/instances/r1/backups/kept")
+    assert api(d, "GET", "/1.0/instances/r1/backups")[1]["metadata"] == []
+    # the real client
+    out = tmp_path / "r1.tar.gz"
+    lxc(d, "export", "r1", str(out))
+    assert index_of(out)["snapshots"] == ["s1", "s2"]
+    assert api(d, "GET", "/1.0/instances/r1/backups")[1]["metadata"] == []  # lxc deletes it
+    lxc(d, "import", str(out), "r2")
+    assert sorted(os.listdir(d.path("instances", "r2", "snapshots"))) == ["s1", "s2"]
+    lxc(d, "start", "r2")
+    assert lxc(d, "exec", "r2", "--", "cat", "/root/data").stdout == "three\n"
+    only = tmp_path / "only.tar.xz"
+    lxc(d, "export", "r1", str(only), "--instance-only", "--compression", "xz")
+    r = lxc(d, "import", str(only), check=False)  # r1 exists
+    assert r.returncode != 0 and "already exists" in r.stderr
+    lxc(d, "import", str(only), "r3", "-s", "default")
+    assert os.listdir(d.path("instances", "r3", "snapshots")) == []
+    # a raw import with X-LXD-name, then a corrupt body: a clear error, nothing left
+    status, doc, _ = api(d, "POST", "/1.0/instances", out.read_bytes(),
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-LXD-name": "r4"})
+    assert status == 202 and wait(d, doc)["status"] == "Success"
+    status, doc, _ = api(d, "POST", "/1.0/instances", out.read_bytes()[:5000],
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-LXD-name": "r5"})
+    op = wait(d, doc)
+    assert op["status"] == "Failure" and "backup" in op["err"], op
+    assert "r5" not in os.listdir(d.path("instances"))
+    assert os.listdir(d.data_dir / "uploads") == []

@@ -40,7 +40,7 @@ def _load_endpoints() -> None:
     import importlib
 
     for module in ("instances", "exec", "images", "resources", "profiles", "networks",
-                   "storage", "projects", "trust", "streams"):
+                   "storage", "projects", "trust", "streams", "backups"):
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:

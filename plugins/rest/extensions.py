@@ -50,4 +50,9 @@ IMPLEMENTED: list[str] = [
     "certificate_project",
     "certificate_token",
     "remote_token_expiry",
+    "container_backup",
+    "backup_compression",
+    "container_backup_override_pool",
+    "backup_compression_algorithm",
+    "backup_override_name",
 ]

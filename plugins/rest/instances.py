@@ -674,6 +674,11 @@ def _copy_source(ctx: Context, source: dict[str, Any]) -> tuple[str, str]:
 
 @instance_route("POST", "")
 async def create_instance(ctx: Context, request: Request) -> Response:
+    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if ctype == "application/octet-stream":  # a backup tarball (lxc import)
+        from .backups import import_body
+
+        return await import_body(ctx, request)
     body = await read_object(request)
     kind = _text(body, "type")
     if kind not in ("", "container"):

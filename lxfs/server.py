@@ -769,6 +769,50 @@ class Server:
         self.events.lifecycle("instance-created", f"/1.0/instances/{name}",
                               copied_from=f"/1.0/{words[0]}")
 
+    async def receive_instance(
+            self, name: str,
+            receive: Callable[[StorageDriver], Awaitable[list[Snapshot]]]) -> None:
+        """Fill the new instance ``name``'s root volume from elsewhere (a migration from
+        another host): ``receive(pool)`` makes the volume and its snapshots in ``name``'s
+        pool and returns the snapshots' records. Journaled as a copy: a failure, a
+        cancellation or a crash leaves no volume (the caller drops the record)."""
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if inst.storage_state:
+                raise AlreadyExists(f"instance {name} already has a root filesystem")
+            pool = self.pool_of(inst)
+            async with self._journal("copy", name, pool=pool.pool.name):
+                inst.storage_state, inst.source = "creating", "migration"
+                await self._save(inst)
+                self.transient[name] = "CREATING"
+                try:
+                    snapshots = await receive(pool)
+                    await self._apply_root_quota(inst, pool, tell=True)
+                except BaseException:
+                    await self._undo_root_volume(inst, pool)
+                    raise
+                inst.snapshots = {s.name: s for s in snapshots}
+                inst.storage_state = "ready"
+                await self._save(inst)
+            self.transient.pop(name, None)
+        await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
+        self.events.lifecycle("instance-created", f"/1.0/instances/{name}", migrated=True)
+
+    async def refresh_instance(self, name: str,
+                               receive: Callable[[], Awaitable[list[Snapshot]]]) -> None:
+        """Bring a stopped instance's root volume up to date from elsewhere (a migration's
+        refresh): ``receive()`` updates the volume in place and returns the snapshots'
+        records the instance has afterwards."""
+        inst = self.instance(name)
+        async with self._locks[name]:
+            if inst.storage_state != "ready":
+                raise InvalidArgument(f"instance {name} has no root filesystem to refresh")
+            if self.running_pid(name) > 0:
+                raise InvalidArgument("Cannot refresh a running instance")
+            snapshots = await receive()
+            inst.snapshots = {s.name: s for s in snapshots}
+            await self._save(inst)
+
     async def publish(self, name: str, snapshot: str, request: str) -> Image:
         """Build an LXD image from an instance (or snapshot) and import it."""
         inst = self.instance(name)

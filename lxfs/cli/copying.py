@@ -138,6 +138,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_migration_options(p: argparse.ArgumentParser, move: bool = False) -> None:
+    """The options of a copy or move between servers (``lxfs/cli/migrate.py``)."""
+    p.add_argument("--mode", choices=("pull", "push", "relay"), default="pull",
+                   help="transfer mode between servers (default: pull)")
+    if not move:
+        p.add_argument("-s", "--storage", metavar="POOL",
+                       help="storage pool of the new instance (on the target)")
+        p.add_argument("--refresh", action="store_true",
+                       help="update an earlier copy: send only what changed")
+    else:
+        p.add_argument("--instance-only", action="store_true",
+                       help="move the instance without its snapshots")
+    p.add_argument("--stateless", action="store_true",
+                   help="a running instance: stop it, transfer it, start it on the target")
+    p.add_argument("--stateful", action="store_true",
+                   help="live migration (refused: lxfs does not drive CRIU)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``copy`` and ``publish``."""
     p = sub.add_parser("copy", aliases=["cp"], help="Copy instances and snapshots")
@@ -151,6 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="profile to apply to the new instance (replaces the source's)")
     p.add_argument("--no-profiles", action="store_true", help="create without any profile")
     p.add_argument("-e", "--ephemeral", action="store_true", help="ephemeral copy")
+    add_migration_options(p)
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("publish", help="Publish instances and snapshots as images")

@@ -879,8 +879,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("old", metavar="OLD")
         p.add_argument("new", metavar="NEW")
         if command == "move":
+            from lxfs.cli.copying import add_migration_options  # noqa: PLC0415
+
             p.add_argument("-s", "--storage", metavar="POOL",
                            help="move the root volume (and snapshots) to this pool")
+            add_migration_options(p, move=True)
         p.set_defaults(func=cmd_rename)
 
     p = sub.add_parser("snapshot", help="Create instance snapshots")

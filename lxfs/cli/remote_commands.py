@@ -24,7 +24,7 @@ REF_FIELDS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("start", "stop", "restart", "freeze", "pause", "unfreeze"), ("names",)),
     "delete": ("names",), "rm": ("names",), "exec": ("name",),
     "snapshot": ("name",), "restore": ("name",), "move": ("old", "new"), "mv": ("old", "new"),
-    "rename": ("old", "new"),
+    "rename": ("old", "new"), "copy": ("source", "target"), "cp": ("source", "target"),
 }
 CONFIG_REF_FIELDS: dict[str, tuple[str, ...]] = {
     "get": ("args",), "set": ("args",), "unset": ("args",), "show": ("name",),
@@ -586,8 +586,9 @@ def cmd_restore(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
 def cmd_rename(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     remotes = [r for _f, r, _n, _i in refs]
     if len(set(remotes)) > 1:
-        raise CLIError("moving instances between servers is not supported yet (`lxfs copy` "
-                       "and `lxfs move` across hosts come with the migration protocol)")
+        from lxfs.cli.migrate import migrate  # noqa: PLC0415
+
+        return migrate(args, config, refs, move=True)
     server = server_for(config, remotes[0])
     old, new = refs[0][2], refs[1][2]
     inst, _, snap = old.partition("/")
@@ -598,6 +599,13 @@ def cmd_rename(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     else:
         server.run("POST", f"/1.0/instances/{quote(old)}", {"name": new})
     return 0
+
+
+def cmd_copy(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    """``lxfs copy SRC:NAME DST:[NAME]``: LXD's migration between servers (``migrate``)."""
+    from lxfs.cli.migrate import migrate  # noqa: PLC0415
+
+    return migrate(args, config, refs, move=False)
 
 
 def _config_target(args: Any, refs: list[Any]) -> tuple[str, str, list[str]]:
@@ -735,6 +743,7 @@ HANDLERS: dict[str, Any] = {
     "image list": cmd_image_list, "image ls": cmd_image_list,
     "image copy": cmd_image_copy, "image cp": cmd_image_copy,
     "snapshot": cmd_snapshot, "restore": cmd_restore,
+    "copy": cmd_copy, "cp": cmd_copy,
     **dict.fromkeys(("move", "mv", "rename"), cmd_rename),
     "config get": cmd_config_get, "config set": cmd_config_set,
     "config unset": cmd_config_unset, "config show": cmd_config_show,

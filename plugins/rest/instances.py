@@ -27,6 +27,7 @@ import trio
 
 from lxfs.errors import InvalidArgument, LxfsError, NotFound
 from lxfs.nodes import File
+from lxfs.model import Snapshot
 
 from .app import (
     Context,
@@ -43,7 +44,7 @@ from .http import HttpError, Request, Response
 from .networks import provider
 
 if TYPE_CHECKING:
-    from lxfs.model import Instance, Profile, Snapshot
+    from lxfs.model import Instance, Profile
 
 Endpoint = Callable[[Context, Request], Awaitable[Response | None]]
 Devices = dict[str, dict[str, str]]
@@ -705,7 +706,7 @@ async def create_instance(ctx: Context, request: Request) -> Response:
     elif source_type == "none":
         ref = None
     elif source_type == "migration":
-        return error(400, "migration between servers is not supported by lxfs yet")
+        return _migration_sink(ctx, body, source)
     else:
         return error(400, f"Unknown source type {source_type}")
     name = _text(body, "name") or _new_name(ctx)
@@ -849,10 +850,11 @@ async def post_instance(ctx: Context, request: Request) -> Response:
     new = _text(body, "name") or name
     _check_name(new)
     if _flag(body, "migration"):
+    if _flag(body, "migration") and not _text(body, "pool"):
+        return _migration_source(ctx, name, body)
         pool = _text(body, "pool")
-        if not pool or body.get("target") or _text(body, "project") not in ("", "default"):
-            return error(400, "migration to another server or project is not supported by "
-                              "lxfs yet (a move to another storage pool is)")
+        if body.get("target") or _text(body, "project") not in ("", "default"):
+            return error(400, "migration to another project is not supported by lxfs yet")
         if new != name and new in ctx.ops.instances:
             return error(409, f'Name "{new}" already in use')
 
@@ -872,6 +874,106 @@ async def post_instance(ctx: Context, request: Request) -> Response:
 
 
 # --- state -----------------------------------------------------------------------------------
+# --- migration between hosts (LXD's protocol: migration/) ------------------------------------
+
+def _migration_source(ctx: Context, name: str, body: dict[str, Any]) -> Response:
+    """``POST /1.0/instances/NAME`` with ``migration``: a websocket operation the target
+    connects to (pull), or that dials the ``target`` (push)."""
+    from .migration import LIVE_REFUSAL, Source
+
+    inst = requested_instance(ctx, name)
+    if _flag(body, "live"):
+        return error(400, LIVE_REFUSAL)
+    if inst.storage_state != "ready":
+        return error(400, f"instance {name} has no root filesystem to migrate")
+    target = body.get("target")
+    if target is not None and not isinstance(target, dict):
+        return error(400, "target: expected an object")
+    instance_only = _flag(body, "instance_only") or _flag(body, "container_only")
+    op = Operation("Migrating instance", "task" if target else "websocket",
+                   resources=_resources(name))
+    source = Source(ctx, op, name, instance_only, target or None)
+    op.metadata = source.metadata() or None
+    return ctx.start_operation(op, source.run)
+
+
+def _migration_sink(ctx: Context, body: dict[str, Any], source: dict[str, Any]) -> Response:
+    """``POST /1.0/instances`` with ``source.type: migration`` (pull or push; ``refresh``
+    brings an existing copy up to date). A failure leaves no instance and no volume."""
+    from .migration import LIVE_REFUSAL, Sink
+
+    mode = _text(source, "mode", "pull")
+    if mode not in ("pull", "push"):
+        return error(400, f"Unknown migration mode {mode!r}")
+    if _flag(source, "live"):
+        return error(400, LIVE_REFUSAL)
+    name = _text(body, "name")
+    if not name:
+        return error(400, "A name is required for a migration")
+    _check_name(name)
+    refresh = _flag(source, "refresh")
+    existing = ctx.ops.instances.get(name)
+    if existing is not None and not refresh:
+        return error(409, "Instance name already in use")
+    if existing is not None and await_state_sync(ctx, name):
+        return error(400, "Cannot refresh a running instance")
+    refresh = existing is not None
+    profiles = _profile_list(ctx, body)
+    config = {k: v for k, v in (_string_map(body, "config") or {}).items()
+              if not k.startswith("volatile.")}
+    for key, value in config.items():
+        ctx.ops.schema.validate_instance_key(key, value)
+    devices = _local_root_pool(ctx, _devices(body) or {}, profiles)
+    for device, keys in devices.items():
+        ctx.ops.device_types.validate(device, keys)
+    ephemeral, description = _flag(body, "ephemeral"), _text(body, "description")
+    architecture = _text(body, "architecture")
+    op = Operation("Creating instance", "websocket" if mode == "push" else "task",
+                   resources=_resources(name))
+    sink = Sink(ctx, op, name, source, refresh)
+    op.metadata = sink.metadata()
+
+    async def receive(fill: Callable[[Any], Awaitable[list[Snapshot]]]) -> None:
+        if refresh:
+            inst = requested_instance(ctx, name)
+            pool = ctx.ops.pool_of(inst)
+            await ctx.host.guarded(name, ctx.ops.refresh_instance(name, lambda: fill(pool)))
+            return
+        await ctx.host.guarded("", ctx.ops.create_instance(
+            name, profiles=profiles, config=config, ephemeral=ephemeral,
+            description=description, devices=devices))
+        if architecture:
+            ctx.ops.instances[name].architecture = architecture
+        try:
+            await ctx.host.guarded(name, ctx.ops.receive_instance(name, fill))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _discard_unfinished(ctx, name)
+            raise
+
+    return ctx.start_operation(op, lambda _op: sink.run(receive))
+
+
+def _local_root_pool(ctx: Context, devices: Devices, profiles: list[str] | None) -> Devices:
+    """A root disk naming a pool this host lacks takes the profiles' pool instead (or
+    ``default``), as LXD's ``instanceFindStoragePool``."""
+    for name, dev in list(devices.items()):
+        if dev.get("type") != "disk" or dev.get("path") != "/" or not dev.get("pool") or \
+                ctx.host.pool(dev["pool"]) is not None:
+            continue
+        _config, merged = expanded({}, {}, ["default"] if profiles is None else profiles,
+                                   ctx.ops.profiles)
+        fallback = next((d.get("pool", "") for d in merged.values()
+                         if d.get("type") == "disk" and d.get("path") == "/"), "")
+        devices[name] = {**dev, "pool": fallback or "default"}
+    return devices
+
+
+def await_state_sync(ctx: Context, name: str) -> bool:
+    """Whether an instance runs now (the server's own record, no wait)."""
+    return ctx.ops.pid_now(name) > 0
+
+
 
 @instance_route("GET", "/{name}/state")
 async def get_state(ctx: Context, request: Request) -> Response:

@@ -1,0 +1,138 @@
+"""``lxfs copy`` and ``lxfs move`` between servers, as ``lxc`` does them: the client asks
+the source for a migration operation (``POST /1.0/instances/NAME`` with ``migration``) and
+the target to make the instance from it (``POST /1.0/instances`` with ``source.type:
+migration``): in ``pull`` mode the target dials the source's operation, in ``push`` mode the
+source dials the target's. This host takes part over its own REST socket (the ``local``
+remote), so ``local:c host2:`` and ``host2:c local:`` are the same code; the server that is
+dialled must listen on the network (``core.https_address``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from lxfs.cli.base import CLIError
+from lxfs.cli.remotes import RemotesConfig
+
+
+def _server(config: RemotesConfig, name: str) -> Any:
+    from lxfs.cli.rest_client import Server  # noqa: PLC0415
+
+    remote = config.get(name)
+    if remote.protocol != "lxd":
+        raise CLIError(f"Remote {name} is an image server (protocol {remote.protocol}): it "
+                       "has no instances")
+    return Server(remote)
+
+
+def _address(server: Any, what: str) -> tuple[str, str]:
+    """A server's network address and certificate, from ``GET /1.0``."""
+    env = (server.get("/1.0") or {}).get("environment") or {}
+    addresses = env.get("addresses") or []
+    if not addresses:
+        raise CLIError(f"The {what} server isn't listening on the network (set its "
+                       "core.https_address)")
+    return addresses[0], env.get("certificate") or ""
+
+
+def _q(name: str) -> str:
+    from urllib.parse import quote  # noqa: PLC0415
+
+    return quote(name, safe="")
+
+
+def _both(first: Callable[[], Any], second: Callable[[], Any]) -> None:
+    """Wait for both ends of a migration; the first failure is the one reported."""
+    try:
+        first()
+    except CLIError:
+        with contextlib.suppress(CLIError):
+            second()
+        raise
+    second()
+
+
+def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> int:
+    """Copy (or move) ``refs[0]`` to ``refs[1]`` (``REMOTE:[NAME]``)."""
+    (_f, src_remote, src_ref, _i), (_g, dst_remote, dst_name, _j) = refs[0], refs[1]
+    src_name, _, snapshot = src_ref.partition("/")
+    dst_name = dst_name or src_name
+    if snapshot:
+        raise CLIError("copying a snapshot to another server is not supported by lxfs yet: "
+                       "copy the instance")
+    if getattr(args, "stateful", False):
+        raise CLIError("live migration (--stateful) is not supported by lxfs: it needs CRIU "
+                       "to checkpoint the container, and lxfs does not drive CRIU; use "
+                       "--stateless (stopped, moved, started again)")
+    mode = getattr(args, "mode", None) or "pull"
+    if mode == "relay":
+        raise CLIError("--mode relay is not supported by lxfs yet: use pull or push")
+    if mode not in ("pull", "push"):
+        raise CLIError(f"Invalid --mode {mode!r}: pull, push or relay")
+    source, target = _server(config, src_remote), _server(config, dst_remote)
+    if src_remote == dst_remote and not move:
+        target.run("POST", "/1.0/instances", {"name": dst_name, "source": {
+            "type": "copy", "source": src_name,
+            "instance_only": bool(getattr(args, "instance_only", False))}})
+        return 0
+    inst = source.get(f"/1.0/instances/{_q(src_name)}")
+    running = inst.get("status") == "Running"
+    stateless = bool(getattr(args, "stateless", False))
+    if move and running and not stateless:
+        raise CLIError("The instance is running: stop it first, or move it --stateless "
+                       "(stopped, moved, started on the target)")
+    if running and stateless:
+        source.run("PUT", f"/1.0/instances/{_q(src_name)}/state",
+                   {"action": "stop", "timeout": 30, "force": False})
+    devices = dict(inst.get("devices") or {})
+    pool = getattr(args, "storage", None)
+    if pool:
+        root = next((k for k, d in (inst.get("expanded_devices") or {}).items()
+                     if d.get("type") == "disk" and d.get("path") == "/"), "root")
+        devices[root] = {**(devices.get(root) or {"type": "disk", "path": "/"}),
+                         "pool": pool}
+    instance_only = bool(getattr(args, "instance_only", False))
+    body: dict[str, Any] = {
+        "name": dst_name, "architecture": inst.get("architecture", ""),
+        "config": {k: v for k, v in (inst.get("config") or {}).items()
+                   if not k.startswith("volatile.")},
+        "devices": devices, "profiles": inst.get("profiles") or [],
+        "ephemeral": bool(inst.get("ephemeral")), "description": inst.get("description", ""),
+        "type": "container",
+    }
+    migration = {"migration": True, "live": False, "instance_only": instance_only}
+    try:
+        if mode == "pull":
+            address, cert = _address(source, "source")
+            src_op = source.request("POST", f"/1.0/instances/{_q(src_name)}", migration)
+            secrets = (src_op.get("metadata") or {}).get("metadata") or {}
+            body["source"] = {
+                "type": "migration", "mode": "pull", "certificate": cert,
+                "operation": f"https://{address}{src_op['operation']}",
+                "websockets": secrets, "instance_only": instance_only, "live": False,
+                "refresh": bool(getattr(args, "refresh", False))}
+            _both(lambda: target.run("POST", "/1.0/instances", body),
+                  lambda: source.wait(src_op["operation"]))
+        else:
+            address, cert = _address(target, "target")
+            body["source"] = {"type": "migration", "mode": "push", "live": False,
+                              "instance_only": instance_only,
+                              "refresh": bool(getattr(args, "refresh", False))}
+            dst_op = target.request("POST", "/1.0/instances", body)
+            secrets = (dst_op.get("metadata") or {}).get("metadata") or {}
+            push = {**migration, "target": {
+                "certificate": cert, "websockets": secrets,
+                "operation": f"https://{address}{dst_op['operation']}"}}
+            _both(lambda: source.run("POST", f"/1.0/instances/{_q(src_name)}", push),
+                  lambda: target.wait(dst_op["operation"]))
+    except CLIError:
+        if running and stateless:  # as it was: the source runs again
+            source.run("PUT", f"/1.0/instances/{_q(src_name)}/state", {"action": "start"})
+        raise
+    if move:
+        source.run("DELETE", f"/1.0/instances/{_q(src_name)}")
+    if running and stateless:
+        target.run("PUT", f"/1.0/instances/{_q(dst_name)}/state", {"action": "start"})
+    return 0

@@ -1,0 +1,653 @@
+"""LXD 5.0's migration protocol, both ends: the source (``POST /1.0/instances/NAME`` with
+``migration: true``: a websocket operation with ``control`` and ``fs`` secrets) and the sink
+(``POST /1.0/instances`` with ``source.type: migration``, pulling from a source's operation,
+or pushed to).
+
+The ``control`` websocket carries LXD's protobuf messages (``migrate.proto``, compiled into
+``migrate_pb2.py``): the source's offer (``MigrationHeader``), the sink's answer, and at the
+end the sink's ``MigrationControl``. The ``fs`` websocket carries the generic transfer as
+LXD's: the index header (JSON of the instance's backup config, one frame each way), then one
+rsync session per snapshot (oldest first) and one for the instance, each direction of each
+session ended by an empty text message (LXD's barrier). The sink receives every snapshot
+into the new volume and snapshots it there, then the instance.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import trio
+from wsproto import ConnectionType
+from wsproto.connection import Connection as WSFrames
+
+from lxfs.errors import LxfsError
+from lxfs.model import Snapshot
+
+from ..http import HttpError, WebSocket
+from . import migrate_pb2 as pb
+
+if TYPE_CHECKING:
+    from lxfs.model import Instance
+    from lxfs.storage import StorageDriver
+
+    from ..app import Context, Operation
+
+log = logging.getLogger("lxfs.rest.migration")
+
+#: LXD's wait for the migration websockets
+CONNECT_TIMEOUT = 10.0
+#: the rsync features lxfs offers and accepts (LXD 5.0's set)
+RSYNC_FEATURES = ("xattrs", "delete", "compress", "bidirectional")
+#: a peer that never says "bidirectional" is LXD 3.7 or older: these, no more
+LEGACY_FEATURES = ("xattrs", "delete", "compress")
+INDEX_HEADER_VERSION = 1
+CHUNK = 128 * 1024
+#: LXD's architecture numbers (shared/osarch)
+ARCHITECTURES = {"i686": 1, "x86_64": 2, "armv7l": 3, "aarch64": 4, "ppc": 5, "ppc64": 6,
+                 "ppc64le": 7, "s390x": 8, "mips": 9, "mips64": 10, "riscv32": 11,
+                 "riscv64": 12}
+
+
+class MigrationError(LxfsError):
+    """A migration failed (the peer's or this side's reason)."""
+
+
+# --- websockets ------------------------------------------------------------------------------
+
+class ClientWebSocket(WebSocket):
+    """A client-side websocket (frames masked), for a sink dialing its source's operation or
+    a source pushing to its target."""
+
+    def __init__(self, stream: trio.abc.Stream, buffered: bytes = b"") -> None:
+        super().__init__(stream)
+        self.frames = WSFrames(ConnectionType.CLIENT)
+        if buffered:
+            self.frames.receive_data(buffered)
+
+
+async def connect(operation_url: str, secret: str, certificate: str) -> ClientWebSocket:
+    """Dial the websocket ``secret`` of an operation (``https://HOST:PORT/1.0/operations/ID``,
+    as LXD gives it), the server's certificate pinned when given (PEM)."""
+    parts = urlsplit(operation_url)
+    if parts.scheme not in ("https", "wss") or not parts.hostname:
+        raise MigrationError(f"invalid migration operation URL: {operation_url!r}")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # pinned below, as LXD's GetTLSConfig does
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            tcp = await trio.open_tcp_stream(parts.hostname, parts.port or 8443)
+            stream = trio.SSLStream(tcp, context, server_hostname=parts.hostname)
+            await stream.do_handshake()
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        raise MigrationError(f"cannot reach the migration peer at {parts.netloc}: "
+                             f"{exc}") from None
+    if certificate:
+        der = ssl.PEM_cert_to_DER_cert(certificate.strip() + "\n")
+        if stream.getpeercert(binary_form=True) != der:
+            await stream.aclose()
+            raise MigrationError(f"{parts.netloc} did not present the certificate the "
+                                 "migration names")
+    key = base64.b64encode(os.urandom(16)).decode()
+    path = f"{parts.path.rstrip('/')}/websocket?{urlencode({'secret': secret})}"
+    request = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n")
+    try:
+        await stream.send_all(request.encode())
+        data = b""
+        with trio.fail_after(CONNECT_TIMEOUT):
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(CHUNK)
+                if not chunk:
+                    break
+                data += chunk
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        raise MigrationError(f"migration websocket refused: {exc}") from None
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 101 " not in status + b" ":
+        body = rest.decode(errors="replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            body = json.loads(body)["error"]
+        await stream.aclose()
+        raise MigrationError(f"migration websocket refused: {status.decode(errors='replace')}"
+                             f" {body}".strip())
+    return ClientWebSocket(stream, rest)
+
+
+class Channel:
+    """LXD's ``WebsocketIO`` on one websocket: binary messages are data, an empty text
+    message ends a stream (a frame); the socket stays open for the next."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def send(self, data: bytes) -> None:
+        if self.ws.closed:
+            raise MigrationError("the migration peer closed the connection")
+        try:
+            await self.ws.send_bytes(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise MigrationError("the migration peer closed the connection") from None
+
+    async def end(self) -> None:
+        """The barrier: the end of this direction's stream."""
+        try:
+            await self.ws.send_text("")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise MigrationError("the migration peer closed the connection") from None
+
+    async def receive(self) -> bytes | None:
+        """The next data message; None at the barrier."""
+        message = await self.ws.receive()
+        if message is None:
+            raise MigrationError("the migration peer closed the connection")
+        if isinstance(message, str):
+            return None
+        return message
+
+    async def read_frame(self, limit: int = 64 << 20) -> bytes:
+        data = bytearray()
+        while (chunk := await self.receive()) is not None:
+            data += chunk
+            if len(data) > limit:
+                raise MigrationError("migration index header too large")
+        return bytes(data)
+
+
+async def send_message(ws: WebSocket, message: Any) -> None:
+    try:
+        await ws.send_bytes(message.SerializeToString())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise MigrationError("the migration peer closed the control connection") from None
+
+
+async def receive_message(ws: WebSocket, kind: type) -> Any:
+    data = await ws.receive()
+    if data is None:
+        raise MigrationError("the migration peer closed the control connection")
+    if not isinstance(data, bytes):
+        raise MigrationError("migration control: only binary messages allowed")
+    message = kind()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise MigrationError(f"migration control: invalid message: {exc}") from None
+    return message
+
+
+async def send_control(ws: WebSocket | None, error: str = "") -> None:
+    """The final word: success, or the failure's reason."""
+    if ws is None or ws.closed:
+        return
+    with contextlib.suppress(MigrationError), trio.move_on_after(5):
+        await send_message(ws, pb.MigrationControl(success=not error, message=error))
+
+
+# --- rsync over a websocket --------------------------------------------------------------------
+
+def rsync_feature_args(features: list[str]) -> list[str]:
+    args = []
+    if "xattrs" in features:
+        args += ["--xattrs", "--filter=-x security.selinux"]
+    if "delete" in features:
+        args.append("--delete")
+    if "compress" in features:
+        args += ["--compress", "--compress-level=2"]
+    return args
+
+
+async def _pump_in(channel: Channel, write: Callable[[bytes], Awaitable[None]],
+                   close: Callable[[], Awaitable[None]]) -> None:
+    """The peer's stream (until its barrier) into rsync."""
+    broken = False
+    while (data := await channel.receive()) is not None:
+        if broken:
+            continue  # rsync is gone: read the stream to its end all the same
+        try:
+            await write(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            broken = True
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await close()
+
+
+async def _pump_out(channel: Channel, read: Callable[[], Awaitable[bytes]]) -> None:
+    """rsync's output to the peer, then the barrier."""
+    while True:
+        try:
+            data = await read()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if not data:
+            break
+        await channel.send(data)
+    await channel.end()
+
+
+async def _collect(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        while chunk := await stream.receive_some(CHUNK):
+            if len(into) < 65536:
+                into += chunk
+
+
+async def rsync_send(path: Path, channel: Channel, features: list[str]) -> None:
+    """Send ``path``'s tree as LXD's ``rsync.Send``: rsync as a client whose remote shell is a
+    unix socket (socat) relayed to the websocket."""
+    tmp = Path(tempfile.mkdtemp(prefix="lxfs-rsync-"))
+    sock_path = tmp / "s"
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    errors = bytearray()
+    try:
+        await listener.bind(str(sock_path))
+        listener.listen(1)
+        args = ["rsync", "-ar", "--devices", "--numeric-ids", "--partial", "--sparse",
+                *rsync_feature_args(features), f"{str(path).rstrip('/')}/", "localhost:/tmp/foo",
+                "-e", f"sh -c \"exec socat - UNIX-CONNECT:{sock_path}\""]
+        proc = await trio.lowlevel.open_process(args, stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
+        try:
+            async with trio.open_nursery() as nursery:
+                assert proc.stderr is not None
+                nursery.start_soon(_collect, proc.stderr, errors)
+                with trio.move_on_after(CONNECT_TIMEOUT) as waited:
+                    sock, _ = await listener.accept()
+                if waited.cancelled_caught:
+                    raise MigrationError(f"rsync failed to spawn after 10s ({errors.decode()})")
+                stream = trio.SocketStream(sock)
+                async with stream:
+                    nursery.start_soon(_pump_out, channel, lambda: stream.receive_some(CHUNK))
+                    await _pump_in(channel, stream.send_all, stream.send_eof)
+                    await proc.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        if proc.returncode not in (0, 24):  # 24: files vanished while sent (LXD allows)
+            raise MigrationError(f"rsync send failed: {path}: exit {proc.returncode} "
+                                 f"({errors.decode(errors='replace').strip()})")
+    finally:
+        listener.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def rsync_receive(path: Path, channel: Channel, features: list[str]) -> None:
+    """Receive a tree into ``path`` as LXD's ``rsync.Recv``: ``rsync --server`` on pipes
+    relayed to the websocket."""
+    args = ["rsync", "--server", "-vlogDtpre.iLsfx", "--numeric-ids", "--devices",
+            "--partial", "--sparse", *rsync_feature_args(features), ".", f"{path}/"]
+    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE)
+    errors = bytearray()
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, proc.stderr, errors)
+            nursery.start_soon(_pump_out, channel, lambda: stdout.receive_some(CHUNK))
+            await _pump_in(channel, stdin.send_all, stdin.aclose)
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    if proc.returncode != 0:
+        raise MigrationError(f"rsync receive failed: exit {proc.returncode} "
+                             f"({errors.decode(errors='replace').strip()})")
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+def rsync_features(header: Any) -> list[str]:
+    """The rsync features a header names (LXD's ``GetRsyncFeaturesSlice`` with its legacy
+    rule)."""
+    features = []
+    if header.HasField("rsyncFeatures"):
+        f = header.rsyncFeatures
+        features = [name for name in RSYNC_FEATURES if getattr(f, name)]
+    if "bidirectional" not in features:
+        return list(LEGACY_FEATURES)
+    return features
+
+
+def _rsync_header(features: tuple[str, ...] | list[str]) -> Any:
+    return pb.rsyncFeatures(**{name: name in features for name in RSYNC_FEATURES})
+
+
+def snapshot_message(inst: Instance, snap: Snapshot) -> Any:
+    """LXD's ``snapshotToProtobuf``."""
+    return pb.Snapshot(
+        name=snap.name,
+        localConfig=[pb.Config(key=k, value=v) for k, v in snap.config.items()],
+        profiles=list(snap.profiles), ephemeral=inst.ephemeral,
+        localDevices=[pb.Device(name=d, config=[pb.Config(key=k, value=v)
+                                                for k, v in keys.items()])
+                      for d, keys in snap.devices.items()],
+        architecture=ARCHITECTURES.get(inst.architecture, 0), stateful=False,
+        creation_date=int(snap.created_at), last_used_date=0,
+        expiry_date=-62135596800)  # Go's zero time: never
+
+
+def snapshot_record(message: Any) -> Snapshot:
+    """A snapshot's record from the offer."""
+    created = float(message.creation_date) if message.HasField("creation_date") else 0.0
+    return Snapshot(message.name, created if created > 0 else time.time(),
+                    {c.key: c.value for c in message.localConfig},
+                    {d.name: {c.key: c.value for c in d.config} for d in message.localDevices},
+                    list(message.profiles))
+
+
+# --- the source --------------------------------------------------------------------------------
+
+class Source:
+    """``POST /1.0/instances/NAME`` with ``migration``: the offer, the transfer, the sink's
+    verdict. Pull mode waits for the sink's connections; push mode (``target``) dials it."""
+
+    def __init__(self, ctx: Context, op: Operation, name: str, instance_only: bool,
+                 target: dict[str, Any] | None) -> None:
+        self.ctx, self.op, self.name = ctx, op, name
+        self.instance_only = instance_only
+        self.target = target
+        self.secrets: dict[str, str] = {}
+        self.channels: dict[str, trio.MemoryReceiveChannel[WebSocket]] = {}
+        if target is None:
+            for which in ("control", "fs"):
+                self.secrets[which], self.channels[which] = ctx.new_secret(op)
+        self.conns: dict[str, WebSocket] = {}
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.secrets)
+
+    async def _connect(self) -> None:
+        if self.target is not None:
+            websockets = self.target.get("websockets") or {}
+            url = str(self.target.get("operation") or "")
+            for which in ("control", "fs"):
+                if which not in websockets:
+                    raise MigrationError(f"missing {which} secret")
+                self.conns[which] = await connect(url, str(websockets[which]),
+                                                  str(self.target.get("certificate") or ""))
+            return
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            for which, channel in self.channels.items():
+                self.conns[which] = await channel.receive()
+        if len(self.conns) < 2:
+            raise MigrationError("Timed out waiting for migration connections")
+
+    async def run(self, op: Operation) -> None:
+        control: WebSocket | None = None
+        try:
+            await self._connect()
+            control = self.conns["control"]
+            await self._transfer(control, Channel(self.conns["fs"]))
+        except (LxfsError, HttpError) as exc:
+            await send_control(control, getattr(exc, "message", str(exc)))
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                for secret in self.secrets.values():
+                    op.secrets.pop(secret, None)
+                for channel in self.channels.values():
+                    channel.close()
+                for ws in self.conns.values():
+                    with trio.move_on_after(1):
+                        await ws.close()
+
+    async def _transfer(self, control: WebSocket, fs: Channel) -> None:
+        ops = self.ctx.ops
+        inst = ops.instances.get(self.name)
+        if inst is None or inst.storage_state != "ready":
+            raise MigrationError(f"instance {self.name} has no root filesystem to send")
+        pool = ops.pool_of(inst)
+        running = await ops.state(self.name) not in ("STOPPED", "CREATING")
+        snaps = [] if self.instance_only else \
+            sorted(inst.snapshots.values(), key=lambda s: s.created_at)
+        offer = pb.MigrationHeader(
+            fs=pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
+            indexHeaderVersion=INDEX_HEADER_VERSION, predump=False,
+            snapshotNames=[s.name for s in snaps],
+            snapshots=[snapshot_message(inst, s) for s in snaps])
+        if running:
+            offer.criu = pb.NONE  # a stateless transfer of a running instance: final sync
+        await send_message(control, offer)
+        answer = await receive_message(control, pb.MigrationHeader)
+        if answer.fs != pb.RSYNC:
+            raise MigrationError(f"migration type {pb.MigrationFSType.Name(answer.fs)} is not "
+                                 "supported by this lxfs source")
+        features = rsync_features(answer)
+        wanted = list(answer.snapshotNames) if answer.refresh else [s.name for s in snaps]
+        if answer.indexHeaderVersion > 0:
+            info = {"config": backup_config(self.ctx, inst,
+                                            [s for s in snaps if s.name in wanted])}
+            await fs.send(json.dumps(info).encode())
+            await fs.end()
+            response = _json(await fs.read_frame())
+            if response.get("StatusCode", 200) != 200:
+                raise MigrationError(f"Failed negotiating migration options: "
+                                     f"{response.get('Error', '')}")
+        for snap in wanted:
+            if snap not in inst.snapshots:
+                raise MigrationError(f"snapshot {self.name}/{snap} not found")
+            self.op.metadata = {**self.metadata(), "fs_progress": f"{snap}: sending"}
+            await rsync_send(pool.snapshot_path("container", self.name, snap), fs, features)
+        self.op.metadata = {**self.metadata(), "fs_progress": f"{self.name}: sending"}
+        await rsync_send(pool.volume_path("container", self.name), fs, features)
+        if running:  # LXD's final sync of a running instance
+            await rsync_send(pool.volume_path("container", self.name), fs, features)
+        verdict = await receive_message(control, pb.MigrationControl)
+        if not verdict.success:
+            raise MigrationError(verdict.message or "the migration target failed")
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:
+        raise MigrationError("migration index header: invalid JSON") from None
+    return value if isinstance(value, dict) else {}
+
+
+def backup_config(ctx: Context, inst: Instance, snaps: list[Snapshot]) -> dict[str, Any]:
+    """LXD's ``backup.yaml`` as the index header carries it: the instance, its snapshots,
+    its pool and volumes."""
+    from ..instances import NO_EXPIRY, snapshot_document, timestamp
+
+    pool = ctx.ops.pool_of(inst)
+    container = {
+        "name": inst.name, "architecture": inst.architecture, "type": "container",
+        "config": dict(inst.config), "devices": {k: dict(v) for k, v in inst.devices.items()},
+        "ephemeral": inst.ephemeral, "profiles": list(inst.profiles),
+        "stateful": False, "description": inst.description,
+        "created_at": timestamp(inst.created_at), "expanded_config": dict(inst.expanded_config),
+        "expanded_devices": {k: dict(v) for k, v in inst.expanded_devices.items()},
+        "status": "Stopped", "status_code": 102, "last_used_at": timestamp(inst.last_used_at),
+        "location": "none", "project": "default",
+    }
+    volume = {"name": inst.name, "type": "container", "config": {}, "description": "",
+              "content_type": "filesystem", "location": "none", "used_by": [],
+              "project": "default"}
+    return {
+        "container": container,
+        "snapshots": [snapshot_document(ctx, inst, s) for s in snaps],
+        "pool": {"name": pool.pool.name, "driver": pool.pool.driver,
+                 "config": dict(pool.pool.config), "description": pool.pool.description,
+                 "status": "Created", "locations": ["none"], "used_by": []},
+        "volume": volume,
+        "volume_snapshots": [{"name": s.name, "config": {}, "description": "",
+                              "content_type": "filesystem", "created_at": timestamp(s.created_at),
+                              "expires_at": NO_EXPIRY} for s in snaps],
+    }
+
+
+# --- the sink ----------------------------------------------------------------------------------
+
+class Sink:
+    """``POST /1.0/instances`` with ``source.type: migration``: pull (dial the source's
+    operation) or push (wait for the source on this operation's secrets)."""
+
+    def __init__(self, ctx: Context, op: Operation, name: str, source: dict[str, Any],
+                 refresh: bool) -> None:
+        self.ctx, self.op, self.name = ctx, op, name
+        self.source = source
+        self.push = source.get("mode") == "push"
+        self.refresh = refresh
+        self.secrets: dict[str, str] = {}
+        self.channels: dict[str, trio.MemoryReceiveChannel[WebSocket]] = {}
+        if self.push:
+            for which in ("control", "fs"):
+                self.secrets[which], self.channels[which] = ctx.new_secret(op)
+        self.conns: dict[str, WebSocket] = {}
+
+    def metadata(self) -> dict[str, str] | None:
+        return dict(self.secrets) if self.push else None
+
+    async def _connect(self) -> None:
+        if self.push:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                for which, channel in self.channels.items():
+                    self.conns[which] = await channel.receive()
+            if len(self.conns) < 2:
+                raise MigrationError("Timed out waiting for migration connections")
+            return
+        websockets = self.source.get("websockets") or {}
+        if not isinstance(websockets, dict):
+            raise MigrationError("source.websockets: expected an object")
+        for which in ("control", "fs"):
+            if which not in websockets:
+                raise MigrationError(f"Missing {which} secret")
+            self.conns[which] = await connect(str(self.source.get("operation") or ""),
+                                              str(websockets[which]),
+                                              str(self.source.get("certificate") or ""))
+
+    async def run(self, receive: Callable[[Callable[[StorageDriver], Awaitable[list[Snapshot]]]],
+                                          Awaitable[None]]) -> None:
+        """Connect, negotiate, and hand the transfer to ``receive`` (the server's
+        ``receive_instance``, or a refresh)."""
+        control: WebSocket | None = None
+        try:
+            await self._connect()
+            control = self.conns["control"]
+            offer = await receive_message(control, pb.MigrationHeader)
+            await receive(lambda pool: self._transfer(pool, control, offer))
+        except (LxfsError, HttpError) as exc:
+            await send_control(control, getattr(exc, "message", str(exc)))
+            raise
+        else:
+            await send_control(control)
+            with trio.move_on_after(5):  # the source closes once it has the verdict
+                await control.receive()
+        finally:
+            with trio.CancelScope(shield=True):
+                for secret in self.secrets.values():
+                    self.op.secrets.pop(secret, None)
+                for channel in self.channels.values():
+                    channel.close()
+                for ws in self.conns.values():
+                    with trio.move_on_after(1):
+                        await ws.close()
+
+    async def _transfer(self, pool: StorageDriver, control: WebSocket, offer: Any
+                        ) -> list[Snapshot]:
+        if offer.HasField("criu") and offer.criu == pb.CRIU_RSYNC:
+            raise MigrationError(LIVE_REFUSAL)
+        features = [f for f in rsync_features(offer) if f in RSYNC_FEATURES]
+        offered = list(offer.snapshots)
+        if len(offered) != len(offer.snapshotNames):  # LXD's legacy: names only
+            offered = [pb.Snapshot(name=n, ephemeral=False, architecture=0, stateful=False)
+                       for n in offer.snapshotNames]
+        inst = self.ctx.ops.instances[self.name]
+        existing = set(pool.list_snapshots("container", self.name)) if self.refresh else set()
+        wanted = [s for s in offered if s.name not in existing]
+        keep = [inst.snapshots[s.name] for s in offered
+                if s.name in existing and s.name in inst.snapshots]
+        for extra in sorted(existing - {s.name for s in offered}):  # gone from the source
+            await trio.to_thread.run_sync(pool.delete_snapshot, "container", self.name, extra)
+        answer = pb.MigrationHeader(
+            fs=pb.RSYNC, rsyncFeatures=_rsync_header(features),
+            indexHeaderVersion=min(offer.indexHeaderVersion, INDEX_HEADER_VERSION),
+            snapshotNames=[s.name for s in wanted], snapshots=wanted,
+            refresh=self.refresh, predump=False)
+        final_sync = offer.HasField("criu") and offer.criu == pb.NONE
+        if final_sync:
+            answer.criu = pb.NONE
+        await send_message(control, answer)
+        fs = Channel(self.conns["fs"])
+        if answer.indexHeaderVersion > 0:
+            _json(await fs.read_frame())
+            await fs.send(json.dumps({"StatusCode": 200, "Error": "",
+                                      "Refresh": self.refresh}).encode())
+            await fs.end()
+        volume = pool.volume_path("container", self.name)
+        if not self.refresh:
+            await trio.to_thread.run_sync(pool.create_volume, "container", self.name)
+        received = []
+        for snap in wanted:
+            self.op.metadata = {"fs_progress": f"{snap.name}: receiving"}
+            await rsync_receive(volume, fs, features)
+            await trio.to_thread.run_sync(pool.create_snapshot, "container", self.name,
+                                          snap.name)
+            received.append(snapshot_record(snap))
+        self.op.metadata = {"fs_progress": f"{self.name}: receiving"}
+        await rsync_receive(volume, fs, features)
+        if final_sync:
+            await rsync_receive(volume, fs, features)
+        if offer.idmap:
+            await trio.to_thread.run_sync(unshift, volume, list(offer.idmap))
+            for snap in received:
+                await trio.to_thread.run_sync(
+                    unshift, pool.snapshot_path("container", self.name, snap.name),
+                    list(offer.idmap))
+        self.op.metadata = None
+        return [*keep, *received]
+
+
+LIVE_REFUSAL = ("live migration (--stateful) is not supported by lxfs: it needs CRIU to "
+                "checkpoint the container, and lxfs does not drive CRIU; move it --stateless "
+                "(stopped, moved, started again)")
+
+
+def unshift(root: Path, idmap: list[Any]) -> None:
+    """Files stored shifted by the source (its ``DiskIdmap``: host ids of its container's
+    map) back to the container's own ids, as lxfs stores volumes (idmapped at mount).
+    Blocking."""
+    def back(value: int, uid: bool) -> int:
+        for entry in idmap:
+            if (entry.isuid if uid else entry.isgid) and \
+                    entry.hostid <= value < entry.hostid + entry.maprange:
+                return value - entry.hostid + entry.nsid
+        return value
+
+    entries = [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        entries = [*entries, *(os.path.join(dirpath, n) for n in dirnames + filenames)]
+        for entry in entries:
+            try:
+                st = os.lstat(entry)
+                uid, gid = back(st.st_uid, True), back(st.st_gid, False)
+                if (uid, gid) != (st.st_uid, st.st_gid):
+                    mode = st.st_mode
+                    os.lchown(entry, uid, gid)
+                    if not os.path.islink(entry) and mode & 0o6000:
+                        os.chmod(entry, mode & 0o7777)  # chown drops setuid/setgid
+            except OSError as exc:
+                log.warning("unshift %s: %s", entry, exc)
+        entries = []

@@ -846,8 +846,8 @@ class LxfsOperations(pyfuse3.Operations):
         if changed:
             def drop() -> None:
                 for ino in changed:
-                    with contextlib.suppress(Exception):
-                        pyfuse3.invalidate_inode(ino, True)
+                    with contextlib.suppress(Exception):  # (and any cached pages)
+                        pyfuse3.invalidate_inode(ino)
 
             await trio.to_thread.run_sync(drop)
 

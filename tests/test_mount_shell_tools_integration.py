@@ -407,3 +407,27 @@ def test_tail_follows_a_growing_file(shell):
         tail.kill()
         tail.wait()
     assert b"truncated" not in tail.stderr.read()
+
+
+def test_a_change_in_the_daemon_reaches_a_cached_stat(shell):
+    """The kernel caches attributes for a second: a state change the daemon makes by itself
+    (an init that dies) drops them, so an immediate stat has the new mtime."""
+    d = shell
+    state = d.path("instances", "c1", "state")
+    for _ in range(5):  # the stop must be seen within the cache's second to tell
+        if d.read("instances", "c1", "state") != "RUNNING":
+            d.write("instances", "c1", "state", "start")
+        before = os.stat(state)
+        cached_at = time.monotonic()
+        killed_at = time.time_ns()
+        os.kill(int(d.read("instances", "c1", "pid")), signal.SIGKILL)
+        # waiting on another file: a read of state would drop its cached attributes itself
+        while d.read("instances", "c1", "status") != "Stopped":
+            time.sleep(0.02)
+        time.sleep(0.1)  # the event follows the state by a thread trip or two
+        after = os.stat(state)
+        if time.monotonic() - cached_at < 0.9:
+            assert after.st_mtime_ns >= killed_at > before.st_mtime_ns
+            assert after.st_size == len(state.read_bytes())
+            return
+    pytest.fail("the stop was never seen within a second of the stat")

@@ -60,9 +60,10 @@ READAHEAD_KB = 1024
 SETTLE_TIMEOUT = 2.0
 #: the largest value (and scratch file)
 VALUE_MAX = 1 << 20
-#: scratch files one process may hold at a time, and all processes together
+#: scratch files one process may hold at a time, and all processes together (at most
+#: VALUE_MAX bytes each, in the daemon's memory)
 SCRATCH_PER_PROCESS = 64
-SCRATCH_MAX = 1024
+SCRATCH_MAX = 256
 #: a value computed for a getattr serves a read that follows within this many seconds (an
 #: ``open()`` stats before it reads: the value is computed once, not twice)
 FRESH_FOR = 0.05
@@ -824,7 +825,10 @@ class LxfsOperations(pyfuse3.Operations):
         events = self.srv.events.subscribe()
         try:
             for name in list(self.srv.instances):
-                await self._restamp(("instances", name, "state"))
+                try:
+                    await self._restamp(("instances", name, "state"))
+                except Exception:  # noqa: BLE001 - the mount's times are best effort
+                    log.exception("while noting the state of %s", name)
             async for line in events:
                 try:
                     source = json.loads(line).get("metadata", {}).get("source")

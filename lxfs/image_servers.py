@@ -79,17 +79,21 @@ class ImageServer:
 
     Subclasses set ``protocol`` (the name users give: ``--protocol simplestreams``) and
     implement both coroutines. They run on the event loop: blocking I/O goes to worker
-    threads (``trio.to_thread``), and every network wait ends within ``timeout`` seconds
-    with an ``lxfs.errors.LxfsError`` saying what stalled. Errors (unreachable server, no
+    threads (``trio.to_thread``), every network wait ends within ``timeout`` seconds with an
+    ``lxfs.errors.LxfsError`` saying what stalled, and no download grows past ``max_size``
+    bytes (the server's ``images.max_unpacked_size``: no image file is larger than what it
+    unpacks to). Errors (unreachable server, no
     such image, a bad checksum) are ``LxfsError``s whose message is shown to the user.
     """
 
     protocol: ClassVar[str] = ""
 
-    def __init__(self, host: Host, source: ImageSource, timeout: float) -> None:
+    def __init__(self, host: Host, source: ImageSource, timeout: float,
+                 max_size: int = 0) -> None:
         self.host = host
         self.source = source
         self.timeout = timeout
+        self.max_size = max_size  # 0: no limit
 
     async def resolve(self, ref: str, architectures: list[str]) -> RemoteImage:
         """The image ``ref`` names on the server: an alias (``debian/12``), an alias with

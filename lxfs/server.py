@@ -1873,7 +1873,7 @@ class Server:
                                   f"(known: {known})")
         if not source.server:
             raise InvalidArgument("an image server's URL is required")
-        driver = driver_class(self.api, source, PULL_TIMEOUT)
+        driver = driver_class(self.api, source, PULL_TIMEOUT, self._unpacked_limit())
         remote = await driver.resolve(ref.strip(), images.host_architectures())
         fp = remote.fingerprint
         async with self._image_locks[f"pull:{fp}"]:

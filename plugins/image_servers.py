@@ -149,11 +149,13 @@ def _read(response: http.client.HTTPResponse, size: int, url: str, timeout: floa
 
 
 class Http:
-    """GETs from one server, each blocking step in a worker thread."""
+    """GETs from one server, each blocking step in a worker thread; no file larger than
+    ``max_size`` (0: no limit)."""
 
-    def __init__(self, certificate: str, timeout: float) -> None:
+    def __init__(self, certificate: str, timeout: float, max_size: int = 0) -> None:
         self.certificate = certificate
         self.timeout = timeout
+        self.max_size = max_size
 
     async def json(self, url: str) -> Any:
         response = await trio.to_thread.run_sync(_open, url, self.certificate, self.timeout)
@@ -175,6 +177,9 @@ class Http:
                    size: int = 0, sha256: str = "") -> dict[str, str]:
         """Download ``url`` into ``dest``; check ``size`` and ``sha256`` when given. Returns
         the response's headers."""
+        if self.max_size and size > self.max_size:
+            raise DownloadError(f"{url}: {size} bytes, more than images.max_unpacked_size "
+                                f"({self.max_size})")
         response = await trio.to_thread.run_sync(_open, url, self.certificate, self.timeout)
         total = size or int(response.getheader("content-length") or 0)
         digest = hashlib.sha256()
@@ -188,6 +193,9 @@ class Http:
                     done += len(chunk)
                     if size and done > size:
                         raise DownloadError(f"{url}: larger than the {size} bytes announced")
+                    if self.max_size and done > self.max_size:
+                        raise DownloadError(f"{url}: larger than images.max_unpacked_size "
+                                            f"({self.max_size} bytes)")
                     if time.monotonic() - last > 0.5:
                         last = time.monotonic()
                         progress(stage, done, total)
@@ -256,7 +264,7 @@ class SimpleStreams(ImageServer):
     protocol = "simplestreams"
 
     async def _images(self) -> list[dict[str, Any]]:
-        http = Http(self.source.certificate, self.timeout)
+        http = Http(self.source.certificate, self.timeout, self.max_size)
         index = await http.json(_join(self.source.server, "streams/v1/index.json"))
         found = []
         for entry in (index.get("index") or {}).values() if isinstance(index, dict) else []:
@@ -293,7 +301,7 @@ class SimpleStreams(ImageServer):
 
     async def download(self, image: RemoteImage, directory: Path, progress: Progress
                        ) -> tuple[Path, Path | None]:
-        http = Http(self.source.certificate, self.timeout)
+        http = Http(self.source.certificate, self.timeout, self.max_size)
         paths: list[Path] = []
         for kind, path, size, sha256 in image.files:  # type: ignore[misc]
             dest = directory / ("metadata" if kind == "meta" else "rootfs")
@@ -318,7 +326,7 @@ class Lxd(ImageServer):
         return url + (f"?secret={quote(self.source.secret)}" if self.source.secret else "")
 
     async def resolve(self, ref: str, architectures: list[str]) -> RemoteImage:
-        http = Http(self.source.certificate, self.timeout)
+        http = Http(self.source.certificate, self.timeout, self.max_size)
         fingerprint = ref
         try:
             alias = await http.json(_join(self.source.server,
@@ -344,7 +352,7 @@ class Lxd(ImageServer):
 
     async def download(self, image: RemoteImage, directory: Path, progress: Progress
                        ) -> tuple[Path, Path | None]:
-        http = Http(self.source.certificate, self.timeout)
+        http = Http(self.source.certificate, self.timeout, self.max_size)
         body = directory / "export"
         headers = await http.file(self._url(f"1.0/images/{image.fingerprint}/export"), body,
                                   "metadata", progress)
@@ -415,7 +423,7 @@ class Url(ImageServer):
 
     async def download(self, image: RemoteImage, directory: Path, progress: Progress
                        ) -> tuple[Path, Path | None]:
-        http = Http(self.source.certificate, self.timeout)
+        http = Http(self.source.certificate, self.timeout, self.max_size)
         body = directory / "download"
         headers = await http.file(str(image.files[0]), body, "metadata", progress)
         ctype = headers.get("content-type", "")

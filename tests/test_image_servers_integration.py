@@ -338,7 +338,7 @@ def _items(tree: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "wrong-sha256",
-                                    "wrong-fingerprint", "stall"])
+                                    "wrong-fingerprint", "stall", "too-large"])
 def test_bad_downloads_change_nothing(lxfs_daemon_factory, busybox_image, static_server,
                                       tls_cert, damage):
     d = start(lxfs_daemon_factory)
@@ -349,7 +349,7 @@ def test_bad_downloads_change_nothing(lxfs_daemon_factory, busybox_image, static
     data = path.read_bytes()
     expected = {"corrupt": "sha256 mismatch", "truncated": "truncated",
                 "wrong-sha256": "sha256 mismatch", "wrong-fingerprint": "fingerprint",
-                "stall": "stall"}[damage]
+                "stall": "stall", "too-large": "max_unpacked_size"}[damage]
     if damage == "corrupt":
         path.write_bytes(data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:])
     elif damage == "truncated":
@@ -369,6 +369,13 @@ def test_bad_downloads_change_nothing(lxfs_daemon_factory, busybox_image, static
             "ftype": "root.tar.xz", "path": rootfs[0], "size": rootfs[1], "sha256": rootfs[2]}
     elif damage == "stall":
         static_server.stall = True
+    elif damage == "too-large":  # consistent, but larger than the host takes
+        import hashlib
+
+        data += b"\0" * (3 << 19)
+        path.write_bytes(data)
+        item["sha256"], item["size"] = hashlib.sha256(data).hexdigest(), len(data)
+        d.write("config", "images.max_unpacked_size", "1MiB")
     (tree / "streams/v1/images.json").write_text(json.dumps(products))
     before_images, before_files = images_of(d), store_files(d)
     lxc_remote(d, tls_cert[0], static_server)

@@ -102,14 +102,14 @@ def lxfs_image_servers() -> list[type[ImageServer]]:
     giving the same name stop the daemon with an error naming both.
 
     A driver is made for each pull with the ``Host``, the ``ImageSource`` (server URL,
-    certificate, alias, secret) and a timeout; ``resolve(ref, architectures)`` finds the
-    image (alias, ``alias/arch`` or fingerprint) and ``download(image, directory,
-    progress)`` fetches its files into the core's staging directory, checking each file
-    against what the server publishes. The core owns everything else: the staging
-    directory (removed whatever happens; nothing of it survives a kill -9), the check of
-    the image's fingerprint, registering it atomically, the cache (``cached``,
-    ``last_used_at``, ``update_source``), expiry and auto-update. See
-    ``lxfs/image_servers.py``.
+    certificate, alias, secret), a timeout and the largest download allowed;
+    ``resolve(ref, architectures)`` finds the image (alias, ``alias/arch`` or fingerprint)
+    and ``download(image, directory, progress)`` fetches its files into the core's staging
+    directory, checking each file against what the server publishes. The core owns
+    everything else: the staging directory (removed whatever happens; nothing of it
+    survives a kill -9), the check of the image's fingerprint, registering it atomically,
+    the cache (``cached``, ``last_used_at``, ``update_source``), expiry and auto-update.
+    See ``lxfs/image_servers.py``.
     """
 
 

@@ -20,6 +20,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lxfs.atomic import write_atomic as write_atomic  # for plugins: replace a file at once
+
 if TYPE_CHECKING:
     import pluggy
 

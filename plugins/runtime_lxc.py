@@ -34,7 +34,7 @@ import lxc
 import pluggy
 
 from lxfs import hookimpl
-from lxfs.api import Host, cgroup_layout
+from lxfs.api import Host, cgroup_layout, write_atomic
 from lxfs.config_schema import (
     KeySpec,
     check_allowance,
@@ -64,16 +64,6 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 def cgroup_prefix(data_dir: Path) -> str:
     return "lxfs." + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename; the file is root's alone (0600)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class Container(lxc.Container):
@@ -165,7 +155,7 @@ class LxcRuntime(Runtime):
             f"lxc.cgroup.dir.monitor = {self.prefix}.monitor/{instance.name}",
             f"lxc.cgroup.dir.container = {self.prefix}/{instance.name}",
         ]
-        write_atomic(d / "config", "\n".join(base + config_lines) + "\n")
+        write_atomic(d / "config", "\n".join(base + config_lines) + "\n", 0o600, sync=False)
         log_file = d / "lxc.log"
         log_file.unlink(missing_ok=True)
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))

@@ -240,10 +240,13 @@ def test_create_errors_are_sync_or_async_as_in_lxd_and_leave_nothing(daemon_with
     status, doc, _ = api(d, "POST", "/1.0/instances",
                          {"name": "c3", "source": {"type": "image", "alias": "nope"}})
     assert (status, doc) == (404, reference("post_instances_bad_alias"))
+    # an image server that does not answer: the pull is the operation's, and fails there
     status, doc, _ = api(d, "POST", "/1.0/instances", {"name": "c3", "source": {
-        "type": "image", "alias": "ubuntu/22.04", "server": "https://images.example.org",
+        "type": "image", "alias": "ubuntu/22.04", "server": "https://127.0.0.1:9",
         "protocol": "simplestreams"}})
-    assert status == 404 and "remote image servers are not reachable from lxfs" in doc["error"]
+    assert status == 202
+    op = wait(d, doc)
+    assert op["status"] == "Failure" and "127.0.0.1:9" in op["err"]
     for body, words in (({"name": "0bad", "source": {"type": "none"}}, "Invalid instance name"),
                         ({"name": "c3", "source": {"type": "bogus"}}, "Unknown source type"),
                         ({"name": "c3", "source": {"type": "none"},

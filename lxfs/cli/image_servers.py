@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from lxfs.cli.mount import CLIError, Mount, parse_bool, read_dir_values, read_lines, read_opt
@@ -174,12 +173,10 @@ def _copy(src: Path, dest: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    from lxfs.atomic import write_atomic  # noqa: PLC0415
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, text, 0o644, sync=False)
 
 
 def register(isub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -101,15 +101,9 @@ class RemotesConfig:
 
 def write_private(path: Path, text: str | bytes) -> None:
     """Write a file of the user's configuration atomically, mode 0600."""
-    data = text.encode() if isinstance(text, str) else text
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from lxfs.atomic import write_atomic  # noqa: PLC0415
+
+    write_atomic(path, text, 0o600)
 
 
 def default_remotes() -> dict[str, Remote]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import sys
 from pathlib import Path
+
+from lxfs.api import write_atomic
 
 #: a server certificate lives this long (LXD: 10 years)
 CERT_DAYS = 3650
@@ -101,20 +102,8 @@ def make_certificate(cert_path: Path, key_path: Path, common_name: str) -> None:
     key_pem = key.private_bytes(serialization.Encoding.PEM,
                                 serialization.PrivateFormat.TraditionalOpenSSL,
                                 serialization.NoEncryption())
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomic(key_path, key_pem, 0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 if __name__ == "__main__":

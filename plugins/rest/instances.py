@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from lxfs.api import write_atomic
 from lxfs.errors import InvalidArgument, LxfsError, NotFound
-from lxfs.nodes import File
 from lxfs.model import Snapshot
+from lxfs.nodes import File
 
 from .app import (
     Context,
@@ -849,9 +850,9 @@ async def post_instance(ctx: Context, request: Request) -> Response:
     body = await read_object(request)
     new = _text(body, "name") or name
     _check_name(new)
-    if _flag(body, "migration"):
     if _flag(body, "migration") and not _text(body, "pool"):
         return _migration_source(ctx, name, body)
+    if _flag(body, "migration"):
         pool = _text(body, "pool")
         if body.get("target") or _text(body, "project") not in ("", "default"):
             return error(400, "migration to another project is not supported by lxfs yet")
@@ -873,7 +874,6 @@ async def post_instance(ctx: Context, request: Request) -> Response:
     return _start(ctx, "Renaming instance", _resources(name), rename)
 
 
-# --- state -----------------------------------------------------------------------------------
 # --- migration between hosts (LXD's protocol: migration/) ------------------------------------
 
 def _migration_source(ctx: Context, name: str, body: dict[str, Any]) -> Response:
@@ -974,6 +974,7 @@ def await_state_sync(ctx: Context, name: str) -> bool:
     return ctx.ops.pid_now(name) > 0
 
 
+# --- state -----------------------------------------------------------------------------------
 
 @instance_route("GET", "/{name}/state")
 async def get_state(ctx: Context, request: Request) -> Response:
@@ -1251,27 +1252,10 @@ def _read_metadata(volume: Path) -> Any:
         return yaml.safe_load(f.read(16 << 20)) or {}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(staging)
-        raise
-
-
 def _write_metadata(volume: Path, document: dict[str, Any]) -> None:
     import yaml
 
-    _write_atomically(volume / "metadata.yaml",
-                      yaml.safe_dump(document, sort_keys=True).encode())
+    write_atomic(volume / "metadata.yaml", yaml.safe_dump(document, sort_keys=True).encode())
 
 
 @instance_route("GET", "/{name}/metadata")
@@ -1333,7 +1317,7 @@ def _read_template(volume: Path, name: str) -> bytes | None:
 def _write_template(volume: Path, name: str, data: bytes) -> None:
     directory = volume / "templates"
     directory.mkdir(mode=0o711, exist_ok=True)
-    _write_atomically(directory / name, data)
+    write_atomic(directory / name, data)
 
 
 @instance_route("GET", "/{name}/metadata/templates")

@@ -540,48 +540,44 @@ class BtrfsDriver(DirectoryLayout):
 
     def import_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
                                 src: Path) -> None:
-        """``btrfs receive`` of each stream into a hidden directory, each received
-        subvolume renamed into place; the volume itself a writable snapshot of what
-        ``container.bin`` gives."""
+        """``btrfs receive`` of each stream into the volume's snapshots directory (a
+        received subvolume is read-only: it can be renamed there, never moved elsewhere);
+        the volume itself is a writable snapshot of what ``container.bin`` gives."""
         target = self.volume_path(vtype, name)
-        if os.path.lexists(target):
+        snapdir = self._snapshots_dir(vtype, name)
+        if os.path.lexists(target) or os.path.lexists(snapdir):
             raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
-        work = target.with_name(f".{name}.receive")
-        self._delete_path(work)
-        work.mkdir(mode=0o700)
+        snapdir.mkdir(mode=0o711, parents=True)
+        got: Path | None = None
         try:
             for snap in snapshots:
-                stream = src / "snapshots" / f"{snap}.bin"
-                if not stream.is_file():
-                    raise InvalidArgument(f"the backup has no snapshots/{snap}.bin")
-                got = self._receive(stream, work)
-                dst = self.snapshot_path(vtype, name, snap)
-                dst.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-                os.rename(got, dst)
-            stream = src / "container.bin"
-            if not stream.is_file():
-                raise InvalidArgument("the backup has no container.bin")
-            got = self._receive(stream, work)
+                got = self._receive(src / "snapshots" / f"{snap}.bin", snapdir)
+                if got.name != snap:
+                    os.rename(got, snapdir / snap)
+                got = None
+            got = self._receive(src / "container.bin", snapdir)
             self._snapshot(got, target, read_only=False)
             os.chmod(target, 0o711)
         except BaseException:
             self.delete_volume(vtype, name)
             raise
         finally:
-            self._delete_path(work)
+            if got is not None:
+                self._delete_path(got)
 
-    def _receive(self, stream: Path, work: Path) -> Path:
-        """Receive one stream into the (emptied) ``work`` directory: the new subvolume."""
-        for entry in list(work.iterdir()):
-            self._delete_path(entry)
+    def _receive(self, stream: Path, into: Path) -> Path:
+        """Receive one stream into directory ``into``: the new subvolume."""
+        if not stream.is_file():
+            raise InvalidArgument(f"the backup has no {stream.name}")
+        before = set(os.listdir(into))
         try:
-            _run("btrfs", "receive", "-q", "-f", str(stream), str(work))
+            _run("btrfs", "receive", "-q", "-f", str(stream), str(into))
         except OperationFailed as exc:
             raise InvalidArgument(f"cannot receive {stream.name}: {exc}") from None
-        entries = list(work.iterdir())
-        if len(entries) != 1:
-            raise InvalidArgument(f"{stream.name} holds {len(entries)} subvolumes, not one")
-        return entries[0]
+        new = set(os.listdir(into)) - before
+        if len(new) != 1:
+            raise InvalidArgument(f"{stream.name} holds {len(new)} subvolumes, not one")
+        return into / new.pop()
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_rest_instances_integration import api, lxc, raw, succeeds, wait
+from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +181,55 @@ def test_rest_backups_and_lxc_export_import(daemon_with_busybox, tmp_path):
     assert op["status"] == "Failure" and "backup" in op["err"], op
     assert "r5" not in os.listdir(d.path("instances"))
     assert os.listdir(d.data_dir / "uploads") == []
+
+
+def test_btrfs_pools_plain_and_optimized(loop_guard, daemon_with_busybox, tmp_path):  # noqa: F811
+    import btrfsutil
+
+    d = daemon_with_busybox
+    loop_guard.append(d.base)
+    root = make_btrfs_pool(d)
+    # dir -> btrfs, plain format
+    with_two_snapshots(d, "t1")
+    plain = tmp_path / "t1.tar.gz"
+    d.cli("export", "t1", str(plain))
+    d.cli("import", str(plain), "t2", "-s", "bt")
+    assert d.read("instances", "t2", "pool") == "bt"
+    assert btrfsutil.is_subvolume(str(root / "containers" / "t2"))
+    assert btrfsutil.is_subvolume(str(root / "containers-snapshots" / "t2" / "s1"))
+    assert d.path("instances", "t2", "snapshots", "s1", "rootfs", "root", "data"
+                  ).read_text() == "one\n"
+    # btrfs -> btrfs optimized: send streams, incremental from the snapshot before
+    opt = tmp_path / "t2.tar.gz"
+    d.cli("export", "t2", str(opt), "--optimized-storage")
+    names = members(opt)
+    assert names[:2] == ["backup/index.yaml", "backup/optimized_header.yaml"]
+    assert set(names[2:]) == {"backup/snapshots/s1.bin", "backup/snapshots/s2.bin",
+                              "backup/container.bin"}
+    index = index_of(opt)
+    assert index["backend"] == "btrfs" and index["optimized"] is True
+    assert index["optimized_header"] is True and index["pool"] == "bt"
+    with tarfile.open(opt) as tf:
+        f = tf.extractfile("backup/optimized_header.yaml")
+        assert f is not None
+        header = yaml.safe_load(f.read())
+    assert [v["snapshot"] for v in header["subvolumes"]] == ["s1", "s2", ""]
+    d.cli("import", str(opt), "t3")
+    assert d.read("instances", "t3", "pool") == "bt"
+    assert not btrfsutil.get_subvolume_read_only(str(root / "containers" / "t3"))
+    assert btrfsutil.get_subvolume_read_only(str(root / "containers-snapshots" / "t3" / "s2"))
+    assert d.path("instances", "t3", "snapshots", "s2", "rootfs", "root", "data"
+                  ).read_text() == "two\n"
+    d.write("instances", "t3", "state", "start")
+    assert d.cli("exec", "t3", "--", "cat", "/root/data").stdout == "three\n"
+    d.write("instances", "t3", "state", "stop")
+    # an optimized btrfs backup cannot go to a dir pool: refused, nothing left
+    r = d.cli("import", str(opt), "t4", "-s", "default", check=False)
+    assert r.returncode != 0 and "btrfs" in r.stderr
+    assert "t4" not in os.listdir(d.path("instances"))
+    # on a dir pool, --optimized-storage writes the plain trees (as LXD's dir driver)
+    d.cli("export", "t1", str(tmp_path / "dir-opt.tar.gz"), "--optimized-storage")
+    assert index_of(tmp_path / "dir-opt.tar.gz")["optimized"] is False
+    for name in ("t1", "t2", "t3"):
+        d.cli("delete", "--force", name)
+    assert sorted(os.listdir(root / "containers")) == []

@@ -59,31 +59,34 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CLIError(f"{src}: No such file")
     name = strip_local_remote(args.name) if args.name else ""
     made = False
-    if name or args.storage:
-        if not name:
-            try:
-                name = read_index(src)["name"]
-            except BackupError as exc:
-                raise CLIError(f"{src}: {exc}") from None
+    pool = args.storage
+    if name or pool:
+        try:
+            index = read_index(src)
+        except BackupError as exc:
+            raise CLIError(f"{src}: {exc}") from None
+        name = name or index["name"]
+        if not pool and (mount.root / "storage-pools" / str(index.get("pool"))).is_dir():
+            pool = str(index["pool"])  # as LXD: the backup's pool when it exists here
         inst = mount.instance(name, must_exist=False)
         mount.do(lambda: os.mkdir(inst), messages={
             errno.EEXIST: f"Instance {name!r} already exists",
             errno.EINVAL: f"Invalid instance name: {name!r}"})
         made = True
-        dest_dir, scope = inst, inst
-        if args.storage:
+        dest_dir = inst
+        if pool:
             try:
-                mount.write(inst / "pool", args.storage, inst,
+                mount.write(inst / "pool", pool, inst,
                             messages={errno.ENOENT: "Storage pool not found"})
             except CLIError:
                 with _quiet():
                     os.rmdir(inst)
                 raise
     else:
-        dest_dir, scope = mount.instances, None
+        dest_dir = mount.instances
     dest = dest_dir / f"import-{secrets.token_hex(4)}.tar"
-    try:
-        mount.do(lambda: _copy(src, dest), scope,
+    try:  # the import's error is the root's (the upload's)
+        mount.do(lambda: _copy(src, dest), None,
                  fallback="Import failed (see the daemon's log)")
     except CLIError:
         if made:

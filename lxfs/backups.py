@@ -76,8 +76,10 @@ class BackupError(InvalidArgument):
 # --- documents --------------------------------------------------------------------------------
 
 def _instance_doc(inst: Instance) -> dict[str, Any]:
+    # the files are stored unshifted (LXD's DiskIdmap of an idmapped-mount volume: none)
+    config = dict(inst.config) | {"volatile.last_state.idmap": "[]"}
     return {
-        "architecture": inst.architecture, "config": dict(inst.config),
+        "architecture": inst.architecture, "config": config,
         "devices": {k: dict(v) for k, v in inst.devices.items()},
         "ephemeral": inst.ephemeral, "profiles": list(inst.profiles), "stateful": False,
         "description": inst.description, "created_at": rfc3339(inst.created_at),
@@ -282,6 +284,21 @@ def _parse_time(text: Any) -> float:
         return now()
 
 
+def _shifted(index: dict[str, Any]) -> bool:
+    """Whether a backup's volume was shifted on its host's disk (LXD without idmapped
+    mounts): its optimized streams then hold shifted owners."""
+    conf = index.get("config")
+    container = conf.get("container") if isinstance(conf, dict) else None
+    config = container.get("config") if isinstance(container, dict) else None
+    raw = config.get("volatile.last_state.idmap") if isinstance(config, dict) else None
+    if not raw:
+        return False
+    try:
+        return bool(json.loads(raw))
+    except (TypeError, ValueError):
+        return True
+
+
 def _strings(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
@@ -479,6 +496,12 @@ class Backups:
                 f"optimized backup storage driver {index.get('backend')!r} differs from the "
                 f"target storage pool driver {pool.pool.driver!r}: import it into a "
                 f"{index.get('backend')} pool, or export it without --optimized-storage")
+        if optimized and _shifted(index):
+            raise InvalidArgument(
+                "this optimized backup holds files shifted for its host's idmap "
+                "(volatile.last_state.idmap): lxfs imports optimized streams of unshifted "
+                "volumes only; export it without --optimized-storage (the tarball's owners "
+                "are always unshifted)")
         staging = await trio.to_thread.run_sync(
             lambda: Path(tempfile.mkdtemp(prefix=".import-", dir=srv.uploads_dir)))
         try:

@@ -5,8 +5,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
+import sys
 import tarfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -233,3 +237,83 @@ def test_btrfs_pools_plain_and_optimized(loop_guard, daemon_with_busybox, tmp_pa
     for name in ("t1", "t2", "t3"):
         d.cli("delete", "--force", name)
     assert sorted(os.listdir(root / "containers")) == []
+
+
+@pytest.fixture
+def lxd(busybox_image):
+    """Debian's LXD 5.0.2, isolated as ``bench/`` starts it, with the busybox image."""
+    from conftest import REPO
+
+    if not shutil.which("lxd"):  # bench/ would install it: a test never reaches the internet
+        pytest.fail("LXD 5.0.2 is not installed (apt-get install lxd)", pytrace=False)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bench.lxd import start_isolated_lxd
+
+    with ExitStack() as stack:
+        yield start_isolated_lxd(stack, {"busybox": busybox_image})
+
+
+def test_lxd_backups_import_into_lxfs_and_back(loop_guard, daemon_with_busybox,  # noqa: F811
+                                               lxd, tmp_path):
+    d = daemon_with_busybox
+    loop_guard.append(d.base)
+    # LXD -> lxfs: a stopped container with a file and a snapshot (dir pool)
+    lxd.cli("init", "busybox", "lx1")
+    note = tmp_path / "note"
+    note.write_text("made by lxd\n")
+    lxd.cli("file", "push", str(note), "lx1/root/note", "--uid", "1234", "--gid", "1234")
+    lxd.cli("snapshot", "lx1", "snap0")
+    lxd.cli("config", "set", "lx1", "user.origin", "lxd")
+    made = tmp_path / "lx1.tar.gz"
+    lxd.cli("export", "lx1", str(made))
+    index = index_of(made)
+    assert index["backend"] == "dir" and index["snapshots"] == ["snap0"]
+    d.cli("import", str(made))
+    assert d.read("instances", "lx1", "config", "user.origin") == "lxd"
+    assert os.listdir(d.path("instances", "lx1", "snapshots")) == ["snap0"]
+    rootfs = d.data_dir / "storage-pools" / "default" / "containers" / "lx1" / "rootfs"
+    st = os.stat(rootfs / "root" / "note")
+    assert (st.st_uid, st.st_gid) == (1234, 1234)  # stored as the container sees them
+    d.write("instances", "lx1", "state", "start")
+    assert d.cli("exec", "lx1", "--", "cat", "/root/note").stdout == "made by lxd\n"
+    assert d.cli("exec", "lx1", "--", "stat", "-c", "%u", "/root/note").stdout == "1234\n"
+    # lxfs -> LXD: with two snapshots; LXD lists them and has the files
+    with_two_snapshots(d, "fx1")
+    ours = tmp_path / "fx1.tar.gz"
+    d.cli("export", "fx1", str(ours))
+    lxd.cli("import", str(ours))
+    info = json.loads(lxd.cli("query", "/1.0/instances/fx1?recursion=1"))
+    assert info["config"]["user.note"] == "kept"
+    assert [s["name"] for s in info["snapshots"]] == ["s1", "s2"]
+    pulled = tmp_path / "pulled"
+    lxd.cli("file", "pull", "fx1/root/data", str(pulled))
+    assert pulled.read_text() == "three\n"
+    # LXD shifts the unshifted files for its idmap and runs the container
+    lxd.cli("start", "fx1")
+    assert lxd.cli("exec", "fx1", "--", "cat", "/root/data") == "three\n"
+    assert lxd.cli("exec", "fx1", "--", "stat", "-c", "%u", "/root/data") == "0\n"
+    # LXD's optimized btrfs backup -> an lxfs btrfs pool of the same name, and back
+    make_btrfs_pool(d, "bt")
+    lxd.cli("init", "busybox", "lx2", "-s", "bt")
+    lxd.cli("file", "push", str(note), "lx2/root/note", "--uid", "1234", "--gid", "1234")
+    lxd.cli("snapshot", "lx2", "snap0")
+    made = tmp_path / "lx2.tar.gz"
+    lxd.cli("export", "lx2", str(made), "--optimized-storage")
+    assert index_of(made)["optimized"] is True
+    d.cli("import", str(made))
+    assert d.read("instances", "lx2", "pool") == "bt"
+    assert os.listdir(d.path("instances", "lx2", "snapshots")) == ["snap0"]
+    rootfs = d.data_dir / "storage-pools" / "bt" / "containers" / "lx2" / "rootfs"
+    st = os.stat(rootfs / "root" / "note")
+    assert (st.st_uid, st.st_gid) == (1234, 1234)
+    d.write("instances", "lx2", "state", "start")
+    assert d.cli("exec", "lx2", "--", "stat", "-c", "%u", "/root/note").stdout == "1234\n"
+    d.write("instances", "lx2", "state", "stop")
+    ours = tmp_path / "lx2-back.tar.gz"
+    d.cli("export", "lx2", str(ours), "--optimized-storage")
+    lxd.cli("delete", "--force", "lx2")
+    lxd.cli("import", str(ours), "lx3")
+    lxd.cli("start", "lx3")
+    assert lxd.cli("exec", "lx3", "--", "cat", "/root/note") == "made by lxd\n"
+    assert lxd.cli("exec", "lx3", "--", "stat", "-c", "%u", "/root/note") == "1234\n"

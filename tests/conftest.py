@@ -644,13 +644,25 @@ class HostNetwork:
     def __init__(self, index: int) -> None:
         self.tag = f"{os.getpid() % 10000}{index}"
         self.bridge = f"lxfsmh{self.tag}"[:15]
-        self.subnet = f"10.251.{200 + index}"
+        self.subnet = self._free_subnet(os.getpid() + index)
         self.gateway = f"{self.subnet}.1"
         self.namespaces: list[str] = []
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge],
                        check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    @staticmethod
+    def _free_subnet(seed: int) -> str:
+        """A /24 of 10.251.200.0-10.251.249.0 that no interface uses (test runs side by side
+        must not share one)."""
+        used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True,
+                              check=False).stdout
+        for step in range(50):
+            subnet = f"10.251.{200 + (seed + step) % 50}"
+            if f" {subnet}." not in used:
+                return subnet
+        raise RuntimeError("no free subnet in 10.251.200.0/19 for test hosts")
 
     def add(self, name: str) -> tuple[str, str]:
         n = len(self.namespaces) + 2

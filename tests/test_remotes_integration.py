@@ -158,6 +158,7 @@ def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
         input="piped in\n", capture_output=True, text=True, env=user1.env, timeout=60)
     assert (done.returncode, done.stdout) == (0, "piped in\n")
     assert "c1" in user1.run("info", "host2:c1").stdout
+    assert "Log:" in user1.run("info", "host2:c1", "--show-log").stdout
     assert interactive_exec(user1, "host2:c1", b"stty size; exit 5\n", (33, 101)) \
         == (5, "33 101")
 

@@ -154,6 +154,8 @@ def cmd_list(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
 
     remote = _one_remote([r for r in refs if r[2] == ""] or refs, "list") \
         if refs else config.default_remote
+    if args.columns != "ns46tS":
+        raise CLIError("list -c on a remote is not supported yet: the default columns only")
     server = server_for(config, remote)
     filters = [name for field, _r, name, _i in refs if name]
     instances = server.get("/1.0/instances?recursion=2")
@@ -370,6 +372,9 @@ def cmd_info(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     if ips.strip():
         lines.append("IPs:")
         lines += [f"  {line}" for line in ips.strip().split("\n")]
+    if args.show_log:
+        status, log = server.raw("GET", f"/1.0/instances/{quote(name)}/logs/lxc.log")
+        lines += ["", "Log:", "", log.decode(errors="replace") if status == 200 else ""]
     print("\n".join(lines))
     return 0
 

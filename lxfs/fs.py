@@ -69,6 +69,12 @@ SCRATCH_MAX = 256
 FRESH_FOR = 0.05
 #: values and listings whose change times are remembered (beyond that, forgotten)
 TIMES_MAX = 100_000
+#: the directories of objects (``instances/NAME``...): an ``rm -r`` of one is refused whole
+OBJECT_DIRS = frozenset({"instances", "profiles", "storage-pools", "networks", "projects",
+                         "images", "certificates"})
+#: seconds after its last refused removal there during which a process removes nothing in
+#: that object (its ``rm -r`` goes on at once; a long-lived process is not held for long)
+RM_REFUSAL_WINDOW = 5.0
 
 
 def guarded(fn: F) -> F:
@@ -184,7 +190,9 @@ class ValueTimes:
 
     def known(self, path: Path_) -> int:
         old = self.seen.get(path)
-        return old[1] if old is not None else self.touched.get(path[:2], self.start_ns)
+        if old is not None:
+            return old[1]
+        return self.touched.get(path[:2]) or self.touched.get(path[:1], self.start_ns)
 
     def touch(self, path: Path_) -> None:
         """The object of ``path`` (``instances/NAME``...) changed now."""
@@ -565,9 +573,9 @@ class LxfsOperations(pyfuse3.Operations):
         #: scratch files, by path; processes whose exit drops theirs (and their rm -r marks)
         self.scratch: dict[Path_, Scratch] = {}
         self.followed: set[int] = set()
-        #: (process, instance) pairs: that process's ``rm -r`` of the instance was refused,
-        #: and it may remove nothing more below it
-        self.refused_rm: set[tuple[int, str]] = set()
+        #: (process, object) -> when: that process's ``rm -r`` of the object was refused
+        #: then, and it may remove nothing below it (``RM_REFUSAL_WINDOW``)
+        self.refused_rm: dict[tuple[int, Path_], float] = {}
         self.times = ValueTimes()
         #: the value a getattr computed last, per path (``FRESH_FOR``)
         self.fresh: dict[Path_, tuple[float, bytes]] = {}
@@ -905,7 +913,7 @@ class LxfsOperations(pyfuse3.Operations):
                 if scratch.owner == owner:
                     del self.scratch[path]
                     self._invalidate(path)
-            self.refused_rm = {r for r in self.refused_rm if r[0] != owner}
+            self.refused_rm = {r: t for r, t in self.refused_rm.items() if r[0] != owner}
 
     def _visible(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
         """A scratch file exists for its owner only."""
@@ -914,22 +922,28 @@ class LxfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
 
     def _check_rm(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
-        """After a process's removal of an entry of an instance directory was refused (an
-        ``rm -r`` of the instance), it removes nothing below it: no key unset, no file of
-        its root filesystem deleted one by one."""
-        if self.refused_rm and len(path) >= 2 and path[0] == "instances" and (
-                (_tgid(ctx.pid), path[1]) in self.refused_rm):
-            raise PermissionDenied(f"instance {path[1]} is removed by rmdir (lxfs delete), "
-                                   "not entry by entry: this rm -r removed nothing")
+        """After a process's removal of a fixed entry of an object's directory was refused
+        (an ``rm -r`` of an instance, a profile...), it removes nothing below it: no key
+        unset, no device removed, no file of a root filesystem deleted one by one."""
+        if not self.refused_rm or len(path) < 2:
+            return
+        key = (_tgid(ctx.pid), path[:2])
+        now = time.monotonic()
+        refused = self.refused_rm.get(key)
+        if refused is not None and now - refused < RM_REFUSAL_WINDOW:
+            self.refused_rm[key] = now
+            raise PermissionDenied(f"{'/'.join(path[:2])} is removed by rmdir, not entry by "
+                                   "entry: this rm -r removed nothing")
 
-    def _refused_rm(self, path: Path_, ctx: pyfuse3.RequestContext) -> None:
-        if len(path) == 3 and path[0] == "instances" and path[1] in self.srv.instances:
+    def _refused_rm(self, path: Path_, exc: LxfsError, ctx: pyfuse3.RequestContext) -> None:
+        if len(path) == 3 and path[0] in OBJECT_DIRS and isinstance(exc, PermissionDenied):
             owner = _tgid(ctx.pid)
-            self.refused_rm.add((owner, path[1]))
+            self.refused_rm[owner, path[:2]] = time.monotonic()
             self._follow_owner(owner)
-            self.srv.set_error(path[1], f"cannot remove {path[2]}: an instance is removed by "
-                                        f"rmdir instances/{path[1]} (lxfs delete), not by "
-                                        "rm -r: nothing was removed")
+            self.srv.set_error(path[1] if path[0] == "instances" else "",
+                               f"cannot remove {'/'.join(path)}: {path[0]}/{path[1]} is "
+                               f"removed by rmdir {path[0]}/{path[1]}, not by rm -r: "
+                               "nothing was removed")
 
     async def _create_scratch(self, path: Path_, ctx: pyfuse3.RequestContext
                               ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -1184,8 +1198,8 @@ class LxfsOperations(pyfuse3.Operations):
             self._changed(path + (fname,))
             try:
                 await parent.rmdir(fname)
-            except LxfsError:
-                self._refused_rm(path + (fname,), ctx)
+            except LxfsError as exc:
+                self._refused_rm(path + (fname,), exc, ctx)
                 raise
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -1208,8 +1222,8 @@ class LxfsOperations(pyfuse3.Operations):
             self._changed(child_path)
             try:
                 await parent.unlink(fname)
-            except LxfsError:
-                self._refused_rm(child_path, ctx)
+            except LxfsError as exc:
+                self._refused_rm(child_path, exc, ctx)
                 raise
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)

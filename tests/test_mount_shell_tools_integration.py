@@ -382,6 +382,17 @@ def test_rm_r_of_an_instance_is_refused_whole(shell):
     d.write("instances", "c1", "state", "kill")
     os.rmdir(inst)
     assert "c1" not in d.instance_names()
+    # a profile's directory: the same
+    profile = d.path("profiles", "p1")
+    os.mkdir(profile)
+    d.write("profiles", "p1", "config", "limits.memory", "1GiB")
+    os.mkdir(profile / "devices" / "eth1")
+    d.write("profiles", "p1", "devices", "eth1", "type", "none")
+    assert run("rm", "-rf", profile, check=False).returncode != 0
+    assert d.read("profiles", "p1", "config", "limits.memory") == "1GiB"
+    assert os.listdir(profile / "devices") == ["eth1"]
+    os.rmdir(profile)
+    assert "p1" not in os.listdir(d.path("profiles"))
 
 
 # --- tail -f --------------------------------------------------------------------------------

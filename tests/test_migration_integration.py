@@ -5,6 +5,7 @@ between remotes; a kill -9 of either daemon mid-transfer; the real LXD 5.0.2 wit
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 from conftest import HostNetwork, LxfsDaemon
 from test_remotes_integration import PASSWORD, User, serve_https
 from test_rest_instances_integration import api, wait
+from test_rest_trust_integration import isolated_lxd  # noqa: F401 - a fixture
 from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
@@ -275,8 +277,93 @@ def test_migration_rest_errors(hosts: tuple[User, User]) -> None:
     status, doc, _ = api(d, "POST", "/1.0/instances", {
         "name": "x", "source": {"type": "migration", "mode": "pull",
                                 "operation": "https://10.251.255.254:8443/1.0/operations/x",
-                                "websockets": {"control": "a", "fs": "b"}}})
+                                "secrets": {"control": "a", "fs": "b"}}})
     assert status == 202, doc
     op = wait(d, doc)
     assert op["status"] == "Failure" and "cannot reach" in op["err"]
     assert "x" not in d.instance_names() and pool_volumes(d) == []
+
+
+# --- the real LXD 5.0.2 and the real lxc ------------------------------------------------------
+
+def test_lxc_moves_from_lxd_to_lxfs_and_copies_back(
+        daemon_with_busybox: LxfsDaemon, busybox_image: Path,
+        isolated_lxd: Any, tmp_path: Path) -> None:  # noqa: F811
+    """``lxc move lxd:c lxfs:c`` and ``lxc copy lxfs:c lxd:c2``, both with 2 snapshots: the
+    files (ownership too: LXD may store them shifted), config, devices and snapshots arrive,
+    and each instance starts on its new host."""
+    import subprocess
+
+    d = daemon_with_busybox
+    lxd, veth = isolated_lxd
+    address = f"{veth.host_address}:8443"
+    d.write("config/core.trust_password", PASSWORD)
+    d.write("config/core.https_address", address)
+    lxd.cli("config", "set", "core.https_address", f"{veth.peer_address}:8443")
+    lxd.cli("config", "set", "core.trust_password", PASSWORD)
+    env = {**os.environ, "LXD_CONF": str(tmp_path / "lxc")}
+
+    def lxc(*args: str) -> str:
+        done = subprocess.run(["lxc", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    deadline = time.monotonic() + 20
+    while subprocess.run(["curl", "-k", "-s", "-o", "/dev/null", f"https://{address}/"],
+                         timeout=10).returncode != 0:
+        assert time.monotonic() < deadline, d.read("error")
+        time.sleep(0.1)
+    lxc("remote", "add", "lxfs", f"https://{address}", "--accept-certificate",
+        "--password", PASSWORD)
+    lxc("remote", "add", "lxd", f"https://{veth.peer_address}:8443", "--accept-certificate",
+        "--password", PASSWORD)
+
+    # an instance on LXD: files (one owned by 1000:1001), config, a device, 2 snapshots
+    lxd.cli("image", "import", str(busybox_image), "--alias", "busybox")
+    lxd.cli("init", "busybox", "c")
+    data = tmp_path / "data"
+    for step in ("first", "second", "third"):
+        data.write_text(step + "\n")
+        lxd.cli("file", "push", "-p", str(data), "c/root/data", "--uid", "1000", "--gid",
+                "1001")
+        lxd.cli("config", "set", "c", "user.note", step)
+        if step != "third":
+            lxd.cli("snapshot", "c", "s1" if step == "first" else "s2")
+    lxd.cli("config", "device", "add", "c", "null2", "unix-char", "path=/dev/null2",
+            "source=/dev/null")
+
+    lxc("move", "lxd:c", "lxfs:c")
+    assert "c" not in lxc("list", "lxd:", "--format", "csv", "-c", "n").split()
+    doc = api(d, "GET", "/1.0/instances/c")[1]["metadata"]
+    assert doc["config"]["user.note"] == "third"
+    assert doc["devices"]["null2"] == {"type": "unix-char", "path": "/dev/null2",
+                                       "source": "/dev/null"}
+    snaps = api(d, "GET", "/1.0/instances/c/snapshots?recursion=1")[1]["metadata"]
+    assert [(s["name"], s["config"]["user.note"]) for s in snaps] == \
+        [("s1", "first"), ("s2", "second")]
+    rootfs = instance_rootfs(d, "c")
+    assert (rootfs / "root" / "data").read_text() == "third\n"
+    st = (rootfs / "root" / "data").stat()
+    assert (st.st_uid, st.st_gid) == (1000, 1001)  # the container's own ids, unshifted
+    assert (instance_rootfs(d, "c", "s1") / "root" / "data").read_text() == "first\n"
+    assert (instance_rootfs(d, "c", "s2") / "root" / "data").read_text() == "second\n"
+    assert (rootfs / "bin" / "busybox").stat().st_uid == 0
+    lxc("start", "lxfs:c")
+    assert lxc("exec", "lxfs:c", "--", "cat", "/root/data") == "third\n"
+    assert lxc("exec", "lxfs:c", "--", "stat", "-c", "%u:%g", "/root/data") == "1000:1001\n"
+    lxc("stop", "lxfs:c", "--force")
+
+    # and back: a copy to LXD, which starts it
+    lxc("copy", "lxfs:c", "lxd:c2")
+    assert "c" in d.instance_names()
+    info = json.loads(lxd.cli("query", "/1.0/instances/c2?recursion=1"))
+    assert info["config"]["user.note"] == "third"
+    assert info["devices"]["null2"]["source"] == "/dev/null"
+    assert [(s["name"], s["config"]["user.note"]) for s in info["snapshots"]] == \
+        [("s1", "first"), ("s2", "second")]
+    lxd.cli("start", "c2")
+    assert lxd.cli("exec", "c2", "--", "cat", "/root/data") == "third\n"
+    assert lxd.cli("exec", "c2", "--", "stat", "-c", "%u:%g", "/root/data") == "1000:1001\n"
+    lxd.cli("stop", "c2", "--force")
+    lxd.cli("delete", "c2")

@@ -63,9 +63,9 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
         raise CLIError("copying a snapshot to another server is not supported by lxfs yet: "
                        "copy the instance")
     if getattr(args, "stateful", False):
-        raise CLIError("live migration (--stateful) is not supported by lxfs: it needs CRIU "
-                       "to checkpoint the container, and lxfs does not drive CRIU; use "
-                       "--stateless (stopped, moved, started again)")
+        from lxfs_plugins.rest.migration import LIVE_REFUSAL  # noqa: PLC0415
+
+        raise CLIError(LIVE_REFUSAL)
     mode = getattr(args, "mode", None) or "pull"
     if mode == "relay":
         raise CLIError("--mode relay is not supported by lxfs yet: use pull or push")
@@ -111,7 +111,7 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
             body["source"] = {
                 "type": "migration", "mode": "pull", "certificate": cert,
                 "operation": f"https://{address}{src_op['operation']}",
-                "websockets": secrets, "instance_only": instance_only, "live": False,
+                "secrets": secrets, "instance_only": instance_only, "live": False,
                 "refresh": bool(getattr(args, "refresh", False))}
             _both(lambda: target.run("POST", "/1.0/instances", body),
                   lambda: source.wait(src_op["operation"]))
@@ -123,7 +123,7 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
             dst_op = target.request("POST", "/1.0/instances", body)
             secrets = (dst_op.get("metadata") or {}).get("metadata") or {}
             push = {**migration, "target": {
-                "certificate": cert, "websockets": secrets,
+                "certificate": cert, "secrets": secrets,
                 "operation": f"https://{address}{dst_op['operation']}"}}
             _both(lambda: source.run("POST", f"/1.0/instances/{_q(src_name)}", push),
                   lambda: target.wait(dst_op["operation"]))

@@ -379,7 +379,7 @@ class Source:
 
     async def _connect(self) -> None:
         if self.target is not None:
-            websockets = self.target.get("websockets") or {}
+            websockets = self.target.get("secrets") or {}  # LXD's JSON name
             url = str(self.target.get("operation") or "")
             for which in ("control", "fs"):
                 if which not in websockets:
@@ -528,9 +528,9 @@ class Sink:
             if len(self.conns) < 2:
                 raise MigrationError("Timed out waiting for migration connections")
             return
-        websockets = self.source.get("websockets") or {}
+        websockets = self.source.get("secrets") or {}  # LXD's JSON name of Websockets
         if not isinstance(websockets, dict):
-            raise MigrationError("source.websockets: expected an object")
+            raise MigrationError("source.secrets: expected an object")
         for which in ("control", "fs"):
             if which not in websockets:
                 raise MigrationError(f"Missing {which} secret")
@@ -621,8 +621,9 @@ class Sink:
 
 
 LIVE_REFUSAL = ("live migration (--stateful) is not supported by lxfs: it needs CRIU to "
-                "checkpoint the container, and lxfs does not drive CRIU; move it --stateless "
-                "(stopped, moved, started again)")
+                "checkpoint the running container, which lxfs does not drive (Debian 12's "
+                "CRIU 3.17 fails `criu check` on this project's kernels: see docs/rest.md); "
+                "move it --stateless instead (stopped, moved, started again)")
 
 
 def unshift(root: Path, idmap: list[Any]) -> None:

@@ -442,3 +442,31 @@ def test_a_change_in_the_daemon_reaches_a_cached_stat(shell):
             assert after.st_size == len(state.read_bytes())
             return
     pytest.fail("the stop was never seen within a second of the stat")
+
+
+def test_tail_follows_the_log(shell):
+    """The LXC log grows at a restart: ``tail -f`` shows the new lines (after the old)."""
+    d = shell
+    log = d.path("instances", "c1", "log")
+    before = log.read_bytes()
+    tail = subprocess.Popen(["tail", "-c", "+1", "-f", "-s", "0.2", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 20
+        while len(seen) < len(before):
+            assert time.monotonic() < deadline, f"tail showed {seen!r}"
+            if select.select([tail.stdout], [], [], 0.5)[0]:
+                seen += os.read(tail.stdout.fileno(), 65536)
+        d.write("instances", "c1", "state", "restart")
+        grown = log.read_bytes()
+        assert grown != before
+        deadline = time.monotonic() + 20
+        while not seen.endswith(grown[-64:]):
+            assert time.monotonic() < deadline, f"tail showed {seen[-300:]!r}"
+            if select.select([tail.stdout], [], [], 0.5)[0]:
+                seen += os.read(tail.stdout.fileno(), 65536)
+    finally:
+        tail.kill()
+        tail.wait()
+    assert b"truncated" not in tail.stderr.read()

@@ -15,6 +15,13 @@ trip each), a directory's entries are stat'ed by the batch, and a lookup or geta
 on the event loop when the kernel's caches hold the whole path and the attributes
 (``CachedStat``: it cannot wait for a disk). The inode tables, the handles and ``creating`` are
 only touched on the event loop; a handle's fd is closed once no thread uses it.
+
+Virtual files behave as shell tools expect (docs/filesystem.md, "Conventions"): a size is the
+length of the value (computed at getattr, the value kept a moment for the read that follows:
+``FRESH_FOR``), mtimes are when values and listings changed (``ValueTimes``, brought up to date
+after every daemon event, the kernel's cached attributes then dropped), O_TRUNC and truncate
+empty or cut a value, and the temporary files of editors and ``sed -i`` are ``Scratch`` files,
+private to their process and applied as one write when renamed over a value.
 """
 
 from __future__ import annotations

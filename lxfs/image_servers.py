@@ -5,7 +5,8 @@ image on a remote server and downloads its files. Drivers are plugins' (``simple
 
 For plugins, this module also re-exports ``normalize_architecture`` and the simplestreams
 documents of ``lxfs.images.streams`` (``documents``, ``describe_files``, ``StreamImage``,
-``StreamFile``, ``image_dir``): what a driver or a server of the format needs.
+``StreamFile``, ``image_dir``, ``products_images``): what a driver or a server of the format
+needs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from lxfs.images.format import normalize_architecture
-from lxfs.images.streams import StreamFile, StreamImage, describe_files, documents, image_dir
+from lxfs.images.streams import (
+    StreamFile,
+    StreamImage,
+    describe_files,
+    documents,
+    image_dir,
+    products_images,
+)
 
 if TYPE_CHECKING:
     from lxfs.api import Host
@@ -113,4 +121,4 @@ class ImageServer:
 
 __all__ = ["ImageServer", "ImageSource", "Progress", "RemoteImage", "StreamFile", "StreamImage",
            "describe_files", "documents", "image_dir", "normalize_architecture",
-           "progress_text"]
+           "products_images", "progress_text"]

@@ -40,7 +40,13 @@ import trio
 
 from lxfs import hookimpl
 from lxfs.errors import InvalidArgument, LxfsError, NotFound, OperationFailed
-from lxfs.image_servers import ImageServer, Progress, RemoteImage, normalize_architecture
+from lxfs.image_servers import (
+    ImageServer,
+    Progress,
+    RemoteImage,
+    normalize_architecture,
+    products_images,
+)
 
 if TYPE_CHECKING:
     import http.client
@@ -217,49 +223,6 @@ def _join(base: str, path: str) -> str:
 
 # --- simplestreams -------------------------------------------------------------------------
 
-ROOT_TYPES = ("squashfs", "root.tar.xz")  # LXD's order of preference for containers
-
-
-def _stream_images(products: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every container image of a products document: fingerprint, architecture (kernel
-    name), the product's arch name, serial, aliases, properties and files
-    (``(kind, path, size, sha256)``)."""
-    found = []
-    for key, product in (products.get("products") or {}).items():
-        if not isinstance(product, dict):
-            continue
-        arch_name = str(product.get("arch", ""))
-        aliases = [a.strip() for a in str(product.get("aliases") or "").split(",") if a.strip()]
-        for serial, version in (product.get("versions") or {}).items():
-            items = version.get("items") if isinstance(version, dict) else None
-            if len(serial) < 8 or not serial[:8].isdigit() or not isinstance(items, dict):
-                continue
-            items = {k: v for k, v in items.items() if isinstance(v, dict) and v.get("path")}
-            choices = []
-            for item in items.values():
-                ftype = item.get("ftype")
-                if ftype == "lxd_combined.tar.gz" and item.get("sha256"):
-                    choices.append((2, item["sha256"], [item]))
-                elif ftype == "lxd.tar.xz":
-                    for rank, rtype in enumerate(ROOT_TYPES):
-                        root = next((i for i in items.values() if i.get("ftype") == rtype), None)
-                        fp = item.get("combined_squashfs_sha256") if rtype == "squashfs" else \
-                            item.get("combined_rootxz_sha256") or item.get("combined_sha256")
-                        if root is not None and fp:
-                            choices.append((rank, fp, [item, root]))
-            for rank, fp, files in choices:
-                found.append({
-                    "fingerprint": str(fp).lower(), "rank": rank, "product": key,
-                    "architecture": normalize_architecture(arch_name), "arch_name": arch_name,
-                    "serial": serial, "aliases": aliases,
-                    "filename": str(files[0]["path"]).rsplit("/", 1)[-1],
-                    "properties": {k: str(product[k]) for k in ("os", "release", "variant")
-                                   if product.get(k)} | {"serial": serial},
-                    "files": [(("meta", "root")[n], str(f["path"]), int(f.get("size") or 0),
-                               str(f.get("sha256") or "")) for n, f in enumerate(files)]})
-    return found
-
-
 class SimpleStreams(ImageServer):
     protocol = "simplestreams"
 
@@ -272,7 +235,7 @@ class SimpleStreams(ImageServer):
                     and entry.get("products") and entry.get("path"):
                 products = await http.json(_join(self.source.server, entry["path"]))
                 if isinstance(products, dict):
-                    found += _stream_images(products)
+                    found += products_images(products)
         return found
 
     async def resolve(self, ref: str, architectures: list[str]) -> RemoteImage:

@@ -441,13 +441,15 @@ def test_launch_generates_name(mnt: Path, rec: Recorder,
     assert (mnt / "instances" / name).is_dir()
 
 
-def test_launch_remote_image_refused(mnt: Path, rec: Recorder,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["launch", "ubuntu:22.04", "c1"]) == 1
-    assert capsys.readouterr().err == (
-        "Error: remote image servers are not reachable; build images with `lxfs image build`\n")
-    assert not (mnt / "instances" / "c1").exists()
-    assert rec.writes == []
+def test_launch_remote_image_is_pulled_by_the_daemon(
+        mnt: Path, rec: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lxfs launch ubuntu:22.04 c1``: the instance's source is a remote reference (the
+    daemon pulls); ``lxfs publish c1 images:`` is refused (publishing elsewhere is not
+    supported)."""
+    monkeypatch.setenv("LXFS_CONF", str(tmp_path / "conf"))
+    assert main(["launch", "ubuntu:22.04", "c1"]) == 0
+    sources = [value for rel, value in rec.writes if rel == "instances/c1/source"]
+    assert sources == ["simplestreams https://cloud-images.ubuntu.com/releases 22.04"]
 
 
 def test_launch_rolls_back_on_failure(mnt: Path, rec: Recorder, daemon_rmdir: list[str],

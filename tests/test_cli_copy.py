@@ -119,7 +119,7 @@ def test_publish_errors(mnt: Path, rec: Recorder, capsys: pytest.CaptureFixture[
     assert main(["publish", "u1", "description=two words"]) == 1
     assert "Values with spaces are not supported" in capsys.readouterr().err
     assert main(["publish", "u1", "images:"]) == 1
-    assert "remote image servers are not reachable" in capsys.readouterr().err
+    assert "`images:` is another server" in capsys.readouterr().err
     assert main(["publish", "u1/nosnap"]) == 1
     assert capsys.readouterr().err == "Error: Snapshot not found\n"
     assert main(["publish", "nope"]) == 1

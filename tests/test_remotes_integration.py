@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIError, HostNetwork, LxfsDaemon
+from test_image_servers_integration import (  # noqa: F401 - fixtures
+    publish_tree,
+    static_server,
+    tls_cert,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -247,3 +252,26 @@ def test_join_token(two_hosts: tuple[User, User, str, str]) -> None:
     assert json.loads(user2.run("config", "trust", "list-tokens", "-f", "json").stdout) == []
     done = other_client.run("remote", "add", "other", token, check=False)
     assert done.returncode == 1
+
+
+def test_simplestreams_remote_pinned_and_listed(lxfs_daemon_factory, busybox_image,
+                                                static_server, tmp_path):  # noqa: F811
+    d = lxfs_daemon_factory()
+    fp = publish_tree(d, busybox_image, static_server.root)
+    user = User(d, tmp_path / "conf")
+    # a self-signed image server: not trusted without a look at its certificate
+    done = user.run("remote", "add", "mirror", static_server.url, "--protocol",
+                    "simplestreams", check=False)
+    assert done.returncode == 1 and "--accept-certificate" in done.stderr
+    user.run("remote", "add", "mirror", static_server.url, "--protocol", "simplestreams",
+             "--accept-certificate")
+    assert (tmp_path / "conf" / "servercerts" / "mirror.crt").exists()
+    listed = json.loads(user.run("image", "list", "mirror:", "-f", "json").stdout)
+    assert [(i["fingerprint"], [a["name"] for a in i["aliases"]]) for i in listed] \
+        == [(fp, ["busybox"])]
+    assert "busybox" in user.run("image", "list", "mirror:").stdout
+    # it cannot be the default remote, and has no instances
+    done = user.run("remote", "switch", "mirror", check=False)
+    assert done.returncode == 1 and "image server" in done.stderr
+    user.run("launch", "mirror:busybox", "c1")  # this host's daemon pulls, pinned
+    assert d.read("instances", "c1", "state") == "RUNNING"

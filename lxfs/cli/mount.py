@@ -229,9 +229,9 @@ def strip_local_remote(ref: str) -> str:
         remote, rest = ref.split(":", 1)
         if remote == "local":
             return rest
-        raise CLIError(
-            "remote image servers are not reachable; build images with `lxfs image build`"
-        )
+        raise CLIError(f"`{remote}:` is another server, which this command does not reach "
+                       "(see `lxfs remote list`; `lxfs image list|copy` and `lxfs launch` "
+                       "do)")
     return ref
 
 

@@ -534,14 +534,50 @@ def cmd_image_list(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     from lxfs.cli.images import print_images  # noqa: PLC0415
 
     remote = _one_remote([r for r in refs if r[2] == ""] or refs, "image list")
-    remote_obj = config.get(remote)
-    if remote_obj.protocol != "lxd":
-        raise CLIError(f"listing the images of a {remote_obj.protocol} server is not "
-                       "supported yet")
+    filters = [n for _f, _r, n, _i in refs if n]
+    if config.get(remote).protocol == "simplestreams":
+        print_images(simplestreams_images(config.get(remote)), filters, args.format)
+        return 0
     server = server_for(config, remote)
-    print_images(server.get("/1.0/images?recursion=1"), [n for _f, _r, n, _i in refs if n],
-                 args.format)
+    print_images(server.get("/1.0/images?recursion=1"), filters, args.format)
     return 0
+
+
+def simplestreams_images(remote: Any) -> list[dict[str, Any]]:
+    """An image server's container images (the newest of each product and kind), shaped as
+    LXD's ``/1.0/images`` objects."""
+    import datetime  # noqa: PLC0415
+
+    from lxfs.cli.rest_client import Server, fetch_json  # noqa: PLC0415
+    from lxfs.images.streams import products_images  # noqa: PLC0415
+
+    server = Server(remote, use_client_cert=False)
+    index = fetch_json(server, "/streams/v1/index.json")
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in (index.get("index") or {}).values() if isinstance(index, dict) else []:
+        if not isinstance(entry, dict) or entry.get("datatype") != "image-downloads" \
+                or not entry.get("path"):
+            continue
+        for image in products_images(fetch_json(server, "/" + entry["path"].lstrip("/"))):
+            key = (image["product"], image["rank"])
+            if key not in found or image["serial"] > found[key]["serial"]:
+                found[key] = image
+    out = []
+    for image in found.values():
+        when = datetime.datetime.strptime(image["serial"][:8], "%Y%m%d").replace(
+            tzinfo=datetime.UTC)
+        props = image["properties"]
+        out.append({
+            "fingerprint": image["fingerprint"], "public": True, "type": "container",
+            "architecture": image["architecture"],
+            "aliases": [{"name": a, "description": ""} for a in image["aliases"]],
+            "properties": {**props, "description": " ".join(
+                props[k] for k in ("os", "release", "variant") if props.get(k))
+                + f" ({image['serial']})"},
+            "size": sum(f[2] for f in image["files"]),
+            "uploaded_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
+    return out
 
 
 def cmd_image_copy(args: Any, config: RemotesConfig, refs: list[Any]) -> int:

@@ -238,9 +238,10 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
         remote = rest_client.join_with_token(name, addrs, token)
     else:
         addr = normalize_addr(args.url, protocol)
-        remote = Remote(name, addr, protocol, args.public, args.auth_type)
+        remote = Remote(name, addr, protocol, args.public or protocol == "simplestreams",
+                        args.auth_type)
         if protocol == "simplestreams":
-            rest_client.check_simplestreams(remote)
+            rest_client.check_simplestreams(remote, args.accept_certificate)
         else:
             rest_client.add_lxd_remote(remote, accept_certificate=args.accept_certificate,
                                        password=args.password)

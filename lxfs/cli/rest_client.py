@@ -307,18 +307,40 @@ def join_with_token(name: str, addresses: list[str], token: dict[str, Any]) -> R
     raise CLIError("no address of the token works:\n  " + "\n  ".join(problems))
 
 
-def check_simplestreams(remote: Remote) -> None:
-    """Check that ``remote`` serves a simplestreams index."""
-    import urllib.request  # noqa: PLC0415
-
+def check_simplestreams(remote: Remote, accept_certificate: bool = False) -> None:
+    """Check that ``remote`` serves a simplestreams index. Over HTTPS, a certificate the
+    system's CAs do not vouch for is pinned (as for LXD remotes) once accepted."""
     url = remote.addr + "/streams/v1/index.json"
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:  # noqa: S310
-            document = json.loads(response.read())
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"cannot read the image server's index {url}: {exc}") from None
+        document = fetch_json(Server(remote, use_client_cert=False), "/streams/v1/index.json")
+    except CLIError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" not in exc.message:
+            raise CLIError(f"cannot read the image server's index {url}: {exc.message}") \
+                from None
+        der = _peer_certificate(remote)
+        fp = fingerprint(der)
+        if not accept_certificate:
+            answer = _ask(f"Certificate fingerprint: {fp}\nok (y/n/[fingerprint])? ")
+            if answer.lower() not in ("y", "yes", fp):
+                raise CLIError(f"The image server's certificate (fingerprint {fp}) is not "
+                               "signed by a known authority: check it and give "
+                               "--accept-certificate") from None
+        document = fetch_json(Server(remote, pinned_der=der, use_client_cert=False),
+                              "/streams/v1/index.json")
+        _save_server_cert(remote.name, der)
     if not isinstance(document, dict) or "index" not in document:
         raise CLIError(f"{url} is not a simplestreams index")
+
+
+def fetch_json(server: Server, path: str) -> Any:
+    """A JSON document of an image server (simplestreams: not LXD's envelope)."""
+    status, data = server.raw("GET", path)
+    if status != 200:
+        raise CLIError(f"{server.remote.addr}{path}: HTTP {status}")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise CLIError(f"{server.remote.addr}{path}: not JSON") from None
 
 
 # -- websockets (exec) ------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lxfs.images.format import normalize_architecture
+
 INDEX_PATH = "streams/v1/index.json"
 PRODUCTS_PATH = "streams/v1/images.json"
 
@@ -145,3 +147,47 @@ def describe_files(meta: Path, rootfs: Path | None) -> list[StreamFile]:
         files.append(StreamFile(kind, stem + _EXTENSIONS.get(what, ".tar"),
                                 path.stat().st_size, digest.hexdigest(), what == "squashfs"))
     return files
+
+
+ROOT_TYPES = ("squashfs", "root.tar.xz")  # LXD's order of preference for containers
+
+
+def products_images(products: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container image of a simplestreams products document (``images.json``), as
+    LXD's client reads it: fingerprint, architecture (kernel name), the product's arch name,
+    serial, aliases, properties and files (``(kind, path, size, sha256)``); ``rank``: 0 for
+    a squashfs rootfs, 1 for root.tar.xz, 2 for a combined tarball (LXD's preference)."""
+    found = []
+    for key, product in (products.get("products") or {}).items():
+        if not isinstance(product, dict):
+            continue
+        arch_name = str(product.get("arch", ""))
+        aliases = [a.strip() for a in str(product.get("aliases") or "").split(",") if a.strip()]
+        for serial, version in (product.get("versions") or {}).items():
+            items = version.get("items") if isinstance(version, dict) else None
+            if len(serial) < 8 or not serial[:8].isdigit() or not isinstance(items, dict):
+                continue
+            items = {k: v for k, v in items.items() if isinstance(v, dict) and v.get("path")}
+            choices = []
+            for item in items.values():
+                ftype = item.get("ftype")
+                if ftype == "lxd_combined.tar.gz" and item.get("sha256"):
+                    choices.append((2, item["sha256"], [item]))
+                elif ftype == "lxd.tar.xz":
+                    for rank, rtype in enumerate(ROOT_TYPES):
+                        root = next((i for i in items.values() if i.get("ftype") == rtype), None)
+                        fp = item.get("combined_squashfs_sha256") if rtype == "squashfs" else \
+                            item.get("combined_rootxz_sha256") or item.get("combined_sha256")
+                        if root is not None and fp:
+                            choices.append((rank, fp, [item, root]))
+            for rank, fp, files in choices:
+                found.append({
+                    "fingerprint": str(fp).lower(), "rank": rank, "product": key,
+                    "architecture": normalize_architecture(arch_name), "arch_name": arch_name,
+                    "serial": serial, "aliases": aliases,
+                    "filename": str(files[0]["path"]).rsplit("/", 1)[-1],
+                    "properties": {k: str(product[k]) for k in ("os", "release", "variant")
+                                   if product.get(k)} | {"serial": serial},
+                    "files": [(("meta", "root")[n], str(f["path"]), int(f.get("size") or 0),
+                               str(f.get("sha256") or "")) for n, f in enumerate(files)]})
+    return found

@@ -1263,6 +1263,8 @@ class LxfsOperations(pyfuse3.Operations):
             self._visible(old_path + (old,), ctx)
             if not isinstance(new_parent, Dir):
                 raise pyfuse3.FUSEError(errno.EXDEV)
+            if flags & pyfuse3.RENAME_EXCHANGE:  # a value cannot become a scratch file
+                raise pyfuse3.FUSEError(errno.EINVAL)
             if flags & pyfuse3.RENAME_NOREPLACE and (
                     await new_parent.child(new) is not None or new_path + (new,) in self.scratch):
                 raise pyfuse3.FUSEError(errno.EEXIST)

@@ -470,3 +470,24 @@ def test_tail_follows_the_log(shell):
         tail.kill()
         tail.wait()
     assert b"truncated" not in tail.stderr.read()
+
+
+# --- units ----------------------------------------------------------------------------------
+
+
+def test_value_times_date_changes_and_first_sights():
+    from lxfs.fs import ValueTimes, _event_object
+
+    times = ValueTimes()
+    path = ("instances", "c1", "state")
+    assert times.stamp(path, b"RUNNING\n") == times.start_ns  # unseen, object untouched
+    assert times.stamp(path, b"RUNNING\n") == times.start_ns
+    changed = times.stamp(path, b"STOPPED\n")
+    assert changed > times.start_ns and times.known(path) == changed
+    times.touch(("instances", "c2"))
+    assert times.stamp(("instances", "c2", "state"), b"x") == times.touched[("instances", "c2")]
+    times.touch(("config",))
+    assert times.known(("config", "user.a")) == times.touched[("config",)]
+    assert _event_object("/1.0/instances/c1/snapshots/s1") == ("instances", "c1")
+    assert _event_object("/1.0/images/aliases/a") == ("images", "aliases")
+    assert _event_object("/1.0") == ("config",)

@@ -502,6 +502,49 @@ class Backups:
                 "(volatile.last_state.idmap): lxfs imports optimized streams of unshifted "
                 "volumes only; export it without --optimized-storage (the tarball's owners "
                 "are always unshifted)")
+        inst: Instance | None = None
+        before = existing.to_record() if existing is not None else None
+        try:
+            async with srv._locks[name], srv._journal("import", name, pool=pool.pool.name):
+                if srv.instances.get(name) is not existing:
+                    raise AlreadyExists(f"instance {name!r} already exists")
+                inst = existing or await srv.create_instance(name)
+                inst.storage_state, inst.source = "creating", ""
+                await srv._save(inst)  # from here a crash forgets the instance at start
+                srv.transient[name] = "CREATING"
+                point("import.after-intent")
+                await self._import(inst, path, index, pool, optimized)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                srv.transient.pop(name, None)
+                if inst is not None and srv.instances.get(name) is inst and \
+                        inst.storage_state != "ready":
+                    if existing is None:
+                        inst.storage_state = ""
+                        with contextlib.suppress(Exception):
+                            await srv.delete_instance(name)
+                    elif before is not None:  # the record made by mkdir stays as it was
+                        old = Instance.from_record(before)
+                        inst.config, inst.devices, inst.profiles = (old.config, old.devices,
+                                                                    old.profiles)
+                        inst.storage_state = ""
+                        from lxfs.server import expand
+
+                        expand(inst, srv.profiles)
+                        with contextlib.suppress(Exception):
+                            await srv._save(inst)
+            raise
+        srv.transient.pop(name, None)
+        await trio.to_thread.run_sync(
+            lambda: srv.hook.lxfs_instance_post_create(host=srv.api, instance=inst))
+        srv.on_change("instance-created", name)
+        srv.events.lifecycle("instance-created", f"/1.0/instances/{name}", imported=True)
+        return name
+
+    async def _import(self, inst: Instance, path: Path, index: dict[str, Any],
+                      pool: StorageDriver, optimized: bool) -> None:
+        """Unpack into a staging directory, check, make the volume, set the record."""
+        srv, name = self.srv, inst.name
         staging = await trio.to_thread.run_sync(
             lambda: Path(tempfile.mkdtemp(prefix=".import-", dir=srv.uploads_dir)))
         try:
@@ -514,7 +557,7 @@ class Backups:
             if not isinstance(conf, dict) or not isinstance(conf.get("container"), dict):
                 raise BackupError("the backup has no instance configuration (index.yaml's "
                                   "config or backup.yaml)")
-            snapshots = [s for s in (index.get("snapshots") or [])]
+            snapshots = list(index.get("snapshots") or [])
             for snap in snapshots:
                 if "/" in snap or snap.startswith(".") or not snap:
                     raise BackupError(f"invalid snapshot name {snap!r} in the backup")
@@ -522,30 +565,53 @@ class Backups:
                     raise BackupError(f"snapshot {snap} is missing from the backup")
             if not optimized and not (staging / "backup" / "container" / "rootfs").is_dir():
                 raise BackupError("the backup has no backup/container/rootfs")
-            return await self._register(name, existing, conf, index, snapshots, pool,
-                                        staging, optimized)
+            self._configure(inst, conf, pool)
+            try:
+                await trio.to_thread.run_sync(self._make_volume, pool, name, snapshots,
+                                              staging, optimized)
+                point("import.after-volume")
+                if name != index.get("name"):  # a new name: as a copy's
+                    from lxfs import images
+
+                    await trio.to_thread.run_sync(
+                        images.render_templates, pool.volume_path("container", name),
+                        "copy", srv._template_context(inst))
+                await srv._apply_root_quota(inst, pool, tell=True)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(pool.delete_volume, "container", name)
+                raise
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_remove_staging, staging)
+        snap_docs = {d.get("name"): d for d in conf.get("snapshots") or []
+                     if isinstance(d, dict)}
+        inst.snapshots = {}
+        for snap in snapshots:
+            d = snap_docs.get(snap) or {}
+            inst.snapshots[snap] = Snapshot(
+                snap, _parse_time(d.get("created_at")),
+                {k: v for k, v in _strings(d.get("config")).items()
+                 if not k.startswith("volatile.")},
+                _devices(d.get("devices")) or {k: dict(v) for k, v in inst.devices.items()},
+                [p for p in d.get("profiles") or inst.profiles if p in srv.profiles])
+        inst.storage_state = "ready"
+        await srv._save(inst)
+        point("import.after-ready")
 
-    async def _register(self, name: str, existing: Instance | None, conf: dict[str, Any],
-                        index: dict[str, Any], snapshots: list[str], pool: StorageDriver,
-                        staging: Path, optimized: bool) -> str:
-        srv = self.srv
-        c = conf["container"]
+    def _configure(self, inst: Instance, conf: dict[str, Any], pool: StorageDriver) -> None:
+        """The record from the backup's: config (no volatile keys), devices, profiles; what
+        a record made by mkdir set already wins; the root disk names ``pool``."""
+        from lxfs.server import expand
+
+        srv, c = self.srv, conf["container"]
         config = {k: v for k, v in _strings(c.get("config")).items()
                   if not k.startswith("volatile.") or k == "volatile.base_image"}
         devices = _devices(c.get("devices"))
         profiles = [p for p in (c.get("profiles") or ["default"])
                     if isinstance(p, str) and p in srv.profiles]
-        snap_docs = {d.get("name"): d for d in conf.get("snapshots") or []
-                     if isinstance(d, dict)}
-        if existing is None:
-            inst = await srv.create_instance(name, profiles=profiles)
-        else:
-            inst = existing
-            if inst.profiles == ["default"]:
-                inst.profiles = profiles
+        if inst.profiles == ["default"]:
+            inst.profiles = profiles
         inst.config = config | dict(inst.config)
         own_root = {k: v for k, v in inst.devices.items()
                     if v.get("type") == "disk" and v.get("path") == "/"}
@@ -557,66 +623,12 @@ class Backups:
         inst.created_at = _parse_time(c.get("created_at"))
         root = next((k for k, v in devices.items()
                      if v.get("type") == "disk" and v.get("path") == "/"), "root")
-        from lxfs.server import expand
-
         expand(inst, srv.profiles)
         if inst.root_pool() != pool.pool.name:
             dev = dict(devices.get(root, {"type": "disk", "path": "/"}))
             dev["pool"] = pool.pool.name
             inst.devices[root] = dev
             expand(inst, srv.profiles)
-        try:
-            async with srv._locks[name], srv._journal("import", name, pool=pool.pool.name):
-                inst.storage_state, inst.source = "creating", ""
-                await srv._save(inst)
-                srv.transient[name] = "CREATING"
-                point("import.after-intent")
-                try:
-                    await trio.to_thread.run_sync(self._make_volume, pool, name, snapshots,
-                                                  staging, optimized)
-                    point("import.after-volume")
-                    if name != index.get("name"):  # a new name: as a copy's
-                        from lxfs import images
-
-                        await trio.to_thread.run_sync(
-                            images.render_templates, pool.volume_path("container", name),
-                            "copy", srv._template_context(inst))
-                    await srv._apply_root_quota(inst, pool, tell=True)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(pool.delete_volume, "container", name)
-                    raise
-                inst.snapshots = {}
-                for snap in snapshots:
-                    d = snap_docs.get(snap) or {}
-                    inst.snapshots[snap] = Snapshot(
-                        snap, _parse_time(d.get("created_at")),
-                        {k: v for k, v in _strings(d.get("config")).items()
-                         if not k.startswith("volatile.")},
-                        _devices(d.get("devices")) or {k: dict(v) for k, v in
-                                                       inst.devices.items()},
-                        [p for p in d.get("profiles") or inst.profiles if p in srv.profiles])
-                inst.storage_state = "ready"
-                await srv._save(inst)
-                point("import.after-ready")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                srv.transient.pop(name, None)
-                if srv.instances.get(name) is inst and inst.storage_state != "ready":
-                    if existing is None:
-                        with contextlib.suppress(Exception):
-                            await srv.delete_instance(name)
-                    else:
-                        inst.storage_state = ""
-                        with contextlib.suppress(Exception):
-                            await srv._save(inst)
-            raise
-        srv.transient.pop(name, None)
-        await trio.to_thread.run_sync(
-            lambda: srv.hook.lxfs_instance_post_create(host=srv.api, instance=inst))
-        srv.on_change("instance-created", name)
-        srv.events.lifecycle("instance-created", f"/1.0/instances/{name}", imported=True)
-        return name
 
     @staticmethod
     def _make_volume(pool: StorageDriver, name: str, snapshots: list[str], staging: Path,

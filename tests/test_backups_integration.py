@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import errno
+import gzip
+import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 from contextlib import ExitStack
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_full_disk_integration import small_daemon  # noqa: F401 - a fixture
+from test_recovery_integration import check
 from test_rest_instances_integration import api, lxc, raw, succeeds, wait
 from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
@@ -317,3 +322,145 @@ def test_lxd_backups_import_into_lxfs_and_back(loop_guard, daemon_with_busybox, 
     lxd.cli("start", "lx3")
     assert lxd.cli("exec", "lx3", "--", "cat", "/root/note") == "made by lxd\n"
     assert lxd.cli("exec", "lx3", "--", "stat", "-c", "%u", "/root/note") == "1234\n"
+
+
+def tarball(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for info, data in entries:
+            info.size = len(data) if info.isreg() else 0
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+def nothing_left(d, name: str) -> None:
+    assert name not in os.listdir(d.path("instances"))
+    assert os.listdir(d.data_dir / "uploads") == []
+    for pool in os.listdir(d.data_dir / "storage-pools"):
+        assert name not in os.listdir(d.data_dir / "storage-pools" / pool / "containers")
+
+
+def test_bad_tarballs_are_refused_and_leave_nothing(daemon_with_busybox, tmp_path):
+    d = daemon_with_busybox
+    with_two_snapshots(d, "bad")
+    good = tmp_path / "bad.tar.gz"
+    d.cli("export", "bad", str(good))
+    d.cli("delete", "bad")
+    make(d, "g1")
+    data = good.read_bytes()
+    index = yaml.safe_dump({"name": "bad", "backend": "dir", "pool": "default",
+                            "type": "container", "optimized": False,
+                            "config": {"container": {"name": "bad", "config": {}}}}).encode()
+    cases = {
+        "truncated": (data[:len(data) // 2], "cannot"),
+        "garbage": (os.urandom(4096), "not an instance backup"),
+        "gzip of garbage": (gzip.compress(os.urandom(4096)), "cannot read"),
+        "no index": (tarball([(entry("backup/container/rootfs", tarfile.DIRTYPE), b"")]),
+                     "index.yaml is missing"),
+        "bad index": (tarball([(entry("backup/index.yaml"), b"name: [1, 2\n")]), "YAML"),
+        "a virtual machine": (tarball([(entry("backup/index.yaml"),
+                                        b"name: vm\ntype: virtual-machine\n")]),
+                              "containers only"),
+        "no rootfs": (tarball([(entry("backup/index.yaml"), index)]), "rootfs"),
+        "through a symlink": (tarball([
+            (entry("backup/index.yaml"), index),
+            (entry("backup/container/rootfs", tarfile.DIRTYPE), b""),
+            (entry("backup/container/rootfs/etc", tarfile.SYMTYPE, "/etc"), b""),
+            (entry("backup/container/rootfs/etc/evil"), b"x")]), "symlink"),
+        "dot-dot": (tarball([(entry("backup/index.yaml"), index),
+                             (entry("backup/container/rootfs/../../../../evil"), b"x")]),
+                    ".."),
+        "missing snapshot": (tarball([
+            (entry("backup/index.yaml"), index.replace(b"type:", b"snapshots: [s9]\ntype:")),
+            (entry("backup/container/rootfs", tarfile.DIRTYPE), b"")]), "s9"),
+    }
+    for what, (body, reason) in cases.items():
+        bad = tmp_path / "bad.tar.gz"
+        bad.write_bytes(body)
+        r = d.cli("import", str(bad), "bad", check=False)  # through mkdir + copy
+        assert r.returncode != 0 and reason in r.stderr, (what, r.stderr)
+        nothing_left(d, "bad")
+        with pytest.raises(OSError):  # straight into instances/
+            with open(d.path("instances", "bad.tar.gz"), "wb") as f:
+                f.write(body)
+        assert reason in d.read("error"), what
+        nothing_left(d, "bad")
+        status, doc, _ = api(d, "POST", "/1.0/instances", body,
+                             headers={"Content-Type": "application/octet-stream"})
+        op = wait(d, doc)
+        assert op["status"] == "Failure" and reason in op["err"], (what, op)
+        nothing_left(d, "bad")
+    assert not os.path.exists("/etc/evil")
+    assert d.read("instances", "g1", "state") == "STOPPED"  # the daemon lives on
+    # a name that exists (REST: at once)
+    status, doc, _ = api(d, "POST", "/1.0/instances", data,
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-LXD-name": "g1"})
+    assert status == 409, doc
+    status, doc, _ = api(d, "POST", "/1.0/instances", data,
+                         headers={"Content-Type": "application/octet-stream",
+                                  "X-LXD-pool": "nope"})
+    assert status == 404, doc
+
+
+def test_kill9_mid_import_and_mid_export_leaves_nothing(daemon_with_busybox, tmp_path):
+    d = daemon_with_busybox
+    with_two_snapshots(d, "k1")
+    out = tmp_path / "k1.tar.gz"
+    d.cli("export", "k1", str(out))
+    for point in ("import.after-unpack", "import.after-intent", "import.after-volume",
+                  "import.after-ready", "backup.before-tar"):
+        d.env["LXFS_FAULT"] = point
+        d.restart()
+        if point.startswith("backup"):
+            r = d.cli("export", "k1", str(tmp_path / "cut.tar.gz"), check=False)
+        else:
+            r = d.cli("import", str(out), "k2", check=False)
+        assert d.proc is not None
+        d.proc.wait(60)
+        d._expected_exit = True
+        del d.env["LXFS_FAULT"]
+        d.start()
+        check(d)
+        if point == "import.after-ready":  # registered before the crash: it stays whole
+            assert r.returncode != 0
+            assert sorted(os.listdir(d.path("instances", "k2", "snapshots"))) == ["s1", "s2"]
+            d.cli("delete", "k2")
+        nothing_left(d, "k2")
+        assert sorted(os.listdir(d.path("instances", "k1", "backups"))) == ["create"]
+        assert os.listdir(d.data_dir / "instance-data" / "k1" / "backups") == []
+    d.cli("import", str(out), "k2")
+    d.write("instances", "k2", "state", "start")
+    assert d.cli("exec", "k2", "--", "cat", "/root/data").stdout == "three\n"
+
+
+def test_full_disk_import_is_refused_and_leaves_nothing(small_daemon,  # noqa: F811
+                                                         daemon_with_busybox, busybox_image,
+                                                         tmp_path):
+    src = daemon_with_busybox
+    make(src, "big")
+    big = src.path("instances", "big", "rootfs", "root", "big")
+    subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=1M", "count=56"], check=True,
+                   capture_output=True)
+    out = tmp_path / "big.tar"
+    src.cli("export", "big", str(out), "--compression", "none")
+    d = small_daemon
+    d.start()
+    d.cli("image", "import", busybox_image, "--alias", "busybox")
+    r = d.cli("import", str(out), check=False)
+    assert r.returncode != 0 and "space" in r.stderr.lower(), r.stderr
+    nothing_left(d, "big")
+    # the space is back: a small backup imports
+    make(src, "small")
+    small = tmp_path / "small.tar.gz"
+    src.cli("export", "small", str(small))
+    d.cli("import", str(small))
+    d.write("instances", "small", "state", "start")
+    assert d.read("instances", "small", "state") == "RUNNING"

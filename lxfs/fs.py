@@ -1061,7 +1061,8 @@ class LxfsOperations(pyfuse3.Operations):
         if not isinstance(node, File) or node.stream:
             raise pyfuse3.FUSEError(errno.EINVAL)
         handle = self.handles.get(fh) if fh is not None else None
-        if size == 0 and handle is not None and handle.node is node:
+        if size == 0 and handle is not None and handle.path == path and isinstance(
+                handle.node, File):
             handle.truncated, handle.written = True, False
             handle.buffer = bytearray()
             return

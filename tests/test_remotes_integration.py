@@ -148,6 +148,9 @@ def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
     images = json.loads(user1.run("image", "list", "host2:", "-f", "json").stdout)
     assert [a["name"] for a in images[0]["aliases"]] == ["busybox"]
     assert images[0]["fingerprint"] == user1.daemon.read("images/aliases/busybox/fingerprint")
+    info = user1.run("image", "info", "host2:busybox").stdout
+    assert f"Fingerprint: {images[0]['fingerprint']}" in info and "    - busybox" in info
+    assert "public: false" in user1.run("image", "show", "host2:busybox").stdout
     user1.run("launch", "host2:busybox", "host2:c1")
     rows = json.loads(user1.run("list", "host2:", "-f", "json").stdout)
     assert [(r["name"], r["status"]) for r in rows] == [("c1", "Running")]
@@ -202,6 +205,9 @@ def test_two_hosts_one_command(two_hosts: tuple[User, User, str, str]) -> None:
     assert user2.daemon.read("instances/c1/state") == "STOPPED"
     user1.run("delete", "host2:c1")
     assert not user2.daemon.path("instances", "c1").exists()
+    user1.run("image", "delete", "host2:busybox")
+    assert json.loads(user1.run("image", "list", "host2:", "-f", "json").stdout) == [
+        i for i in json.loads(user2.run("image", "list", "-f", "json").stdout)]
 
     # rename, set-url, remove
     user1.run("remote", "rename", "host2", "second")

@@ -122,10 +122,15 @@ def print_images(images: list[dict[str, Any]], filters: list[str], fmt: str) -> 
 def cmd_info(args: argparse.Namespace) -> int:
     """``lxfs image info IMAGE``."""
     mount = Mount()
-    fp = mount.resolve_image(args.image)
-    obj = image_object(mount, fp)
+    print_image_info(image_object(mount, mount.resolve_image(args.image)))
+    return 0
+
+
+def print_image_info(obj: dict[str, Any]) -> None:
+    """An image (LXD's ``/1.0/images/FP`` object, of the mount or a remote) as ``lxc image
+    info`` prints it."""
     lines = [
-        f"Fingerprint: {fp}",
+        f"Fingerprint: {obj['fingerprint']}",
         f"Size: {size_iec(obj['size'])}",
         f"Architecture: {obj['architecture']}",
         f"Type: {obj['type']}",
@@ -140,19 +145,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines += [f"    {k}: {v}" for k, v in obj["properties"].items()]
     lines.append("Aliases:")
     lines += [f"    - {a['name']}" for a in obj["aliases"]]
-    lines += ["Cached: no", f"Auto update: {'enabled' if obj['auto_update'] else 'disabled'}",
-              "Profiles:", "    - default"]
+    lines += [f"Cached: {'yes' if obj.get('cached') else 'no'}",
+              f"Auto update: {'enabled' if obj.get('auto_update') else 'disabled'}",
+              "Profiles:"]
+    lines += [f"    - {p}" for p in obj.get("profiles") or []]
     sys.stdout.write("\n".join(lines) + "\n")
-    return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``lxfs image show IMAGE``: the editable properties as YAML."""
     mount = Mount()
-    obj = image_object(mount, mount.resolve_image(args.image))
-    keys = ("auto_update", "properties", "public", "expires_at", "profiles")
-    sys.stdout.write(render_yaml({k: obj[k] for k in keys}))
+    print_image_show(image_object(mount, mount.resolve_image(args.image)))
     return 0
+
+
+def print_image_show(obj: dict[str, Any]) -> None:
+    keys = ("auto_update", "properties", "public", "expires_at", "profiles")
+    sys.stdout.write(render_yaml({k: obj.get(k) for k in keys}))
 
 
 # -- import ------------------------------------------------------------------------------------

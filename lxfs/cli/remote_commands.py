@@ -543,6 +543,36 @@ def cmd_image_list(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
     return 0
 
 
+def _remote_image(config: RemotesConfig, refs: list[Any]) -> tuple[Any, str]:
+    """The LXD-protocol server an image command names, and the image's fingerprint."""
+    remote, ref = refs[0][1], refs[0][2]
+    server = server_for(config, remote)
+    return server, _resolve_remote_image(server, ref)
+
+
+def cmd_image_info(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    from lxfs.cli.images import print_image_info  # noqa: PLC0415
+
+    server, fp = _remote_image(config, refs)
+    print_image_info(server.get(f"/1.0/images/{fp}"))
+    return 0
+
+
+def cmd_image_show(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    from lxfs.cli.images import print_image_show  # noqa: PLC0415
+
+    server, fp = _remote_image(config, refs)
+    print_image_show(server.get(f"/1.0/images/{fp}"))
+    return 0
+
+
+def cmd_image_delete(args: Any, config: RemotesConfig, refs: list[Any]) -> int:
+    for ref in refs:
+        server, fp = _remote_image(config, [ref])
+        server.run("DELETE", f"/1.0/images/{fp}")
+    return 0
+
+
 def simplestreams_images(remote: Any) -> list[dict[str, Any]]:
     """An image server's container images (the newest of each product and kind), shaped as
     LXD's ``/1.0/images`` objects."""
@@ -783,6 +813,8 @@ HANDLERS: dict[str, Any] = {
     "delete": cmd_delete, "rm": cmd_delete, "exec": cmd_exec,
     "image list": cmd_image_list, "image ls": cmd_image_list,
     "image copy": cmd_image_copy, "image cp": cmd_image_copy,
+    "image info": cmd_image_info, "image show": cmd_image_show,
+    "image delete": cmd_image_delete, "image rm": cmd_image_delete,
     "snapshot": cmd_snapshot, "restore": cmd_restore,
     "copy": cmd_copy, "cp": cmd_copy,
     **dict.fromkeys(("move", "mv", "rename"), cmd_rename),

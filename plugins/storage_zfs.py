@@ -77,6 +77,7 @@ class ZfsDriver(StorageDriver):
     copy_on_write = True
     quotas = True
     live_resize = True
+    optimized_backups = True
     pool_keys = {
         "source": "an existing dataset (tank/lxfs), or the loop file of a new zpool "
                   "(default DATA_DIR/disks/NAME.img)",
@@ -397,6 +398,67 @@ class ZfsDriver(StorageDriver):
         self, vtype: VolumeType, src: str, snapshot: str, dst: str
     ) -> None:
         self._clone(self._snap(vtype, src, snapshot), vtype, dst)
+
+    # --- optimized backups (LXD's zfs format: no header) ------------------------------
+
+    def export_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                dest: Path) -> tuple[dict[str, Any] | None, list[str]]:
+        """``zfs send`` of each snapshot (incremental from the one before), then of a
+        temporary snapshot of the volume (from the last snapshot), as LXD writes them."""
+        import secrets
+
+        z = lzc()
+        temp = f"{self._ds(vtype, name)}@backup-{secrets.token_hex(8)}"
+        z.lzc_snapshot([_b(temp)])
+        try:
+            files: list[str] = []
+            parent = ""
+            (dest / "snapshots").mkdir(exist_ok=True)
+            for snap in snapshots:
+                full = self._snap(vtype, name, snap)
+                files.append(f"snapshots/{snap}.bin")
+                self._send(full, parent, dest / files[-1])
+                parent = full
+            files.append("container.bin")
+            self._send(temp, parent, dest / "container.bin")
+        finally:
+            z.lzc_destroy_snaps([_b(temp)], defer=True)
+        return None, files
+
+    @staticmethod
+    def _send(snap: str, parent: str, out: Path) -> None:
+        with open(out, "wb") as f:
+            lzc().lzc_send(_b(snap), _b(parent) if parent else None, f.fileno())
+
+    def import_optimized_backup(self, vtype: VolumeType, name: str, snapshots: list[str],
+                                src: Path) -> None:
+        """``zfs receive`` of each stream into the new dataset (the snapshots under their
+        ``snapshot-NAME``), the last one's temporary snapshot destroyed; then mounted."""
+        z = lzc()
+        dataset = self._ds(vtype, name)
+        if z.lzc_exists(_b(dataset)):
+            raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        streams = [(self._snap(vtype, name, s), src / "snapshots" / f"{s}.bin")
+                   for s in snapshots]
+        temp = f"{dataset}@backup-import"
+        streams.append((temp, src / "container.bin"))
+        for _snap, stream in streams:
+            if not stream.is_file():
+                raise InvalidArgument(f"the backup has no {stream.relative_to(src)}")
+        try:
+            for i, (snap, stream) in enumerate(streams):
+                with open(stream, "rb") as f:
+                    try:
+                        z.lzc_receive(_b(snap), f.fileno(),
+                                      props={b"mountpoint": b"legacy"} if i == 0 else None)
+                    except z.exceptions.ZFSError as exc:
+                        raise InvalidArgument(f"cannot receive {stream.name}: {exc!r}") from None
+            z.lzc_destroy_snaps([_b(temp)], defer=False)
+            self._mount(dataset, self.volume_path(vtype, name))
+            os.chmod(self.volume_path(vtype, name), 0o711)
+        except BaseException:
+            self._destroy(dataset, self.volume_path(vtype, name))
+            raise
 
 
 @hookimpl

@@ -22,6 +22,9 @@ from test_full_disk_integration import small_daemon  # noqa: F401 - a fixture
 from test_recovery_integration import check
 from test_rest_instances_integration import api, lxc, raw, succeeds, wait
 from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
+from test_storage_zfs import fake, pool  # noqa: F401 - fixtures
+
+from lxfs.errors import InvalidArgument
 
 pytestmark = pytest.mark.integration
 
@@ -343,8 +346,8 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.T
 def nothing_left(d, name: str) -> None:
     assert name not in os.listdir(d.path("instances"))
     assert os.listdir(d.data_dir / "uploads") == []
-    for pool in os.listdir(d.data_dir / "storage-pools"):
-        assert name not in os.listdir(d.data_dir / "storage-pools" / pool / "containers")
+    for pool_name in os.listdir(d.data_dir / "storage-pools"):
+        assert name not in os.listdir(d.data_dir / "storage-pools" / pool_name / "containers")
 
 
 def test_bad_tarballs_are_refused_and_leave_nothing(daemon_with_busybox, tmp_path):
@@ -464,3 +467,54 @@ def test_full_disk_import_is_refused_and_leaves_nothing(small_daemon,  # noqa: F
     d.cli("import", str(small))
     d.write("instances", "small", "state", "start")
     assert d.read("instances", "small", "state") == "RUNNING"
+
+
+def test_zfs_optimized_streams_on_the_fake(fake, pool, tmp_path):  # noqa: F811
+    """ZFS (absent from this kernel) against the fake of libzfs_core: LXD's zfs format,
+    ``snapshots/SNAP.bin`` incremental from the snapshot before, then ``container.bin``."""
+    streams: dict[str, tuple[str, str | None]] = {}
+
+    def lzc_send(snap: bytes, parent: bytes | None, fd: int) -> None:
+        fake.calls.append(f"send {snap.decode()} from {parent and parent.decode()}")
+        assert snap.decode() in fake.snaps and (parent is None or parent.decode() in fake.snaps)
+        os.write(fd, json.dumps([snap.decode(), parent and parent.decode()]).encode())
+
+    def lzc_receive(snap: bytes, fd: int, force: bool = False, raw: bool = False,
+                    origin: bytes | None = None, props: dict | None = None) -> None:
+        sent, parent = json.loads(os.read(fd, 4096))
+        dataset = snap.decode().split("@")[0]
+        fake.calls.append(f"receive {snap.decode()} of {sent}")
+        if parent is None:  # a full stream makes the dataset
+            fake.lzc_create(dataset.encode(), "zfs", props)
+        elif dataset not in fake.datasets:
+            raise fake.exc.DatasetNotFound(snap)
+        fake.lzc_snapshot([snap])
+        streams[snap.decode()] = (sent, parent)
+
+    lib = sys.modules["libzfs_core"]
+    lib.lzc_send, lib.lzc_receive = lzc_send, lzc_receive
+    pool.create_volume("container", "c1")
+    (pool.volume_path("container", "c1") / "rootfs").mkdir()
+    pool.create_snapshot("container", "c1", "s1")
+    pool.create_snapshot("container", "c1", "s2")
+    out = tmp_path / "backup"
+    out.mkdir()
+    header, files = pool.export_optimized_backup("container", "c1", ["s1", "s2"], out)
+    assert header is None  # LXD 5.0's zfs writes no optimized_header.yaml
+    assert files == ["snapshots/s1.bin", "snapshots/s2.bin", "container.bin"]
+    sends = [c for c in fake.calls if c.startswith("send")]
+    assert sends[0] == "send tank/lxfs/containers/c1@snapshot-s1 from None"
+    assert sends[1] == ("send tank/lxfs/containers/c1@snapshot-s2 from "
+                        "tank/lxfs/containers/c1@snapshot-s1")
+    assert sends[2].endswith("from tank/lxfs/containers/c1@snapshot-s2")
+    assert not [s for s in fake.snaps if "@backup-" in s]  # the temporary snapshot is gone
+    pool.import_optimized_backup("container", "c2", ["s1", "s2"], out)
+    assert fake.datasets["tank/lxfs/containers/c2"]["props"]["mountpoint"] == b"legacy"
+    assert pool.list_snapshots("container", "c2") == ["s1", "s2"]
+    assert not [s for s in fake.snaps if s.startswith("tank/lxfs/containers/c2@backup")]
+    assert pool.volume_path("container", "c2") in fake.mounted
+    # a stream missing: refused before anything is made
+    (out / "snapshots" / "s2.bin").unlink()
+    with pytest.raises(InvalidArgument):
+        pool.import_optimized_backup("container", "c3", ["s1", "s2"], out)
+    assert "tank/lxfs/containers/c3" not in fake.datasets

@@ -258,16 +258,23 @@ def _trust(server: Server, secret: str) -> None:
         raise CLIError(f"Server {server.remote.addr} did not trust this client")
 
 
-def add_lxd_remote(remote: Remote, accept_certificate: bool, password: str | None) -> None:
-    """Pin the server's certificate (asking unless accepted), then get trusted (with the
-    password, asked for when missing and a terminal is there)."""
+def accepted_certificate(remote: Remote, accept_certificate: bool, why: str) -> bytes:
+    """The server's certificate (DER), once the user accepted it: given
+    ``--accept-certificate``, or asked on a terminal (its fingerprint shown, as ``lxc``)."""
     der = _peer_certificate(remote)
     fp = fingerprint(der)
     if not accept_certificate:
         answer = _ask(f"Certificate fingerprint: {fp}\nok (y/n/[fingerprint])? ")
         if answer.lower() not in ("y", "yes", fp):
-            raise CLIError(f"The server's certificate (fingerprint {fp}) was not accepted: "
-                           "check it and give --accept-certificate")
+            raise CLIError(f"The server's certificate (fingerprint {fp}) {why}: check it and "
+                           "give --accept-certificate")
+    return der
+
+
+def add_lxd_remote(remote: Remote, accept_certificate: bool, password: str | None) -> None:
+    """Pin the server's certificate (asking unless accepted), then get trusted (with the
+    password, asked for when missing and a terminal is there)."""
+    der = accepted_certificate(remote, accept_certificate, "was not accepted")
     server = Server(remote, pinned_der=der)
     info = server.get("/1.0")
     if info.get("auth") != "trusted" and not remote.public:
@@ -317,14 +324,8 @@ def check_simplestreams(remote: Remote, accept_certificate: bool = False) -> Non
         if "CERTIFICATE_VERIFY_FAILED" not in exc.message:
             raise CLIError(f"cannot read the image server's index {url}: {exc.message}") \
                 from None
-        der = _peer_certificate(remote)
-        fp = fingerprint(der)
-        if not accept_certificate:
-            answer = _ask(f"Certificate fingerprint: {fp}\nok (y/n/[fingerprint])? ")
-            if answer.lower() not in ("y", "yes", fp):
-                raise CLIError(f"The image server's certificate (fingerprint {fp}) is not "
-                               "signed by a known authority: check it and give "
-                               "--accept-certificate") from None
+        der = accepted_certificate(remote, accept_certificate,
+                                   "is not signed by a known authority")
         document = fetch_json(Server(remote, pinned_der=der, use_client_cert=False),
                               "/streams/v1/index.json")
         _save_server_cert(remote.name, der)

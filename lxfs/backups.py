@@ -660,6 +660,15 @@ class Backups:
                     log.warning("removing the unfinished backup file %s", entry)
                     entry.unlink(missing_ok=True)
 
+    async def prune_loop(self, every: float = 3600.0) -> None:
+        """Delete expired backups every hour (LXD's ``pruneExpiredContainerBackupsTask``)."""
+        while True:
+            await trio.sleep(every)
+            try:
+                await trio.to_thread.run_sync(self.prune_expired)
+            except OSError as exc:
+                log.error("cannot prune expired backups: %s", exc)
+
     def prune_expired(self) -> None:
         """Delete the backups whose ``expires_at`` has passed (at start, as LXD's hourly
         task)."""

@@ -198,6 +198,7 @@ class Server:
         """Load the state, make the defaults on first start, repair what a crash left,
         reattach running instances and start the autostart ones."""
         self.nursery = nursery
+        nursery.start_soon(self.backups.prune_loop)  # expired backups, hourly as LXD
         await in_thread(self._open_sync)
         for services in self.hook.lxfs_services(host=self.api):
             for service in services:

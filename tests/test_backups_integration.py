@@ -81,6 +81,21 @@ def test_cli_round_trip_with_snapshots_and_instance_only(daemon_with_busybox, tm
                   ).read_text() == "one\n"
     d.write("instances", "b2", "state", "start")
     assert d.cli("exec", "b2", "--", "cat", "/root/data").stdout == "three\n"
+    # a running instance is backed up as it runs (as LXD)
+    d.cli("exec", "b2", "--", "sh", "-c", "echo live > /root/live")
+    running = tmp_path / "b2.tar.gz"
+    d.cli("export", "b2", str(running))
+    d.cli("import", str(running), "b5")
+    assert d.path("instances", "b5", "rootfs", "root", "live").read_text() == "live\n"
+    # backups follow their instance's renames, and go with it
+    os.mkdir(d.path("instances", "b5", "backups", "kept"))
+    os.rename(d.path("instances", "b5"), d.path("instances", "b6"))
+    assert sorted(os.listdir(d.path("instances", "b6", "backups"))) == ["create", "kept"]
+    assert index_of(d.path("instances", "b6", "backups", "kept", "export"))["name"] == "b5"
+    status, doc, _ = api(d, "GET", "/1.0/instances/b6?recursion=1")
+    assert [b["name"] for b in doc["metadata"]["backups"]] == ["kept"]
+    d.cli("delete", "b6")
+    assert not (d.data_dir / "instance-data" / "b6").exists()
     # --instance-only, xz
     only = tmp_path / "only.tar.xz"
     d.cli("export", "b1", str(only), "--instance-only", "--compression", "xz")

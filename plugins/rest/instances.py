@@ -265,7 +265,10 @@ async def full_document(ctx: Context, inst: Instance,
     snapshots = [snapshot_document(ctx, inst, s) for s in _snapshots_in_order(inst)]
     if state is None:
         state = await state_document(ctx, inst)
-    document.update(backups=None, state=state, snapshots=snapshots or None)
+    from .backups import backup_document
+
+    backups = [backup_document(b) for b in ctx.ops.backups.list(inst.name)]
+    document.update(backups=backups or None, state=state, snapshots=snapshots or None)
     return document
 
 

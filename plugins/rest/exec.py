@@ -206,14 +206,18 @@ def _resources(name: str) -> dict[str, list[str]]:
 
 # --- the helper process ----------------------------------------------------------------------
 
-#: the helper: imports the exec code (at the lowest priority: a spare warms up while an exec
-#: runs), waits for ``lxfs exec``'s arguments (JSON) and three descriptors on the socket
+#: the helper: imports the exec code (on idle CPU time only, SCHED_IDLE: a spare warms up
+#: without taking a CPU from a running exec; the daemon gives it back a normal policy when it
+#: takes it, ready or not), waits for ``lxfs exec``'s arguments (JSON) and three descriptors
+#: on the socket
 #: named by argv[1], puts them on 0, 1 and 2 and runs the CLI (told the container directory
 #: and given the whole environment: it reads nothing from the mount)
 HELPER_BOOTSTRAP = """\
 import gc, os, socket, sys
-priority = os.getpriority(os.PRIO_PROCESS, 0)
-os.setpriority(os.PRIO_PROCESS, 0, 19)  # warm up on idle time, not a running exec's
+try:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+except OSError:
+    pass
 failure = None
 try:
     import json
@@ -230,7 +234,10 @@ except OSError:
     os._exit(125)
 if not message or len(fds) not in (3, 4):
     os._exit(125)
-os.setpriority(os.PRIO_PROCESS, 0, priority)
+try:
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+except OSError:
+    pass
 sock.close()
 gate = fds[3] if len(fds) == 4 else -1
 fds = fds[:3]
@@ -449,6 +456,8 @@ async def start_command(ctx: Context, args: list[str], fds: tuple[int, ...]) -> 
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
     for attempt in range(2):
         helper = await pool.take() if attempt == 0 else await pool.spawn()
+        with contextlib.suppress(OSError):  # a spare still warming up continues at full speed
+            os.sched_setscheduler(helper.proc.pid, os.SCHED_OTHER, os.sched_param(0))
         try:
             await helper.sock.sendmsg([message], rights)
         except OSError as exc:  # the spare died: start one now

@@ -224,10 +224,7 @@ def read_index(path: Path) -> dict[str, Any]:
                 raise BackupError("not an instance backup: backup/index.yaml is missing")
     except (ImageError, *_STREAM_ERRORS) as exc:
         raise BackupError(f"cannot read the backup: {exc}") from None
-    try:
-        index = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise BackupError(f"backup/index.yaml is not valid YAML: {exc}") from None
+    index = _load_yaml(data, "backup/index.yaml")
     if not isinstance(index, dict) or not isinstance(index.get("name"), str):
         raise BackupError("backup/index.yaml has no instance name")
     if index.get("type", "container") not in ("container", None, ""):
@@ -236,6 +233,20 @@ def read_index(path: Path) -> dict[str, Any]:
     if not isinstance(snaps, list) or not all(isinstance(s, str) for s in snaps):
         raise BackupError("backup/index.yaml: snapshots is not a list of names")
     return index
+
+
+def _load_yaml(data: bytes, what: str) -> Any:
+    """YAML of a backup, refused when its aliases would expand it beyond bounds (the
+    checks of image metadata: "billion laughs", depth)."""
+    from lxfs.images.format import ImageError, _check_yaml_shape
+
+    try:
+        _check_yaml_shape(yaml.parse(data, Loader=yaml.SafeLoader))
+        return yaml.safe_load(data)
+    except ImageError as exc:
+        raise BackupError(str(exc).replace("metadata.yaml", what)) from None
+    except yaml.YAMLError as exc:
+        raise BackupError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def unpack(path: Path, dest: Path) -> None:
@@ -553,7 +564,9 @@ class Backups:
             conf = index.get("config")
             yaml_path = staging / "backup" / "container" / "backup.yaml"
             if not isinstance(conf, dict) and yaml_path.is_file():
-                conf = yaml.safe_load(yaml_path.read_text())
+                if yaml_path.stat().st_size > _MAX_INDEX:
+                    raise BackupError("backup.yaml is larger than 16 MiB")
+                conf = _load_yaml(yaml_path.read_bytes(), "backup.yaml")
             if not isinstance(conf, dict) or not isinstance(conf.get("container"), dict):
                 raise BackupError("the backup has no instance configuration (index.yaml's "
                                   "config or backup.yaml)")

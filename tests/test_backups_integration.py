@@ -383,6 +383,10 @@ def test_bad_tarballs_are_refused_and_leave_nothing(daemon_with_busybox, tmp_pat
         "no index": (tarball([(entry("backup/container/rootfs", tarfile.DIRTYPE), b"")]),
                      "index.yaml is missing"),
         "bad index": (tarball([(entry("backup/index.yaml"), b"name: [1, 2\n")]), "YAML"),
+        "billion laughs": (tarball([(entry("backup/index.yaml"), b"a: &a [x,x,x,x,x,x,x,x,x]\n"
+                                     + b"".join(b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n"
+                                                % ((98 + i,) * 2 + (97 + i,) * 8)
+                                                for i in range(9)))]), "nodes"),
         "a virtual machine": (tarball([(entry("backup/index.yaml"),
                                         b"name: vm\ntype: virtual-machine\n")]),
                               "containers only"),

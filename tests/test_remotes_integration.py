@@ -281,3 +281,20 @@ def test_simplestreams_remote_pinned_and_listed(lxfs_daemon_factory, busybox_ima
     assert done.returncode == 1 and "image server" in done.stderr
     user.run("launch", "mirror:busybox", "c1")  # this host's daemon pulls, pinned
     assert d.read("instances", "c1", "state") == "RUNNING"
+
+
+def test_default_image_servers_unreachable_say_so(
+        host_network: Callable[[], HostNetwork],
+        lxfs_daemon_factory: Callable[..., LxfsDaemon], tmp_path: Path) -> None:
+    """``images:`` and ``ubuntu:`` are there, but this machine cannot reach them: a host in
+    a namespace without a route out (nothing leaves it) gets a clear error, and nothing is
+    left behind."""
+    netns, _address = host_network().add("offline")
+    d = lxfs_daemon_factory(netns=netns)
+    user = User(d, tmp_path / "conf")
+    done = user.run("launch", "images:debian/12", "c1", check=False, timeout=180)
+    assert done.returncode == 1
+    assert "cannot reach image server images.linuxcontainers.org" in done.stderr
+    assert d.instance_names() == []
+    done = user.run("image", "list", "ubuntu:", check=False, timeout=180)
+    assert done.returncode == 1 and "cloud-images.ubuntu.com" in done.stderr

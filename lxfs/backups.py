@@ -282,17 +282,22 @@ def _fill(target: Path, source: Path) -> None:
             _run(["cp", "-a", "--", str(entry), str(target / entry.name)], "copying the backup")
 
 
-def _parse_time(text: Any) -> float:
-    """An RFC 3339 time as Go writes it (nanoseconds, ``Z``); now when absent or bad."""
+def _parse_time(text: Any, strict: bool = False) -> float:
+    """An RFC 3339 time as Go writes it (nanoseconds, ``Z``); now when absent or bad (or
+    ``InvalidArgument`` with ``strict``)."""
     from datetime import datetime
 
-    if not isinstance(text, str) or not text:
-        return now()
-    text = re.sub(r"(\.\d{1,6})\d*", r"\1", text.strip()).replace("Z", "+00:00")
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return now()
+    if isinstance(text, str) and text:
+        fixed = re.sub(r"(\.\d{1,6})\d*", r"\1", text.strip()).replace("Z", "+00:00")
+        try:
+            when = datetime.fromisoformat(fixed)
+            if when.tzinfo is not None or not strict:
+                return when.timestamp()
+        except ValueError:
+            pass
+    if strict:
+        raise InvalidArgument(f"invalid time {text!r} (RFC 3339: 2030-01-31T12:00:00Z)")
+    return now()
 
 
 def _shifted(index: dict[str, Any]) -> bool:
@@ -378,6 +383,8 @@ class Backups:
         backup = backup or self.next_name(name)
         self.check_name(backup)
         compression = compression or srv.config.get("backups.compression_algorithm") or "gzip"
+        if expires_at and expires_at != NO_EXPIRY:
+            _parse_time(expires_at, strict=True)
         if compression not in COMPRESSIONS:
             raise InvalidArgument(f"unknown compression {compression!r} (one of "
                                   f"{', '.join(COMPRESSIONS)})")
@@ -465,6 +472,8 @@ class Backups:
 
     async def set_expiry(self, name: str, backup: str, expires_at: str) -> None:
         record = self.get(name, backup)
+        if expires_at.strip() and expires_at.strip() != NO_EXPIRY:
+            _parse_time(expires_at.strip(), strict=True)
         record.expires_at = expires_at.strip() or NO_EXPIRY
         base = self.srv.instance_data_dir / name / "backups"
 

@@ -128,6 +128,11 @@ def test_mount_backups_directory_and_import_by_copy(daemon_with_busybox, tmp_pat
         d.write("instances", "m1", "backups", "create", "b2 compression_algorithm=lz4")
     assert exc.value.errno == errno.EINVAL
     assert "compression" in d.read("instances", "m1", "error")
+    with pytest.raises(OSError) as exc:
+        d.write("instances", "m1", "backups", "b1", "expires_at", "tomorrow")
+    assert exc.value.errno == errno.EINVAL
+    d.write("instances", "m1", "backups", "b1", "expires_at", "2099-01-01T00:00:00Z")
+    assert d.read("instances", "m1", "backups", "b1", "expires_at") == "2099-01-01T00:00:00Z"
     os.rename(backups / "b1", backups / "only")
     assert sorted(os.listdir(backups)) == ["b0", "create", "only"]
     out = tmp_path / "m1.tar.gz"

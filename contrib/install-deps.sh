@@ -31,6 +31,8 @@ PACKAGES=(
 )
 # the shell tools the mount is tested with (tests/test_mount_shell_tools_integration.py)
 PACKAGES+=(rsync ed vim nano diffutils findutils)
+# rsync and socat also carry migrations between hosts (plugins/rest/migration/: LXD's rsync
+# transport); no criu: live migration is refused (docs/rest.md, "Migration between hosts")
 # apparmor_parser: loads the containers' profiles where the kernel has AppArmor, and compiles
 # them in the tests everywhere (it needs no kernel support for that).
 PACKAGES+=(apparmor)

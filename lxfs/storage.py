@@ -67,6 +67,9 @@ class StorageDriver(ABC):
     - ``optimized_transfer``: ``transfer_volume_to`` copies a volume to another pool of
       the same driver natively (LXD's optimized migration: send/receive); without it the
       core copies the files.
+    - ``migration_transports``: LXD's native migration transports (``"BTRFS"``) the driver
+      streams a volume with between hosts (``stream_send_command``, ``adopt_stream``...);
+      without one, migrations copy the files (rsync).
     """
 
     name: ClassVar[str]
@@ -78,6 +81,10 @@ class StorageDriver(ABC):
     live_resize: ClassVar[bool] = False
     optimized_transfer: ClassVar[bool] = False
     optimized_backups: ClassVar[bool] = False
+    #: LXD's native migration transports the driver speaks besides rsync (``"BTRFS"``): the
+    #: REST bridge offers and negotiates them by these names with the other host, and moves
+    #: the volume as the driver's streams (``stream_send_command``...) instead of files.
+    migration_transports: ClassVar[tuple[str, ...]] = ()
     optimized_backup_header: ClassVar[bool] = False
     #: Whether the driver can make the ``default`` pool of a first start on a directory of
     #: the data directory, with no configuration (the first such driver does).
@@ -198,6 +205,41 @@ class StorageDriver(ABC):
         from lxfs.errors import NotSupported
 
         raise NotSupported(f"the {self.name} storage driver has no quotas")
+
+    # --- migration streams (only with ``migration_transports``) ---------------------------
+
+    def freeze_for_send(self, vtype: VolumeType, name: str) -> None:
+        """Make a read-only image of the volume for ``stream_send_command(..., "")``."""
+        raise NotImplementedError
+
+    def thaw_after_send(self, vtype: VolumeType, name: str) -> None:
+        """Remove what ``freeze_for_send`` made (also when nothing was made)."""
+        raise NotImplementedError
+
+    def stream_send_command(self, vtype: VolumeType, name: str, snapshot: str,
+                            parent: str) -> list[str]:
+        """The command writing a snapshot's stream (``""``: the frozen volume) to its
+        stdout, incremental from snapshot ``parent`` (the other host has it) when given."""
+        raise NotImplementedError
+
+    def stream_ids(self, vtype: VolumeType, name: str, snapshot: str) -> tuple[str, str]:
+        """A snapshot's identity for incremental refreshes: its own id and the id of what
+        it was received from ("" when made here)."""
+        raise NotImplementedError
+
+    def stream_receive_dir(self, vtype: VolumeType, name: str) -> Path:
+        """A new empty hidden directory of the pool for one stream (removed by ``recover``
+        after a crash)."""
+        raise NotImplementedError
+
+    def stream_receive_command(self, into: Path) -> list[str]:
+        """The command reading one stream on its stdin into ``into``."""
+        raise NotImplementedError
+
+    def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
+        """What one stream made in ``into`` becomes ``snapshot`` of volume ``name`` or, with
+        ``""``, the volume itself (replacing it: a refresh); ``into`` is removed."""
+        raise NotImplementedError
 
     def transfer_volume_to(self, other: StorageDriver, vtype: VolumeType, name: str,
                            new_name: str, snapshots: list[str]) -> None:

@@ -137,6 +137,7 @@ class BtrfsDriver(DirectoryLayout):
     quotas = True
     live_resize = True
     optimized_backups = True
+    migration_transports = ("BTRFS",)
     optimized_backup_header = True
     pool_keys = {
         "source": "an existing directory on btrfs, or the loop file to create "
@@ -497,6 +498,82 @@ class BtrfsDriver(DirectoryLayout):
     ) -> None:
         self._snapshot(self.snapshot_path(vtype, src, snapshot), self.volume_path(vtype, dst),
                        read_only=False)
+
+    # --- migration streams (LXD's BTRFS transport) --------------------------------------
+
+    def _frozen(self, vtype: VolumeType, name: str) -> Path:
+        return self.volume_path(vtype, name).with_name(f".{name}.migration-send")
+
+    def freeze_for_send(self, vtype: VolumeType, name: str) -> None:
+        self._delete_path(self._frozen(vtype, name))
+        self._snapshot(self.volume_path(vtype, name), self._frozen(vtype, name),
+                       read_only=True)
+
+    def thaw_after_send(self, vtype: VolumeType, name: str) -> None:
+        self._delete_path(self._frozen(vtype, name))
+
+    def stream_send_command(self, vtype: VolumeType, name: str, snapshot: str,
+                            parent: str) -> list[str]:
+        path = self.snapshot_path(vtype, name, snapshot) if snapshot else \
+            self._frozen(vtype, name)
+        base = ["-p", str(self.snapshot_path(vtype, name, parent))] if parent else []
+        return ["btrfs", "send", "-q", *base, str(path)]
+
+    def stream_ids(self, vtype: VolumeType, name: str, snapshot: str) -> tuple[str, str]:
+        import uuid
+
+        info = btrfsutil().subvolume_info(str(self.snapshot_path(vtype, name, snapshot)))
+        received = bytes(info.received_uuid)
+        return (str(uuid.UUID(bytes=bytes(info.uuid))),
+                str(uuid.UUID(bytes=received)) if any(received) else "")
+
+    def stream_receive_dir(self, vtype: VolumeType, name: str) -> Path:
+        into = self.volume_path(vtype, name).with_name(f".{name}.migration-receive")
+        self._delete_path(into)
+        into.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # a subvolume: removed whole with what a cut receive left in it (``recover``)
+        btrfsutil().create_subvolume(str(into))
+        os.chmod(into, 0o700)
+        return into
+
+    def stream_receive_command(self, into: Path) -> list[str]:
+        return ["btrfs", "receive", "-q", str(into)]
+
+    def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
+        try:
+            entries = list(into.iterdir())
+            if len(entries) != 1:
+                raise InvalidArgument(f"the stream made {len(entries)} subvolumes, not one")
+            if snapshot:
+                dst = self.snapshot_path(vtype, name, snapshot)
+                if os.path.lexists(dst):
+                    raise AlreadyExists(f"snapshot {name}/{snapshot} already exists")
+                dst.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                # a read-only subvolume cannot change directories: writable for the
+                # rename (the ioctl keeps the received id, unlike `btrfs property set`)
+                bu = btrfsutil()
+                bu.set_subvolume_read_only(str(entries[0]), False)
+                os.rename(entries[0], dst)
+                bu.set_subvolume_read_only(str(dst), True)
+                return
+            volume = self.volume_path(vtype, name)
+            old = volume.with_name(f".{name}.old")
+            self._delete_path(old)
+            if os.path.lexists(volume):
+                os.rename(volume, old)
+            try:
+                self._snapshot(entries[0], volume, read_only=False)
+                os.chmod(volume, 0o711)
+            except BaseException:
+                if os.path.lexists(old):
+                    os.rename(old, volume)
+                raise
+            self._delete_path(old)
+        finally:
+            if into.is_dir():
+                for entry in list(into.iterdir()):  # a subvolume: not removed with `into`
+                    self._delete_path(entry)
+            self._delete_path(into)
 
     # --- optimized backups (LXD's btrfs format) ----------------------------------------
 

@@ -136,6 +136,16 @@ def pool_volumes(d: LxfsDaemon) -> list[str]:
     return sorted(found)
 
 
+def subvolume(d: LxfsDaemon, name: str, snapshot: str) -> Any:
+    import btrfsutil
+
+    return btrfsutil.subvolume_info(str(instance_rootfs(d, name, snapshot).parent))
+
+
+def received_from(d: LxfsDaemon, name: str, snapshot: str) -> bytes:
+    return subvolume(d, name, snapshot).received_uuid
+
+
 def btrfs(user: User, name: str = "bt") -> None:
     make_btrfs_pool(user.daemon, name)
 
@@ -171,8 +181,10 @@ def test_copy_and_move_dir_to_btrfs_and_back(hosts: tuple[User, User]) -> None:
     assert not [v for v in pool_volumes(user2.daemon) if v.endswith("/c2")]
 
     # push mode
-    user1.run("copy", "c1", "host2:c5", "--mode", "push")
+    # push mode, with a key of its own
+    user1.run("copy", "c1", "host2:c5", "--mode", "push", "-c", "user.extra=yes")
     assert contents(user2.daemon, "c5") == files
+    assert described(user2.daemon, "c5")["config"] == {**before["config"], "user.extra": "yes"}
 
 
 def test_btrfs_to_btrfs_and_refresh(hosts: tuple[User, User]) -> None:
@@ -184,6 +196,10 @@ def test_btrfs_to_btrfs_and_refresh(hosts: tuple[User, User]) -> None:
     user1.run("copy", "c1", "host2:c1", "-s", "bt")
     assert described(user2.daemon, "c1") == before
     assert contents(user2.daemon, "c1") == files
+    # by btrfs send/receive: each snapshot on host2 was received from host1's
+    ids = {s: received_from(user2.daemon, "c1", s) for s in ("s1", "s2")}
+    assert ids == {s: subvolume(user1.daemon, "c1", s).uuid for s in ("s1", "s2")}
+    kept = {s: subvolume(user2.daemon, "c1", s).id for s in ("s1", "s2")}
     # a third snapshot and a change: --refresh sends the new snapshot and the changes
     rootfs = instance_rootfs(user1.daemon, "c1")
     (rootfs / "root" / "data").write_text("fourth\n")
@@ -193,6 +209,9 @@ def test_btrfs_to_btrfs_and_refresh(hosts: tuple[User, User]) -> None:
     user1.run("copy", "c1", "host2:c1", "--refresh")
     assert described(user2.daemon, "c1") == described(user1.daemon, "c1")
     assert contents(user2.daemon, "c1") == contents(user1.daemon, "c1")
+    # incremental: s1 and s2 stayed as they were, s3 came as a stream
+    assert {s: subvolume(user2.daemon, "c1", s).id for s in ("s1", "s2")} == kept
+    assert received_from(user2.daemon, "c1", "s3") == subvolume(user1.daemon, "c1", "s3").uuid
     # without --refresh an existing target is refused, and stays as it was
     done = user1.run("copy", "c1", "host2:c1", check=False)
     assert done.returncode != 0 and "already in use" in done.stderr

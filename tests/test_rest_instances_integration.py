@@ -630,8 +630,11 @@ def test_copy_rename_and_move(daemon_with_busybox):
     os.rename(d.path("instances", "moved"), d.path("instances", "back"))  # the mount's mv
     assert api(d, "GET", "/1.0/instances/back")[0] == 200
     assert api(d, "GET", "/1.0/instances/moved")[0] == 404
+    # a migration to another host: a websocket operation with LXD's secrets (issue 15;
+    # tests/test_migration_integration.py drives it)
     status, doc, _ = api(d, "POST", "/1.0/instances/back", {"name": "x", "migration": True})
-    assert status == 400 and "not supported" in doc["error"]
+    assert status == 202 and doc["metadata"]["class"] == "websocket", doc
+    assert set(doc["metadata"]["metadata"]) == {"control", "fs"}
 
 
 # --- files ---------------------------------------------------------------------------------

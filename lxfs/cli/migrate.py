@@ -102,6 +102,16 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
         "ephemeral": bool(inst.get("ephemeral")), "description": inst.get("description", ""),
         "type": "container",
     }
+    if getattr(args, "config", None):  # copy's -c, -p, --no-profiles, -e
+        from lxfs.cli.instances import parse_pairs  # noqa: PLC0415
+
+        body["config"].update(dict(parse_pairs(args.config)))
+    if getattr(args, "no_profiles", False):
+        body["profiles"] = []
+    elif getattr(args, "profile", None):
+        body["profiles"] = list(args.profile)
+    if getattr(args, "ephemeral", False):
+        body["ephemeral"] = True
     migration = {"migration": True, "live": False, "instance_only": instance_only}
     try:
         if mode == "pull":

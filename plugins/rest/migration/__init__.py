@@ -315,6 +315,50 @@ async def rsync_receive(path: Path, channel: Channel, features: list[str]) -> No
                              f"({errors.decode(errors='replace').strip()})")
 
 
+async def stream_out(argv: list[str], channel: Channel) -> None:
+    """A driver's stream (``btrfs send``) to the peer, then the barrier."""
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors = bytearray()
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout = proc.stdout
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, proc.stderr, errors)
+            await _pump_out(channel, lambda: stdout.receive_some(CHUNK))
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    if proc.returncode != 0:
+        raise MigrationError(f"{argv[0]} {argv[1]} failed: exit {proc.returncode} "
+                             f"({errors.decode(errors='replace').strip()})")
+
+
+async def stream_in(argv: list[str], channel: Channel) -> None:
+    """The peer's stream (until its barrier) into a driver's command (``btrfs receive``)."""
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = bytearray()
+    assert proc.stdin is not None and proc.stderr is not None
+    stdin = proc.stdin
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect, proc.stderr, errors)
+            await _pump_in(channel, stdin.send_all, stdin.aclose)
+            await proc.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    if proc.returncode != 0:
+        raise MigrationError(f"{argv[0]} {argv[1]} failed: exit {proc.returncode} "
+                             f"({errors.decode(errors='replace').strip()})")
+
+
 # --- headers ---------------------------------------------------------------------------------
 
 def rsync_features(header: Any) -> list[str]:
@@ -327,6 +371,19 @@ def rsync_features(header: Any) -> list[str]:
     if "bidirectional" not in features:
         return list(LEGACY_FEATURES)
     return features
+
+
+BTRFS_FEATURES = ("migration_header", "header_subvolumes", "header_subvolume_uuids")
+
+
+def btrfs_features(header: Any) -> list[str]:
+    if not header.HasField("btrfsFeatures"):
+        return []
+    return [name for name in BTRFS_FEATURES if getattr(header.btrfsFeatures, name)]
+
+
+def _btrfs_header(features: list[str] | tuple[str, ...]) -> Any:
+    return pb.btrfsFeatures(**{name: name in features for name in BTRFS_FEATURES})
 
 
 def _rsync_header(features: tuple[str, ...] | list[str]) -> Any:
@@ -421,29 +478,30 @@ class Source:
         running = await ops.state(self.name) not in ("STOPPED", "CREATING")
         snaps = [] if self.instance_only else \
             sorted(inst.snapshots.values(), key=lambda s: s.created_at)
+        # a running instance goes by rsync with a final sync (LXD: no optimized multi-sync)
+        native = "BTRFS" in pool.migration_transports and not running
         offer = pb.MigrationHeader(
-            fs=pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
+            fs=pb.BTRFS if native else pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
             indexHeaderVersion=INDEX_HEADER_VERSION, predump=False,
             snapshotNames=[s.name for s in snaps],
             snapshots=[snapshot_message(inst, s) for s in snaps])
+        if native:
+            offer.btrfsFeatures.CopyFrom(_btrfs_header(BTRFS_FEATURES))
         if running:
             offer.criu = pb.NONE  # a stateless transfer of a running instance: final sync
         await send_message(control, offer)
         answer = await receive_message(control, pb.MigrationHeader)
+        if answer.fs == pb.BTRFS and native:
+            await self._index_header(fs, answer, inst, snaps)
+            await self._send_streams(pool, fs, answer, [s.name for s in snaps])
+            await self._verdict(control)
+            return
         if answer.fs != pb.RSYNC:
             raise MigrationError(f"migration type {pb.MigrationFSType.Name(answer.fs)} is not "
                                  "supported by this lxfs source")
         features = rsync_features(answer)
         wanted = list(answer.snapshotNames) if answer.refresh else [s.name for s in snaps]
-        if answer.indexHeaderVersion > 0:
-            info = {"config": backup_config(self.ctx, inst,
-                                            [s for s in snaps if s.name in wanted])}
-            await fs.send(json.dumps(info).encode())
-            await fs.end()
-            response = _json(await fs.read_frame())
-            if response.get("StatusCode", 200) != 200:
-                raise MigrationError(f"Failed negotiating migration options: "
-                                     f"{response.get('Error', '')}")
+        await self._index_header(fs, answer, inst, [s for s in snaps if s.name in wanted])
         for snap in wanted:
             if snap not in inst.snapshots:
                 raise MigrationError(f"snapshot {self.name}/{snap} not found")
@@ -453,9 +511,61 @@ class Source:
         await rsync_send(pool.volume_path("container", self.name), fs, features)
         if running:  # LXD's final sync of a running instance
             await rsync_send(pool.volume_path("container", self.name), fs, features)
+        await self._verdict(control)
+
+    async def _verdict(self, control: WebSocket) -> None:
         verdict = await receive_message(control, pb.MigrationControl)
         if not verdict.success:
             raise MigrationError(verdict.message or "the migration target failed")
+
+    async def _index_header(self, fs: Channel, answer: Any, inst: Instance,
+                            snaps: list[Snapshot]) -> None:
+        """LXD's index header: the backup config one way, the receipt the other."""
+        if answer.indexHeaderVersion <= 0:
+            return
+        info = {"config": backup_config(self.ctx, inst, snaps)}
+        await fs.send(json.dumps(info).encode())
+        await fs.end()
+        response = _json(await fs.read_frame())
+        if response.get("StatusCode", 200) != 200:
+            raise MigrationError(f"Failed negotiating migration options: "
+                                 f"{response.get('Error', '')}")
+
+    async def _send_streams(self, pool: StorageDriver, fs: Channel, answer: Any,
+                            snapshots: list[str]) -> None:
+        """LXD's BTRFS transport: the subvolumes header, the target's choice on a refresh,
+        then each snapshot's stream (incremental from the one before) and the volume's."""
+        import uuid
+
+        features = btrfs_features(answer)
+        ids = {n: (await trio.to_thread.run_sync(pool.stream_ids, "container", self.name,
+                                                 n))[0] for n in snapshots}
+        header = {"subvolumes": [{"path": "/", "snapshot": n, "readonly": True, "uuid": ids[n]}
+                                 for n in snapshots] +
+                  [{"path": "/", "snapshot": "", "readonly": False,
+                    "uuid": str(uuid.uuid4())}]}
+        if "migration_header" in features:
+            await fs.send(json.dumps(header).encode())
+            await fs.end()
+        send = list(snapshots)
+        if answer.refresh and "header_subvolume_uuids" in features:
+            reply = _json(await fs.read_frame()).get("subvolumes") or []
+            send = [v.get("snapshot") for v in reply if isinstance(v, dict)
+                    and v.get("path") == "/" and v.get("snapshot") in snapshots]
+        # the parent of the first stream: the snapshot before it, which the target has
+        first = snapshots.index(send[0]) if send else len(snapshots)
+        parent = snapshots[first - 1] if answer.refresh and first > 0 else ""
+        for snap in send:
+            self.op.metadata = {**self.metadata(), "fs_progress": f"{snap}: sending"}
+            await stream_out(pool.stream_send_command("container", self.name, snap, parent), fs)
+            parent = snap
+        self.op.metadata = {**self.metadata(), "fs_progress": f"{self.name}: sending"}
+        await trio.to_thread.run_sync(pool.freeze_for_send, "container", self.name)
+        try:
+            await stream_out(pool.stream_send_command("container", self.name, "", parent), fs)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pool.thaw_after_send, "container", self.name)
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -565,6 +675,10 @@ class Sink:
                     with trio.move_on_after(1):
                         await ws.close()
 
+    async def _receive_streams(self, pool: StorageDriver, fs: Channel, answer: Any,
+                               offered: list[Any], existing: set[str]) -> list[Snapshot]:
+        return await _receive_streams_impl(self, pool, fs, answer, offered, existing)
+
     async def _transfer(self, pool: StorageDriver, control: WebSocket, offer: Any
                         ) -> list[Snapshot]:
         if offer.HasField("criu") and offer.criu == pb.CRIU_RSYNC:
@@ -581,12 +695,17 @@ class Sink:
                 if s.name in existing and s.name in inst.snapshots]
         for extra in sorted(existing - {s.name for s in offered}):  # gone from the source
             await trio.to_thread.run_sync(pool.delete_snapshot, "container", self.name, extra)
+        final_sync = offer.HasField("criu") and offer.criu == pb.NONE
+        native = offer.fs == pb.BTRFS and "BTRFS" in pool.migration_transports and \
+            not final_sync and (not self.refresh or
+                                "header_subvolume_uuids" in btrfs_features(offer))
         answer = pb.MigrationHeader(
-            fs=pb.RSYNC, rsyncFeatures=_rsync_header(features),
+            fs=pb.BTRFS if native else pb.RSYNC, rsyncFeatures=_rsync_header(features),
             indexHeaderVersion=min(offer.indexHeaderVersion, INDEX_HEADER_VERSION),
             snapshotNames=[s.name for s in wanted], snapshots=wanted,
             refresh=self.refresh, predump=False)
-        final_sync = offer.HasField("criu") and offer.criu == pb.NONE
+        if native:
+            answer.btrfsFeatures.CopyFrom(_btrfs_header(btrfs_features(offer)))
         if final_sync:
             answer.criu = pb.NONE
         await send_message(control, answer)
@@ -596,6 +715,11 @@ class Sink:
             await fs.send(json.dumps({"StatusCode": 200, "Error": "",
                                       "Refresh": self.refresh}).encode())
             await fs.end()
+        if native:
+            received = await self._receive_streams(pool, fs, answer, offered, existing)
+            self.op.metadata = None
+            return [*(s for s in keep if s.name not in {r.name for r in received}),
+                    *received]
         volume = pool.volume_path("container", self.name)
         if not self.refresh:
             await trio.to_thread.run_sync(pool.create_volume, "container", self.name)
@@ -618,6 +742,49 @@ class Sink:
                     list(offer.idmap))
         self.op.metadata = None
         return [*keep, *received]
+
+
+async def _receive_streams_impl(sink: Sink, pool: StorageDriver, fs: Channel, answer: Any,
+                                offered: list[Any], existing: set[str]) -> list[Snapshot]:
+    """LXD's BTRFS transport, receiving: the source's subvolumes header, on a refresh the
+    ones this side lacks (by received id) sent back, then one stream each, adopted in turn
+    as a snapshot or the volume."""
+    features = btrfs_features(answer)
+    names = [s.name for s in offered]
+    subvolumes: list[dict[str, Any]] = [{"path": "/", "snapshot": n, "readonly": True,
+                                         "uuid": ""} for n in names] + \
+        [{"path": "/", "snapshot": "", "readonly": False, "uuid": ""}]
+    if "migration_header" in features:
+        got = _json(await fs.read_frame()).get("subvolumes")
+        if isinstance(got, list):
+            subvolumes = [v for v in got if isinstance(v, dict)]
+    if any(v.get("path") != "/" for v in subvolumes):
+        raise MigrationError("the source's volume holds nested subvolumes: not supported by "
+                             "lxfs")
+    if sink.refresh and "header_subvolume_uuids" in features:
+        have = {}
+        for n in existing:
+            have[n] = (await trio.to_thread.run_sync(pool.stream_ids, "container",
+                                                     sink.name, n))[1]
+        subvolumes = [v for v in subvolumes if not v.get("snapshot") or
+                      have.get(v["snapshot"]) != v.get("uuid") or not v.get("uuid")]
+        await fs.send(json.dumps({"subvolumes": subvolumes}).encode())
+        await fs.end()
+    by_name = {s.name: s for s in offered}
+    received = []
+    for sub in subvolumes:
+        snap = str(sub.get("snapshot") or "")
+        if snap and snap not in by_name:
+            raise MigrationError(f"the source sends snapshot {snap!r} it did not offer")
+        into = await trio.to_thread.run_sync(pool.stream_receive_dir, "container", sink.name)
+        sink.op.metadata = {"fs_progress": f"{snap or sink.name}: receiving"}
+        await stream_in(pool.stream_receive_command(into), fs)
+        if snap and snap in existing:  # a snapshot of the same name but other content
+            await trio.to_thread.run_sync(pool.delete_snapshot, "container", sink.name, snap)
+        await trio.to_thread.run_sync(pool.adopt_stream, "container", sink.name, snap, into)
+        if snap:
+            received.append(snapshot_record(by_name[snap]))
+    return received
 
 
 LIVE_REFUSAL = ("live migration (--stateful) is not supported by lxfs: it needs CRIU to "

@@ -238,6 +238,8 @@ def test_python_tempfile_replace_and_privacy(shell):
     # private: another process does not see it
     other = run(sys.executable, "-c", f"import os; print(os.listdir({str(config)!r}))")
     assert os.path.basename(tmp) not in other.stdout
+    other = run(sys.executable, "-c", f"open({tmp!r}).read()", check=False)
+    assert "FileNotFoundError" in other.stderr
     assert os.path.basename(tmp) in os.listdir(config)
     assert open(tmp).read() == "256MiB\n"
     os.replace(tmp, config / "limits.memory")

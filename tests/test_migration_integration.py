@@ -181,6 +181,10 @@ def test_copy_and_move_dir_to_btrfs_and_back(hosts: tuple[User, User]) -> None:
     assert not [v for v in pool_volumes(user2.daemon) if v.endswith("/c2")]
 
     # push mode
+    # a snapshot, copied as an instance of its own
+    user1.run("copy", "c1/s1", "host2:fromsnap")
+    assert contents(user2.daemon, "fromsnap") == {"": files["s1"]}
+    assert described(user2.daemon, "fromsnap")["config"]["user.note"] == "one"
     # push mode, with a key of its own
     user1.run("copy", "c1", "host2:c5", "--mode", "push", "-c", "user.extra=yes")
     assert contents(user2.daemon, "c5") == files
@@ -386,3 +390,8 @@ def test_lxc_moves_from_lxd_to_lxfs_and_copies_back(
     assert lxd.cli("exec", "c2", "--", "stat", "-c", "%u:%g", "/root/data") == "1000:1001\n"
     lxd.cli("stop", "c2", "--force")
     lxd.cli("delete", "c2")
+    # a snapshot of lxfs's, copied to LXD as an instance
+    lxc("copy", "lxfs:c/s1", "lxd:c3")
+    lxd.cli("start", "c3")
+    assert lxd.cli("exec", "c3", "--", "cat", "/root/data") == "first\n"
+    lxd.cli("delete", "--force", "c3")

@@ -59,9 +59,8 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
     (_f, src_remote, src_ref, _i), (_g, dst_remote, dst_name, _j) = refs[0], refs[1]
     src_name, _, snapshot = src_ref.partition("/")
     dst_name = dst_name or src_name
-    if snapshot:
-        raise CLIError("copying a snapshot to another server is not supported by lxfs yet: "
-                       "copy the instance")
+    if snapshot and move:
+        raise CLIError("a snapshot cannot be moved to another server: copy it")
     if getattr(args, "stateful", False):
         from lxfs_plugins.rest.migration import LIVE_REFUSAL  # noqa: PLC0415
 
@@ -74,10 +73,12 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
     source, target = _server(config, src_remote), _server(config, dst_remote)
     if src_remote == dst_remote and not move:
         target.run("POST", "/1.0/instances", {"name": dst_name, "source": {
-            "type": "copy", "source": src_name,
+            "type": "copy", "source": src_ref,
             "instance_only": bool(getattr(args, "instance_only", False))}})
         return 0
-    inst = source.get(f"/1.0/instances/{_q(src_name)}")
+    src_url = f"/1.0/instances/{_q(src_name)}" + \
+        (f"/snapshots/{_q(snapshot)}" if snapshot else "")
+    inst = source.get(src_url)
     running = inst.get("status") == "Running"
     stateless = bool(getattr(args, "stateless", False))
     if move and running and not stateless:
@@ -116,7 +117,7 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
     try:
         if mode == "pull":
             address, cert = _address(source, "source")
-            src_op = source.request("POST", f"/1.0/instances/{_q(src_name)}", migration)
+            src_op = source.request("POST", src_url, migration)
             secrets = (src_op.get("metadata") or {}).get("metadata") or {}
             body["source"] = {
                 "type": "migration", "mode": "pull", "certificate": cert,
@@ -135,7 +136,7 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
             push = {**migration, "target": {
                 "certificate": cert, "secrets": secrets,
                 "operation": f"https://{address}{dst_op['operation']}"}}
-            _both(lambda: source.run("POST", f"/1.0/instances/{_q(src_name)}", push),
+            _both(lambda: source.run("POST", src_url, push),
                   lambda: target.wait(dst_op["operation"]))
     except CLIError:
         if running and stateless:  # as it was: the source runs again

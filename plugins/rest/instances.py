@@ -879,9 +879,11 @@ async def post_instance(ctx: Context, request: Request) -> Response:
 
 # --- migration between hosts (LXD's protocol: migration/) ------------------------------------
 
-def _migration_source(ctx: Context, name: str, body: dict[str, Any]) -> Response:
-    """``POST /1.0/instances/NAME`` with ``migration``: a websocket operation the target
-    connects to (pull), or that dials the ``target`` (push)."""
+def _migration_source(ctx: Context, name: str, body: dict[str, Any], snapshot: str = ""
+                      ) -> Response:
+    """``POST /1.0/instances/NAME`` (or ``.../snapshots/SNAP``: that snapshot as a new
+    instance) with ``migration``: a websocket operation the target connects to (pull), or
+    that dials the ``target`` (push)."""
     from .migration import LIVE_REFUSAL, Source
 
     inst = requested_instance(ctx, name)
@@ -895,7 +897,7 @@ def _migration_source(ctx: Context, name: str, body: dict[str, Any]) -> Response
     instance_only = _flag(body, "instance_only") or _flag(body, "container_only")
     op = Operation("Migrating instance", "task" if target else "websocket",
                    resources=_resources(name))
-    source = Source(ctx, op, name, instance_only, target or None)
+    source = Source(ctx, op, name, instance_only or bool(snapshot), target or None, snapshot)
     op.metadata = source.metadata() or None
     return ctx.start_operation(op, source.run)
 
@@ -1114,8 +1116,8 @@ async def rename_snapshot(ctx: Context, request: Request) -> Response:
     name, snapshot = request.params["name"], request.params["snapshot"]
     inst, _snap = _requested_snapshot(ctx, name, snapshot)
     body = await read_object(request)
-    if _flag(body, "migration"):
-        return error(400, "moving snapshots to another server is not supported by lxfs yet")
+    if _flag(body, "migration"):  # a copy of the snapshot to another host
+        return _migration_source(ctx, name, body, snapshot)
     new = _text(body, "name")
     if not new or "/" in new or " " in new:
         return error(400, f"Invalid snapshot name: {new!r}")

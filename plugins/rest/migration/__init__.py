@@ -420,8 +420,9 @@ class Source:
     verdict. Pull mode waits for the sink's connections; push mode (``target``) dials it."""
 
     def __init__(self, ctx: Context, op: Operation, name: str, instance_only: bool,
-                 target: dict[str, Any] | None) -> None:
+                 target: dict[str, Any] | None, snapshot: str = "") -> None:
         self.ctx, self.op, self.name = ctx, op, name
+        self.snapshot = snapshot  # a snapshot sent as an instance of its own
         self.instance_only = instance_only
         self.target = target
         self.secrets: dict[str, str] = {}
@@ -475,11 +476,14 @@ class Source:
         if inst is None or inst.storage_state != "ready":
             raise MigrationError(f"instance {self.name} has no root filesystem to send")
         pool = ops.pool_of(inst)
-        running = await ops.state(self.name) not in ("STOPPED", "CREATING")
+        if self.snapshot and self.snapshot not in inst.snapshots:
+            raise MigrationError(f"snapshot {self.name}/{self.snapshot} not found")
+        running = not self.snapshot and \
+            await ops.state(self.name) not in ("STOPPED", "CREATING")
         snaps = [] if self.instance_only else \
             sorted(inst.snapshots.values(), key=lambda s: s.created_at)
         # a running instance goes by rsync with a final sync (LXD: no optimized multi-sync)
-        native = "BTRFS" in pool.migration_transports and not running
+        native = "BTRFS" in pool.migration_transports and not running and not self.snapshot
         offer = pb.MigrationHeader(
             fs=pb.BTRFS if native else pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
             indexHeaderVersion=INDEX_HEADER_VERSION, predump=False,
@@ -508,7 +512,9 @@ class Source:
             self.op.metadata = {**self.metadata(), "fs_progress": f"{snap}: sending"}
             await rsync_send(pool.snapshot_path("container", self.name, snap), fs, features)
         self.op.metadata = {**self.metadata(), "fs_progress": f"{self.name}: sending"}
-        await rsync_send(pool.volume_path("container", self.name), fs, features)
+        await rsync_send(pool.snapshot_path("container", self.name, self.snapshot)
+                         if self.snapshot else pool.volume_path("container", self.name),
+                         fs, features)
         if running:  # LXD's final sync of a running instance
             await rsync_send(pool.volume_path("container", self.name), fs, features)
         await self._verdict(control)

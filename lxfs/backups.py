@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import yaml
 
-from lxfs.errors import AlreadyExists, InvalidArgument, NotFound, OperationFailed
+from lxfs.errors import AlreadyExists, InvalidArgument, LxfsError, NotFound, OperationFailed
 from lxfs.faults import point
 from lxfs.model import Instance, Snapshot, now, rfc3339
 
@@ -334,6 +334,8 @@ class Backups:
 
     def __init__(self, srv: Server) -> None:
         self.srv = srv
+        #: what an import left out, by instance (shown in its error file once imported)
+        self.notices: dict[str, str] = {}
 
     def _dir(self, name: str) -> Path:
         return self.srv.plugin_instance_dir(name, "backups")
@@ -535,6 +537,7 @@ class Backups:
                 point("import.after-intent")
                 await self._import(inst, path, index, pool, optimized)
         except BaseException:
+            self.notices.pop(name, None)
             with trio.CancelScope(shield=True):
                 srv.transient.pop(name, None)
                 if inst is not None and srv.instances.get(name) is inst and \
@@ -555,6 +558,7 @@ class Backups:
                             await srv._save(inst)
             raise
         srv.transient.pop(name, None)
+        srv.errors[name] = self.notices.pop(name, "")
         await trio.to_thread.run_sync(
             lambda: srv.hook.lxfs_instance_post_create(host=srv.api, instance=inst))
         srv.on_change("instance-created", name)
@@ -611,15 +615,46 @@ class Backups:
         inst.snapshots = {}
         for snap in snapshots:
             d = snap_docs.get(snap) or {}
+            snap_config, snap_devices, _ = self._valid(d)
             inst.snapshots[snap] = Snapshot(
-                snap, _parse_time(d.get("created_at")),
-                {k: v for k, v in _strings(d.get("config")).items()
-                 if not k.startswith("volatile.")},
-                _devices(d.get("devices")) or {k: dict(v) for k, v in inst.devices.items()},
+                snap, _parse_time(d.get("created_at")), snap_config,
+                snap_devices or {k: dict(v) for k, v in inst.devices.items()},
                 [p for p in d.get("profiles") or inst.profiles if p in srv.profiles])
+        own_root = next(((k, v) for k, v in inst.devices.items()
+                         if v.get("type") == "disk" and v.get("path") == "/"), None)
+        if own_root is not None:  # a restore keeps the pool it was imported into
+            for snapshot in inst.snapshots.values():
+                snapshot.devices = {k: v for k, v in snapshot.devices.items()
+                                    if not (v.get("type") == "disk" and v.get("path") == "/")}
+                snapshot.devices[own_root[0]] = dict(own_root[1])
         inst.storage_state = "ready"
         await srv._save(inst)
         point("import.after-ready")
+
+    def _valid(self, doc: dict[str, Any]
+               ) -> tuple[dict[str, str], dict[str, dict[str, str]], list[str]]:
+        """The config keys and devices of an instance or snapshot document that this host
+        takes (no ``volatile.*``), and what it does not, with the reasons."""
+        srv, left_out = self.srv, []
+        config = {}
+        for key, value in _strings(doc.get("config")).items():
+            if key.startswith("volatile."):
+                continue
+            try:
+                srv.schema.validate_instance_key(key, value)
+            except LxfsError as exc:
+                left_out.append(f"config {key} ({exc.message})")
+                continue
+            config[key] = value
+        devices = {}
+        for device, keys in _devices(doc.get("devices")).items():
+            try:
+                srv.device_types.validate(device, keys)
+            except LxfsError as exc:
+                left_out.append(f"device {device} ({exc.message})")
+                continue
+            devices[device] = keys
+        return config, devices, left_out
 
     def _configure(self, inst: Instance, conf: dict[str, Any], pool: StorageDriver) -> None:
         """The record from the backup's: config (no volatile keys), devices, profiles; what
@@ -627,9 +662,11 @@ class Backups:
         from lxfs.server import expand
 
         srv, c = self.srv, conf["container"]
-        config = {k: v for k, v in _strings(c.get("config")).items()
-                  if not k.startswith("volatile.") or k == "volatile.base_image"}
-        devices = _devices(c.get("devices"))
+        config, devices, left_out = self._valid(c)
+        if left_out:  # what this host cannot take: said in the instance's error file
+            message = "imported without " + "; ".join(left_out)
+            log.warning("%s: %s", inst.name, message)
+            self.notices[inst.name] = message
         profiles = [p for p in (c.get("profiles") or ["default"])
                     if isinstance(p, str) and p in srv.profiles]
         if inst.profiles == ["default"]:

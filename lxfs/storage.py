@@ -236,6 +236,10 @@ class StorageDriver(ABC):
         """The command reading one stream on its stdin into ``into``."""
         raise NotImplementedError
 
+    def drop_stream(self, into: Path) -> None:
+        """Remove a ``stream_receive_dir`` whose stream failed, with what it received."""
+        raise NotImplementedError
+
     def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
         """What one stream made in ``into`` becomes ``snapshot`` of volume ``name`` or, with
         ``""``, the volume itself (replacing it: a refresh); ``into`` is removed."""

@@ -539,6 +539,9 @@ class BtrfsDriver(DirectoryLayout):
     def stream_receive_command(self, into: Path) -> list[str]:
         return ["btrfs", "receive", "-q", str(into)]
 
+    def drop_stream(self, into: Path) -> None:
+        self._delete_path(into)  # a subvolume: what was received in it goes with it
+
     def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
         try:
             entries = list(into.iterdir())

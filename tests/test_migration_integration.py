@@ -247,10 +247,16 @@ def test_stateless_move_of_a_running_instance(hosts: tuple[User, User]) -> None:
     user2.run("stop", "c1", "--force")
 
 
-@pytest.mark.parametrize("victim", ["source", "target"])
-def test_kill_9_mid_transfer(hosts: tuple[User, User], victim: str) -> None:
+@pytest.mark.parametrize(("victim", "pool"), [("source", "default"), ("target", "default"),
+                                              ("source", "bt"), ("target", "bt")])
+def test_kill_9_mid_transfer(hosts: tuple[User, User], victim: str, pool: str) -> None:
+    """Either daemon killed while the volume travels (rsync between dir pools, btrfs streams
+    between btrfs pools), then both started again."""
     user1, user2 = hosts
-    make_instance(user1, "c1")
+    if pool == "bt":
+        btrfs(user1)
+        btrfs(user2)
+    make_instance(user1, "c1", pool=pool)
     rootfs = instance_rootfs(user1.daemon, "c1")
     for i in range(40):  # enough to be caught mid-transfer
         (rootfs / "root" / f"blob{i}").write_bytes(os.urandom(4 << 20))
@@ -258,16 +264,17 @@ def test_kill_9_mid_transfer(hosts: tuple[User, User], victim: str) -> None:
     result: dict[str, Any] = {}
 
     def copy() -> None:
-        result["done"] = user1.run("copy", "c1", "host2:c1", check=False, timeout=300)
+        result["done"] = user1.run("copy", "c1", "host2:c1", "-s", pool, check=False,
+                                   timeout=300)
 
     thread = threading.Thread(target=copy)
     thread.start()
     # wait until the target receives files (its staged volume exists), then kill
     deadline = time.monotonic() + 60
-    while not any(v.endswith("containers/c1") for v in pool_volumes(user2.daemon)):
+    while not any(v.endswith("/c1") or ".c1." in v for v in pool_volumes(user2.daemon)):
         assert time.monotonic() < deadline, "the transfer never started"
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
+    time.sleep(0.2)
     (user1 if victim == "source" else user2).daemon.kill9()
     thread.join(timeout=300)
     assert result["done"].returncode != 0
@@ -281,7 +288,7 @@ def test_kill_9_mid_transfer(hosts: tuple[User, User], victim: str) -> None:
     status, doc, _ = api(user2.daemon, "GET", "/1.0/instances")
     assert doc["metadata"] == []
     # and the transfer works afterwards
-    serve_again = user2.run("copy", "host1:c1", "local:c1", check=False)
+    serve_again = user2.run("copy", "host1:c1", "local:c1", "-s", pool, check=False)
     assert serve_again.returncode == 0, serve_again.stderr
     assert contents(user2.daemon, "c1") == files
 

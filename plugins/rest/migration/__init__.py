@@ -784,7 +784,12 @@ async def _receive_streams_impl(sink: Sink, pool: StorageDriver, fs: Channel, an
             raise MigrationError(f"the source sends snapshot {snap!r} it did not offer")
         into = await trio.to_thread.run_sync(pool.stream_receive_dir, "container", sink.name)
         sink.op.metadata = {"fs_progress": f"{snap or sink.name}: receiving"}
-        await stream_in(pool.stream_receive_command(into), fs)
+        try:
+            await stream_in(pool.stream_receive_command(into), fs)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pool.drop_stream, into)
+            raise
         if snap and snap in existing:  # a snapshot of the same name but other content
             await trio.to_thread.run_sync(pool.delete_snapshot, "container", sink.name, snap)
         await trio.to_thread.run_sync(pool.adopt_stream, "container", sink.name, snap, into)

@@ -398,6 +398,8 @@ class Backups:
         if optimized and not pool.optimized_backups:
             optimized = False  # as LXD: a driver without its own format writes the trees
         async with srv._locks[name]:
+            if any(b.name == backup for b in self.list(name)):  # made while we waited
+                raise AlreadyExists(f"backup {name}/{backup} already exists")
             snapshots = [] if instance_only else sorted(
                 inst.snapshots, key=lambda s: inst.snapshots[s].created_at)
             config = backup_config(srv, inst, snapshots)

@@ -185,6 +185,10 @@ def test_copy_and_move_dir_to_btrfs_and_back(hosts: tuple[User, User]) -> None:
     user1.run("copy", "c1/s1", "host2:fromsnap")
     assert contents(user2.daemon, "fromsnap") == {"": files["s1"]}
     assert described(user2.daemon, "fromsnap")["config"]["user.note"] == "one"
+    # relay mode: this client carries the websockets
+    user1.run("copy", "c1", "host2:c6", "--mode", "relay")
+    assert contents(user2.daemon, "c6") == files
+    assert described(user2.daemon, "c6") == before
     # push mode, with a key of its own
     user1.run("copy", "c1", "host2:c5", "--mode", "push", "-c", "user.extra=yes")
     assert contents(user2.daemon, "c5") == files

@@ -141,7 +141,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def add_migration_options(p: argparse.ArgumentParser, move: bool = False) -> None:
     """The options of a copy or move between servers (``lxfs/cli/migrate.py``)."""
     p.add_argument("--mode", choices=("pull", "push", "relay"), default="pull",
-                   help="transfer mode between servers (default: pull)")
+                   help="transfer mode between servers (default: pull; relay: through "
+                   "this client)")
     if not move:
         p.add_argument("-s", "--storage", metavar="POOL",
                        help="storage pool of the new instance (on the target)")

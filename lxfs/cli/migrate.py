@@ -43,6 +43,90 @@ def _q(name: str) -> str:
     return quote(name, safe="")
 
 
+def _relay(source: Any, src_op: dict[str, Any], target: Any, dst_op: dict[str, Any]
+           ) -> None:
+    """Relay mode: connect to both operations' ``control`` and ``fs`` websockets and carry
+    each whole message (binary, or the empty text of LXD's barriers) to the other side, in
+    one thread (TLS allows no concurrent read and write), until both sides closed."""
+    import selectors  # noqa: PLC0415
+
+    from wsproto.events import (  # noqa: PLC0415
+        BytesMessage,
+        CloseConnection,
+        Ping,
+        TextMessage,
+    )
+
+    from lxfs.cli.rest_client import WebSocket  # noqa: PLC0415
+
+    def secrets(op: dict[str, Any]) -> dict[str, str]:
+        return (op.get("metadata") or {}).get("metadata") or {}
+
+    peer: dict[Any, Any] = {}
+    for which in ("control", "fs"):
+        a = WebSocket(source, f"{src_op['operation']}/websocket?secret={secrets(src_op)[which]}")
+        b = WebSocket(target, f"{dst_op['operation']}/websocket?secret={secrets(dst_op)[which]}")
+        peer[a], peer[b] = b, a
+    partial: dict[Any, list[Any]] = {ws: [] for ws in peer}
+    selector = selectors.DefaultSelector()
+    for ws in peer:
+        selector.register(ws.sock, selectors.EVENT_READ, ws)
+    open_ = set(peer)
+
+    def close(ws: Any) -> None:
+        if ws in open_:
+            open_.discard(ws)
+            selector.unregister(ws.sock)
+            with contextlib.suppress(Exception):
+                ws._send(ws.ws.send(CloseConnection(code=1000)))
+            with contextlib.suppress(OSError):
+                ws.sock.close()
+
+    def carry(ws: Any) -> bool:
+        """Forward the whole messages wsproto has of ``ws``; False once it closed."""
+        alive = True
+        for event in ws.ws.events():
+            if isinstance(event, Ping):
+                ws._send(ws.ws.send(event.response()))
+            elif isinstance(event, BytesMessage | TextMessage):
+                partial[ws].append(event.data)
+                if event.message_finished:
+                    parts, partial[ws] = partial[ws], []
+                    other = peer[ws]
+                    if other in open_:
+                        text = isinstance(event, TextMessage)
+                        whole = "".join(parts) if text else b"".join(parts)
+                        other._send(other.ws.send(
+                            TextMessage(data=whole) if text else BytesMessage(data=whole)))
+            elif isinstance(event, CloseConnection):
+                alive = False
+        return alive
+
+    def read(ws: Any) -> bytes:
+        try:
+            data = ws.sock.recv(65536)
+            while hasattr(ws.sock, "pending") and ws.sock.pending():
+                data += ws.sock.recv(ws.sock.pending())
+        except OSError:
+            return b""
+        return data
+
+    for ws in list(peer):  # what arrived with the handshake
+        if hasattr(ws.sock, "pending") and ws.sock.pending():
+            ws.ws.receive_data(read(ws))
+        carry(ws)
+    while open_:
+        for key, _ in selector.select(timeout=1):
+            ws = key.data
+            if ws not in open_:
+                continue
+            data = read(ws)
+            ws.ws.receive_data(data or None)
+            if not carry(ws) or not data:
+                close(ws)
+                close(peer[ws])
+
+
 def _both(first: Callable[[], Any], second: Callable[[], Any]) -> None:
     """Wait for both ends of a migration; the first failure is the one reported."""
     try:
@@ -66,9 +150,7 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
 
         raise CLIError(LIVE_REFUSAL)
     mode = getattr(args, "mode", None) or "pull"
-    if mode == "relay":
-        raise CLIError("--mode relay is not supported by lxfs yet: use pull or push")
-    if mode not in ("pull", "push"):
+    if mode not in ("pull", "push", "relay"):
         raise CLIError(f"Invalid --mode {mode!r}: pull, push or relay")
     source, target = _server(config, src_remote), _server(config, dst_remote)
     if src_remote == dst_remote and not move:
@@ -125,6 +207,15 @@ def migrate(args: Any, config: RemotesConfig, refs: list[Any], move: bool) -> in
                 "secrets": secrets, "instance_only": instance_only, "live": False,
                 "refresh": bool(getattr(args, "refresh", False))}
             _both(lambda: target.run("POST", "/1.0/instances", body),
+                  lambda: source.wait(src_op["operation"]))
+        elif mode == "relay":  # this client carries the websockets between the two
+            src_op = source.request("POST", src_url, migration)
+            body["source"] = {"type": "migration", "mode": "push", "live": False,
+                              "instance_only": instance_only,
+                              "refresh": bool(getattr(args, "refresh", False))}
+            dst_op = target.request("POST", "/1.0/instances", body)
+            _relay(source, src_op, target, dst_op)
+            _both(lambda: target.wait(dst_op["operation"]),
                   lambda: source.wait(src_op["operation"]))
         else:
             address, cert = _address(target, "target")

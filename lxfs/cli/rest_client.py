@@ -354,7 +354,12 @@ class WebSocket:
         from wsproto import ConnectionType, WSConnection  # noqa: PLC0415
         from wsproto.events import AcceptConnection, RejectConnection, Request  # noqa: PLC0415
 
-        raw = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+        if server.scheme == "unix":  # this host's socket (a migration's relay)
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.settimeout(TIMEOUT)
+            raw.connect(server.host)
+        else:
+            raw = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
         if server.scheme == "https":
             sock = server.ssl_context().wrap_socket(raw)
             server._check_peer(sock)

@@ -1074,7 +1074,7 @@ class LxfsOperations(pyfuse3.Operations):
         self._changed(path)
         await node.write(data)
         if node.accumulate and not data.rstrip(b"\n"):
-            self._invalidate(path)  # an empty value unsets a key: its entry is gone
+            await self._drop_entry(path)  # an empty value unsets a key: see write()
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -1480,7 +1480,10 @@ class LxfsOperations(pyfuse3.Operations):
             raise
         self.creating.pop(handle.path, None)
         if node.accumulate and not handle.buffer.rstrip(b"\n"):
-            self._invalidate(handle.path)  # an empty value unsets a key: its entry is gone
+            # an empty value unsets a key: the kernel forgets its entry before the writer
+            # goes on (its cached attributes are dropped too, so a write-open of the name
+            # at once would meet ENOENT at the permission check instead of creating it)
+            await self._drop_entry(handle.path)
         return len(buf)
 
     @guarded

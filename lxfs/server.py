@@ -651,9 +651,11 @@ class Server:
                 raise AlreadyExists(
                     f"instance {name} was already created from image {inst.source or '?'}")
             remote = self.parse_remote_ref(ref)
+            progress_key = None
             if remote is not None:  # pulled into the cache, as LXD's launch of REMOTE:IMAGE
                 image = await self.pull_image(*remote, cached=True,
                                               auto_update=self.auto_update_cached())
+                progress_key = f"{remote[0].server} {remote[1].strip()}"  # as the pull's
             else:
                 image = self.resolve_image(ref)
             if image.architecture not in images.host_architectures():
@@ -664,7 +666,7 @@ class Server:
             pool = self.pool_of(inst)
             await in_thread(lambda: self.hook.lxfs_instance_pre_create(host=self.api,
                                                                        instance=inst))
-            await self._ensure_image_volume(pool, image)
+            await self._ensure_image_volume(pool, image, progress_key)
             await self._image_used(image)
             async with self._journal("create", name, pool=pool.pool.name):
                 inst.storage_state, inst.source = "creating", image.fingerprint
@@ -899,7 +901,11 @@ class Server:
             return 0
         return await in_thread(self.pool_of(inst).volume_usage, "container", name)
 
-    async def _ensure_image_volume(self, pool: StorageDriver, image: Image) -> None:
+    async def _ensure_image_volume(self, pool: StorageDriver, image: Image,
+                                   progress_key: str | None = None) -> None:
+        """Unpack ``image`` into ``pool`` unless it is there. Its progress (``Unpack: 45%``,
+        LXD's words) shows in ``pulls`` under ``progress_key`` (a pull's: the launch that
+        pulled it follows one line), else ``unpack FINGERPRINT``."""
         fp = image.fingerprint
         async with self._image_locks[f"{pool.pool.name}/{fp}"]:
             if await in_thread(pool.volume_exists, "image", fp):
@@ -907,11 +913,21 @@ class Server:
             path = self.images_dir / fp
             rootfs = self.images_dir / f"{fp}.rootfs" if image.split else None
             log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
+            key = progress_key or f"unpack {fp[:12]}"
+            token = trio.lowlevel.current_trio_token()
+
+            def progress(done: int, total: int) -> None:  # in the worker thread
+                text = f"Unpack: {done * 100 // total if total else 100}%"
+                trio.from_thread.run_sync(self.pulls.__setitem__, key, text,
+                                          trio_token=token)
+
             try:
                 await in_thread(pool.create_image_volume, fp,
-                                lambda dest: images.unpack_image(path, rootfs, dest))
+                                lambda dest: images.unpack_image(path, rootfs, dest, progress))
             except images.ImageError as exc:  # a user's error, not an internal one
                 raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
+            finally:
+                self.pulls.pop(key, None)
 
     async def state(self, name: str) -> str:
         """The state as the daemon follows it (no runtime query: a ``state`` read is the most

@@ -364,7 +364,7 @@ def test_images_upload_export_and_aliases(lxfs_daemon, busybox_image):
     os.unlink(d.path("images", "aliases", "bb"))
     assert os.listdir(d.path("images", "aliases")) == []
     os.rmdir(d.path("images", fp))
-    assert sorted(os.listdir(d.path("images"))) == ["aliases", "pull"]
+    assert sorted(os.listdir(d.path("images"))) == ["aliases", "pull", "pulling"]
 
 
 def test_events_stream(daemon_with_busybox):
@@ -543,7 +543,7 @@ def test_split_image_upload_and_server_config(lxfs_daemon, busybox_image, tmp_pa
     subprocess.run(["cp", str(squash), str(d.path("images"))], check=True)
     assert "rootfs.squashfs" in os.listdir(d.path("images"))  # pending its other half
     subprocess.run(["cp", str(meta), str(d.path("images"))], check=True)
-    assert sorted(os.listdir(d.path("images"))) == sorted([fp, "aliases", "pull"])
+    assert sorted(os.listdir(d.path("images"))) == sorted([fp, "aliases", "pull", "pulling"])
     assert hashlib.sha256(d.path("images", fp, "export").read_bytes()).hexdigest() == \
         hashlib.sha256(meta.read_bytes()).hexdigest()
     assert d.path("images", fp, "export.rootfs").stat().st_size == squash.stat().st_size

@@ -380,6 +380,26 @@ def test_unpack_unified(src: Path, unified: Path, tmp_path: Path) -> None:
     no_leftovers(dest.parent, {"img"})
 
 
+def test_unpack_reports_its_progress(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                     ) -> None:
+    """``progress(done, total)``: bytes of the image's files read, rising, ending at the
+    total (xz and zstd are fed from our open file, whose offset is the progress)."""
+    import lxfs.images.unpack as unpack_module
+
+    monkeypatch.setattr(unpack_module.time, "monotonic", iter(range(0, 10**6, 1)).__next__)
+    (src / "rootfs" / "big").write_bytes(os.urandom(3 << 20))  # incompressible: many reads
+    for compression in ("xz", "zstd", "gzip"):
+        image = tmp_path / f"image.{compression}"
+        build_unified_tarball(src, image, compression=compression)
+        seen: list[tuple[int, int]] = []
+        unpack_image(image, None, tmp_path / f"dest-{compression}",
+                     lambda done, total, seen=seen: seen.append((done, total)))
+        size = image.stat().st_size
+        assert seen[-1] == (size, size), compression
+        assert len(seen) > 2 and all(total == size for _, total in seen), compression
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen), compression
+
+
 def test_unpack_into_empty_dir_and_refuse_non_empty(
     src: Path, unified: Path, tmp_path: Path
 ) -> None:

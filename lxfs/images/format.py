@@ -188,10 +188,11 @@ def _tar_stream(
     with contextlib.ExitStack() as stack:
         raw: IO[bytes]
         proc: subprocess.Popen[bytes] | None = None
-        if fmt in _STREAM_COMMANDS:
+        f = stack.enter_context(open(path, "rb"))
+        if fmt in _STREAM_COMMANDS:  # the tool reads our open file: its offset is ours
             proc = subprocess.Popen(
-                [*_STREAM_COMMANDS[fmt], str(path)],
-                stdin=subprocess.DEVNULL,
+                _STREAM_COMMANDS[fmt],
+                stdin=f,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
@@ -199,7 +200,6 @@ def _tar_stream(
             raw = proc.stdout
             stack.callback(_reap, proc)
         else:
-            f = stack.enter_context(open(path, "rb"))
             if fmt == "gzip":
                 raw = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
             elif fmt == "lzma":
@@ -218,6 +218,7 @@ def _tar_stream(
                 raise ImageError(f"not an LXD image: corrupt {fmt} data")
 
         flt = _TarFilter(raw, sink)
+        flt.source_fd = f.fileno()
         tf = stack.enter_context(
             tarfile.open(fileobj=flt, mode="r|", bufsize=_TAR_BUFSIZE)  # type: ignore[call-overload]
         )
@@ -294,6 +295,8 @@ class _TarFilter:
 
     def __init__(self, raw: IO[bytes], sink: IO[bytes] | None) -> None:
         self.raw, self.sink = raw, sink
+        #: the compressed file (how far it was read: the unpack's progress)
+        self.source_fd = -1
         self.held = bytearray()
         self.held_at = 0  # stream offset of held[0]
         self.until = 0  # bytes before this offset are decided ...

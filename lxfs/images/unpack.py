@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -92,7 +94,8 @@ def _failure(what: str, status: int, lines: list[str]) -> ImageError:
     return ImageError(f"{what} failed: {detail}")
 
 
-def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout) -> None:
+def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout,
+                     read: Callable[[int], None] | None = None) -> None:
     """Extract a tarball into ``dest``: GNU tar (contained, see :func:`_contained`) reads the
     archive from us, member by member, once :class:`_MemberPolicy` has accepted each one.
 
@@ -103,7 +106,8 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout) -> Non
     of ``..``, its stripping of "/" and its deferral of outward symlinks stay on as a
     second line); no ``--no-overwrite-dir`` either: ``dest`` is a fresh directory of ours,
     and only a rootfs tarball's "./" (the container's "/") may set its mode. TAR_OPTIONS
-    is dropped from the environment.
+    is dropped from the environment. ``read(n)`` hears how many bytes of the archive were
+    read so far, between members.
     """
     cmd = ["tar", "-x", "-f", "-", "-C", str(dest), "--restrict", "--numeric-owner",
            "--xattrs", "--xattrs-include=*", "--delay-directory-restore"]
@@ -119,6 +123,8 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout) -> Non
             with proc.stdin, _tar_stream(archive, fmt, proc.stdin) as (tf, flt, verify):
                 for member in _members(tf, flt):
                     flt.decide(member, tf.offset, policy.check(member))
+                    if read is not None:
+                        read(os.lseek(flt.source_fd, 0, os.SEEK_CUR))
                 verify()
         except BrokenPipeError:  # tar gave up: its stderr says why
             raise _failure(what, *_wait_contained(proc, err)) from None
@@ -164,7 +170,8 @@ def _extract_squashfs(src: Path, dest: Path) -> None:
         log.warning("%s: %s", src.name, line)
 
 
-def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | str) -> None:
+def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | str,
+                 progress: Callable[[int, int], None] | None = None) -> None:
     """Unpack an image into ``dest``: ``metadata.yaml``, ``templates/`` and ``rootfs/``.
 
     ``dest`` must not exist (it is created, mode 0711), or be an empty directory (for example a
@@ -180,6 +187,9 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
     device node of an image lands on the host's disk. Members outside ``metadata.yaml``,
     ``templates/`` and ``rootfs/`` are ignored. Setuid files, FIFOs, absolute symlinks and
     hard links between the image's own files are kept.
+
+    ``progress(done, total)`` hears how much of the image's files was read (bytes), at most
+    every quarter of a second and once at the end.
     """
     path, dest = Path(path), Path(dest)
     fmt = _sniff(path)
@@ -201,8 +211,19 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
     moved: list[Path] = []
+    sizes = [path.stat().st_size, Path(rootfs_path).stat().st_size if rootfs_path else 0]
+    last = [0.0]
+
+    def reader(base: int) -> Callable[[int], None]:
+        def read(n: int) -> None:
+            if progress is not None and time.monotonic() - last[0] >= 0.25:
+                last[0] = time.monotonic()
+                progress(base + n, sum(sizes))
+        return read
+
     try:
-        _extract_tarball(path, fmt, tmp, "image" if rootfs_path is None else "metadata")
+        _extract_tarball(path, fmt, tmp, "image" if rootfs_path is None else "metadata",
+                         reader(0))
         rootfs = tmp / "rootfs"
         if rootfs_path is None:
             if not rootfs.is_dir() or rootfs.is_symlink():
@@ -217,7 +238,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
                 _extract_squashfs(rootfs_path, rootfs)
             else:
                 rootfs.mkdir(mode=0o755)
-                _extract_tarball(rootfs_path, rootfs_fmt, rootfs, "rootfs")
+                _extract_tarball(rootfs_path, rootfs_fmt, rootfs, "rootfs", reader(sizes[0]))
         meta = tmp / "metadata.yaml"
         if not meta.is_file() or meta.is_symlink():
             raise ImageError("not an LXD image: no metadata.yaml in tarball")
@@ -228,6 +249,8 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
         for entry in os.scandir(tmp):
             if entry.name not in _TOP_LEVEL:
                 _remove(Path(entry.path))
+        if progress is not None:
+            progress(sum(sizes), sum(sizes))
         point("image-unpack.after-extract")
         if in_place:
             for name in sorted(os.listdir(tmp)):

@@ -96,7 +96,12 @@ async def connect(operation_url: str, secret: str, certificate: str) -> ClientWe
         raise MigrationError(f"cannot reach the migration peer at {parts.netloc}: "
                              f"{exc}") from None
     if certificate:
-        der = ssl.PEM_cert_to_DER_cert(certificate.strip() + "\n")
+        try:
+            der = ssl.PEM_cert_to_DER_cert(certificate.strip() + "\n")
+        except ValueError:
+            await stream.aclose()
+            raise MigrationError("the migration's certificate is not a PEM certificate") \
+                from None
         if stream.getpeercert(binary_form=True) != der:
             await stream.aclose()
             raise MigrationError(f"{parts.netloc} did not present the certificate the "

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,15 @@ import yaml
 
 from lxfs.errors import AlreadyExists, InvalidArgument, LxfsError, NotFound, OperationFailed
 from lxfs.faults import point
-from lxfs.model import Instance, Snapshot, now, rfc3339
+from lxfs.model import (  # the records live in the model, which plugins may import
+    COMPRESSIONS,
+    NO_EXPIRY,
+    Backup,
+    Instance,
+    Snapshot,
+    now,
+    rfc3339,
+)
 
 if TYPE_CHECKING:
     from lxfs.server import Server
@@ -49,24 +57,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMPRESSIONS = ("gzip", "xz", "zstd", "bzip2", "none")
 _COMPRESSORS = {"gzip": ["gzip", "-c", "-6"], "xz": ["xz", "-T0", "-c", "-6"],
                 "zstd": ["zstd", "-q", "-T0", "-c", "--no-progress"],
                 "bzip2": ["bzip2", "-c", "-9"]}
-NO_EXPIRY = "0001-01-01T00:00:00Z"
 _MAX_INDEX = 16 * 2**20
-
-
-@dataclass
-class Backup:
-    """A backup's record (LXD's ``InstanceBackup``)."""
-
-    name: str
-    created_at: float
-    expires_at: str = NO_EXPIRY  # RFC 3339, as given
-    instance_only: bool = False
-    optimized_storage: bool = False
-    compression_algorithm: str = "gzip"
 
 
 class BackupError(InvalidArgument):

@@ -131,3 +131,21 @@ class Project:
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Project:
         return cls(**data)
+
+
+#: a backup's compressions (LXD's ``compression_algorithm``)
+COMPRESSIONS = ("gzip", "xz", "zstd", "bzip2", "none")
+#: a backup that never expires (LXD's zero time)
+NO_EXPIRY = "0001-01-01T00:00:00Z"
+
+
+@dataclass
+class Backup:
+    """A backup's record (LXD's ``InstanceBackup``)."""
+
+    name: str
+    created_at: float
+    expires_at: str = NO_EXPIRY  # RFC 3339, as given
+    instance_only: bool = False
+    optimized_storage: bool = False
+    compression_algorithm: str = "gzip"

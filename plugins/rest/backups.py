@@ -12,8 +12,7 @@ from typing import Any
 
 import trio
 
-from lxfs.backups import COMPRESSIONS, NO_EXPIRY, Backup
-from lxfs.model import rfc3339
+from lxfs.model import COMPRESSIONS, NO_EXPIRY, Backup, rfc3339
 
 from .app import Context, Operation, error, read_object, recursion, sync
 from .http import HttpError, Request, Response

@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     args.mount.mkdir(parents=True, exist_ok=True)
     # before anything is repaired: no helper of a crashed predecessor may still be at work
     reaper.end_leftovers(args.data_dir.resolve())
-    reaper.contain(args.data_dir.resolve())
+    cgroup = reaper.contain(args.data_dir.resolve())
     trio.run(serve, args)
+    reaper.release(cgroup)
 
 
 def check(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ forks (``cp``, ``tar``, ``rm``, helpers of plugins) starts there. LXC's monitors
 containers move to cgroups of their own at once, so what remains there is the daemon and its
 helpers. At start, before anything is repaired, the next daemon ends whatever an earlier one
 left running there (SIGKILL, then it waits until the cgroup is empty): a restart never races a
-``cp`` of the previous daemon.
+``cp`` of the previous daemon. A clean exit removes the cgroup.
 """
 
 from __future__ import annotations
@@ -93,6 +93,18 @@ def _describe_and_kill(pid: int, quiet: bool = False) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def release(cgroup: Path | None) -> None:
+    """At a clean exit: move the calling process (the daemon) back to the parent cgroup and
+    remove its own, unless a helper is still in it (the next start ends that one)."""
+    if cgroup is None:
+        return
+    try:
+        (cgroup.parent / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        cgroup.rmdir()
+    except OSError as exc:
+        log.info("cgroup %s kept: %s", cgroup, exc.strerror)
 
 
 def contain(data_dir: Path) -> Path | None:

@@ -433,6 +433,7 @@ class LxfsDaemon:
             )
 
         self._stop_leftover_containers()
+        self._remove_daemon_cgroup()
         if problems:
             problems.append(self.log_tails())
         if os.environ.get("LXFS_TEST_KEEP") == "1":
@@ -440,6 +441,17 @@ class LxfsDaemon:
         else:
             self._remove_tree()
         return problems
+
+    def _remove_daemon_cgroup(self) -> None:
+        """A daemon that was killed leaves its helper cgroup (a clean exit removes it)."""
+        from lxfs.reaper import daemon_cgroup
+
+        cgroup = daemon_cgroup(self.data_dir)
+        if cgroup is not None and cgroup.is_dir():
+            try:
+                cgroup.rmdir()
+            except OSError:
+                pass  # still busy: the next daemon of this data directory ends its processes
 
     def _remove_instances(self) -> None:
         instances = self.mount / "instances"

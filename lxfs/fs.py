@@ -46,7 +46,7 @@ import trio
 
 from lxfs.errors import InvalidArgument, LxfsError, NotFound, PermissionDenied
 from lxfs.nodes import Dir, File, HostFile, KeyValueDir, Link, Node, StaticDir, Upload, root
-from lxfs.server import Server
+from lxfs.server import Server, process_exit
 
 log = logging.getLogger("lxfs.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -906,15 +906,8 @@ class LxfsOperations(pyfuse3.Operations):
 
     async def _reap_owner(self, owner: int) -> None:
         try:
-            fd = os.pidfd_open(owner)
-        except OSError:
-            fd = -1
-        try:
-            if fd >= 0:
-                await trio.lowlevel.wait_readable(fd)
+            await process_exit(owner)
         finally:
-            if fd >= 0:
-                os.close(fd)
             self.followed.discard(owner)
             for path, scratch in list(self.scratch.items()):
                 if scratch.owner == owner:

@@ -102,6 +102,19 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await trio.to_thread.run_sync(fn, *args)
 
 
+async def process_exit(pid: int) -> None:
+    """Return once process ``pid`` has ended (at once if it is gone already), through a
+    pidfd: no polling, and a pid reused meanwhile is not mistaken for it."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
 def expand(instance: Instance, profiles: dict[str, Profile]) -> None:
     """Fill ``expanded_config``/``expanded_devices``: profiles in order, then the instance's own
     keys; a ``none`` device masks an inherited device of the same name."""
@@ -1062,16 +1075,7 @@ class Server:
             log.exception("while handling the stop of %s", name)
 
     async def _watch_pid(self, name: str, pid: int) -> None:
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            fd = -1
-        try:
-            if fd >= 0:
-                await trio.lowlevel.wait_readable(fd)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        await process_exit(pid)
         if self._running_pids.get(name) != pid:
             return  # an operation of ours handled this stop
         inst = self.instances.get(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -281,10 +282,7 @@ async def rsync_send(path: Path, channel: Channel, features: list[str]) -> None:
                     await _pump_in(channel, stream.send_all, stream.send_eof)
                     await proc.wait()
         finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+            await _reap(proc)
         if proc.returncode not in (0, 24):  # 24: files vanished while sent (LXD allows)
             raise MigrationError(f"rsync send failed: {path}: exit {proc.returncode} "
                                  f"({errors.decode(errors='replace').strip()})")
@@ -298,70 +296,59 @@ async def rsync_receive(path: Path, channel: Channel, features: list[str]) -> No
     relayed to the websocket."""
     args = ["rsync", "--server", "-vlogDtpre.iLsfx", "--numeric-ids", "--devices",
             "--partial", "--sparse", *rsync_feature_args(features), ".", f"{path}/"]
-    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE)
-    errors = bytearray()
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdin, stdout = proc.stdin, proc.stdout
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect, proc.stderr, errors)
-            nursery.start_soon(_pump_out, channel, lambda: stdout.receive_some(CHUNK))
-            await _pump_in(channel, stdin.send_all, stdin.aclose)
-            await proc.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    if proc.returncode != 0:
-        raise MigrationError(f"rsync receive failed: exit {proc.returncode} "
-                             f"({errors.decode(errors='replace').strip()})")
+    await _relay_process(args, channel, out=True, into=True, what="rsync receive")
 
 
 async def stream_out(argv: list[str], channel: Channel) -> None:
     """A driver's stream (``btrfs send``) to the peer, then the barrier."""
-    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    errors = bytearray()
-    assert proc.stdout is not None and proc.stderr is not None
-    stdout = proc.stdout
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect, proc.stderr, errors)
-            await _pump_out(channel, lambda: stdout.receive_some(CHUNK))
-            await proc.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    if proc.returncode != 0:
-        raise MigrationError(f"{argv[0]} {argv[1]} failed: exit {proc.returncode} "
-                             f"({errors.decode(errors='replace').strip()})")
+    await _relay_process(argv, channel, out=True, into=False, what=f"{argv[0]} {argv[1]}")
 
 
 async def stream_in(argv: list[str], channel: Channel) -> None:
     """The peer's stream (until its barrier) into a driver's command (``btrfs receive``)."""
-    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.PIPE,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    await _relay_process(argv, channel, out=False, into=True, what=f"{argv[0]} {argv[1]}")
+
+
+async def _relay_process(argv: list[str], channel: Channel, *, out: bool, into: bool,
+                         what: str) -> None:
+    """Run ``argv`` with its output sent to the peer (``out``, then the barrier) and/or the
+    peer's stream as its input (``into``, until the peer's barrier); MigrationError with
+    its stderr when it fails."""
+    pipe = subprocess.PIPE
+    proc = await trio.lowlevel.open_process(
+        argv, stdin=pipe if into else subprocess.DEVNULL,
+        stdout=pipe if out else subprocess.DEVNULL, stderr=pipe)
     errors = bytearray()
-    assert proc.stdin is not None and proc.stderr is not None
-    stdin = proc.stdin
     try:
         async with trio.open_nursery() as nursery:
+            assert proc.stderr is not None
             nursery.start_soon(_collect, proc.stderr, errors)
-            await _pump_in(channel, stdin.send_all, stdin.aclose)
+            if out:
+                stdout = proc.stdout
+                assert stdout is not None
+                pump = functools.partial(_pump_out, channel,
+                                         lambda: stdout.receive_some(CHUNK))
+                if into:
+                    nursery.start_soon(pump)
+                else:
+                    await pump()
+            if into:
+                assert proc.stdin is not None
+                await _pump_in(channel, proc.stdin.send_all, proc.stdin.aclose)
             await proc.wait()
     finally:
-        with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await _reap(proc)
     if proc.returncode != 0:
-        raise MigrationError(f"{argv[0]} {argv[1]} failed: exit {proc.returncode} "
+        raise MigrationError(f"{what} failed: exit {proc.returncode} "
                              f"({errors.decode(errors='replace').strip()})")
+
+
+async def _reap(proc: trio.Process) -> None:
+    """A process that did not end by itself is killed (shielded: on cancellation too)."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 # --- headers ---------------------------------------------------------------------------------

@@ -34,15 +34,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def client_certificate(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed client certificate, as ``lxc`` makes one."""
+def client_certificate(directory: Path, name: str,
+                       not_before: datetime.datetime | None = None,
+                       not_after: datetime.datetime | None = None) -> tuple[Path, Path]:
+    """A self-signed client certificate, as ``lxc`` makes one (valid from a minute ago for
+    30 days, unless told otherwise)."""
     key = ec.generate_private_key(ec.SECP384R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA384()))
+            .not_valid_before(not_before or now - datetime.timedelta(minutes=1))
+            .not_valid_after(not_after or now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA384()))
     crt, pem_key = directory / f"{name}.crt", directory / f"{name}.key"
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,

@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from test_rest_https_integration import (
     client_certificate,
     free_port,
@@ -203,18 +201,7 @@ def trust_certificate(d, crt: Path, **fields: Any) -> str:
 
 def short_lived_certificate(directory: Path, name: str, not_before: datetime.datetime,
                             not_after: datetime.datetime) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP384R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .sign(key, hashes.SHA384()))
-    crt, pem_key = directory / f"{name}.crt", directory / f"{name}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.TraditionalOpenSSL,
-                                          serialization.NoEncryption()))
-    return crt, pem_key
+    return client_certificate(directory, name, not_before, not_after)
 
 
 def test_restricted_certificates_as_lxd(https, tmp_path):

@@ -404,8 +404,6 @@ class WebSocket:
     def poll(self) -> tuple[list[bytes], bool]:
         """After the socket polled readable: the messages that arrived, and whether the peer
         closed. One thread may then read and write (TLS allows no two at once)."""
-        from wsproto.events import CloseConnection, Message, Ping  # noqa: PLC0415
-
         try:
             data = self.sock.recv(65536)
             while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
@@ -413,7 +411,14 @@ class WebSocket:
         except OSError:
             return [], True
         self.ws.receive_data(data or None)
-        messages, closed = [], not data
+        messages, closed = self._events()
+        return messages, closed or not data
+
+    def _events(self) -> tuple[list[bytes], bool]:
+        """The messages wsproto has parsed (pings and the close answered)."""
+        from wsproto.events import CloseConnection, Message, Ping  # noqa: PLC0415
+
+        messages, closed = [], False
         for event in self.ws.events():
             if isinstance(event, CloseConnection):
                 try:
@@ -429,27 +434,16 @@ class WebSocket:
         return messages, closed
 
     def receive(self) -> bytes | None:
-        """The next message's bytes, or None once the peer closed."""
-        from wsproto.events import CloseConnection, Message, Ping  # noqa: PLC0415
-
-        while True:
-            try:
-                event = self._next_event()
-            except OSError:
-                return None
-            if event is None:
-                return None
-            if isinstance(event, CloseConnection):
-                try:
-                    self._send(self.ws.send(event.response()))
-                except Exception:  # noqa: BLE001 - closing anyway
-                    pass
-                return None
-            if isinstance(event, Ping):
-                self._send(self.ws.send(event.response()))
-            elif isinstance(event, Message):
-                data = event.data
-                return data.encode() if isinstance(data, str) else bytes(data)
+        """The next message's bytes (blocking), or None once the peer closed."""
+        closed = False
+        while not self.pending:
+            messages, closed = self._events() if not closed else ([], True)
+            self.pending += messages
+            if self.pending or closed:
+                break
+            messages, closed = self.poll()
+            self.pending += messages
+        return self.pending.pop(0) if self.pending else None
 
     def close(self) -> None:
         from wsproto.events import CloseConnection  # noqa: PLC0415
@@ -471,6 +465,3 @@ def upload_file(server: Server, path: str, file: Path, headers: dict[str, str]) 
         return server.run("POST", path, f, headers={**headers, "Content-Length": str(size),
                                                      "Content-Type": "application/octet-stream"})
 
-
-def env_bool(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

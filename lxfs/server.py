@@ -182,6 +182,8 @@ class Server:
         self.transient: dict[str, str] = {}
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._image_locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        #: ``POOL/FINGERPRINT`` of the spare volumes being copied (``_prepare_spare``)
+        self._spares_under_way: set[str] = set()
         self._running_pids: dict[str, int] = {}  # the init of every running instance
         self._frozen: set[str] = set()
         self._restarting: set[str] = set()
@@ -706,7 +708,29 @@ class Server:
                 point("create.after-ready")
                 expand(inst, self.profiles)
                 self.transient.pop(name, None)
+            if pool.spare_volumes:
+                self._prepare_spare(pool, image.fingerprint)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
+
+    def _prepare_spare(self, pool: StorageDriver, fp: str) -> None:
+        """Have ``pool`` copy image ``fp`` ahead for the next creation, in a task of the
+        server's nursery (one at a time per pool and image)."""
+        key = f"{pool.pool.name}/{fp}"
+        if self.nursery is None or key in self._spares_under_way:
+            return
+        self._spares_under_way.add(key)
+        self.nursery.start_soon(self._spare_task, pool, fp, key)
+
+    async def _spare_task(self, pool: StorageDriver, fp: str, key: str) -> None:
+        try:
+            async with self._image_locks[fp]:  # the image's deletion waits for the copy
+                if fp in self.images:
+                    await in_thread(pool.prepare_spare, fp)
+        except Exception as exc:  # only speed is lost: the next creation copies
+            log.warning("cannot prepare a spare volume of image %s in pool %s: %s",
+                        fp[:12], pool.pool.name, exc)
+        finally:
+            self._spares_under_way.discard(key)
 
     async def copy_instance(self, name: str, ref: str) -> None:
         """Make ``name`` a copy of ``instances/SRC`` or ``instances/SRC/snapshots/SNAP``

@@ -70,6 +70,10 @@ class StorageDriver(ABC):
     - ``migration_transports``: LXD's native migration transports (``"BTRFS"``) the driver
       streams a volume with between hosts (``stream_send_command``, ``adopt_stream``...);
       without one, migrations copy the files (rsync).
+    - ``spare_volumes``: creating a volume from an image is a copy, so the driver keeps one
+      copy made ahead per image (``prepare_spare``) and ``create_volume_from_image`` takes
+      it when it is ready (a rename). The core calls ``prepare_spare`` off the critical path
+      after each creation from an image, in a task of its own.
     """
 
     name: ClassVar[str]
@@ -86,6 +90,7 @@ class StorageDriver(ABC):
     #: the volume as the driver's streams (``stream_send_command``...) instead of files.
     migration_transports: ClassVar[tuple[str, ...]] = ()
     optimized_backup_header: ClassVar[bool] = False
+    spare_volumes: ClassVar[bool] = False
     #: Whether the driver can make the ``default`` pool of a first start on a directory of
     #: the data directory, with no configuration (the first such driver does).
     default_pool: ClassVar[bool] = False
@@ -149,6 +154,12 @@ class StorageDriver(ABC):
     def create_volume_from_image(self, vtype: VolumeType, name: str, fingerprint: str) -> None:
         """Create a volume as a copy of an existing image volume (a clone where the backend
         can: snapshot, reflink or overlay; a full copy otherwise)."""
+
+    def prepare_spare(self, fingerprint: str) -> None:
+        """Make the next ``create_volume_from_image`` of this image fast: copy the image
+        volume ahead to a hidden name, unless a copy is ready. Only with ``spare_volumes``;
+        the copy runs at low priority and a failure only costs speed (the core logs it)."""
+        raise NotImplementedError
 
     @abstractmethod
     def create_volume(self, vtype: VolumeType, name: str) -> None:
@@ -406,7 +417,7 @@ class DirectoryLayout(StorageDriver):
         """No user name starts with a dot, so every hidden entry of the layout is an
         operation's leftover: ``.NAME.old`` whose ``NAME`` is gone (a restore cut between its
         two renames) is put back, everything else (``.NAME.tmp``, ``.NAME.restore``,
-        ``.FP.unpack-*``...) is removed."""
+        ``.FP.unpack-*``...) is removed, except what ``keeps_hidden`` keeps."""
         for sub in LAYOUT_DIRS:
             base = self.root / sub
             if not base.is_dir():
@@ -416,12 +427,18 @@ class DirectoryLayout(StorageDriver):
                 places += [d for d in base.iterdir() if d.is_dir() and not d.name[0] == "."]
             for place in places:
                 for leftover in sorted(place.glob(".*")):
+                    if self.keeps_hidden(leftover):
+                        continue
                     name = leftover.name
                     real = place / name[1:-len(".old")] if name.endswith(".old") else None
                     if real is not None and not os.path.lexists(real):
                         os.rename(leftover, real)
                     else:
                         self.remove_path(leftover)
+
+    def keeps_hidden(self, path: Path) -> bool:
+        """Whether ``recover`` keeps a hidden entry (a driver's own, not a leftover)."""
+        return False
 
     def usage(self) -> PoolUsage:
         """The filesystem under ``root`` (a btrfs pool's own, the host's for a dir pool)."""

@@ -8,8 +8,10 @@ Layout under the pool's ``source``::
     custom/NAME/, custom-snapshots/NAME/SNAP/
 
 Creating an instance copies the image volume with ``cp -a --reflink=auto``: a reflink clone
-(constant space) on filesystems that support it (btrfs, xfs), a full copy elsewhere.
-Snapshots and restores are copies too. Every copy goes to a hidden temporary name first and is
+(constant space) on filesystems that support it (btrfs, xfs), a full copy elsewhere. That copy
+is made ahead: the pool keeps one spare copy of each image it created an instance from
+(``images/.FP.spare/``, made at idle priority after each creation), and a creation renames it
+into place, so a launch does not wait for the copy. Snapshots and restores are copies too. Every copy goes to a hidden temporary name first and is
 renamed into place, so a crash never leaves a half-copied volume under a real name.
 
 No quotas (``quotas`` is unset): a root disk's ``size`` is kept but not enforced, and the core
@@ -44,13 +46,19 @@ def _run(*cmd: str) -> None:
         raise OperationFailed(f"{cmd[0]} failed: {proc.stderr.strip() or proc.returncode}")
 
 
-def copy_tree(src: Path, dst: Path) -> None:
+#: how a spare is copied: the lowest CPU and I/O priorities, so that it never slows the work
+#: users wait for
+_IDLE = ("nice", "-n", "19", "ionice", "-c", "3")
+
+
+def copy_tree(src: Path, dst: Path, idle: bool = False) -> None:
     """Copy a tree preserving everything (owners, modes, links, xattrs), reflinked when the
-    filesystem can. ``dst`` must not exist; on failure nothing is left at ``dst``."""
+    filesystem can (``idle``: at the lowest priorities). ``dst`` must not exist; on failure
+    nothing is left at ``dst``."""
     tmp = dst.with_name(f".{dst.name}.tmp")
     remove_tree(tmp)
     try:
-        _run("cp", "-a", "--reflink=auto", "--", str(src), str(tmp))
+        _run(*(_IDLE if idle else ()), "cp", "-a", "--reflink=auto", "--", str(src), str(tmp))
         os.replace(tmp, dst)
     except BaseException:
         remove_tree(tmp)
@@ -68,6 +76,7 @@ class DirDriver(DirectoryLayout):
     name = "dir"
     copy_on_write = False
     default_pool = True
+    spare_volumes = True
 
     @property
     def root(self) -> Path:
@@ -101,6 +110,11 @@ class DirDriver(DirectoryLayout):
     def unmount(self) -> None:
         pass
 
+    def keeps_hidden(self, path: Path) -> bool:
+        """Ready spares survive a restart (a spare is renamed into place complete; its copy
+        is made under ``.FP.spare.tmp``, which ``recover`` removes)."""
+        return path.parent.name == _DIRS["image"] and path.name.endswith(".spare")
+
     # --- volumes ------------------------------------------------------------------------
 
     def create_image_volume(self, fingerprint: str, unpack: Callable[[Path], None]) -> None:
@@ -122,7 +136,23 @@ class DirDriver(DirectoryLayout):
         dst = self.volume_path(vtype, name)
         if dst.exists():
             raise AlreadyExists(f"volume {name} already exists in pool {self.pool.name}")
+        if vtype == "container":
+            try:
+                os.rename(self._spare_path(fingerprint), dst)  # atomic: taken whole or not
+                return
+            except FileNotFoundError:
+                pass  # none ready (the first creation, or one right after another)
         copy_tree(src, dst)
+
+    def _spare_path(self, fingerprint: str) -> Path:
+        return self.volume_path("image", fingerprint).with_name(f".{fingerprint}.spare")
+
+    def prepare_spare(self, fingerprint: str) -> None:
+        spare = self._spare_path(fingerprint)
+        src = self.volume_path("image", fingerprint)
+        if spare.exists() or not src.is_dir():
+            return
+        copy_tree(src, spare, idle=True)
 
     def create_volume(self, vtype: VolumeType, name: str) -> None:
         path = self.volume_path(vtype, name)
@@ -143,6 +173,8 @@ class DirDriver(DirectoryLayout):
                 raise
 
     def delete_volume(self, vtype: VolumeType, name: str) -> None:
+        if vtype == "image":
+            remove_tree(self._spare_path(name))
         remove_tree(self._snapshots_dir(vtype, name))
         remove_tree(self.volume_path(vtype, name))
 

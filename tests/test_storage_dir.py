@@ -78,3 +78,25 @@ def test_recovery_after_crash_in_restore(driver: DirDriver) -> None:
     assert sorted(os.listdir(base)) == ["c1"]
     assert os.listdir(snaps) == [] and os.listdir(driver.root / "images") == []
     assert (base / "c1" / "rootfs").is_dir()
+
+
+def test_spare_volume_is_taken_whole_and_kept_across_restarts(driver: DirDriver) -> None:
+    fp = "e" * 64
+    driver.create_image_volume(fp, fake_unpack)
+    driver.prepare_spare(fp)
+    images = driver.root / "images"
+    assert sorted(os.listdir(images)) == [f".{fp}.spare", fp]
+    assert driver.list_volumes("image") == [fp]  # a spare is no volume
+    (images / f"..{fp}.spare.tmp").mkdir()  # a copy cut short by a crash
+    driver.recover()
+    assert sorted(os.listdir(images)) == [f".{fp}.spare", fp]  # the ready one is kept
+    spare_inode = (images / f".{fp}.spare").stat().st_ino
+    driver.create_volume_from_image("container", "c1", fp)  # takes the spare: a rename
+    assert driver.volume_path("container", "c1").stat().st_ino == spare_inode
+    assert (driver.volume_path("container", "c1") / "rootfs/etc/hostname").read_text() == "img\n"
+    driver.create_volume_from_image("container", "c2", fp)  # none ready: a copy
+    assert (driver.volume_path("container", "c2") / "rootfs/etc/hostname").read_text() == "img\n"
+    driver.prepare_spare(fp)
+    driver.prepare_spare(fp)  # one is ready: nothing to do
+    driver.delete_volume("image", fp)  # the image's spare goes with it
+    assert os.listdir(images) == []

@@ -329,6 +329,34 @@ def test_dir_pool_and_storage_cli(loop_guard, daemon_with_busybox):
     assert sorted(os.listdir(d.path("storage-pools"))) == ["default"]
 
 
+def test_dir_launch_takes_a_spare_made_ahead(daemon_with_busybox):
+    """A dir pool copies an image ahead (``images/.FP.spare``): the next launch renames it
+    into place; the spare survives a restart and goes with its image."""
+    d = daemon_with_busybox
+    images = d.data_dir / "storage-pools" / "default" / "images"
+    d.cli("launch", "busybox", "c1")
+    fp = d.read("instances", "c1", "source")
+    spare = images / f".{fp}.spare"
+    deadline = time.monotonic() + 120
+    while not spare.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spare.is_dir(), sorted(os.listdir(images))
+    d.restart()
+    assert spare.is_dir()
+    inode = spare.stat().st_ino
+    d.cli("launch", "busybox", "c2")
+    volume = d.data_dir / "storage-pools" / "default" / "containers" / "c2"
+    assert volume.stat().st_ino == inode
+    assert d.read("instances", "c2", "state") == "RUNNING"
+    assert d.cli("exec", "c2", "--", "cat", "/etc/hostname").stdout == "c2\n"  # templates ran
+    d.cli("delete", "-f", "c1", "c2")
+    deadline = time.monotonic() + 120
+    while not spare.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    d.cli("image", "delete", "busybox")
+    assert os.listdir(images) == []
+
+
 def test_move_between_dir_and_btrfs_pools(loop_guard, daemon_with_busybox):
     """`lxfs move c1 c1 -s POOL` moves the root volume and its snapshots across drivers."""
     d = daemon_with_busybox

@@ -34,13 +34,14 @@ class EventBus:
                 send.close()
         receive.close()
 
-    def emit(self, event_type: str, metadata: dict[str, Any]) -> None:
+    def emit(self, event_type: str, metadata: dict[str, Any], project: str = "default"
+             ) -> None:
         line = json.dumps({
             "type": event_type,
             "timestamp": timestamp(),
             "metadata": metadata,
             "location": "none",
-            "project": "default",
+            "project": project,
         }).encode() + b"\n"
         for send in list(self._subscribers):
             try:
@@ -51,8 +52,11 @@ class EventBus:
                 self._subscribers.discard(send)
 
     def lifecycle(self, action: str, source: str, **context: Any) -> None:
-        """A lifecycle event: ``instance-started``, ``image-created``..."""
-        self.emit("lifecycle", {"action": action, "source": source, "context": context})
+        """A lifecycle event: ``instance-started``, ``image-created``...; its project is the
+        source's ``?project=`` (``default`` without)."""
+        _, _, query = source.partition("?project=")
+        self.emit("lifecycle", {"action": action, "source": source, "context": context},
+                  project=query or "default")
 
     def log(self, level: str, message: str, **context: Any) -> None:
         self.emit("logging", {"level": level, "message": message, "context": context})

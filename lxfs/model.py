@@ -31,6 +31,8 @@ class Snapshot:
 
 @dataclass
 class Instance:
+    #: the core's key: the host-level name (``c1`` in ``default``, ``p1_c1`` in ``p1``: see
+    #: ``lxfs.projects.instance_key``); ``local_name`` is what users of the project see
     name: str
     type: str = "container"
     architecture: str = ""
@@ -46,6 +48,7 @@ class Instance:
     #: "": record only; "creating": rootfs being made; "ready": rootfs exists
     storage_state: str = ""
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    project: str = "default"
     # filled by the server from profiles (not stored)
     expanded_config: dict[str, str] = field(default_factory=dict, repr=False)
     expanded_devices: Devices = field(default_factory=dict, repr=False)
@@ -64,6 +67,12 @@ class Instance:
         inst = cls(**data)
         inst.snapshots = {s["name"]: Snapshot(**s) for s in snaps}
         return inst
+
+    @property
+    def local_name(self) -> str:
+        """The name within its project."""
+        return self.name if self.project == "default" else \
+            self.name.removeprefix(f"{self.project}_")
 
     def root_pool(self) -> str:
         """The pool of the root disk (``path=/``) in the expanded devices."""
@@ -104,6 +113,7 @@ class Image:
 
 @dataclass
 class Profile:
+    #: the core's key: ``NAME`` in ``default``, ``PROJECT/NAME`` for a project's own
     name: str
     description: str = ""
     config: dict[str, str] = field(default_factory=dict)
@@ -119,7 +129,7 @@ class Profile:
 
 @dataclass
 class Project:
-    """A project's record (only ``default`` for now): its ``restricted*`` keys."""
+    """A project's record: its ``features.*``, ``limits.*`` and ``restricted*`` keys."""
 
     name: str
     description: str = ""

@@ -22,7 +22,13 @@ from lxfs.errors import (
     PermissionDenied,
 )
 from lxfs.model import Instance, Profile, rfc3339
-from lxfs.projects import PROJECT_KEYS
+from lxfs.projects import (
+    DEFAULT,
+    PROJECT_KEYS,
+    instance_key,
+    profile_key,
+    split_profile_key,
+)
 from lxfs.storage import VOLUME_TYPES, Pool, VolumeType
 
 if TYPE_CHECKING:
@@ -326,7 +332,21 @@ LISTING = ".list"
 LISTING_COLUMNS = ("NAME", "STATE", "PID", "TYPE", "EPHEMERAL", "SNAPSHOTS", "IPV4", "IPV6")
 
 
-async def instances_table(srv: Server) -> str:
+def instance_path(inst: Instance) -> str:
+    """An instance's directory on the mount, relative to its root."""
+    if inst.project == DEFAULT:
+        return f"instances/{inst.name}"
+    return f"projects/{inst.project}/instances/{inst.local_name}"
+
+
+def _project_instances(srv: Server, project: str) -> dict[str, Instance]:
+    """The instances of ``project`` by their name in it."""
+    if project == DEFAULT:
+        return {k: i for k, i in srv.instances.items() if i.project == DEFAULT}
+    return {i.local_name: i for i in srv.instances.values() if i.project == project}
+
+
+async def instances_table(srv: Server, project: str = DEFAULT) -> str:
     """``instances/.list``: a header, then one tab-separated line per instance (columns
     ``LISTING_COLUMNS``; addresses as in ``ipv4``/``ipv6``, joined by ``, ``). One read
     instead of one per instance and column: its cost barely grows with the number of
@@ -349,12 +369,13 @@ async def instances_table(srv: Server) -> str:
         addresses[name] = (found[0], found[1])
 
     async with trio.open_nursery() as nursery:
-        for name in sorted(srv.instances):
-            inst = srv.instances.get(name)
-            if inst is None:
+        members = _project_instances(srv, project)
+        for name in sorted(members):
+            inst = members[name]
+            if srv.instances.get(inst.name) is not inst:
                 continue
-            state = await srv.state(name)
-            pid = await srv.pid(name)
+            state = await srv.state(inst.name)
+            pid = await srv.pid(inst.name)
             rows[name] = [name, state, str(pid), inst.type,
                           "true" if inst.ephemeral else "false", str(len(inst.snapshots))]
             if pid > 0:
@@ -366,30 +387,51 @@ async def instances_table(srv: Server) -> str:
 
 
 class InstancesDir(Dir):
+    """``instances/`` (the default project's) or ``projects/NAME/instances/``: the same
+    layout, names within the project (the core keys them by ``instance_key``)."""
+
+    def __init__(self, srv: Server, project: str = DEFAULT) -> None:
+        super().__init__(srv)
+        self.project = project
+
+    def _key(self, name: str) -> str | None:
+        """The core's key of instance ``name`` of this project, None when there is none."""
+        key = instance_key(self.project, name)
+        inst = self.srv.instances.get(key)
+        return key if inst is not None and inst.project == self.project else None
+
     async def list(self) -> list[str]:
-        return [LISTING, *sorted(self.srv.instances)]
+        return [LISTING, *sorted(_project_instances(self.srv, self.project))]
 
     async def child(self, name: str) -> Node | None:
         if name == LISTING:
-            return File(self.srv, lambda: instances_table(self.srv), dynamic=True)
-        return InstanceDir(self.srv, name) if name in self.srv.instances else None
+            return File(self.srv, lambda: instances_table(self.srv, self.project),
+                        dynamic=True)
+        key = self._key(name)
+        return InstanceDir(self.srv, key) if key is not None else None
 
     def create(self, name: str) -> Node:
         """A backup tarball copied in: imported at close under the backup's own name."""
+        if self.project != DEFAULT:
+            raise PermissionDenied("backups are imported into the default project's "
+                                   "instances/")
         if name in self.srv.instances or name == LISTING:
             raise InvalidArgument(f"{name} exists")
         return Upload(self.srv, name, lambda path, _n: self.srv.backups.import_tarball(path))
 
     async def mkdir(self, name: str) -> None:
-        await self.srv.guarded("", self.srv.create_instance(name))
+        await self.srv.guarded("", self.srv.create_instance(name, project=self.project))
 
     async def rmdir(self, name: str) -> None:
-        await self.srv.guarded(name, self.srv.delete_instance(name))
+        key = self._key(name) or instance_key(self.project, name)
+        await self.srv.guarded(key, self.srv.delete_instance(key))
 
     async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        """Within the directory a rename; to another project's ``instances/`` a move."""
         if not isinstance(new_parent, InstancesDir):
             raise InvalidArgument("instances can only be renamed within instances/")
-        await self.srv.guarded(old, self.srv.rename_instance(old, new))
+        key = self._key(old) or instance_key(self.project, old)
+        await self.srv.guarded(key, self.srv.rename_instance(key, new, new_parent.project))
 
 
 class InstanceDir(Dir):
@@ -439,8 +481,9 @@ class InstanceDir(Dir):
                                       setter("ephemeral"), scope=name),
             "description": lambda: File(srv, field("description"), setter("description"),
                                         scope=name),
-            "profiles": lambda: File(srv, lambda: lines(inst.profiles), setter("profiles"),
-                                     scope=name),
+            "profiles": lambda: File(srv, lambda: lines([split_profile_key(p)[1]
+                                                         for p in inst.profiles]),
+                                     setter("profiles"), scope=name),
             "config": lambda: KeyValueDir(srv, lambda: inst.config, set_key, unset_key,
                                           validate_key, scope=name),
             "devices": lambda: DevicesDir(srv, lambda: inst, name),
@@ -452,7 +495,7 @@ class InstanceDir(Dir):
                                 private=True, verbatim=True),
             "console": lambda: File(srv, lambda: srv.runtime.console_log(inst), dynamic=True,
                                     private=True, verbatim=True),
-            "rootfs": lambda: _rootfs(srv.rootfs(inst), f"instances/{name}/rootfs", srv,
+            "rootfs": lambda: _rootfs(srv.rootfs(inst), f"{instance_path(inst)}/rootfs", srv,
                                       scope=name) if ready() else None,
             "snapshots": lambda: SnapshotsDir(srv, name),
             "restore": lambda: File(srv, None, lambda v: srv.restore_snapshot(name, v),
@@ -619,7 +662,7 @@ class SnapshotsDir(Dir):
                                     lambda v: _publish(srv, inst.name, name, v),
                                     scope=inst.name, accumulate=False),
             "rootfs": lambda: _rootfs(srv.snapshot_rootfs(inst, name),
-                                      f"instances/{inst.name}/snapshots/{name}/rootfs", srv,
+                                      f"{instance_path(inst)}/snapshots/{name}/rootfs", srv,
                                       readonly=True),
         }, scope=self.scope)
 
@@ -764,14 +807,41 @@ class AliasesDir(Dir):
 
 
 class ProfilesDir(Dir):
+    """``profiles/`` (the default project's) or ``projects/NAME/profiles/``: a project
+    with ``features.profiles=false`` shows the default project's, read-only."""
+
+    def __init__(self, srv: Server, project: str = DEFAULT) -> None:
+        super().__init__(srv)
+        self.project = project
+
+    def _owner(self) -> str:
+        return self.srv.profiles_project(self.project)
+
+    def _writable(self) -> None:
+        if self._owner() != self.project:
+            raise PermissionDenied(f"project {self.project!r} uses the default project's "
+                                   "profiles (features.profiles=false): change them in "
+                                   "profiles/")
+
+    def _used_by(self, key: str) -> list[str]:
+        users = []
+        for inst_key in self.srv.profile_used_by(key):
+            inst = self.srv.instances[inst_key]
+            users.append(inst.local_name if inst.project == self.project
+                         else instance_path(inst))
+        return users
+
     async def list(self) -> list[str]:
-        return sorted(self.srv.profiles)
+        return sorted(self.srv.project_profiles(self.project))
 
     async def child(self, name: str) -> Node | None:
+        owner = self._owner()
+        name = profile_key(owner, name)
         profile = self.srv.profiles.get(name)
         if profile is None:
             return None
         srv = self.srv
+        writable = owner == self.project
 
         async def set_key(key: str, value: str) -> None:
             await srv.set_profile_key(name, key, value)
@@ -783,27 +853,34 @@ class ProfilesDir(Dir):
             if srv.schema.instance_spec(key) is None:
                 raise InvalidArgument(f"unknown configuration key {key!r}")
 
+        def set_description(value: str) -> Awaitable[None]:
+            return srv.set_profile_description(name, value)
+
         return StaticDir(srv, {
-            "name": lambda: File(srv, lambda: profile.name),
+            "name": lambda: File(srv, lambda: split_profile_key(profile.name)[1]),
             "description": lambda: File(srv, lambda: profile.description,
-                                        lambda v: srv.set_profile_description(name, v)),
-            "config": lambda: KeyValueDir(srv, lambda: profile.config, set_key, unset_key,
-                                          validate_key),
-            "devices": lambda: DevicesDir(srv, lambda: profile, ""),
-            "used_by": lambda: File(srv, lambda: lines(srv.profile_used_by(name)),
-                                    dynamic=True),
+                                        set_description if writable else None),
+            "config": lambda: KeyValueDir(srv, lambda: profile.config,
+                                          set_key if writable else None,
+                                          unset_key if writable else None, validate_key),
+            "devices": lambda: DevicesDir(srv, lambda: profile, "", readonly=not writable),
+            "used_by": lambda: File(srv, lambda: lines(self._used_by(name)), dynamic=True),
         })
 
     async def mkdir(self, name: str) -> None:
-        await self.srv.guarded("", self.srv.create_profile(name))
+        self._writable()
+        await self.srv.guarded("", self.srv.create_profile(profile_key(self.project, name)))
 
     async def rmdir(self, name: str) -> None:
-        await self.srv.guarded("", self.srv.delete_profile(name))
+        self._writable()
+        await self.srv.guarded("", self.srv.delete_profile(profile_key(self.project, name)))
 
     async def rename(self, old: str, new_parent: Dir, new: str) -> None:
-        if not isinstance(new_parent, ProfilesDir):
+        if not isinstance(new_parent, ProfilesDir) or new_parent.project != self.project:
             raise InvalidArgument("profiles can only be renamed within profiles/")
-        await self.srv.guarded("", self.srv.rename_profile(old, new))
+        self._writable()
+        await self.srv.guarded("", self.srv.rename_profile(profile_key(self.project, old),
+                                                           profile_key(self.project, new)))
 
 
 class PoolsDir(Dir):
@@ -966,9 +1043,11 @@ class CustomSnapshotsDir(Dir):
 
 
 class ProjectsDir(Dir):
-    """``projects/``: one directory per project (only ``default`` for now: the top level of
-    the mount is its content) with ``name``, ``description`` and ``config/`` (the
-    ``restricted*`` keys, see ``lxfs.projects``)."""
+    """``projects/``: one directory per project with ``name``, ``description``, ``config/``
+    (``features.*``, ``limits.*``, ``restricted*``: see ``lxfs.projects``) and ``state/``
+    (usage against limits). ``default`` is the mount's top level; another project also holds
+    ``instances/`` and ``profiles/``, laid out as the top level's. ``mkdir`` creates a
+    project, ``rmdir`` deletes an empty one, ``mv`` renames an empty one."""
 
     async def list(self) -> list[str]:
         return sorted(self.srv.projects)
@@ -988,16 +1067,33 @@ class ProjectsDir(Dir):
             if not any(spec.matches(key) for spec in PROJECT_KEYS):
                 raise InvalidArgument(f"unknown project configuration key {key!r}")
 
-        return StaticDir(srv, {
+        def state() -> dict[str, str]:
+            return {resource: f"{used} {limit}"
+                    for resource, (used, limit) in srv.project_usage(name).items()}
+
+        children: dict[str, Callable[[], Node | None]] = {
             "name": lambda: File(srv, lambda: name),
             "description": lambda: File(srv, lambda: srv.projects[name].description,
                                         lambda v: srv.set_project_description(name, v)),
             "config": lambda: KeyValueDir(srv, lambda: srv.projects[name].config, set_key,
                                           unset_key, validate_key),
-        })
+            "state": lambda: KeyValueDir(srv, state, None, None),
+        }
+        if name != DEFAULT:
+            children["instances"] = lambda: InstancesDir(srv, name)
+            children["profiles"] = lambda: ProfilesDir(srv, name)
+        return StaticDir(srv, children)
 
     async def mkdir(self, name: str) -> None:
-        raise PermissionDenied("only the default project exists in this version of lxfs")
+        await self.srv.guarded("", self.srv.create_project(name))
+
+    async def rmdir(self, name: str) -> None:
+        await self.srv.guarded("", self.srv.delete_project(name))
+
+    async def rename(self, old: str, new_parent: Dir, new: str) -> None:
+        if not isinstance(new_parent, ProjectsDir):
+            raise InvalidArgument("projects can only be renamed within projects/")
+        await self.srv.guarded("", self.srv.rename_project(old, new))
 
 
 class EventsFile(File):

@@ -1,11 +1,15 @@
-"""Projects' restrictions: what a project lets its instances and profiles use (LXD 5.0's
-``restricted`` and ``restricted.*`` keys).
+"""Projects (LXD 5.0's): their keys (``features.*``, ``limits.*``, ``restricted*``), the
+mapping between a project's names and the core's host-level keys, limits and restrictions.
 
-Only the ``default`` project exists for now (the mount's top level); its ``config/`` holds
-these keys under ``projects/default/``. Nothing is restricted unless ``restricted=true``; then
-each ``restricted.*`` key takes its value, or LXD's default for that key: privileged
-containers, nesting, low-level keys (``raw.*``...), syscall interception and unix devices are
-blocked, disks must come from a pool and nics from a managed network.
+The ``default`` project is the mount's top level; other projects live under
+``projects/NAME/``. An instance ``c1`` of project ``p1`` is keyed ``p1_c1`` by the core (its
+LXC name, cgroups, volume): instance names hold no ``_``, so the key splits back at its last
+``_``. A project's own profile is keyed ``p1/NAME`` (no profile name holds ``/``).
+
+Nothing is restricted unless ``restricted=true``; then each ``restricted.*`` key takes its
+value, or LXD's default for that key: privileged containers, nesting, low-level keys
+(``raw.*``...), syscall interception and unix devices are blocked, disks must come from a
+pool and nics from a managed network.
 """
 
 from __future__ import annotations
@@ -14,8 +18,58 @@ import errno
 import os
 from collections.abc import Callable, Iterable
 
-from lxfs.config_schema import KeySpec, check_bool, is_true, validate_among
+from lxfs.config_schema import (
+    KeySpec,
+    check_bool,
+    check_int,
+    check_memory,
+    is_true,
+    memory_bytes,
+    parse_size,
+    validate_among,
+)
 from lxfs.errors import InvalidArgument, LxfsError
+
+DEFAULT = "default"
+
+#: the features and their value in a new project when not given (LXD 5.0's); the default
+#: project has them all on, fixed
+FEATURES = {"features.images": "true", "features.profiles": "true",
+            "features.storage.volumes": "true", "features.networks": "false"}
+DEFAULT_FEATURES = dict.fromkeys(FEATURES, "true")
+
+
+def instance_key(project: str, name: str) -> str:
+    """The core's key (host-level name) of instance ``name`` of ``project``."""
+    return name if project == DEFAULT else f"{project}_{name}"
+
+
+def split_instance_key(key: str) -> tuple[str, str]:
+    """(project, name) of a host-level instance key."""
+    project, sep, name = key.rpartition("_")
+    return (project, name) if sep else (DEFAULT, key)
+
+
+def profile_key(project: str, name: str) -> str:
+    """The core's key of profile ``name`` owned by ``project`` (see ``profiles_of``)."""
+    return name if project == DEFAULT else f"{project}/{name}"
+
+
+def split_profile_key(key: str) -> tuple[str, str]:
+    project, sep, name = key.rpartition("/")
+    return (project, name) if sep else (DEFAULT, key)
+
+
+def features(project: str, config: dict[str, str]) -> dict[str, str]:
+    """A project's ``features.*`` values (fixed on for ``default``; an unset one is off,
+    ``create_project`` writes them all)."""
+    if project == DEFAULT:
+        return dict(DEFAULT_FEATURES)
+    return {key: config.get(key) or "false" for key in FEATURES}
+
+
+def has_feature(project: str, config: dict[str, str], feature: str) -> bool:
+    return is_true(features(project, config)[f"features.{feature}"])
 
 
 class Forbidden(LxfsError):
@@ -52,7 +106,34 @@ DEFAULTS = {
     "restricted.devices.nic": "managed",
 }
 
+def _check_memory_limit(value: str) -> None:
+    if value.endswith("%"):
+        raise InvalidArgument("a project's limits.memory is a size (e.g. 2GiB), not a "
+                              "percentage")
+    check_memory(value)
+
+
+#: limits summed over a project's instances: key → (instance key it sums, unit)
+LIMITS = {"limits.memory": "limits.memory", "limits.cpu": "limits.cpu",
+          "limits.processes": "limits.processes", "limits.disk": "size"}
+
 PROJECT_KEYS: list[KeySpec] = [
+    *(KeySpec(key, check_bool, value, description=f"whether the project has its own "
+              f"{key.removeprefix('features.')} (else it uses the default project's)")
+      for key, value in FEATURES.items()),
+    KeySpec("limits.instances", check_int(0), description="most instances in the project"),
+    KeySpec("limits.containers", check_int(0), description="most containers in the project"),
+    KeySpec("limits.virtual-machines", check_int(0),
+            description="most virtual machines in the project (lxfs runs none)"),
+    KeySpec("limits.networks", check_int(0), description="most networks in the project"),
+    KeySpec("limits.cpu", check_int(0),
+            description="sum of the instances' limits.cpu (each must set it)"),
+    KeySpec("limits.memory", _check_memory_limit,
+            description="sum of the instances' limits.memory (each must set it)"),
+    KeySpec("limits.processes", check_int(0),
+            description="sum of the instances' limits.processes (each must set it)"),
+    KeySpec("limits.disk", parse_size,
+            description="sum of the instances' root disk sizes (each must set size)"),
     KeySpec("restricted", check_bool, "false",
             description="whether the restricted.* keys apply to the project"),
     KeySpec("restricted.containers.nesting", _one_of("block", "allow"), "block",
@@ -182,3 +263,88 @@ class Restrictions:
             except Forbidden as exc:
                 found.append(exc.message)
         return found
+
+
+def _amount(limit: str, inst_value: str) -> int:
+    if limit == "limits.memory":
+        return memory_bytes(inst_value)
+    if limit == "limits.disk":
+        return parse_size(inst_value)
+    if limit == "limits.cpu" and ("-" in inst_value or "," in inst_value):
+        return len({c for part in inst_value.split(",") for c in _cpu_range(part)})
+    return int(inst_value)
+
+
+def _cpu_range(part: str) -> range:
+    lo, _, hi = part.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
+
+
+def _limit(limit: str, value: str) -> int:
+    if limit == "limits.memory":
+        return memory_bytes(value)
+    if limit == "limits.disk":
+        return parse_size(value)
+    return int(value)
+
+
+def _root_size(devices: dict[str, dict[str, str]]) -> str:
+    for dev in devices.values():
+        if dev.get("type") == "disk" and dev.get("path") == "/":
+            return dev.get("size", "")
+    return ""
+
+
+def usage(config: dict[str, str],
+          instances: Iterable[tuple[str, str, dict[str, str], dict[str, dict[str, str]]]]
+          ) -> dict[str, tuple[int, int]]:
+    """Usage against limits: resource → (usage, limit or -1), over the project's
+    (name, type, expanded config, expanded devices). An instance that sets no value of a
+    summed resource counts 0 here (``check_limits`` refuses it)."""
+    found = list(instances)
+    result = {"instances": (len(found), int(config.get("limits.instances") or -1)),
+              "containers": (sum(1 for _, kind, _, _ in found if kind == "container"),
+                             int(config.get("limits.containers") or -1)),
+              "virtual-machines": (0, int(config.get("limits.virtual-machines") or -1))}
+    for limit, source in LIMITS.items():
+        total = 0
+        for _, _, cfg, devices in found:
+            value = _root_size(devices) if source == "size" else cfg.get(source, "")
+            if value:
+                total += _amount(limit, value)
+        result[limit.removeprefix("limits.")] = (
+            total, _limit(limit, config[limit]) if config.get(limit) else -1)
+    return result
+
+
+def check_limits(project: str, config: dict[str, str],
+                 instances: Iterable[tuple[str, str, dict[str, str],
+                                           dict[str, dict[str, str]]]]) -> None:
+    """Refuse (``Forbidden``) when the project's instances as they would be (the new or
+    changed one among them) exceed a limit, or one of them sets no value for a summed
+    limit (LXD's rule: each instance must say what it takes)."""
+    found = list(instances)
+    for limit, source in LIMITS.items():
+        if not config.get(limit):
+            continue
+        for name, _, cfg, devices in found:
+            value = _root_size(devices) if source == "size" else cfg.get(source, "")
+            if not value:
+                what = "a root disk size" if source == "size" else f"{source!r}"
+                raise Forbidden(f"instance {name!r} in project {project!r} has no {what} "
+                                f"(directly or through a profile), required by the "
+                                f"project's {limit}={config[limit]}")
+    for resource, (used, limit) in usage(config, found).items():
+        if limit >= 0 and used > limit:
+            raise Forbidden(f"project {project!r} would exceed its limits.{resource}="
+                            f"{config[f'limits.{resource}']} (the instances would use "
+                            f"{_shown(resource, used)})")
+
+
+def _shown(resource: str, amount: int) -> str:
+    if resource in ("memory", "disk"):
+        for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if amount >= size and amount % size == 0:
+                return f"{amount // size}{unit}"
+        return f"{amount}B"
+    return str(amount)

@@ -46,7 +46,21 @@ from lxfs.faults import point
 from lxfs.image_servers import ImageServer, ImageSource, progress_text
 from lxfs.model import Image, Instance, Profile, Project, Snapshot, now
 from lxfs.names import check_line, check_name, escape_controls
-from lxfs.projects import Forbidden, Restrictions, validate_project_key
+from lxfs.projects import (
+    DEFAULT,
+    DEFAULT_FEATURES,
+    FEATURES,
+    Forbidden,
+    Restrictions,
+    check_limits,
+    has_feature,
+    instance_key,
+    profile_key,
+    split_instance_key,
+    split_profile_key,
+    usage,
+    validate_project_key,
+)
 from lxfs.runtime import Runtime
 from lxfs.storage import (
     Pool,
@@ -506,6 +520,21 @@ class Server:
             env.update({k: str(v) for k, v in extra.items()})
         return env
 
+    def instance_url(self, key: str, rest: str = "") -> str:
+        """An instance's REST URL (``/1.0/instances/c1?project=p1``), for events."""
+        project, name = split_instance_key(key)
+        if project == DEFAULT:
+            return f"/1.0/instances/{key}{rest}"
+        return f"/1.0/instances/{name}{rest}?project={project}"
+
+    def _forget_entry(self, key: str) -> None:
+        """Tell the mount an instance's entry is gone (its project's ``instances/``)."""
+        project, name = split_instance_key(key)
+        if project == DEFAULT:
+            self.on_change("instance-deleted", key)
+        else:
+            self.on_change("entry-deleted", f"projects/{project}/instances/{name}")
+
     def instance(self, name: str) -> Instance:
         inst = self.instances.get(name)
         if inst is None:
@@ -607,24 +636,32 @@ class Server:
     async def create_instance(self, name: str, *, profiles: list[str] | None = None,
                               config: dict[str, str] | None = None, ephemeral: bool = False,
                               description: str = "",
-                              devices: dict[str, dict[str, str]] | None = None) -> Instance:
+                              devices: dict[str, dict[str, str]] | None = None,
+                              project: str = DEFAULT) -> Instance:
         """Create an instance record (no root filesystem yet), with its own ``devices``
-        (REST's create) checked whole first."""
+        (REST's create) checked whole first. ``name`` is the name within ``project`` and
+        ``profiles`` the project's profile names; the record is keyed by the host-level
+        name (``instance_key``)."""
         validate_instance_name(name)
-        if name in self.instances:
-            raise AlreadyExists(f"instance {name!r} already exists")
-        profiles = ["default"] if profiles is None else profiles
-        for p in profiles:
-            if p not in self.profiles:
-                raise NotFound(f"profile {p!r} not found")
-        for key, value in (config or {}).items():
-            self.schema.validate_instance_key(key, value)
+        self.project(project)
+        key = instance_key(project, name)
+        if key in self.instances:
+            where = "" if project == DEFAULT else f" in project {project!r}"
+            raise AlreadyExists(f"instance {name!r} already exists{where}")
+        profiles = self.profile_keys(project, ["default"] if profiles is None else profiles)
+        for key_, value in (config or {}).items():
+            self.schema.validate_instance_key(key_, value)
         own_devices = self._checked_devices(devices or {})
         t = now()
-        inst = Instance(name=name, architecture=platform.machine(), created_at=t,
+        inst = Instance(name=key, architecture=platform.machine(), created_at=t,
                         ephemeral=ephemeral, description=description, config=dict(config or {}),
-                        devices=own_devices, profiles=list(profiles))
+                        devices=own_devices, profiles=list(profiles), project=project)
         expand(inst, self.profiles)
+        restrictions = self.restrictions(project)
+        restrictions.check_config(f"instance {name}", inst.expanded_config, instance=True)
+        restrictions.check_devices(f"instance {name}", inst.expanded_devices)
+        self.check_project_limits(project, inst)
+        name = key
         self.instances[name] = inst
         try:
             await self._save(inst)
@@ -632,7 +669,7 @@ class Server:
             del self.instances[name]
             raise
         self.errors[name] = ""
-        self.events.lifecycle("instance-created", f"/1.0/instances/{name}", type="container")
+        self.events.lifecycle("instance-created", self.instance_url(name), type="container")
         return inst
 
     def resolve_image(self, ref: str) -> Image:
@@ -806,7 +843,7 @@ class Server:
                 point("copy.after-ready")
             self.transient.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
-        self.events.lifecycle("instance-created", f"/1.0/instances/{name}",
+        self.events.lifecycle("instance-created", self.instance_url(name),
                               copied_from=f"/1.0/{words[0]}")
 
     async def receive_instance(
@@ -836,7 +873,7 @@ class Server:
                 await self._save(inst)
             self.transient.pop(name, None)
         await in_thread(lambda: self.hook.lxfs_instance_post_create(host=self.api, instance=inst))
-        self.events.lifecycle("instance-created", f"/1.0/instances/{name}", migrated=True)
+        self.events.lifecycle("instance-created", self.instance_url(name), migrated=True)
 
     async def refresh_instance(self, name: str,
                                receive: Callable[[], Awaitable[list[Snapshot]]]) -> None:
@@ -1011,7 +1048,7 @@ class Server:
                     await self._start(inst)
                 finally:
                     self._restarting.discard(name)
-                self.events.lifecycle("instance-restarted", f"/1.0/instances/{name}")
+                self.events.lifecycle("instance-restarted", self.instance_url(name))
             elif action == "freeze":
                 self.transient[name] = "FREEZING"
                 try:
@@ -1019,18 +1056,18 @@ class Server:
                     self._frozen.add(name)
                 finally:
                     self.transient.pop(name, None)
-                self.events.lifecycle("instance-paused", f"/1.0/instances/{name}")
+                self.events.lifecycle("instance-paused", self.instance_url(name))
             elif action == "unfreeze":
                 await in_thread(self.runtime.unfreeze, inst)
                 self._frozen.discard(name)
-                self.events.lifecycle("instance-resumed", f"/1.0/instances/{name}")
+                self.events.lifecycle("instance-resumed", self.instance_url(name))
         if action in ("stop", "kill"):
             await self._after_stop(inst, stopped_pid)
 
     async def _start(self, inst: Instance) -> None:
         name = inst.name
         expand(inst, self.profiles)
-        restrictions = self.restrictions()
+        restrictions = self.restrictions(inst.project)
         restrictions.check_config(f"instance {name}", inst.expanded_config, instance=True)
         restrictions.check_devices(f"instance {name}", inst.expanded_devices)
         rootfs = self.rootfs(inst)
@@ -1049,7 +1086,7 @@ class Server:
         inst.last_used_at = now()
         await self._save(inst)
         await in_thread(lambda: self.hook.lxfs_instance_post_start(host=self.api, instance=inst))
-        self.events.lifecycle("instance-started", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-started", self.instance_url(name))
 
     async def _undo_root_volume(self, inst: Instance, pool: StorageDriver) -> None:
         """Roll back a root volume whose creation (from an image, or as a copy) failed or
@@ -1062,7 +1099,7 @@ class Server:
 
     @staticmethod
     def _template_context(inst: Instance) -> images.TemplateContext:
-        return {"name": inst.name, "architecture": inst.architecture,
+        return {"name": inst.local_name, "architecture": inst.architecture,
                 "privileged": is_true(inst.expanded_config.get("security.privileged")),
                 "ephemeral": inst.ephemeral, "config": dict(inst.expanded_config),
                 "devices": {k: dict(v) for k, v in inst.expanded_devices.items()}}
@@ -1129,7 +1166,7 @@ class Server:
         self._frozen.discard(inst.name)
         await in_thread(self.runtime.after_stop, inst)
         await in_thread(lambda: self.hook.lxfs_instance_post_stop(host=self.api, instance=inst))
-        self.events.lifecycle("instance-stopped", f"/1.0/instances/{inst.name}")
+        self.events.lifecycle("instance-stopped", self.instance_url(inst.name))
         if inst.ephemeral and not restarting and inst.name in self.instances:
             log.info("deleting ephemeral instance %s", inst.name)
             try:
@@ -1162,9 +1199,9 @@ class Server:
             del self.instances[name]
             self.errors.pop(name, None)
         self._locks.pop(name, None)
-        self.on_change("instance-deleted", name)  # deleted by REST: the mount forgets it too
+        self._forget_entry(name)  # deleted by REST: the mount forgets it too
         await in_thread(lambda: self.hook.lxfs_instance_post_delete(host=self.api, instance=inst))
-        self.events.lifecycle("instance-deleted", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-deleted", self.instance_url(name))
 
     async def move_to_pool(self, name: str, pool_name: str) -> None:
         """Move a stopped instance's root volume (with snapshots) to another pool; its own
@@ -1211,13 +1248,32 @@ class Server:
             if inst.storage_state == "ready":
                 await in_thread(src.delete_volume, "container", name)
                 point("move.after-source-delete")
-        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}", pool=pool_name)
+        self.events.lifecycle("instance-updated", self.instance_url(name), pool=pool_name)
 
-    async def rename_instance(self, old: str, new: str) -> None:
+    async def rename_instance(self, old: str, new: str, project: str | None = None) -> None:
+        """Rename instance ``old`` (a key) to ``new`` (a name within ``project``, its own
+        project when None): a move to another project is a rename of its host-level
+        objects (volume with snapshots, runtime directory, plugin data)."""
         inst = self.instance(old)
         validate_instance_name(new)
+        project = inst.project if project is None else project
+        self.project(project)
+        new_name, new = new, instance_key(project, new)
         if new in self.instances:
-            raise AlreadyExists(f"instance {new!r} already exists")
+            where = "" if project == DEFAULT else f" in project {project!r}"
+            raise AlreadyExists(f"instance {new_name!r} already exists{where}")
+        old_project = inst.project
+        if project != old_project:
+            probe = copy.copy(inst)
+            probe.project = project
+            probe.profiles = self.profile_keys(project, [split_profile_key(p)[1]
+                                                         for p in inst.profiles])
+            expand(probe, self.profiles)
+            restrictions = self.restrictions(project)
+            restrictions.check_config(f"instance {new_name}", probe.expanded_config, True)
+            restrictions.check_devices(f"instance {new_name}", probe.expanded_devices)
+            self.check_project_limits(project, probe)
+        old_profiles = inst.profiles
         async with self._locks[old]:
             if inst.storage_state == "ready":
                 state = await in_thread(self.runtime.state, inst)
@@ -1225,20 +1281,23 @@ class Server:
                     raise Busy(f"instance {old} is {state.lower()}: stop it before renaming")
             async with self._journal("rename", old, new=new):
                 await in_thread(self._rename_files, inst, old, new)
-                inst.name = new
+                inst.name, inst.project = new, project
+                if project != old_project:
+                    inst.profiles = probe.profiles
                 try:
                     await in_thread(self.db.rename, "instances", old, new, inst.to_record())
                 except BaseException:
-                    inst.name = old
+                    inst.name, inst.project, inst.profiles = old, old_project, old_profiles
                     with trio.CancelScope(shield=True):
                         await in_thread(self._rename_files, inst, new, old)
                     raise
                 point("rename.after-record")
             self.instances[new] = self.instances.pop(old)
             self.errors[new] = self.errors.pop(old, "")
+            expand(inst, self.profiles)
         self._locks.pop(old, None)
-        self.on_change("instance-deleted", old)  # renamed by REST: the old name is gone
-        self.events.lifecycle("instance-renamed", f"/1.0/instances/{new}", old_name=old)
+        self._forget_entry(old)  # renamed by REST: the old name is gone
+        self.events.lifecycle("instance-renamed", self.instance_url(new), old_name=old)
 
     def _rename_files(self, inst: Instance, old: str, new: str) -> None:
         """Everything of an instance stored under its name: volume (with snapshots), the
@@ -1262,7 +1321,11 @@ class Server:
         if value == "":
             return await self.unset_instance_key(name, key)
         self.schema.validate_instance_key(key, value)
-        self.restrictions().check_key(f"instance {name}", key, value)
+        self.restrictions(inst.project).check_key(f"instance {name}", key, value)
+        probe = copy.copy(inst)
+        probe.config = {**inst.config, key: value}
+        expand(probe, self.profiles)
+        self.check_project_limits(inst.project, probe)
         async with self._locks[name]:
             old = inst.config.get(key)
             inst.config[key] = value
@@ -1276,7 +1339,7 @@ class Server:
                 raise
             expand(inst, self.profiles)
             await self._apply_live(inst)
-        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-updated", self.instance_url(name))
 
     async def _apply_live(self, inst: Instance) -> None:
         """Apply what can change while the instance runs (limits); the rest waits for the
@@ -1306,7 +1369,7 @@ class Server:
                 raise
             expand(inst, self.profiles)
             await self._apply_live(inst)
-        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-updated", self.instance_url(name))
 
     async def set_instance_field(self, name: str, field: str, value: str) -> None:
         """``description``, ``ephemeral`` or ``profiles`` (one per line)."""
@@ -1320,15 +1383,14 @@ class Server:
                 check_bool(value)
                 inst.ephemeral = is_true(value)
             elif field == "profiles":
-                names = [p.strip() for p in value.splitlines() if p.strip()]
-                for p in names:
-                    if p not in self.profiles:
-                        raise NotFound(f"profile {p!r} not found")
+                names = self.profile_keys(inst.project, [p.strip() for p in value.splitlines()
+                                                         if p.strip()])
                 if len(set(names)) != len(names):
                     raise InvalidArgument("a profile is listed twice")
                 probe = copy.copy(inst)
                 probe.profiles = names
                 expand(probe, self.profiles)
+                self.check_project_limits(inst.project, probe)
                 await self._resize_roots([(inst, probe)], name)
                 inst.profiles = names
             else:
@@ -1337,7 +1399,7 @@ class Server:
             await self._save(inst)
             if field == "profiles":
                 await self._apply_live(inst)
-        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-updated", self.instance_url(name))
 
     async def update_instance(self, name: str, *, config: dict[str, str] | None = None,
                               devices: dict[str, dict[str, str]] | None = None,
@@ -1358,8 +1420,11 @@ class Server:
             if devices is not None:
                 probe.devices = self._checked_devices(devices)
             if profiles is not None:
-                probe.profiles = self._checked_profiles(profiles)
+                probe.profiles = self._checked_profiles(profiles, inst.project)
             expand(probe, self.profiles)
+            restrictions = self.restrictions(inst.project)
+            restrictions.check_devices(f"instance {inst.local_name}", probe.expanded_devices)
+            self.check_project_limits(inst.project, probe)
             await self._resize_roots([(inst, probe)], name)
             before = (inst.config, inst.devices, inst.profiles, inst.description,
                       inst.ephemeral)
@@ -1382,13 +1447,13 @@ class Server:
             expand(inst, self.profiles)
             await self._apply_live(inst)
             await self._hotplug(inst, expanded_before, name)
-        self.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+        self.events.lifecycle("instance-updated", self.instance_url(name))
 
     def _replacement_config(self, inst: Instance, requested: dict[str, str]
                             ) -> dict[str, str]:
         """``requested`` checked as the whole of an instance's config: the keys lxfs
         manages kept as they are, the others validated (restrictions for changed ones)."""
-        restrictions = self.restrictions()
+        restrictions = self.restrictions(inst.project)
         config = {}
         for key, value in inst.config.items():
             spec = self.schema.instance_spec(key)
@@ -1418,10 +1483,8 @@ class Server:
             checked[device] = dict(keys)
         return checked
 
-    def _checked_profiles(self, names: list[str]) -> list[str]:
-        for p in names:
-            if p not in self.profiles:
-                raise NotFound(f"profile {p!r} not found")
+    def _checked_profiles(self, names: list[str], project: str = DEFAULT) -> list[str]:
+        names = self.profile_keys(project, names)
         if len(set(names)) != len(names):
             raise InvalidArgument("a profile is listed twice")
         return list(names)
@@ -1462,7 +1525,7 @@ class Server:
             expand(owner, self.profiles)
             if devices:
                 await self._hotplug(owner, before, owner.name)
-            self.events.lifecycle("instance-updated", f"/1.0/instances/{owner.name}")
+            self.events.lifecycle("instance-updated", self.instance_url(owner.name))
         else:
             await in_thread(self.db.put, "profiles", owner.name, owner.to_record())
             for inst in list(self.instances.values()):
@@ -1650,7 +1713,7 @@ class Server:
                     raise
                 point("snapshot.after-record")
         self.events.lifecycle("instance-snapshot-created",
-                              f"/1.0/instances/{name}/snapshots/{snapshot}")
+                              self.instance_url(name, f"/snapshots/{snapshot}"))
 
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
         inst = self.instance(name)
@@ -1672,7 +1735,7 @@ class Server:
                                 snapshot)
                 point("snapshot-delete.after-files")
         self.events.lifecycle("instance-snapshot-deleted",
-                              f"/1.0/instances/{name}/snapshots/{snapshot}")
+                              self.instance_url(name, f"/snapshots/{snapshot}"))
 
     async def rename_snapshot(self, name: str, old: str, new: str) -> None:
         inst = self.instance(name)
@@ -1699,7 +1762,7 @@ class Server:
                     raise
                 point("snapshot-rename.after-record")
         self.events.lifecycle("instance-snapshot-renamed",
-                              f"/1.0/instances/{name}/snapshots/{new}", old_name=old)
+                              self.instance_url(name, f"/snapshots/{new}"), old_name=old)
 
     async def restore_snapshot(self, name: str, snapshot: str) -> None:
         """Restore the root filesystem and configuration; a running instance is stopped,
@@ -1727,7 +1790,7 @@ class Server:
                 if was_running:
                     await self._start(inst)
                     point("restore.after-start")
-        self.events.lifecycle("instance-restored", f"/1.0/instances/{name}", snapshot=snapshot)
+        self.events.lifecycle("instance-restored", self.instance_url(name), snapshot=snapshot)
 
     def _restore_files_and_record(self, inst: Instance, snapshot: str) -> None:
         """The blocking part of a restore (also what recovery redoes): the root filesystem,
@@ -2100,7 +2163,13 @@ class Server:
     # --- profiles -------------------------------------------------------------------------
 
     async def create_profile(self, name: str) -> Profile:
-        check_name("profile", name)
+        """``name``: the profile's key (``PROJECT/NAME`` for a project's own)."""
+        project, local = split_profile_key(name)
+        check_name("profile", local)
+        if project != DEFAULT and not has_feature(project, self.project(project).config,
+                                                  "profiles"):
+            raise InvalidArgument(f"project {project!r} uses the default project's profiles "
+                                  "(features.profiles=false)")
         if name in self.profiles:
             raise AlreadyExists(f"profile {name!r} already exists")
         profile = Profile(name)
@@ -2112,9 +2181,11 @@ class Server:
         """Rename a profile; the instances using it follow, in one transaction."""
         if old not in self.profiles:
             raise NotFound(f"profile {old!r} not found")
-        if old == "default":
+        if split_profile_key(old)[1] == "default":
             raise Busy("the default profile cannot be renamed")
-        check_name("profile", new)
+        check_name("profile", split_profile_key(new)[1])
+        if split_profile_key(new)[0] != split_profile_key(old)[0]:
+            raise InvalidArgument("a profile stays in its project")
         if new in self.profiles:
             raise AlreadyExists(f"profile {new!r} already exists")
         profile = self.profiles[old]
@@ -2139,6 +2210,9 @@ class Server:
             raise NotFound(f"profile {name!r} not found")
         if name == "default":
             raise Busy("the default profile cannot be deleted")
+        if split_profile_key(name)[1] == "default" and \
+                split_profile_key(name)[0] in self.projects:
+            raise Busy("a project's default profile cannot be deleted")
         used = self.profile_used_by(name)
         if used:
             raise Busy(f"profile {name} is used by {', '.join(used)}")
@@ -2152,7 +2226,8 @@ class Server:
             profile.config.pop(key, None)
         else:
             self.schema.validate_instance_key(key, value)
-            self.restrictions().check_key(f"profile {name}", key, value)
+            self.restrictions(split_profile_key(name)[0]).check_key(f"profile {name}", key,
+                                                                    value)
             profile.config[key] = value
         await self._save_owner(profile)
 
@@ -2167,7 +2242,8 @@ class Server:
         (REST's POST and PUT)."""
         for key, value in config.items():
             self.schema.validate_instance_key(key, value)
-            self.restrictions().check_key(f"profile {name}", key, value)
+            self.restrictions(split_profile_key(name)[0]).check_key(f"profile {name}", key,
+                                                                    value)
         for device, keys in devices.items():
             check_name("device", device)
             self.device_types.validate(device, keys)
@@ -2202,35 +2278,190 @@ class Server:
         spec = self.schema.instance_spec(key)
         return spec is not None and spec.lowlevel
 
-    async def set_project_key(self, name: str, key: str, value: str) -> None:
-        """Set (or with "" unset) a project key; a restriction that existing instances or
-        profiles already break is refused, naming them (as LXD does)."""
+    def project(self, name: str) -> Project:
         project = self.projects.get(name)
         if project is None:
             raise NotFound(f"project {name!r} not found")
-        value = value.removesuffix("\n")
-        config = dict(project.config)
-        if value == "":
-            config.pop(key, None)
-        else:
+        return project
+
+    def project_instances(self, project: str) -> list[Instance]:
+        return [i for i in self.instances.values() if i.project == project]
+
+    def profiles_project(self, project: str) -> str:
+        """Whose profiles ``project`` uses: its own, or ``default``'s (features.profiles)."""
+        if project == DEFAULT or has_feature(project, self.project(project).config,
+                                             "profiles"):
+            return project
+        return DEFAULT
+
+    def project_profiles(self, project: str) -> dict[str, Profile]:
+        """The profiles ``project`` uses, by their name in it."""
+        owner = self.profiles_project(project)
+        return {split_profile_key(k)[1]: p for k, p in self.profiles.items()
+                if split_profile_key(k)[0] == owner}
+
+    def profile_keys(self, project: str, names: list[str]) -> list[str]:
+        """The keys of the profiles ``names`` of ``project`` (NotFound for a missing one)."""
+        owner = self.profiles_project(project)
+        keys = [profile_key(owner, n) for n in names]
+        for name, key in zip(names, keys, strict=True):
+            if key not in self.profiles:
+                where = "" if project == DEFAULT else f" in project {project!r}"
+                raise NotFound(f"profile {name!r} not found{where}")
+        return keys
+
+    def _limit_entities(self, project: str, changed: Instance | None = None
+                        ) -> list[tuple[str, str, dict[str, str], dict[str, dict[str, str]]]]:
+        found = [(i.local_name, i.type, i.expanded_config, i.expanded_devices)
+                 for i in self.project_instances(project)
+                 if changed is None or i.name != changed.name]
+        if changed is not None:
+            found.append((changed.local_name, changed.type, changed.expanded_config,
+                          changed.expanded_devices))
+        return found
+
+    def check_project_limits(self, project: str, changed: Instance | None = None) -> None:
+        """Refuse when the project's instances, ``changed`` (new or as it would become)
+        among them, exceed one of its limits."""
+        config = self.project(project).config
+        if not any(k.startswith("limits.") for k in config):
+            return
+        check_limits(project, config, self._limit_entities(project, changed))
+
+    def project_usage(self, project: str) -> dict[str, tuple[int, int]]:
+        """Resource → (usage, limit or -1): LXD's project state."""
+        return usage(self.project(project).config, self._limit_entities(project))
+
+    def _project_entities(self, name: str) -> list[tuple[str, dict[str, str],
+                                                        dict[str, dict[str, str]], bool]]:
+        entities = [(f"instance {i.local_name}", i.expanded_config, i.expanded_devices, True)
+                    for i in self.project_instances(name)]
+        entities += [(f"profile {local}", p.config, p.devices, False)
+                     for local, p in self.project_profiles(name).items()
+                     if self.profiles_project(name) == name]
+        return entities
+
+    def project_is_empty(self, name: str) -> bool:
+        """No instances, no profiles but its default, no images of its own."""
+        return not self.project_instances(name) and not any(
+            split_profile_key(k)[0] == name and split_profile_key(k)[1] != "default"
+            for k in self.profiles)
+
+    def _check_project_config(self, name: str, before: dict[str, str],
+                              config: dict[str, str]) -> None:
+        for key, value in config.items():
             validate_project_key(key, value)
-            config[key] = value
-        entities = [(f"instance {i.name}", i.expanded_config, i.expanded_devices, True)
-                    for i in self.instances.values()]
-        entities += [(f"profile {p.name}", p.config, p.devices, False)
-                     for p in self.profiles.values()]
-        broken = Restrictions(name, config, self._is_lowlevel).violations(entities)
+        changed = {k for k in FEATURES if before.get(k) != config.get(k)}
+        if changed and name == DEFAULT:
+            raise InvalidArgument("the features of the default project cannot be changed")
+        if changed and name in self.projects and not self.project_is_empty(name):
+            raise Busy(f"the features of project {name!r} can only be changed while it is "
+                       "empty (changed: " + ", ".join(sorted(changed)) + ")")
+        broken = Restrictions(name, config, self._is_lowlevel).violations(
+            self._project_entities(name) if name in self.projects else [])
         if broken:
             raise Forbidden("the project's instances or profiles break this restriction: "
                             + "; ".join(broken))
-        updated = Project(project.name, project.description, config)
-        await in_thread(self.db.put, "projects", name, updated.to_record())
+        if name in self.projects:
+            check_limits(name, config, self._limit_entities(name))
+
+    async def _store_project(self, updated: Project, before: Project | None) -> None:
+        """Write a project and the default profile its ``features.profiles`` gives it
+        (made or dropped in the same transaction)."""
+        name = updated.name
+        key = profile_key(name, "default")
+        own = name != DEFAULT and has_feature(name, updated.config, "profiles")
+        changes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("projects", name, updated.to_record())]
+        profile = None
+        if own and key not in self.profiles:
+            profile = Profile(key, f"Default lxfs profile for project {name}")
+            changes.append(("profiles", key, profile.to_record()))
+        if not own and name != DEFAULT and key in self.profiles:
+            changes.append(("profiles", key, None))
+        await in_thread(self.db.apply, changes)
         self.projects[name] = updated
+        if profile is not None:
+            self.profiles[key] = profile
+        elif not own and name != DEFAULT:
+            self.profiles.pop(key, None)
+
+    async def create_project(self, name: str, description: str = "",
+                             config: dict[str, str] | None = None) -> Project:
+        """A new project; the features not given take LXD's defaults for a new project."""
+        check_name("project", name)
+        if name in self.projects:
+            raise AlreadyExists(f"project {name!r} already exists")
+        config = {k: v for k, v in (config or {}).items() if v != ""}
+        config = {**FEATURES, **config}
+        self._check_project_config(name, {}, config)
+        project = Project(name, description.removesuffix("\n"), config)
+        await self._store_project(project, None)
+        self.events.lifecycle("project-created", f"/1.0/projects/{name}")
+        return project
+
+    async def delete_project(self, name: str) -> None:
+        self.project(name)
+        if name == DEFAULT:
+            raise Busy("the default project cannot be deleted")
+        if not self.project_is_empty(name):
+            used = [f"instance {i.local_name}" for i in self.project_instances(name)]
+            used += [f"profile {split_profile_key(k)[1]}" for k in self.profiles
+                     if split_profile_key(k)[0] == name and split_profile_key(k)[1] != "default"]
+            raise Busy(f"project {name!r} is not empty: {', '.join(sorted(used))}")
+        changes: list[tuple[str, str, dict[str, Any] | None]] = [("projects", name, None)]
+        key = profile_key(name, "default")
+        if key in self.profiles:
+            changes.append(("profiles", key, None))
+        await in_thread(self.db.apply, changes)
+        del self.projects[name]
+        self.profiles.pop(key, None)
+        self.on_change("entry-deleted", f"projects/{name}")
+        self.events.lifecycle("project-deleted", f"/1.0/projects/{name}")
+
+    async def rename_project(self, old: str, new: str) -> None:
+        """Rename an empty project (LXD renames empty projects only)."""
+        project = self.project(old)
+        if old == DEFAULT:
+            raise Busy("the default project cannot be renamed")
+        check_name("project", new)
+        if new in self.projects:
+            raise AlreadyExists(f"project {new!r} already exists")
+        if not self.project_is_empty(old):
+            raise Busy(f"project {old!r} is not empty: only empty projects can be renamed")
+        changes: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("projects", old, None), ("projects", new, {**project.to_record(), "name": new})]
+        old_key, new_key = profile_key(old, "default"), profile_key(new, "default")
+        profile = self.profiles.get(old_key)
+        if profile is not None:
+            changes += [("profiles", old_key, None),
+                        ("profiles", new_key, {**profile.to_record(), "name": new_key})]
+        await in_thread(self.db.apply, changes)
+        self.projects[new] = Project(new, project.description, dict(project.config))
+        del self.projects[old]
+        if profile is not None:
+            profile.name = new_key
+            self.profiles[new_key] = self.profiles.pop(old_key)
+        self.on_change("entry-deleted", f"projects/{old}")
+        self.events.lifecycle("project-renamed", f"/1.0/projects/{new}", old_name=old)
+
+    async def set_project_key(self, name: str, key: str, value: str) -> None:
+        """Set (or with "" unset) a project key; a restriction or limit that the project's
+        instances or profiles already break is refused, naming them (as LXD does)."""
+        project = self.project(name)
+        value = value.removesuffix("\n")
+        config = dict(project.config)
+        if value == "":
+            if key in FEATURES and name != DEFAULT:
+                value = "false"  # an unset feature is off, as in LXD
+            else:
+                config.pop(key, None)
+        if value != "":
+            config[key] = value
+        await self.update_project(name, project.description, config)
 
     async def set_project_description(self, name: str, value: str) -> None:
-        project = self.projects.get(name)
-        if project is None:
-            raise NotFound(f"project {name!r} not found")
+        project = self.project(name)
         updated = Project(project.name, value.removesuffix("\n"), dict(project.config))
         await in_thread(self.db.put, "projects", name, updated.to_record())
         self.projects[name] = updated
@@ -2238,25 +2469,18 @@ class Server:
     async def update_project(self, name: str, description: str, config: dict[str, str]
                              ) -> None:
         """Replace a project's description and config in one step (REST's PUT): every key
-        is validated and the whole checked against the instances and profiles; on a refusal
-        nothing changes."""
-        project = self.projects.get(name)
-        if project is None:
-            raise NotFound(f"project {name!r} not found")
+        is validated and the whole checked against the project's instances and profiles
+        (restrictions, limits; features only while it is empty); on a refusal nothing
+        changes."""
+        project = self.project(name)
         config = {k: v for k, v in config.items() if v != ""}
-        for key, value in config.items():
-            validate_project_key(key, value)
-        entities = [(f"instance {i.name}", i.expanded_config, i.expanded_devices, True)
-                    for i in self.instances.values()]
-        entities += [(f"profile {p.name}", p.config, p.devices, False)
-                     for p in self.profiles.values()]
-        broken = Restrictions(name, config, self._is_lowlevel).violations(entities)
-        if broken:
-            raise Forbidden("the project's instances or profiles break this restriction: "
-                            + "; ".join(broken))
+        if name == DEFAULT:
+            config = {k: v for k, v in config.items()
+                      if k not in FEATURES or v != DEFAULT_FEATURES[k]}
+        self._check_project_config(name, project.config, config)
         updated = Project(project.name, description, config)
-        await in_thread(self.db.put, "projects", name, updated.to_record())
-        self.projects[name] = updated
+        await self._store_project(updated, project)
+        self.events.lifecycle("project-updated", f"/1.0/projects/{name}")
 
     # --- server config --------------------------------------------------------------------
 

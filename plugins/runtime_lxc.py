@@ -146,7 +146,7 @@ class LxcRuntime(Runtime):
         d = self._dir(instance)
         d.mkdir(mode=0o711, exist_ok=True)
         base = [
-            f"lxc.uts.name = {instance.name}",
+            f"lxc.uts.name = {instance.local_name}",
             f"lxc.rootfs.path = dir:{rootfs}",
             f"lxc.log.file = {d / 'lxc.log'}",
             "lxc.log.level = info",

@@ -1,0 +1,120 @@
+"""Projects on the real kernel, through the mount (``projects/NAME/``), the CLI and the real
+``lxc`` client on the REST bridge: the same name in two projects, features, limits,
+restrictions, moves between projects."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def remove_project_instances(d, project: str) -> None:
+    """The fixture's teardown removes the top level's instances; a project's are ours."""
+    instances = d.path("projects", project, "instances")
+    if not instances.is_dir():
+        return
+    for name in os.listdir(instances):
+        if name.startswith("."):
+            continue
+        try:
+            (instances / name / "state").write_text("kill\n")
+        except OSError:
+            pass
+        try:
+            os.rmdir(instances / name)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def projects(daemon_with_busybox):
+    d = daemon_with_busybox
+    made: list[str] = []
+    yield d, made
+    for project in made:
+        remove_project_instances(d, project)
+
+
+def test_mount_projects_crud(projects):
+    d, made = projects
+    root = d.path("projects")
+    os.mkdir(root / "p1")
+    made.append("p1")
+    assert sorted(os.listdir(root)) == ["default", "p1"]
+    assert (root / "p1" / "config" / "features.profiles").read_text() == "true\n"
+    assert sorted(os.listdir(root / "p1" / "profiles")) == ["default"]
+    (root / "p1" / "config" / "limits.instances").write_text("5\n")
+    with pytest.raises(OSError) as bad:
+        (root / "p1" / "config" / "limits.instances").write_text("many\n")
+    assert bad.value.errno == errno.EINVAL
+    os.rename(root / "p1", root / "p2")
+    made.append("p2")
+    assert sorted(os.listdir(root)) == ["default", "p2"]
+    os.mkdir(root / "p2" / "instances" / "c1")
+    with pytest.raises(OSError) as busy:
+        os.rmdir(root / "p2")
+    assert busy.value.errno == errno.EBUSY
+    with pytest.raises(OSError) as busy:
+        os.rename(root / "p2", root / "p3")
+    assert busy.value.errno == errno.EBUSY
+    os.rmdir(root / "p2" / "instances" / "c1")
+    os.rmdir(root / "p2")
+    assert os.listdir(root) == ["default"]
+    # the top level is unchanged: no project's entries show there
+    assert "p2" not in os.listdir(d.path("profiles"))
+
+
+def test_same_name_in_two_projects(projects):
+    d, made = projects
+    os.mkdir(d.path("projects", "p1"))
+    made.append("p1")
+    p1 = d.path("projects", "p1")
+    (p1 / "config" / "features.profiles").write_text("false\n")
+    assert os.listdir(p1 / "profiles") == ["default"]
+    with pytest.raises(PermissionError):
+        os.mkdir(p1 / "profiles" / "web")  # the default project's, read-only here
+    d.cli("launch", "busybox", "c1")
+    os.mkdir(p1 / "instances" / "c1")
+    (p1 / "instances" / "c1" / "source").write_text("busybox\n")
+    (p1 / "instances" / "c1" / "state").write_text("start\n")
+    assert (p1 / "instances" / "c1" / "state").read_text() == "RUNNING\n"
+    assert d.read("instances", "c1", "state") == "RUNNING"
+    assert os.listdir(p1 / "instances") == [".list", "c1"] or \
+        sorted(os.listdir(p1 / "instances")) == [".list", "c1"]
+    assert d.instance_names() == ["c1"]
+    pids = {d.read("instances", "c1", "pid"),
+            (p1 / "instances" / "c1" / "pid").read_text().strip()}
+    assert len(pids) == 2
+    cgroups = {Path(f"/proc/{pid}/cgroup").read_text() for pid in pids}
+    assert len(cgroups) == 2
+    assert any("p1_c1" in c for c in cgroups)
+    # the host name inside is the name within the project
+    assert (p1 / "instances" / "c1" / "rootfs" / "etc" / "hostname").exists()
+    table = (p1 / "instances" / ".list").read_text().splitlines()
+    assert table[1].split("\t")[:2] == ["c1", "RUNNING"]
+    # a change to the default profile reaches p1's instances
+    (d.path("profiles", "default", "config") / "user.note").write_text("hi\n")
+    assert (p1 / "instances" / "c1" / "expanded" / "config" / "user.note").read_text() == \
+        "hi\n"
+    (p1 / "instances" / "c1" / "state").write_text("kill\n")
+    os.rmdir(p1 / "instances" / "c1")
+    assert d.read("instances", "c1", "state") == "RUNNING"
+
+
+def test_projects_survive_restart(projects):
+    d, made = projects
+    os.mkdir(d.path("projects", "p1"))
+    made.append("p1")
+    (d.path("projects", "p1", "config") / "limits.instances").write_text("3\n")
+    os.mkdir(d.path("projects", "p1", "instances", "c1"))
+    d.restart()
+    assert d.read("projects", "p1", "config", "limits.instances") == "3"
+    assert "c1" in os.listdir(d.path("projects", "p1", "instances"))
+    state = json.dumps(sorted(os.listdir(d.path("projects", "p1", "state"))))
+    assert "instances" in state

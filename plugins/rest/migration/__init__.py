@@ -10,6 +10,11 @@ LXD's: the index header (JSON of the instance's backup config, one frame each wa
 rsync session per snapshot (oldest first) and one for the instance, each direction of each
 session ended by an empty text message (LXD's barrier). The sink receives every snapshot
 into the new volume and snapshots it there, then the instance.
+
+When both pools' drivers declare a native transport of LXD's (``BTRFS``, ``ZFS``: see
+``transports.py``), the ``fs`` websocket carries the transport's migration header and the
+driver's streams instead: one per snapshot (incremental from the one before), then the
+volume's.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from lxfs.model import Snapshot
 
 from ..http import HttpError, WebSocket
 from . import migrate_pb2 as pb
+from .transports import Transport, native_transport, offered_transport
 
 if TYPE_CHECKING:
     from lxfs.model import Instance
@@ -365,21 +371,48 @@ def rsync_features(header: Any) -> list[str]:
     return features
 
 
-BTRFS_FEATURES = ("migration_header", "header_subvolumes", "header_subvolume_uuids")
-
-
-def btrfs_features(header: Any) -> list[str]:
-    if not header.HasField("btrfsFeatures"):
-        return []
-    return [name for name in BTRFS_FEATURES if getattr(header.btrfsFeatures, name)]
-
-
-def _btrfs_header(features: list[str] | tuple[str, ...]) -> Any:
-    return pb.btrfsFeatures(**{name: name in features for name in BTRFS_FEATURES})
-
-
 def _rsync_header(features: tuple[str, ...] | list[str]) -> Any:
     return pb.rsyncFeatures(**{name: name in features for name in RSYNC_FEATURES})
+
+
+def make_offer(declared: tuple[str, ...], snapshots: list[Any], *, running: bool,
+               native: bool = True) -> tuple[Any, Transport | None]:
+    """The source's ``MigrationHeader``: the first native transport the pool's driver
+    declares (unless ``native`` is false: a snapshot sent as an instance), rsync otherwise;
+    a running instance goes by rsync with LXD's final sync (no optimized multi-sync)."""
+    transport = native_transport(declared) if native and not running else None
+    offer = pb.MigrationHeader(
+        fs=transport.fs if transport else pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
+        indexHeaderVersion=INDEX_HEADER_VERSION, predump=False,
+        snapshotNames=[s.name for s in snapshots], snapshots=snapshots)
+    if transport is not None:
+        transport.set_features(offer, transport.features)
+    if running:
+        offer.criu = pb.NONE  # a stateless transfer of a running instance: final sync
+    return offer, transport
+
+
+def make_answer(offer: Any, declared: tuple[str, ...], *, refresh: bool,
+                wanted: list[Any]) -> tuple[Any, Transport | None]:
+    """The sink's answer to an offer: its native transport when the pool's driver declares
+    it too (and, on a refresh, the transport's refresh feature is offered), the rsync
+    features both speak, the snapshots ``wanted``."""
+    final_sync = offer.HasField("criu") and offer.criu == pb.NONE
+    transport = offered_transport(offer, declared)
+    if transport is not None and (final_sync or refresh and transport.refresh_feature
+                                  not in transport.features_of(offer)):
+        transport = None
+    answer = pb.MigrationHeader(
+        fs=transport.fs if transport else pb.RSYNC,
+        rsyncFeatures=_rsync_header([f for f in rsync_features(offer) if f in RSYNC_FEATURES]),
+        indexHeaderVersion=min(offer.indexHeaderVersion, INDEX_HEADER_VERSION),
+        snapshotNames=[s.name for s in wanted], snapshots=wanted, refresh=refresh,
+        predump=False)
+    if transport is not None:
+        transport.set_features(answer, transport.features_of(offer))
+    if final_sync:
+        answer.criu = pb.NONE
+    return answer, transport
 
 
 def snapshot_message(inst: Instance, snap: Snapshot) -> Any:
@@ -474,22 +507,14 @@ class Source:
             await ops.state(self.name) not in ("STOPPED", "CREATING")
         snaps = [] if self.instance_only else \
             sorted(inst.snapshots.values(), key=lambda s: s.created_at)
-        # a running instance goes by rsync with a final sync (LXD: no optimized multi-sync)
-        native = "BTRFS" in pool.migration_transports and not running and not self.snapshot
-        offer = pb.MigrationHeader(
-            fs=pb.BTRFS if native else pb.RSYNC, rsyncFeatures=_rsync_header(RSYNC_FEATURES),
-            indexHeaderVersion=INDEX_HEADER_VERSION, predump=False,
-            snapshotNames=[s.name for s in snaps],
-            snapshots=[snapshot_message(inst, s) for s in snaps])
-        if native:
-            offer.btrfsFeatures.CopyFrom(_btrfs_header(BTRFS_FEATURES))
-        if running:
-            offer.criu = pb.NONE  # a stateless transfer of a running instance: final sync
+        offer, transport = make_offer(pool.migration_transports,
+                                      [snapshot_message(inst, s) for s in snaps],
+                                      running=running, native=not self.snapshot)
         await send_message(control, offer)
         answer = await receive_message(control, pb.MigrationHeader)
-        if answer.fs == pb.BTRFS and native:
+        if transport is not None and answer.fs == transport.fs:
             await self._index_header(fs, answer, inst, snaps)
-            await self._send_streams(pool, fs, answer, [s.name for s in snaps])
+            await self._send_streams(pool, fs, transport, answer, [s.name for s in snaps])
             await self._verdict(control)
             return
         if answer.fs != pb.RSYNC:
@@ -529,27 +554,19 @@ class Source:
             raise MigrationError(f"Failed negotiating migration options: "
                                  f"{response.get('Error', '')}")
 
-    async def _send_streams(self, pool: StorageDriver, fs: Channel, answer: Any,
-                            snapshots: list[str]) -> None:
-        """LXD's BTRFS transport: the subvolumes header, the target's choice on a refresh,
-        then each snapshot's stream (incremental from the one before) and the volume's."""
-        import uuid
-
-        features = btrfs_features(answer)
-        ids = {n: (await trio.to_thread.run_sync(pool.stream_ids, "container", self.name,
-                                                 n))[0] for n in snapshots}
-        header = {"subvolumes": [{"path": "/", "snapshot": n, "readonly": True, "uuid": ids[n]}
-                                 for n in snapshots] +
-                  [{"path": "/", "snapshot": "", "readonly": False,
-                    "uuid": str(uuid.uuid4())}]}
+    async def _send_streams(self, pool: StorageDriver, fs: Channel, transport: Transport,
+                            answer: Any, snapshots: list[str]) -> None:
+        """A native transport: its migration header, the sink's reply on a refresh, then
+        each snapshot's stream (incremental from the one before) and the volume's."""
+        features = transport.features_of(answer)
+        ids = [(n, (await trio.to_thread.run_sync(pool.stream_ids, "container", self.name,
+                                                  n))[0]) for n in snapshots]
         if "migration_header" in features:
-            await fs.send(json.dumps(header).encode())
+            await fs.send(json.dumps(transport.source_header(ids)).encode())
             await fs.end()
         send = list(snapshots)
-        if answer.refresh and "header_subvolume_uuids" in features:
-            reply = _json(await fs.read_frame()).get("subvolumes") or []
-            send = [v.get("snapshot") for v in reply if isinstance(v, dict)
-                    and v.get("path") == "/" and v.get("snapshot") in snapshots]
+        if answer.refresh and transport.refresh_feature in features:
+            send = transport.to_send(_json(await fs.read_frame()), ids)
         # the parent of the first stream: the snapshot before it, which the target has
         first = snapshots.index(send[0]) if send else len(snapshots)
         parent = snapshots[first - 1] if answer.refresh and first > 0 else ""
@@ -673,9 +690,50 @@ class Sink:
                     with trio.move_on_after(1):
                         await ws.close()
 
-    async def _receive_streams(self, pool: StorageDriver, fs: Channel, answer: Any,
-                               offered: list[Any], existing: set[str]) -> list[Snapshot]:
-        return await _receive_streams_impl(self, pool, fs, answer, offered, existing)
+    async def _receive_streams(self, pool: StorageDriver, fs: Channel, transport: Transport,
+                               answer: Any, offered: list[Any], existing: set[str]
+                               ) -> list[Snapshot]:
+        """A native transport, receiving: the source's migration header, on a refresh the
+        snapshots this side drops and its reply, then one stream each, adopted in turn as
+        a snapshot or the volume. A failure drops what the stream in progress made."""
+        features = transport.features_of(answer)
+        header = _json(await fs.read_frame()) if "migration_header" in features else None
+        have = None
+        if self.refresh and transport.refresh_feature in features:
+            have = {n: (await trio.to_thread.run_sync(pool.stream_ids, "container",
+                                                      self.name, n))[1] for n in existing}
+        try:
+            plan = transport.sink_plan(header, [s.name for s in offered], have)
+        except ValueError as exc:
+            raise MigrationError(str(exc)) from None
+        for snap in plan.drop:  # other content under the same name, or no longer a base
+            await trio.to_thread.run_sync(pool.delete_snapshot, "container", self.name, snap)
+            existing.discard(snap)
+        if plan.reply is not None:
+            await fs.send(json.dumps(plan.reply).encode())
+            await fs.end()
+        by_name = {s.name: s for s in offered}
+        received = []
+        into: Path | None = None
+        try:
+            for snap in plan.streams:
+                if snap and snap not in by_name:
+                    raise MigrationError(f"the source sends snapshot {snap!r} it did not "
+                                         "offer")
+                into = await trio.to_thread.run_sync(pool.stream_receive_dir, "container",
+                                                     self.name)
+                self.op.metadata = {"fs_progress": f"{snap or self.name}: receiving"}
+                await stream_in(pool.stream_receive_command(into), fs)
+                await trio.to_thread.run_sync(pool.adopt_stream, "container", self.name, snap,
+                                              into)
+                if snap:
+                    received.append(snapshot_record(by_name[snap]))
+        except BaseException:
+            if into is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(pool.drop_stream, into)
+            raise
+        return received
 
     async def _transfer(self, pool: StorageDriver, control: WebSocket, offer: Any
                         ) -> list[Snapshot]:
@@ -691,21 +749,13 @@ class Sink:
         wanted = [s for s in offered if s.name not in existing]
         keep = [inst.snapshots[s.name] for s in offered
                 if s.name in existing and s.name in inst.snapshots]
-        for extra in sorted(existing - {s.name for s in offered}):  # gone from the source
+        gone = existing - {s.name for s in offered}
+        for extra in sorted(gone):  # gone from the source
             await trio.to_thread.run_sync(pool.delete_snapshot, "container", self.name, extra)
-        final_sync = offer.HasField("criu") and offer.criu == pb.NONE
-        native = offer.fs == pb.BTRFS and "BTRFS" in pool.migration_transports and \
-            not final_sync and (not self.refresh or
-                                "header_subvolume_uuids" in btrfs_features(offer))
-        answer = pb.MigrationHeader(
-            fs=pb.BTRFS if native else pb.RSYNC, rsyncFeatures=_rsync_header(features),
-            indexHeaderVersion=min(offer.indexHeaderVersion, INDEX_HEADER_VERSION),
-            snapshotNames=[s.name for s in wanted], snapshots=wanted,
-            refresh=self.refresh, predump=False)
-        if native:
-            answer.btrfsFeatures.CopyFrom(_btrfs_header(btrfs_features(offer)))
-        if final_sync:
-            answer.criu = pb.NONE
+        existing -= gone
+        answer, transport = make_answer(offer, pool.migration_transports,
+                                        refresh=self.refresh, wanted=wanted)
+        final_sync = answer.HasField("criu") and answer.criu == pb.NONE
         await send_message(control, answer)
         fs = Channel(self.conns["fs"])
         if answer.indexHeaderVersion > 0:
@@ -713,11 +763,12 @@ class Sink:
             await fs.send(json.dumps({"StatusCode": 200, "Error": "",
                                       "Refresh": self.refresh}).encode())
             await fs.end()
-        if native:
-            received = await self._receive_streams(pool, fs, answer, offered, existing)
+        if transport is not None:
+            received = await self._receive_streams(pool, fs, transport, answer, offered,
+                                                   existing)
             self.op.metadata = None
-            return [*(s for s in keep if s.name not in {r.name for r in received}),
-                    *received]
+            return [*(s for s in keep if s.name in existing and
+                      s.name not in {r.name for r in received}), *received]
         volume = pool.volume_path("container", self.name)
         if not self.refresh:
             await trio.to_thread.run_sync(pool.create_volume, "container", self.name)
@@ -740,54 +791,6 @@ class Sink:
                     list(offer.idmap))
         self.op.metadata = None
         return [*keep, *received]
-
-
-async def _receive_streams_impl(sink: Sink, pool: StorageDriver, fs: Channel, answer: Any,
-                                offered: list[Any], existing: set[str]) -> list[Snapshot]:
-    """LXD's BTRFS transport, receiving: the source's subvolumes header, on a refresh the
-    ones this side lacks (by received id) sent back, then one stream each, adopted in turn
-    as a snapshot or the volume."""
-    features = btrfs_features(answer)
-    names = [s.name for s in offered]
-    subvolumes: list[dict[str, Any]] = [{"path": "/", "snapshot": n, "readonly": True,
-                                         "uuid": ""} for n in names] + \
-        [{"path": "/", "snapshot": "", "readonly": False, "uuid": ""}]
-    if "migration_header" in features:
-        got = _json(await fs.read_frame()).get("subvolumes")
-        if isinstance(got, list):
-            subvolumes = [v for v in got if isinstance(v, dict)]
-    if any(v.get("path") != "/" for v in subvolumes):
-        raise MigrationError("the source's volume holds nested subvolumes: not supported by "
-                             "lxfs")
-    if sink.refresh and "header_subvolume_uuids" in features:
-        have = {}
-        for n in existing:
-            have[n] = (await trio.to_thread.run_sync(pool.stream_ids, "container",
-                                                     sink.name, n))[1]
-        subvolumes = [v for v in subvolumes if not v.get("snapshot") or
-                      have.get(v["snapshot"]) != v.get("uuid") or not v.get("uuid")]
-        await fs.send(json.dumps({"subvolumes": subvolumes}).encode())
-        await fs.end()
-    by_name = {s.name: s for s in offered}
-    received = []
-    for sub in subvolumes:
-        snap = str(sub.get("snapshot") or "")
-        if snap and snap not in by_name:
-            raise MigrationError(f"the source sends snapshot {snap!r} it did not offer")
-        into = await trio.to_thread.run_sync(pool.stream_receive_dir, "container", sink.name)
-        sink.op.metadata = {"fs_progress": f"{snap or sink.name}: receiving"}
-        try:
-            await stream_in(pool.stream_receive_command(into), fs)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(pool.drop_stream, into)
-            raise
-        if snap and snap in existing:  # a snapshot of the same name but other content
-            await trio.to_thread.run_sync(pool.delete_snapshot, "container", sink.name, snap)
-        await trio.to_thread.run_sync(pool.adopt_stream, "container", sink.name, snap, into)
-        if snap:
-            received.append(snapshot_record(by_name[snap]))
-    return received
 
 
 LIVE_REFUSAL = ("live migration (--stateful) is not supported by lxfs: it needs CRIU to "

@@ -76,6 +76,8 @@ SCRATCH_MAX = 256
 FRESH_FOR = 0.05
 #: values and listings whose change times are remembered (beyond that, forgotten)
 TIMES_MAX = 100_000
+#: the largest value served through the kernel's page cache (larger ones are read directly)
+PAGE_CACHED_MAX = 64 * 1024
 #: the directories of objects (``instances/NAME``...): an ``rm -r`` of one is refused whole
 OBJECT_DIRS = frozenset({"instances", "profiles", "storage-pools", "networks", "projects",
                          "images", "certificates"})
@@ -151,6 +153,8 @@ class Handle:
     #: written since: the value is emptied at close
     written: bool = False
     truncated: bool = False
+    #: a value read through the kernel's page cache: reads serve ``PageValue`` of this inode
+    ino: int = 0
     #: directories: the entries (listed at opendir or rewind), and the last batch of stats
     names: list[str] | None = None
     fresh: bool = False
@@ -170,6 +174,16 @@ class Scratch(Node):
         self.owner = owner
         self.data = bytearray()
         self.mtime_ns = time.time_ns()
+
+
+@dataclass
+class PageValue:
+    """The value of a virtual file as the kernel's page cache of its inode has it (or will
+    have it once a read is answered): the one its latest open computed."""
+
+    data: bytes
+    #: a read was answered with it: the kernel may hold it, an open may keep the cache
+    served: bool = False
 
 
 class ValueTimes:
@@ -586,6 +600,10 @@ class LxfsOperations(pyfuse3.Operations):
         self.times = ValueTimes()
         #: the value a getattr computed last, per path (``FRESH_FOR``)
         self.fresh: dict[Path_, tuple[float, bytes]] = {}
+        #: values read through the kernel's page cache, by inode (``_open_cached``), and the
+        #: sizes the kernel's cached attributes give them
+        self.page_values: dict[int, PageValue] = {}
+        self.attr_sizes: dict[int, int] = {}
         #: worker threads of host-file system calls
         self.host_threads = trio.CapacityLimiter(HOST_IO_THREADS)
         self.cached_stat = CachedStat()
@@ -763,6 +781,10 @@ class LxfsOperations(pyfuse3.Operations):
             e.st_mode = stat.S_IFREG | node.mode & 0o700 | (node.mode & 0o700) >> 3
             e.st_nlink = 1
             e.st_size = size
+            if timeout > 0:
+                self.attr_sizes[ino] = size
+            else:
+                self.attr_sizes.pop(ino, None)
         elif isinstance(node, Scratch):  # its owner's alone: never cached by the kernel
             e.st_mode = stat.S_IFREG | 0o660
             e.st_nlink = 1
@@ -1000,6 +1022,8 @@ class LxfsOperations(pyfuse3.Operations):
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
+            self.page_values.pop(ino, None)
+            self.attr_sizes.pop(ino, None)
             if ino == pyfuse3.ROOT_INODE:
                 continue
             path = self.path_of.pop(ino, None)
@@ -1337,11 +1361,48 @@ class LxfsOperations(pyfuse3.Operations):
         if not writing and not node.mode & 0o444:
             raise PermissionDenied("write-only file")
         handle = Handle(node, path, ctx.pid)
+        if not writing and not node.stream and not getattr(node, "verbatim", False):
+            cached = await self._open_cached(inode, node, handle)
+            if cached is not None:
+                return cached
         handle.truncated = writing and bool(flags & os.O_TRUNC)  # (FUSE's atomic O_TRUNC)
         if node.stream:
             handle.events = self.srv.events.subscribe()
         return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True,
                                 nonseekable=node.stream)
+
+    async def _open_cached(self, inode: int, node: File, handle: Handle
+                           ) -> pyfuse3.FileInfo | None:
+        """A read-only open of a value, read through the kernel's page cache. The value is
+        computed now: if it is the one the kernel's pages hold, they are kept (reads never
+        reach the daemon); else the kernel drops them at this open, and first its cached
+        attributes if their size is no longer the value's (a read stops at that size).
+        Every open sees the current value, whoever changed it, whether or not an event said
+        so. None: too large a value for the cache (read directly)."""
+        value = await node.read()
+        if len(value) > PAGE_CACHED_MAX:
+            handle.data = value
+            return None
+        kept = self.page_values.get(inode)
+        keep = kept is not None and kept.served and kept.data == value
+        if not keep:
+            self.page_values[inode] = PageValue(value)
+        size = self.attr_sizes.get(inode)
+        if size is not None and size != len(value):
+            self.attr_sizes.pop(inode, None)
+            await self._drop_attrs(inode)
+        handle.ino = inode
+        return pyfuse3.FileInfo(fh=self._new_handle(handle), keep_cache=keep)
+
+    async def _drop_attrs(self, inode: int) -> None:
+        """Make the kernel forget an inode's cached attributes, and wait until it has (in a
+        thread, as pyfuse3 asks; only attributes: no page lock is waited for)."""
+
+        def drop() -> None:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+
+        await trio.to_thread.run_sync(drop)
 
     async def _recreate(self, path: Path_, exc: pyfuse3.FUSEError) -> Node | None:
         """A write-open of a name the kernel still holds but lxfs dropped (a refused or
@@ -1411,6 +1472,12 @@ class LxfsOperations(pyfuse3.Operations):
             return await self._read_stream(handle, size)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EINVAL)
+        if handle.ino:  # through the page cache: the value of the latest open of the inode
+            page = self.page_values.get(handle.ino)
+            if page is None:  # (forgotten meanwhile)
+                page = self.page_values[handle.ino] = PageValue(await node.read())
+            page.served = True
+            return page.data[off:off + size]
         # read again from the start, and past the end of a value that grows (tail -f log)
         if handle.data is None or off == 0 or (node.dynamic and off >= len(handle.data)):
             fresh = self._take_fresh(handle.path)

@@ -6,12 +6,15 @@
 #     strict mode: a tree of links under build/ on a plain .pth, not an import hook that every
 #     Python start (each `lxfs` command) would pay 10 ms for; adding or removing a module
 #     reinstalls (the stamp below lists them),
+#   - the venv's lxfs command replaced by a launcher that starts faster than pip's wrapper,
+#     and every module of the package compiled to bytecode (see "the lxfs command" below),
 #   - /usr/local/bin/lxfs and /usr/local/bin/lxfsd pointing into that venv.
 # Run as root, from anywhere: `sudo bash contrib/install-deps.sh`.
 #
 # Environment:
-#   LXFS_PYTHON=/path/to/python3   interpreter for a new venv (default: python3 on PATH if it is
-#                                  3.11 or newer, else /usr/bin/python3)
+#   LXFS_PYTHON=/path/to/python3   interpreter of the venv (default: Debian's /usr/bin/python3
+#                                  if it is 3.11 or newer, else python3 on PATH); a venv on
+#                                  another interpreter is made again
 #   LXFS_FORCE_PIP=1               run the pip install even if nothing changed
 #   LXFS_SKIP_LINKS=1              leave /usr/local/bin alone (e.g. for a second checkout)
 set -euo pipefail
@@ -127,15 +130,22 @@ usable_by_others() {
         2>/dev/null
 }
 
+# The interpreter a venv was made with (its base, shims and symlinks resolved).
+base_python() {
+    realpath -e "$("$1" -c 'import sys; print(sys._base_executable)' 2>/dev/null)" 2>/dev/null
+}
+
+PY="$(pick_python)" || die "no Python 3.11+ found (install python3, or set LXFS_PYTHON)"
 if [[ -x $VENV/bin/python ]] && python_ok "$VENV/bin/python" &&
+    [[ "$(base_python "$VENV/bin/python")" == "$(realpath -e "$PY")" ]] &&
     { [[ -n ${LXFS_PYTHON:-} ]] || usable_by_others "$VENV/bin/python"; }; then
     log "reusing virtualenv $VENV"
 else
     if [[ -e $VENV ]]; then
-        log "virtualenv $VENV is broken or its python is root's alone: recreating it"
+        log "virtualenv $VENV is broken, on another interpreter than $PY, or its python is" \
+            "root's alone: recreating it"
         rm -rf "$VENV"
     fi
-    PY="$(pick_python)" || die "no Python 3.11+ found (install python3, or set LXFS_PYTHON)"
     log "creating virtualenv $VENV with $PY ($("$PY" --version 2>&1))"
     "$PY" -m venv "$VENV" || die "'$PY -m venv' failed (on Debian: apt-get install python3-venv)"
 fi
@@ -179,6 +189,41 @@ else
         rm -f "$STAMP"
         die "pip install finished but the venv is still incomplete"
     fi
+fi
+
+# --- the lxfs command ------------------------------------------------------------------------
+# Start-up is most of what a short `lxfs` command costs. pip's wrapper imports re (5 ms) before
+# lxfs; this launcher starts the venv's interpreter (Debian's: statically linked, faster than a
+# shared-libpython build) without site (-S: site-packages and the .pth files, 2 ms) and puts the
+# directory that holds the lxfs package on sys.path itself. Commands past lxfs.cli's fast path
+# run site.main() first, then import installed packages as usual. pip install writes its wrapper
+# again: this script then writes the launcher again.
+{ read -r lxfs_dir && read -r plugins_dir; } < <(cd / && "$VPY" -I -c \
+    'import lxfs, lxfs_plugins; print(lxfs.__path__[0], lxfs_plugins.__path__[0], sep="\n")') ||
+    die "cannot import lxfs and lxfs_plugins with $VPY"
+launcher="#!$VPY -S
+\"\"\"The lxfs command: contrib/install-deps.sh wrote it (see there).\"\"\"
+import sys
+
+sys.path.append($("$VPY" -I -c 'import os, sys; print(repr(os.path.dirname(sys.argv[1])))' \
+                   "$lxfs_dir"))
+from lxfs.cli import main
+
+main()"
+if [[ "$(cat "$VENV/bin/lxfs" 2>/dev/null)" != "$launcher" ]]; then
+    printf '%s\n' "$launcher" >"$VENV/bin/lxfs.new"
+    chmod 0755 "$VENV/bin/lxfs.new"
+    mv -f "$VENV/bin/lxfs.new" "$VENV/bin/lxfs"
+    log "wrote the lxfs launcher $VENV/bin/lxfs"
+fi
+# Bytecode of every module, where the venv imports them from (for an editable install, the
+# tree of links under build/: the .pyc files go next to the links, not the sources), so that a
+# user who cannot write there, or PYTHONDONTWRITEBYTECODE=1, compiles nothing at each command.
+# (-I: PYTHONPYCACHEPREFIX, which the benchmark sets, would move them under its directory.)
+if ! (cd / && "$VPY" -I -m compileall -q -j 0 \
+        "$lxfs_dir" "$plugins_dir") >"$VENV/.lxfs-compileall.log" 2>&1; then
+    tail -n 20 "$VENV/.lxfs-compileall.log" >&2
+    die "compileall of $lxfs_dir and $plugins_dir failed (full output: $VENV/.lxfs-compileall.log)"
 fi
 
 # --- commands on PATH ------------------------------------------------------------------------

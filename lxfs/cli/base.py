@@ -4,6 +4,7 @@ most of a short command's time); ``lxfs.cli.mount`` builds the rest on it."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 DEFAULT_MOUNT = "/lxfs"
@@ -45,6 +46,39 @@ def check_mount(root: str) -> None:
             f"lxfs: the lxfs daemon at {root} is not answering ({exc.strerror}); "
             "restart lxfsd"
         ) from exc
+
+
+def write_raw(path: str | os.PathLike[str], value: str) -> None:
+    """Write ``value`` in a single write() on a truncated file; errors of close() surface too."""
+    data = value.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+
+
+def daemon_error(root: str, exc: OSError, scope: str | None = None, fallback: str = "") -> str:
+    """Message for a failed operation on the mount: the ``error`` file of ``scope`` (an
+    instance directory) or of ``root`` when there is no scope, else ``fallback`` or the
+    errno's text."""
+    try:
+        text = read_text(os.path.join(root if scope is None else scope, "error")).strip()
+    except OSError:
+        text = ""
+    if text:
+        return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if exc.errno == errno.ENOTCONN:
+        return f"the lxfs daemon is not answering ({exc.strerror})"
+    return fallback or exc.strerror or str(exc)
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -12,10 +11,12 @@ from lxfs.cli.base import (  # CLIError and NoMount: the commands import them fr
     CLIError,
     NoMount,  # noqa: F401
     check_mount,
+    daemon_error,
     instance_dir,
     mount_point,
     read_opt,
     read_text,
+    write_raw,  # noqa: F401 - the commands import it from here
 )
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
@@ -35,24 +36,6 @@ def mount_root() -> Path:
 def read_lines(path: Path | str) -> list[str]:
     """Read a list file (one item per line); a missing file is an empty list."""
     return [line for line in read_opt(path).split("\n") if line]
-
-
-def write_raw(path: Path | str, value: str) -> None:
-    """Write ``value`` in a single write() on a truncated file; errors of close() surface too."""
-    data = value.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
 
 
 def read_dir_values(directory: Path) -> dict[str, str]:
@@ -158,16 +141,7 @@ class Mount:
     def error_message(self, exc: OSError, scope: Path | None = None, fallback: str = "") -> str:
         """Message for a failed operation: the ``error`` file of ``scope`` (an instance
         directory) or of the root when there is no scope, else ``fallback`` or the errno's text."""
-        candidate = (scope if scope is not None else self.root) / "error"
-        try:
-            text = read_text(candidate).strip()
-        except OSError:
-            text = ""
-        if text:
-            return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-        if exc.errno == errno.ENOTCONN:
-            return f"the lxfs daemon is not answering ({exc.strerror})"
-        return fallback or exc.strerror or str(exc)
+        return daemon_error(str(self.root), exc, None if scope is None else str(scope), fallback)
 
     def do(self, fn: Callable[[], T], scope: Path | None = None, fallback: str = "",
            messages: dict[int, str] | None = None) -> T:

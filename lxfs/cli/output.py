@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import re
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
 if TYPE_CHECKING:
+    from datetime import datetime
     from typing import Any
 
 
@@ -105,15 +104,15 @@ def size_iec(n: int | str, precision: int = 2) -> str:
     return f"{value:.{precision}f}EiB"  # pragma: no cover
 
 
-_FRACTION_RE = re.compile(r"\.(\d+)")
-
-
 def parse_time(text: str) -> datetime | None:
     """Parse an RFC 3339 timestamp (any fraction length); None when empty or invalid."""
+    import re  # noqa: PLC0415 - re and datetime: 7 ms of start-up, only for dates
+    from datetime import UTC, datetime  # noqa: PLC0415
+
     text = text.strip()
     if not text:
         return None
-    text = _FRACTION_RE.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    text = re.sub(r"\.(\d+)", lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
@@ -144,5 +143,12 @@ def fmt_upload_date(text: str) -> str:
 
 
 def natural_key(text: str) -> list[Any]:
-    """Sort key putting ``c2`` before ``c10``."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text) if p]
+    """Sort key putting ``c2`` before ``c10`` (runs of digits compare as numbers; split by
+    hand: ``re`` is 5 ms of the start of ``lxfs list``)."""
+    parts = []
+    start = 0
+    for i in range(1, len(text) + 1):
+        if i == len(text) or text[i].isdecimal() != text[start].isdecimal():
+            parts.append(text[start:i])
+            start = i
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p]

@@ -1,0 +1,565 @@
+"""The common ``lxfs`` commands in their plain forms, on ``os`` alone: start-up is most of
+what a short command costs, and argparse, pathlib and re are 15 ms of it.
+
+``parse`` reads an argument vector the way the full parser (argparse, ``lxfs.cli.parser``)
+does, for the forms written out below; anything else (another option, ``--help``, a
+``REMOTE:`` name, ``--project``...) is None, and the full parser runs.
+``tests/test_cli_fastpath.py`` checks that both agree on every vector ``parse`` accepts.
+``run`` then acts through the mount exactly as the full command does (same requests, same
+messages); a case it leaves to the full command raises ``NotHandled`` before any change.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from lxfs.cli.base import (
+    CLIError,
+    check_mount,
+    daemon_error,
+    instance_dir,
+    mount_point,
+    read_opt,
+    read_text,
+    write_raw,
+)
+
+TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    Args = dict[str, Any]
+
+#: command word -> the action written to ``state`` (``pause`` is ``freeze``)
+STATE_ACTIONS = {"start": "start", "stop": "stop", "restart": "restart", "freeze": "freeze",
+                 "pause": "freeze", "unfreeze": "unfreeze"}
+#: the words ``parse`` may accept (for the others it is not imported)
+WORDS = frozenset((*STATE_ACTIONS, "delete", "rm", "snapshot", "restore", "config", "launch",
+                   "create", "copy", "cp", "list", "ls"))
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+class NotHandled(Exception):
+    """This case is the full command's (raised before anything changed)."""
+
+
+# -- parsing -----------------------------------------------------------------------------------
+def _options(tokens: list[str], flags: dict[str, str], valued: dict[str, str]
+             ) -> tuple[dict[str, Any], list[str]] | None:
+    """Split ``tokens`` into options and one contiguous run of positionals, as argparse does
+    for these forms. ``flags``/``valued``: option string -> dest (store_true / a value; a
+    dest ending in ``[]`` appends). None for anything else: an unknown or abbreviated option,
+    ``--``, a value that looks like an option, positionals split by an option (argparse takes
+    the first run only)."""
+    found: dict[str, Any] = {}
+    positionals: list[str] = []
+    run_ended = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("-"):
+            if run_ended:
+                return None
+            positionals.append(token)
+            continue
+        if positionals:
+            run_ended = True
+        if token in flags:
+            found[flags[token]] = True
+            continue
+        option, eq, value = token.partition("=")
+        if option not in valued or (eq and not option.startswith("--")):
+            return None
+        if not eq:
+            if i >= len(tokens) or (tokens[i].startswith("-") and not _negative(tokens[i])):
+                return None
+            value = tokens[i]
+            i += 1
+        dest = valued[option]
+        if dest.endswith("[]"):
+            found.setdefault(dest[:-2], []).append(value)
+        else:
+            found[dest] = value
+    return found, positionals
+
+
+def _negative(token: str) -> bool:
+    """Does argparse take ``token`` for a negative number (a value, not an option)?"""
+    return token[:1] == "-" and token[1:].isascii() and token[1:].isdigit()
+
+
+def _timeout(text: str) -> int | None:
+    """``--timeout``'s value as ``int()`` reads it, for plain decimal numbers."""
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
+def valid_instance_name(name: str) -> bool:
+    """``lxfs.cli.names.valid_instance_name`` without ``re`` (1-63 letters, digits and
+    ``-``, starting with a letter, not ending with ``-``)."""
+    return (0 < len(name) <= 63 and name[0].isascii() and name[0].isalpha()
+            and NAME_CHARS.issuperset(name) and not name.endswith("-"))
+
+
+def parse(argv: list[str]) -> Args | None:
+    """argparse's namespace for ``argv`` (as a dict, without ``func``) when it is a form that
+    ``run`` handles; None otherwise."""
+    if not argv or argv[0] not in WORDS or any(":" in arg for arg in argv):
+        return None
+    word, tokens = argv[0], argv[1:]
+    args: Args = {"command": word}
+    if word in STATE_ACTIONS:
+        stop_like = word in ("stop", "restart")
+        parsed = _options(tokens, {"-f": "force", "--force": "force"} if stop_like else {},
+                          {"--timeout": "timeout[]"} if stop_like else {})
+        if parsed is None:
+            return None
+        options, names = parsed
+        args["names"] = names
+        if stop_like:
+            args["force"] = options.get("force", False)
+            timeouts = [_timeout(value) for value in options.get("timeout", ["-1"])]
+            if None in timeouts:  # argparse converts (and refuses) each one
+                return None
+            args["timeout"] = timeouts[-1]
+        args["all"] = False
+        args["state_action"] = STATE_ACTIONS[word]
+        return args
+    if word in ("delete", "rm"):
+        parsed = _options(tokens, {"-f": "force", "--force": "force"}, {})
+        if parsed is None or not parsed[1]:
+            return None
+        args["names"] = parsed[1]
+        args["force"] = parsed[0].get("force", False)
+        return args
+    if word in ("snapshot", "restore"):
+        if not 1 <= len(tokens) <= 2 or any(t.startswith("-") for t in tokens):
+            return None
+        if word == "restore" and len(tokens) != 2:
+            return None
+        args["name"] = tokens[0]
+        args["snapshot"] = tokens[1] if len(tokens) == 2 else None
+        return args
+    if word == "config":
+        if (len(tokens) < 2 or tokens[0] not in ("get", "set")
+                or any(t.startswith("-") for t in tokens[1:])):
+            return None
+        args["config_command"] = tokens[0]
+        args["args"] = tokens[1:]
+        return args
+    if word in ("launch", "create"):
+        parsed = _options(
+            tokens,
+            {"-e": "ephemeral", "--ephemeral": "ephemeral", "--no-profiles": "no_profiles"},
+            {"-c": "config[]", "--config": "config[]", "-p": "profile[]", "--profile": "profile[]",
+             "-s": "storage", "--storage": "storage", "--description": "description"})
+        if parsed is None or len(parsed[1]) != 2 or not valid_instance_name(parsed[1][1]):
+            return None  # a generated name (the words list, random) is the full command's
+        options, (image, name) = parsed
+        args.update(image=image, name=name, config=options.get("config"),
+                    profile=options.get("profile"),
+                    no_profiles=options.get("no_profiles", False),
+                    ephemeral=options.get("ephemeral", False),
+                    description=options.get("description"), storage=options.get("storage"),
+                    device=None)
+        return args
+    if word in ("copy", "cp"):
+        if len(tokens) != 2 or any(t.startswith("-") for t in tokens):
+            return None
+        if not valid_instance_name(tokens[1]):
+            return None
+        args.update(source=tokens[0], target=tokens[1], instance_only=False, config=None,
+                    profile=None, no_profiles=False, ephemeral=False, mode="pull",
+                    storage=None, refresh=False, stateless=False, stateful=False)
+        return args
+    if word in ("list", "ls") and not tokens:
+        args.update(filters=[], format="table", columns="ns46tS")
+        return args
+    return None
+
+
+# -- acting on the mount -----------------------------------------------------------------------
+def out(text: str = "") -> None:
+    """Print a line and flush (progress lines must show before slow operations)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def do(fn: Callable[[], Any], scope: str | None = None, fallback: str = "",
+       messages: dict[int, str] | None = None) -> Any:
+    """``Mount.do``: run a mount operation; an OSError becomes a CLIError with the daemon's
+    message."""
+    try:
+        return fn()
+    except OSError as exc:
+        fb = (messages or {}).get(exc.errno or 0, fallback)
+        raise CLIError(daemon_error(mount_point(), exc, scope, fb)) from exc
+
+
+def write(path: str, value: str, scope: str | None = None,
+          messages: dict[int, str] | None = None) -> None:
+    """``Mount.write``: write a value file, reporting the daemon's error."""
+    do(lambda: write_raw(path, value), scope, "", messages)
+
+
+def parse_pairs(items: list[str] | None, what: str = "key=value pair") -> list[tuple[str, str]]:
+    """``instances.parse_pairs``: ``k=v`` arguments."""
+    pairs = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"Bad {what}: {item}")
+        pairs.append((key, value))
+    return pairs
+
+
+BUSY_MESSAGES = {
+    "start": "The instance is already running",
+    "stop": "The instance is already stopped",
+    "kill": "The instance is already stopped",
+    "restart": "The instance isn't running",
+    "freeze": "The instance isn't running",
+    "unfreeze": "The instance isn't frozen",
+}
+
+
+def read_state(root: str, name: str) -> str:
+    inst = instance_dir(root, name)
+    return do(lambda: read_opt(os.path.join(inst, "state")), inst).strip().upper()
+
+
+def set_state(root: str, name: str, action: str) -> None:
+    """Write ``action`` to ``instances/NAME/state`` (the daemon answers once it is done)."""
+    inst = instance_dir(root, name)
+    try:
+        write(os.path.join(inst, "state"), action, inst, messages={
+            errno.EBUSY: BUSY_MESSAGES.get(action, "The instance is busy"),
+            errno.ENOENT: "The instance has no root filesystem",
+            errno.EINVAL: f"Invalid state action: {action}",
+        })
+    except CLIError as exc:
+        if not os.path.isdir(inst):
+            raise CLIError("Instance not found") from exc
+        raise
+
+
+def change_state(root: str, name: str, command: str, force: bool, timeout: int) -> None:
+    """``instances.change_state``: one state command on one instance."""
+    timed = timeout >= 0
+    if command == "stop":
+        if force:
+            set_state(root, name, "kill")
+        elif timed:
+            set_state(root, name, f"stop {max(0, timeout)}")
+        else:
+            set_state(root, name, "stop")
+    elif command == "restart" and (force or timed):
+        if read_state(root, name) != "STOPPED":
+            set_state(root, name, "kill" if force else f"stop {max(0, timeout)}")
+        set_state(root, name, "start")
+    else:
+        set_state(root, name, command)
+
+
+def run_state(root: str, args: Args) -> int:
+    command, names = args["state_action"], args["names"]
+    if not names:
+        raise CLIError(f"Give the instances to {command}, or --all")
+    failed = 0
+    for name in names:
+        try:
+            change_state(root, name, command, args.get("force", False), args.get("timeout", -1))
+        except CLIError as exc:
+            if len(names) == 1:
+                raise
+            failed += 1
+            sys.stderr.write(f"Error: {name}: {exc.message}\n")
+    return 1 if failed else 0
+
+
+def run_delete(root: str, args: Args) -> int:
+    for target in args["names"]:
+        if "/" in target:
+            name, snap = target.split("/", 1)
+            inst = instance_dir(root, name)
+            snap_dir = os.path.join(inst, "snapshots", snap)
+            if not snap or "/" in snap or not os.path.isdir(snap_dir):
+                raise CLIError("Snapshot not found")
+            do(lambda d=snap_dir: os.rmdir(d), inst)
+            continue
+        inst = instance_dir(root, target)
+        if read_state(root, target) not in ("STOPPED", ""):
+            if not args["force"]:
+                raise CLIError("The instance is currently running, stop it first or pass --force")
+            set_state(root, target, "kill")
+        do(lambda d=inst: os.rmdir(d), inst, messages={
+            errno.EBUSY: "The instance is currently running, stop it first or pass --force",
+        })
+    return 0
+
+
+def run_snapshot(root: str, args: Args) -> int:
+    inst = instance_dir(root, args["name"])
+    snap = args["snapshot"]
+    if snap is None:
+        try:
+            taken = {e.name for e in os.scandir(os.path.join(inst, "snapshots"))
+                     if e.is_dir(follow_symlinks=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            taken = set()
+        n = 0
+        while f"snap{n}" in taken:
+            n += 1
+        snap = f"snap{n}"
+    elif "/" in snap or snap in ("", ".", ".."):
+        raise CLIError(f"Invalid snapshot name: {snap!r}")
+    do(lambda: os.mkdir(os.path.join(inst, "snapshots", snap)), inst, messages={
+        errno.EEXIST: f"Snapshot {snap!r} already exists",
+    })
+    return 0
+
+
+def run_restore(root: str, args: Args) -> int:
+    inst = instance_dir(root, args["name"])
+    write(os.path.join(inst, "restore"), args["snapshot"], inst,
+          messages={errno.ENOENT: "Snapshot not found"})
+    return 0
+
+
+def _config_dir(root: str, instance: str | None) -> tuple[str, str | None]:
+    if instance is None:
+        return os.path.join(root, "config"), None
+    inst = instance_dir(root, instance)
+    return os.path.join(inst, "config"), inst
+
+
+def _key_path(base: str, key: str) -> str:
+    if not key or "/" in key or key in (".", ".."):
+        raise CLIError(f"Invalid config key: {key!r}")
+    return os.path.join(base, key)
+
+
+def run_config(root: str, args: Args) -> int:
+    """``config get [NAME] KEY`` and ``config set [NAME] KEY VALUE | [NAME] KEY=VALUE...``
+    (``lxfs.cli.config``'s cmd_get and cmd_set)."""
+    items = args["args"]
+    if args["config_command"] == "get":
+        if len(items) not in (1, 2):
+            raise CLIError("Usage: lxfs config get [NAME] KEY")
+        instance, key = (None, items[0]) if len(items) == 1 else items
+        base, scope = _config_dir(root, instance)
+        path = _key_path(base, key)
+        sys.stdout.write(do(lambda: read_opt(path), scope) + "\n")
+        return 0
+    instance, pairs = _set_args(root, items)
+    if instance is not None:
+        instance_dir(root, instance)
+    for key, value in pairs:
+        base, scope = _config_dir(root, instance)
+        path = _key_path(base, key)
+        if value == "":
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise CLIError(daemon_error(root, exc, scope, f"Cannot unset {key!r}")) from exc
+            continue
+        write(path, value, scope, messages={
+            errno.EINVAL: f"Invalid config: unknown key or bad value for {key!r}",
+            errno.EACCES: f"Config key {key!r} is read-only",
+            errno.EPERM: f"Config key {key!r} is read-only",
+        })
+    return 0
+
+
+def _set_args(root: str, args: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """``config.parse_set_args``: which instance (None: the server) and which pairs."""
+    usage = "Usage: lxfs config set [NAME] KEY VALUE | [NAME] KEY=VALUE..."
+    if "=" in args[0]:
+        return None, parse_pairs(args)
+    if len(args) == 1:
+        raise CLIError(usage)
+    if len(args) == 2:
+        if "=" not in args[1]:
+            return None, [(args[0], args[1])]
+        if not os.path.isdir(os.path.join(root, "instances", args[0])) and "." in args[0]:
+            return None, [(args[0], args[1])]
+        return args[0], parse_pairs(args[1:])
+    if len(args) == 3 and "=" not in args[1]:
+        return args[0], [(args[1], args[2])]
+    return args[0], parse_pairs(args[1:])
+
+
+def _dir_values(directory: str) -> dict[str, str]:
+    """``mount.read_dir_values``: every file of a directory as ``{name: value}``."""
+    values: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return values
+    for entry in entries:
+        try:
+            if entry.is_file():
+                values[entry.name] = read_text(entry.path)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except PermissionError:
+            if entry.stat().st_mode & 0o444 == 0:
+                values[entry.name] = "true"
+    return values
+
+
+def _root_pool(inst: str, pool: str) -> None:
+    """``instances.set_device`` for ``-s POOL``: the instance's own root disk on ``pool``, on
+    top of the one its profiles give."""
+    inherited = _dir_values(os.path.join(inst, "expanded", "devices", "root"))
+    if not inherited:
+        inherited = {"type": "disk", "path": "/"}
+    values = {**inherited, "pool": pool}
+    ddir = os.path.join(inst, "devices", "root")
+    if not os.path.isdir(ddir):
+        do(lambda: os.mkdir(ddir), inst)
+    write(os.path.join(ddir, "type"), values.pop("type"), inst)
+    for key, value in values.items():
+        write(os.path.join(ddir, key), value, inst, messages={
+            errno.EINVAL: f"Invalid device option {key}={value}",
+        })
+
+
+def run_create(root: str, args: Args) -> int:
+    """``launch|create IMAGE NAME`` (``instances.cmd_create`` for a local image)."""
+    image, name = args["image"], args["name"]
+    if not image:
+        raise CLIError("Image not found")
+    configs = parse_pairs(args["config"])
+    out(f"Creating {name}")
+    inst = os.path.join(root, "instances", name)
+    do(lambda: os.mkdir(inst), messages={
+        errno.EEXIST: f"Instance {name!r} already exists",
+        errno.EINVAL: f"Invalid instance name: {name!r}",
+    })
+    try:
+        if args["no_profiles"]:
+            write(os.path.join(inst, "profiles"), "", inst)
+        elif args["profile"]:
+            write(os.path.join(inst, "profiles"), "".join(p + "\n" for p in args["profile"]),
+                  inst, messages={errno.ENOENT: "Profile not found"})
+        for key, value in configs:
+            if value != "":
+                write(os.path.join(inst, "config", key), value, inst,
+                      messages={errno.EINVAL: f"Invalid value for config key {key!r}"})
+        if args["ephemeral"]:
+            write(os.path.join(inst, "ephemeral"), "true", inst)
+        if args["description"]:
+            write(os.path.join(inst, "description"), args["description"], inst)
+        if args["storage"]:
+            _root_pool(inst, args["storage"])
+        write(os.path.join(inst, "source"), image, inst, messages={
+            errno.ENOENT: f"Image not found: {image}",
+        })
+    except (CLIError, KeyboardInterrupt):
+        try:
+            os.rmdir(inst)
+        except OSError:
+            pass
+        raise
+    if args["command"] == "launch":
+        out(f"Starting {name}")
+        try:
+            set_state(root, name, "start")
+        except CLIError as exc:
+            raise CLIError(f"{exc.message}\nTry `lxfs info --show-log {name}` for more info"
+                           ) from exc
+    return 0
+
+
+def run_copy(root: str, args: Args) -> int:
+    """``copy SRC[/SNAP] DST`` (``copying.cmd_copy`` without options)."""
+    source, _, snap = args["source"].partition("/")
+    src = instance_dir(root, source)
+    if snap and ("/" in snap or not os.path.isdir(os.path.join(src, "snapshots", snap))):
+        raise CLIError("Snapshot not found")
+    ref = f"instances/{source}" + (f"/snapshots/{snap}" if snap else "")
+    name = args["target"]
+    inst = os.path.join(root, "instances", name)
+    do(lambda: os.mkdir(inst), messages={
+        errno.EEXIST: f"Instance {name!r} already exists",
+        errno.EINVAL: f"Invalid instance name: {name!r}",
+    })
+    try:
+        write(os.path.join(inst, "source"), ref, inst, messages={
+            errno.ENOENT: "Instance not found",
+            errno.EEXIST: f"Instance {name!r} already exists",
+        })
+    except (CLIError, KeyboardInterrupt):
+        try:
+            os.rmdir(inst)
+        except OSError:
+            pass
+        raise
+    return 0
+
+
+def run_list(root: str, _args: Args) -> int:
+    """``list``: the default table from one read of ``instances/.list``."""
+    from lxfs.cli.output import natural_key, render_table  # noqa: PLC0415
+
+    try:
+        with open(os.path.join(root, "instances", ".list"), encoding="utf-8") as f:
+            rows = f.read().splitlines()
+    except OSError:
+        rows = []
+    if not rows:
+        raise NotHandled  # a daemon without .list: the full command reads each instance
+    header = rows[0].split("\t")
+    found: dict[str, list[str]] = {}
+    for line in rows[1:]:
+        cells = dict(zip(header, line.split("\t"), strict=False))
+        name = cells.get("NAME", "")
+        if not name:
+            continue
+        pid, snapshots = cells.get("PID") or "0", cells.get("SNAPSHOTS") or "0"
+        if not (pid.isascii() and pid.isdigit() and snapshots.isascii()
+                and snapshots.isdigit() and cells.get("STATE")):
+            raise NotHandled  # what the full command reads file by file
+        kind = (cells.get("TYPE") or "container").upper()
+        ephemeral = cells.get("EPHEMERAL", "false").strip().lower() in ("true", "1", "yes", "on")
+        found[name] = [
+            name, cells["STATE"].upper(),
+            "\n".join(a for a in cells.get("IPV4", "").split(", ") if a),
+            "\n".join(a for a in cells.get("IPV6", "").split(", ") if a),
+            f"{kind} (EPHEMERAL)" if ephemeral else kind,
+            str(int(snapshots)),
+        ]
+    table = [found[name] for name in sorted(found, key=natural_key)]
+    sys.stdout.write(render_table(["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"], table))
+    return 0
+
+
+RUNNERS: dict[str, Callable[[str, Args], int]] = {
+    **dict.fromkeys(STATE_ACTIONS, run_state),
+    "delete": run_delete, "rm": run_delete,
+    "snapshot": run_snapshot, "restore": run_restore,
+    "config": run_config,
+    "launch": run_create, "create": run_create,
+    "copy": run_copy, "cp": run_copy,
+    "list": run_list, "ls": run_list,
+}
+
+
+def run(argv: list[str]) -> int | None:
+    """Run ``argv`` when it is a plain form of a common command; None: the full command's."""
+    args = parse(argv)
+    if args is None:
+        return None
+    root = mount_point()
+    check_mount(root)
+    try:
+        return RUNNERS[args["command"]](root, args)
+    except NotHandled:
+        return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +48,13 @@ from lxfs.storage import (
 
 _DIRS: dict[str, str] = {"image": "images", "container": "containers", "custom": "custom"}
 _SNAP_PREFIX = "snapshot-"
+#: the temporary snapshot a volume is sent from, as LXD's (``@migration-UUID``)
+_SEND_SNAP = "migration-send"
+#: the temporary name of a received snapshot, and the suffix of a hidden receive dataset
+_RECEIVE_SNAP = "migration-receive"
+_RECEIVE_SUFFIX = ".migration-receive"
+#: the migration streams' process (``lzc_send``/``lzc_receive`` to/from its stdio)
+_STREAM_COMMAND = (sys.executable, "-m", "lxfs_plugins.storage_zfs_stream")
 
 
 def lzc() -> ModuleType:
@@ -78,6 +86,7 @@ class ZfsDriver(StorageDriver):
     quotas = True
     live_resize = True
     optimized_backups = True
+    migration_transports = ("ZFS",)
     pool_keys = {
         "source": "an existing dataset (tank/lxfs), or the loop file of a new zpool "
                   "(default DATA_DIR/disks/NAME.img)",
@@ -398,6 +407,130 @@ class ZfsDriver(StorageDriver):
         self, vtype: VolumeType, src: str, snapshot: str, dst: str
     ) -> None:
         self._clone(self._snap(vtype, src, snapshot), vtype, dst)
+
+    # --- migration streams (LXD's ZFS transport) ----------------------------------------
+
+    def _frozen(self, vtype: VolumeType, name: str) -> str:
+        return f"{self._ds(vtype, name)}@{_SEND_SNAP}"
+
+    def freeze_for_send(self, vtype: VolumeType, name: str) -> None:
+        """A temporary snapshot of the volume (LXD's ``@migration-...``)."""
+        z = lzc()
+        z.lzc_destroy_snaps([_b(self._frozen(vtype, name))], defer=True)
+        z.lzc_snapshot([_b(self._frozen(vtype, name))])
+
+    def thaw_after_send(self, vtype: VolumeType, name: str) -> None:
+        lzc().lzc_destroy_snaps([_b(self._frozen(vtype, name))], defer=True)
+
+    def stream_send_command(self, vtype: VolumeType, name: str, snapshot: str,
+                            parent: str) -> list[str]:
+        """``lzc_send`` in a process of its own (``storage_zfs_stream``) writing to its
+        stdout."""
+        snap = self._snap(vtype, name, snapshot) if snapshot else self._frozen(vtype, name)
+        base = [self._snap(vtype, name, parent)] if parent else []
+        return [*_STREAM_COMMAND, "send", snap, *base]
+
+    def stream_ids(self, vtype: VolumeType, name: str, snapshot: str) -> tuple[str, str]:
+        """The snapshot's guid, twice: ZFS keeps it through send and receive."""
+        guid = str(self._get_prop(self._snap(vtype, name, snapshot), "guid") or "")
+        return guid, guid
+
+    def _receiving(self, vtype: VolumeType, name: str) -> str:
+        return self._ds(vtype, f".{name}{_RECEIVE_SUFFIX}")
+
+    def _dataset_at(self, path: Path) -> str:
+        """The dataset of a volume path (mounted or not)."""
+        return f"{self.dataset}/{path.relative_to(self.root).as_posix()}"
+
+    def stream_receive_dir(self, vtype: VolumeType, name: str) -> Path:
+        """Where the next stream goes: ZFS receives a volume's snapshots into one dataset,
+        each incremental from the one before. A refresh of a volume that has snapshots
+        (its latest the parent of the first stream) receives into the volume; otherwise a
+        hidden dataset (``.NAME.migration-receive``, made by the first, full stream)
+        gathers the streams until ``adopt_stream`` of the volume renames it into place."""
+        z = lzc()
+        receiving = self._receiving(vtype, name)
+        if not z.lzc_exists(_b(receiving)) and self.list_snapshots(vtype, name):
+            return self.volume_path(vtype, name)
+        return self.volume_path(vtype, f".{name}{_RECEIVE_SUFFIX}")
+
+    def stream_receive_command(self, into: Path) -> list[str]:
+        """``lzc_receive`` in a process of its own, from its stdin, as the temporary
+        snapshot ``@migration-receive`` of ``into``'s dataset (named by ``adopt_stream``)."""
+        return [*_STREAM_COMMAND, "receive", f"{self._dataset_at(into)}@{_RECEIVE_SNAP}"]
+
+    def drop_stream(self, into: Path) -> None:
+        """A receive dataset goes whole with what it gathered; a volume received into (a
+        refresh) keeps what it had (a cut ZFS receive leaves nothing)."""
+        dataset = self._dataset_at(into)
+        if into.name.endswith(_RECEIVE_SUFFIX):
+            self._destroy(dataset, into)
+        else:
+            lzc().lzc_destroy_snaps([_b(f"{dataset}@{_RECEIVE_SNAP}")], defer=True)
+
+    def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
+        """The received snapshot becomes ``@snapshot-NAME`` of ``into``'s dataset; for the
+        volume it is destroyed (the dataset keeps its content) and a receive dataset
+        replaces the volume (the old one destroyed, or put back on failure)."""
+        z = lzc()
+        dataset = self._dataset_at(into)
+        received = f"{dataset}@{_RECEIVE_SNAP}"
+        if not z.lzc_exists(_b(received)):
+            raise InvalidArgument(f"the stream made no snapshot in {dataset}")
+        if snapshot:
+            target = f"{dataset}@{_SNAP_PREFIX}{snapshot}"
+            if z.lzc_exists(_b(target)):
+                raise AlreadyExists(f"snapshot {name}/{snapshot} already exists")
+            z.lzc_rename(_b(received), _b(target))
+            return
+        z.lzc_destroy_snaps([_b(received)], defer=False)
+        volume, path = self._ds(vtype, name), self.volume_path(vtype, name)
+        if dataset == volume:
+            return
+        old = self._ds(vtype, f".{name}.old")
+        self._destroy(old, None)
+        replacing = z.lzc_exists(_b(volume))
+        if replacing:
+            self._umount(path)
+            z.lzc_rename(_b(volume), _b(old))
+        try:
+            z.lzc_rename(_b(dataset), _b(volume))
+            self._mount(volume, path)
+            os.chmod(path, 0o711)
+        except BaseException:
+            if replacing and not z.lzc_exists(_b(volume)):
+                z.lzc_rename(_b(old), _b(volume))
+                self._mount(volume, path)
+            raise
+        if replacing:
+            self._destroy(old, None)
+
+    def recover(self) -> None:
+        """What a cut migration left: hidden container datasets (``.NAME.old`` of a
+        replaced volume goes back when ``NAME`` is gone), and temporary snapshots."""
+        z = lzc()
+        try:
+            self._recover(z)
+        except z.exceptions.ZFSError as exc:
+            raise OperationFailed(f"zfs pool {self.pool.name}: cannot remove what a cut "
+                                  f"migration left: {exc!r}") from None
+
+    def _recover(self, z: ModuleType) -> None:
+        for child in self._children(_DIRS["container"]):
+            dataset = self._ds("container", child)
+            if not child.startswith("."):
+                leftovers = [s for s in self._snapshots_of(dataset)
+                             if s in (_SEND_SNAP, _RECEIVE_SNAP)]
+                if leftovers:
+                    z.lzc_destroy_snaps([_b(f"{dataset}@{s}") for s in leftovers], defer=True)
+                continue
+            self._umount(self.volume_path("container", child))  # ``mount`` mounts them all
+            real = child[1:-len(".old")] if child.endswith(".old") else ""
+            if real and not z.lzc_exists(_b(self._ds("container", real))):
+                z.lzc_rename(_b(dataset), _b(self._ds("container", real)))
+                self._mount(self._ds("container", real), self.volume_path("container", real))
+            else:
+                self._destroy(dataset, None)
 
     # --- optimized backups (LXD's zfs format: no header) ------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import sys
 import types
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lxfs_plugins import storage_zfs
+from lxfs_plugins import storage_zfs, storage_zfs_stream
+from lxfs_plugins.rest.migration import make_answer, make_offer, pb
+from lxfs_plugins.rest.migration.transports import TRANSPORTS
 from lxfs_plugins.storage_zfs import ZfsDriver
 
 from lxfs.errors import AlreadyExists, Busy, InvalidArgument, NotFound, NotSupported
@@ -31,6 +34,7 @@ class FakeZfs:
                                                     for p in pools}
         self.snaps: dict[str, dict[str, Any]] = {}
         self.counter = itertools.count()
+        self.guids = itertools.count(10**18)
         self.calls: list[str] = []
 
     def module(self) -> types.ModuleType:
@@ -57,7 +61,12 @@ class FakeZfs:
                                ("SnapshotIsCloned", errno.EEXIST),
                                ("DatasetBusy", errno.EBUSY),
                                ("SnapshotFailure", errno.EEXIST),
-                               ("SnapshotDestructionFailure", errno.EEXIST)):
+                               ("SnapshotDestructionFailure", errno.EEXIST),
+                               ("SnapshotMismatch", errno.ENODEV),
+                               ("DatasetExists", errno.EEXIST),
+                               ("StreamMismatch", errno.ENODEV),
+                               ("DestinationModified", errno.ETXTBSY),
+                               ("BadStream", errno.EBADE)):
             setattr(exc, cls_name, error(cls_name, code))
         mod.exceptions = exc
         for name in dir(self):
@@ -98,7 +107,7 @@ class FakeZfs:
         if o not in self.snaps or not self._parent_exists(n):
             raise self.exc.DatasetNotFound(name)
         self.datasets[n] = {"props": {self._s(k): v for k, v in (props or {}).items()},
-                            "origin": o}
+                            "origin": o, "data": dict(self.snaps[o]["data"])}
         self.snaps[o]["clones"].add(n)
 
     def lzc_snapshot(self, snaps: list[bytes], props: dict[bytes, Any] | None = None) -> None:
@@ -109,7 +118,9 @@ class FakeZfs:
                 raise self.exc.SnapshotFailure(n.encode())
         for n in names:
             self.calls.append(f"snapshot {n}")
-            self.snaps[n] = {"clones": set(), "order": next(self.counter), "deferred": False}
+            self.snaps[n] = {"clones": set(), "order": next(self.counter), "deferred": False,
+                             "guid": str(next(self.guids)),
+                             "data": dict(self.datasets[n.split("@", 1)[0]].get("data", {}))}
 
     def lzc_destroy_snaps(self, snaps: list[bytes], defer: bool) -> None:
         for name in snaps:
@@ -177,6 +188,7 @@ class FakeZfs:
         if max(mine, key=lambda x: self.snaps[x]["order"]) != sn:
             raise self.exc.SnapshotNotLatest(snap)
         self.calls.append(f"rollback {n} {sn}")
+        self.datasets[n]["data"] = dict(self.snaps[sn]["data"])
 
     def lzc_set_props(self, name: bytes, prop: bytes, val: Any) -> None:
         n = self._s(name)
@@ -186,12 +198,84 @@ class FakeZfs:
 
     def lzc_get_props(self, name: bytes) -> dict[bytes, Any]:
         n = self._s(name)
+        if n in self.snaps:
+            return {b"guid": int(self.snaps[n]["guid"])}
         if n not in self.datasets:
             raise self.exc.DatasetNotFound(name)
         props = {k.encode(): v for k, v in self.datasets[n]["props"].items() if v}
         props[b"usedbydataset"] = 4096
         props[b"referenced"] = 8192
         return props
+
+    def _latest(self, dataset: str) -> str | None:
+        mine = [x for x in self.snaps if x.startswith(f"{dataset}@")]
+        return max(mine, key=lambda x: self.snaps[x]["order"]) if mine else None
+
+    def lzc_send(self, snapname: bytes, fromsnap: bytes | None, fd: int,
+                 flags: list[str] | None = None) -> None:
+        """The stream: the snapshot's guid, its parent's and its content, as JSON."""
+        n = self._s(snapname)
+        if n not in self.snaps:
+            raise self.exc.SnapshotNotFound(snapname)
+        fromguid = None
+        if fromsnap is not None:
+            f = self._s(fromsnap)
+            if f not in self.snaps:
+                raise self.exc.SnapshotNotFound(fromsnap)
+            if f.split("@")[0] != n.split("@")[0] or \
+                    self.snaps[f]["order"] >= self.snaps[n]["order"]:
+                raise self.exc.SnapshotMismatch(snapname)
+            fromguid = self.snaps[f]["guid"]
+        self.calls.append(f"send {n} from {self._s(fromsnap) if fromsnap else '-'}")
+        os.write(fd, json.dumps({"toguid": self.snaps[n]["guid"], "fromguid": fromguid,
+                                 "data": self.snaps[n]["data"]}).encode())
+
+    def lzc_receive(self, snapname: bytes, fd: int, force: bool = False, raw: bool = False,
+                    origin: bytes | None = None, props: dict[bytes, Any] | None = None
+                    ) -> None:
+        """pyzfs's rules: a full stream makes the dataset (never over one with snapshots),
+        an incremental one needs the stream's parent as the latest snapshot (``force``
+        rolls back to it, and over changes since); a cut stream receives nothing."""
+        n = self._s(snapname)
+        ds = n.split("@", 1)[0]
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+        try:
+            stream = json.loads(data)
+        except ValueError:
+            raise self.exc.BadStream(snapname) from None
+        if n in self.snaps:
+            raise self.exc.DatasetExists(snapname)
+        if stream["fromguid"] is None:
+            if ds in self.datasets:
+                if self._latest(ds):
+                    raise self.exc.StreamMismatch(snapname)
+                if not force:
+                    raise self.exc.DestinationModified(snapname)
+            elif not self._parent_exists(ds):
+                raise self.exc.DatasetNotFound(snapname)
+            else:
+                self.datasets[ds] = {"origin": None, "props": {
+                    self._s(k): v for k, v in (props or {}).items()}}
+        else:
+            if ds not in self.datasets:
+                raise self.exc.DatasetNotFound(snapname)
+            base = [x for x in self.snaps if x.startswith(f"{ds}@")
+                    and self.snaps[x]["guid"] == stream["fromguid"]]
+            latest = self._latest(ds)
+            if not base or (base[0] != latest and not force):
+                raise self.exc.StreamMismatch(snapname)
+            if latest and self.datasets[ds].get("data", {}) != \
+                    self.snaps[latest]["data"] and not force:
+                raise self.exc.DestinationModified(snapname)
+            for newer in [x for x in self.snaps if x.startswith(f"{ds}@")
+                          and self.snaps[x]["order"] > self.snaps[base[0]]["order"]]:
+                del self.snaps[newer]  # force: rolled back to the stream's parent
+        self.calls.append(f"receive {n}")
+        self.datasets[ds]["data"] = dict(stream["data"])
+        self.snaps[n] = {"clones": set(), "order": next(self.counter), "deferred": False,
+                         "guid": stream["toguid"], "data": dict(stream["data"])}
 
     def lzc_list_children(self, name: bytes) -> Iterator[bytes]:
         n = self._s(name)
@@ -373,6 +457,222 @@ def test_loop_pool_commands(fake: FakeZfs, tmp_path: Path, monkeypatch: pytest.M
     assert ("zpool", "create", "-m", "none", "-O", "compression=on", "zl", str(image)) in \
         commands
     assert "zl/containers" in fake.datasets
+
+
+# --- migration streams (LXD's ZFS transport) ------------------------------------------------
+
+@pytest.fixture
+def other(fake: FakeZfs, tmp_path: Path) -> ZfsDriver:
+    """A second pool (another host's, as far as the streams know)."""
+    fake.datasets["tank/other"] = {"props": {}, "origin": None}
+    driver = ZfsDriver(Pool("y", "zfs", {"source": "tank/other"}), tmp_path)
+    driver.fill_defaults()
+    driver.create()
+    return driver
+
+
+def _run_stream(argv: list[str], **fds: int) -> int:
+    """A stream command of the driver, run in this process (where the fake is)."""
+    assert argv[:3] == [sys.executable, "-m", "lxfs_plugins.storage_zfs_stream"]
+    return storage_zfs_stream.main(argv[3:], **fds)
+
+
+def migrate(src: ZfsDriver, dst: ZfsDriver, name: str, tmp_path: Path, *,
+            refresh: bool = False, cut: str | None = None) -> list[str]:
+    """The REST bridge's ZFS transport between two pools, without the websockets: the
+    source's header, the sink's plan (and reply on a refresh), each stream through the
+    driver's commands in the plan's order, adopted in turn; ``cut`` cuts that stream
+    midway (then the sink drops it, as the bridge does). Returns the streams' names."""
+    transport = TRANSPORTS["ZFS"]
+    snaps = src.list_snapshots("container", name)
+    ids = [(n, src.stream_ids("container", name, n)[0]) for n in snaps]
+    have = None
+    if refresh:
+        for gone in set(dst.list_snapshots("container", name)) - set(snaps):
+            dst.delete_snapshot("container", name, gone)
+        have = {n: dst.stream_ids("container", name, n)[1]
+                for n in dst.list_snapshots("container", name)}
+    header = json.loads(json.dumps(transport.source_header(ids)))
+    plan = transport.sink_plan(header, snaps, have)
+    for snap in plan.drop:
+        dst.delete_snapshot("container", name, snap)
+    send = transport.to_send(json.loads(json.dumps(plan.reply)), ids) if refresh else snaps
+    assert send == plan.streams[:-1]
+    first = snaps.index(send[0]) if send else len(snaps)
+    parent = snaps[first - 1] if refresh and first > 0 else ""
+    src.freeze_for_send("container", name)
+    stream = tmp_path / "stream"
+    into = None
+    try:
+        for snap in plan.streams:
+            with open(stream, "wb") as out:
+                assert _run_stream(src.stream_send_command("container", name, snap, parent),
+                                   stdout=out.fileno()) == 0
+            if snap == cut:
+                os.truncate(stream, stream.stat().st_size // 2)
+            parent = snap
+            into = dst.stream_receive_dir("container", name)
+            with open(stream, "rb") as inp:
+                if _run_stream(dst.stream_receive_command(into), stdin=inp.fileno()) != 0:
+                    raise OSError(f"receive of {snap or name} failed")
+            dst.adopt_stream("container", name, snap, into)
+    except OSError:
+        if into is not None:
+            dst.drop_stream(into)
+        raise
+    finally:
+        src.thaw_after_send("container", name)
+    return plan.streams
+
+
+def _state(fake: FakeZfs, dataset: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A dataset's content and its snapshots' (name, guid), oldest first."""
+    snaps = sorted((s for s in fake.snaps if s.startswith(f"{dataset}@")),
+                   key=lambda s: fake.snaps[s]["order"])
+    return fake.datasets[dataset]["data"], [(s.split("@")[1], fake.snaps[s]["guid"])
+                                            for s in snaps]
+
+
+def _hidden(fake: FakeZfs) -> list[str]:
+    return [d for d in fake.datasets if "/." in d] + \
+        [s for s in fake.snaps if "@migration-" in s]
+
+
+def test_streams_full_then_refresh(pool: ZfsDriver, other: ZfsDriver, fake: FakeZfs,
+                                   tmp_path: Path) -> None:
+    assert ZfsDriver.migration_transports == ("ZFS",)
+    src, dst = "tank/lxfs/containers/c1", "tank/other/containers/c1"
+    pool.create_volume("container", "c1")
+    for version, snap in ((1, "s1"), (2, "s2")):
+        fake.datasets[src]["data"] = {"f": version}
+        pool.create_snapshot("container", "c1", snap)
+    fake.datasets[src]["data"] = {"f": 3}
+
+    fake.calls.clear()
+    assert migrate(pool, other, "c1", tmp_path) == ["s1", "s2", ""]
+    sends = [c for c in fake.calls if c.startswith("send ")]
+    assert sends == [f"send {src}@snapshot-s1 from -",
+                     f"send {src}@snapshot-s2 from {src}@snapshot-s1",
+                     f"send {src}@migration-send from {src}@snapshot-s2"]
+    assert _state(fake, dst) == _state(fake, src)  # content, snapshots and their guids
+    assert other.list_volumes("container") == ["c1"]
+    assert other.list_snapshots("container", "c1") == ["s1", "s2"]
+    assert other.volume_path("container", "c1") in fake.mounted  # type: ignore[attr-defined]
+    assert fake.datasets[dst]["props"]["mountpoint"] == b"legacy"
+    assert _hidden(fake) == []
+
+    # a refresh: only what is new goes, incrementally, over what changed on the target
+    fake.datasets[src]["data"] = {"f": 4}
+    pool.create_snapshot("container", "c1", "s3")
+    fake.datasets[src]["data"] = {"f": 5}
+    fake.datasets[dst]["data"] = {"f": "changed on the target"}
+    fake.calls.clear()
+    assert migrate(pool, other, "c1", tmp_path, refresh=True) == ["s3", ""]
+    assert [c for c in fake.calls if c.startswith("send ")] == [
+        f"send {src}@snapshot-s3 from {src}@snapshot-s2",
+        f"send {src}@migration-send from {src}@snapshot-s3"]
+    assert f"receive {dst}@migration-receive" in fake.calls  # into the volume itself
+    assert _state(fake, dst) == _state(fake, src)
+    assert _hidden(fake) == []
+
+    # nothing new but the volume: one incremental stream from the last snapshot
+    fake.datasets[src]["data"] = {"f": 6}
+    assert migrate(pool, other, "c1", tmp_path, refresh=True) == [""]
+    assert _state(fake, dst) == _state(fake, src)
+
+
+def test_refresh_after_the_histories_diverged(pool: ZfsDriver, other: ZfsDriver,
+                                              fake: FakeZfs, tmp_path: Path) -> None:
+    src, dst = "tank/lxfs/containers/c1", "tank/other/containers/c1"
+    pool.create_volume("container", "c1")
+    for version, snap in ((1, "s1"), (2, "s2")):
+        fake.datasets[src]["data"] = {"f": version}
+        pool.create_snapshot("container", "c1", snap)
+    migrate(pool, other, "c1", tmp_path)
+    # the source's s2 is taken again, other content: s2 and what follows go again
+    pool.delete_snapshot("container", "c1", "s2")
+    fake.datasets[src]["data"] = {"f": "two"}
+    pool.create_snapshot("container", "c1", "s2")
+    pool.create_snapshot("container", "c1", "s3")
+    assert migrate(pool, other, "c1", tmp_path, refresh=True) == ["s2", "s3", ""]
+    assert _state(fake, dst) == _state(fake, src)
+
+    # no snapshot in common: the whole volume again, replacing the target's
+    for snap in ("s1", "s2", "s3"):
+        pool.delete_snapshot("container", "c1", snap)
+    pool.create_snapshot("container", "c1", "t1")
+    fake.datasets[src]["data"] = {"f": "new"}
+    assert migrate(pool, other, "c1", tmp_path, refresh=True) == ["t1", ""]
+    assert _state(fake, dst) == _state(fake, src)
+    assert other.list_snapshots("container", "c1") == ["t1"]
+    assert other.volume_path("container", "c1") in fake.mounted  # type: ignore[attr-defined]
+    assert _hidden(fake) == []
+
+
+def test_cut_streams_leave_nothing(pool: ZfsDriver, other: ZfsDriver, fake: FakeZfs,
+                                   tmp_path: Path) -> None:
+    src, dst = "tank/lxfs/containers/c1", "tank/other/containers/c1"
+    pool.create_volume("container", "c1")
+    pool.create_snapshot("container", "c1", "s1")
+    pool.create_snapshot("container", "c1", "s2")
+    with pytest.raises(OSError, match="receive of s2 failed"):
+        migrate(pool, other, "c1", tmp_path, cut="s2")
+    assert not other.volume_exists("container", "c1")
+    assert _hidden(fake) == []  # s1 went with the receive dataset
+    with pytest.raises(OSError, match="receive of c1 failed"):
+        migrate(pool, other, "c1", tmp_path, cut="")
+    assert [d for d in fake.datasets if d.startswith("tank/other/containers/")] == []
+
+    migrate(pool, other, "c1", tmp_path)
+    before = _state(fake, dst)
+    pool.create_snapshot("container", "c1", "s3")
+    fake.datasets[src]["data"] = {"f": "later"}
+    with pytest.raises(OSError, match="receive of s3 failed"):
+        migrate(pool, other, "c1", tmp_path, refresh=True, cut="s3")
+    assert _state(fake, dst) == before  # a cut refresh: the target as it was
+    assert _hidden(fake) == []
+
+
+def test_recover_after_a_cut_migration(pool: ZfsDriver, fake: FakeZfs) -> None:
+    base = "tank/lxfs/containers"
+    pool.create_volume("container", "c1")
+    pool.freeze_for_send("container", "c1")  # the source died while sending
+    fake.datasets[f"{base}/.c2.migration-receive"] = {"props": {}, "origin": None}
+    fake.snaps[f"{base}/.c2.migration-receive@snapshot-s1"] = {
+        "clones": set(), "order": -1, "deferred": False, "guid": "1", "data": {}}
+    # the sink died between the two renames of adopting a received volume
+    fake.datasets[f"{base}/.c3.old"] = {"props": {"mountpoint": b"legacy"}, "origin": None}
+    pool.recover()
+    assert _hidden(fake) == []
+    assert pool.list_volumes("container") == ["c1", "c3"]
+    assert pool.volume_path("container", "c3") in fake.mounted  # type: ignore[attr-defined]
+
+
+def test_transport_negotiation() -> None:
+    """A source whose pool streams ZFS offers it; a zfs sink takes it, a btrfs or dir sink
+    answers rsync (and so does a zfs sink when the source is btrfs, or the instance runs)."""
+    snaps = [pb.Snapshot(name="s1", ephemeral=False, architecture=2, stateful=False)]
+    offer, transport = make_offer(ZfsDriver.migration_transports, snaps, running=False)
+    assert offer.fs == pb.ZFS and transport is TRANSPORTS["ZFS"]
+    assert offer.zfsFeatures.migration_header and not offer.HasField("btrfsFeatures")
+    for refresh in (False, True):
+        answer, chosen = make_answer(offer, ("ZFS",), refresh=refresh, wanted=snaps)
+        assert answer.fs == pb.ZFS and chosen is TRANSPORTS["ZFS"]
+        assert answer.zfsFeatures.migration_header and answer.refresh == refresh
+    for sink in (("BTRFS",), ()):  # a btrfs pool, a dir pool
+        answer, chosen = make_answer(offer, sink, refresh=False, wanted=snaps)
+        assert answer.fs == pb.RSYNC and chosen is None
+        assert answer.rsyncFeatures.bidirectional
+    btrfs_offer, _ = make_offer(("BTRFS",), snaps, running=False)
+    assert make_answer(btrfs_offer, ("ZFS",), refresh=False, wanted=snaps)[0].fs == pb.RSYNC
+    running, none = make_offer(("ZFS",), snaps, running=True)
+    assert running.fs == pb.RSYNC and none is None and running.criu == pb.NONE
+    # a refresh without the migration header cannot be incremental: rsync
+    bare = pb.MigrationHeader()
+    bare.CopyFrom(offer)
+    bare.ClearField("zfsFeatures")
+    assert make_answer(bare, ("ZFS",), refresh=True, wanted=snaps)[0].fs == pb.RSYNC
+    assert make_answer(bare, ("ZFS",), refresh=False, wanted=snaps)[0].fs == pb.ZFS
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/zfs"),

@@ -67,9 +67,9 @@ class StorageDriver(ABC):
     - ``optimized_transfer``: ``transfer_volume_to`` copies a volume to another pool of
       the same driver natively (LXD's optimized migration: send/receive); without it the
       core copies the files.
-    - ``migration_transports``: LXD's native migration transports (``"BTRFS"``) the driver
-      streams a volume with between hosts (``stream_send_command``, ``adopt_stream``...);
-      without one, migrations copy the files (rsync).
+    - ``migration_transports``: LXD's native migration transports (``"BTRFS"``, ``"ZFS"``)
+      the driver streams a volume with between hosts (``stream_send_command``,
+      ``adopt_stream``...); without one, migrations copy the files (rsync).
     - ``spare_volumes``: creating a volume from an image is a copy, so the driver keeps one
       copy made ahead per image (``prepare_spare``) and ``create_volume_from_image`` takes
       it when it is ready (a rename). The core calls ``prepare_spare`` off the critical path
@@ -85,9 +85,10 @@ class StorageDriver(ABC):
     live_resize: ClassVar[bool] = False
     optimized_transfer: ClassVar[bool] = False
     optimized_backups: ClassVar[bool] = False
-    #: LXD's native migration transports the driver speaks besides rsync (``"BTRFS"``): the
-    #: REST bridge offers and negotiates them by these names with the other host, and moves
-    #: the volume as the driver's streams (``stream_send_command``...) instead of files.
+    #: LXD's native migration transports the driver speaks besides rsync (``"BTRFS"``,
+    #: ``"ZFS"``): the REST bridge offers the first it knows, takes an offered one the driver
+    #: declares, and moves the volume as the driver's streams (``stream_send_command``...)
+    #: instead of files. The protocol around the streams is the bridge's, the same for all.
     migration_transports: ClassVar[tuple[str, ...]] = ()
     optimized_backup_header: ClassVar[bool] = False
     spare_volumes: ClassVar[bool] = False
@@ -218,6 +219,13 @@ class StorageDriver(ABC):
         raise NotSupported(f"the {self.name} storage driver has no quotas")
 
     # --- migration streams (only with ``migration_transports``) ---------------------------
+    # The sender: ``stream_ids`` of each snapshot, each snapshot's stream (oldest first, each
+    # incremental from the one before, the first from the snapshot before it on a refresh),
+    # then ``freeze_for_send``, the volume's stream, ``thaw_after_send``. The receiver, for
+    # each stream in that order: ``stream_receive_dir``, ``stream_receive_command`` fed the
+    # stream, ``adopt_stream``; ``drop_stream`` of the last ``stream_receive_dir`` when
+    # anything fails. The commands run as processes (a driver in Python runs
+    # ``[sys.executable, "-m", MODULE, ...]``).
 
     def freeze_for_send(self, vtype: VolumeType, name: str) -> None:
         """Make a read-only image of the volume for ``stream_send_command(..., "")``."""
@@ -235,25 +243,34 @@ class StorageDriver(ABC):
 
     def stream_ids(self, vtype: VolumeType, name: str, snapshot: str) -> tuple[str, str]:
         """A snapshot's identity for incremental refreshes: its own id and the id of what
-        it was received from ("" when made here)."""
+        it was received from ("" when made here; a btrfs uuid and received uuid, a ZFS
+        guid twice since send/receive keeps it)."""
         raise NotImplementedError
 
     def stream_receive_dir(self, vtype: VolumeType, name: str) -> Path:
-        """A new empty hidden directory of the pool for one stream (removed by ``recover``
-        after a crash)."""
+        """Where the next stream of volume ``name`` is received: a hidden place of the pool
+        (removed by ``recover`` after a crash), new for each stream where each stream makes
+        a volume of its own (btrfs), or one for all of a volume's streams where they are
+        received incrementally into one volume (ZFS: a hidden dataset, or the volume itself
+        on a refresh whose first stream is incremental)."""
         raise NotImplementedError
 
     def stream_receive_command(self, into: Path) -> list[str]:
-        """The command reading one stream on its stdin into ``into``."""
+        """The command reading one stream on its stdin into ``into``. A stream cut midway
+        makes it fail."""
         raise NotImplementedError
 
     def drop_stream(self, into: Path) -> None:
-        """Remove a ``stream_receive_dir`` whose stream failed, with what it received."""
+        """After a failure: remove a hidden ``stream_receive_dir`` with what it received
+        (snapshots not yet in place too); a volume received into keeps what it had. A
+        ``into`` already adopted is no error."""
         raise NotImplementedError
 
     def adopt_stream(self, vtype: VolumeType, name: str, snapshot: str, into: Path) -> None:
         """What one stream made in ``into`` becomes ``snapshot`` of volume ``name`` or, with
-        ``""``, the volume itself (replacing it: a refresh); ``into`` is removed."""
+        ``""``, the volume itself (replacing it: a refresh); a hidden ``into`` is gone once
+        the volume is adopted. A driver whose snapshots cannot leave their volume (ZFS)
+        names the snapshot in ``into`` and moves it with the volume."""
         raise NotImplementedError
 
     def transfer_volume_to(self, other: StorageDriver, vtype: VolumeType, name: str,

@@ -8,6 +8,37 @@ from typing import Any
 
 Devices = dict[str, dict[str, str]]
 
+# --- projects' names: the core keys a project's instances and profiles by host-level names
+
+DEFAULT = "default"
+
+#: the features and their value in a new project when not given (LXD 5.0's); the default
+#: project has them all on, fixed
+FEATURES = {"features.images": "true", "features.profiles": "true",
+            "features.storage.volumes": "true", "features.networks": "false"}
+DEFAULT_FEATURES = dict.fromkeys(FEATURES, "true")
+
+
+def instance_key(project: str, name: str) -> str:
+    """The core's key (host-level name) of instance ``name`` of ``project``."""
+    return name if project == DEFAULT else f"{project}_{name}"
+
+
+def split_instance_key(key: str) -> tuple[str, str]:
+    """(project, name) of a host-level instance key."""
+    project, sep, name = key.rpartition("_")
+    return (project, name) if sep else (DEFAULT, key)
+
+
+def profile_key(project: str, name: str) -> str:
+    """The core's key of profile ``name`` owned by ``project`` (its own profiles)."""
+    return name if project == DEFAULT else f"{project}/{name}"
+
+
+def split_profile_key(key: str) -> tuple[str, str]:
+    project, sep, name = key.rpartition("/")
+    return (project, name) if sep else (DEFAULT, key)
+
 
 def now() -> float:
     return time.time()

@@ -29,35 +29,15 @@ from lxfs.config_schema import (
     validate_among,
 )
 from lxfs.errors import InvalidArgument, LxfsError
-
-DEFAULT = "default"
-
-#: the features and their value in a new project when not given (LXD 5.0's); the default
-#: project has them all on, fixed
-FEATURES = {"features.images": "true", "features.profiles": "true",
-            "features.storage.volumes": "true", "features.networks": "false"}
-DEFAULT_FEATURES = dict.fromkeys(FEATURES, "true")
-
-
-def instance_key(project: str, name: str) -> str:
-    """The core's key (host-level name) of instance ``name`` of ``project``."""
-    return name if project == DEFAULT else f"{project}_{name}"
-
-
-def split_instance_key(key: str) -> tuple[str, str]:
-    """(project, name) of a host-level instance key."""
-    project, sep, name = key.rpartition("_")
-    return (project, name) if sep else (DEFAULT, key)
-
-
-def profile_key(project: str, name: str) -> str:
-    """The core's key of profile ``name`` owned by ``project`` (see ``profiles_of``)."""
-    return name if project == DEFAULT else f"{project}/{name}"
-
-
-def split_profile_key(key: str) -> tuple[str, str]:
-    project, sep, name = key.rpartition("/")
-    return (project, name) if sep else (DEFAULT, key)
+from lxfs.model import (  # noqa: F401 - the names' mapping, re-exported
+    DEFAULT,
+    DEFAULT_FEATURES,
+    FEATURES,
+    instance_key,
+    profile_key,
+    split_instance_key,
+    split_profile_key,
+)
 
 
 def features(project: str, config: dict[str, str]) -> dict[str, str]:

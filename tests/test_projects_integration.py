@@ -118,3 +118,48 @@ def test_projects_survive_restart(projects):
     assert "c1" in os.listdir(d.path("projects", "p1", "instances"))
     state = json.dumps(sorted(os.listdir(d.path("projects", "p1", "state"))))
     assert "instances" in state
+
+
+# --- the real lxc client on the REST bridge ------------------------------------------------
+
+def test_seed_003_with_the_lxc_client(projects):
+    from test_rest_instances_integration import lxc
+
+    d, made = projects
+    for name in ("client-website", "client2-website"):
+        lxc(d, "project", "create", name, "-c", "features.images=false",
+            "-c", "features.profiles=false")
+        made.append(name)
+    listed = lxc(d, "project", "list", "--format", "csv").stdout
+    assert "client-website" in listed and "client2-website" in listed
+    shown = lxc(d, "project", "show", "client-website").stdout
+    assert "features.profiles: \"false\"" in shown or "features.profiles: 'false'" in shown \
+        or "features.profiles: false" in shown
+    lxc(d, "profile", "show", "default", "--project", "default")
+    profile = lxc(d, "profile", "show", "default", "--project", "client-website").stdout
+    assert "path: /" in profile  # the default project's, with its root disk
+    lxc(d, "launch", "busybox", "dbserver", "--project", "client-website")
+    lxc(d, "launch", "busybox", "dbserver")  # the same name in default
+    rows = lxc(d, "list", "--project", "client-website", "--format", "csv",
+               "-c", "ns").stdout.split()
+    assert rows == ["dbserver,RUNNING"]
+    assert d.read("projects", "client-website", "instances", "dbserver", "state") == "RUNNING"
+    lxc(d, "stop", "-f", "dbserver", "--project", "client-website")
+    lxc(d, "snapshot", "dbserver", "s0", "--project", "client-website")
+    lxc(d, "config", "set", "dbserver", "user.role", "db", "--project", "client-website")
+    lxc(d, "move", "dbserver", "dbserver", "--project", "client-website",
+        "--target-project", "client2-website")
+    assert lxc(d, "list", "--project", "client-website", "--format", "csv").stdout == ""
+    moved = lxc(d, "config", "show", "dbserver", "--project", "client2-website").stdout
+    assert "user.role: db" in moved
+    snaps = lxc(d, "info", "dbserver", "--project", "client2-website").stdout
+    assert "s0" in snaps
+    everything = lxc(d, "list", "--all-projects", "--format", "csv", "-c", "n").stdout
+    assert sorted(everything.split()) == ["dbserver", "dbserver"]
+    assert d.read("instances", "dbserver", "state") == "RUNNING"
+    state = lxc(d, "project", "info", "client2-website").stdout
+    assert "INSTANCES" in state.upper()
+    lxc(d, "delete", "-f", "dbserver", "--project", "client2-website")
+    lxc(d, "project", "delete", "client-website")
+    lxc(d, "project", "delete", "client2-website")
+    assert "client-website" not in lxc(d, "project", "list", "--format", "csv").stdout

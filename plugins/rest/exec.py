@@ -47,8 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from lxfs.model import instance_key
+
 from .app import Context, Operation, read_object, route, sync
 from .http import HttpError, Request, Response, WebSocket
+from .projects import requested_project
 
 if TYPE_CHECKING:
     from lxfs.api import Host
@@ -180,10 +183,9 @@ def exec_arguments(name: str, req: ExecRequest, env: dict[str, str], pty: bool) 
 
 
 def _instance(ctx: Context, request: Request) -> Instance:
-    """The instance the request names (lxfs has the default project only), or LXD's 404."""
-    if request.query.get("project", "") not in ("", "default"):
-        raise HttpError(404, "Project not found")
-    inst = ctx.host.instance(request.params["name"])
+    """The instance the request names (in its ``?project=``), or LXD's 404."""
+    project = requested_project(ctx, request)
+    inst = ctx.host.instance(instance_key(project, request.params["name"]))
     if inst is None:
         raise HttpError(404, "Instance not found")
     return inst
@@ -866,9 +868,9 @@ class ExecSession(Session):
 @route("POST", "/1.0/containers/{name}/exec")
 async def post_exec(ctx: Context, request: Request) -> Response:
     """Run a command in an instance (a websocket operation, or a task without websockets)."""
-    name = request.params["name"]
     req = parse_exec(await read_object(request))
     inst = await _running_instance(ctx, request)
+    name = inst.name
     env = exec_environment(inst, req, ctx.host.instance_pid(inst))
     if req.wait_for_ws:
         op = Operation("Executing command", "websocket", resources=_resources(name))
@@ -1109,12 +1111,11 @@ def _lxc_path(ctx: Context) -> str:
 @route("POST", "/1.0/containers/{name}/console")
 async def post_console(ctx: Context, request: Request) -> Response:
     """Attach to an instance's console (websockets ``0`` and ``control``)."""
-    name = request.params["name"]
     body = await read_object(request)
     kind = body.get("type") or "console"
     if kind not in ("console", "vga"):
         raise HttpError(400, f'Unknown console type "{kind}"')
-    _instance(ctx, request)
+    name = _instance(ctx, request).name
     if kind == "vga":
         raise HttpError(400, "VGA console is only supported by virtual machines")
     width, height = _integer(body, "width", -1 << 31, (1 << 31) - 1), \

@@ -27,7 +27,7 @@ import trio
 
 from lxfs.api import write_atomic
 from lxfs.errors import InvalidArgument, LxfsError, NotFound
-from lxfs.model import Snapshot
+from lxfs.model import DEFAULT, Snapshot, instance_key, split_instance_key, split_profile_key
 from lxfs.nodes import File
 
 from .app import (
@@ -43,6 +43,7 @@ from .app import (
 )
 from .http import HttpError, Request, Response
 from .networks import provider
+from .projects import all_projects, in_project, profile_key_in, requested_project
 
 if TYPE_CHECKING:
     from lxfs.model import Instance, Profile
@@ -70,13 +71,15 @@ LOG_FILES = ("lxc.log", "console.log")
 
 def instance_route(method: str, suffix: str) -> Callable[[Endpoint], Endpoint]:
     """Register an endpoint under ``/1.0/instances{suffix}`` and ``/1.0/containers{suffix}``
-    (``suffix``: ``""``, ``"/{name}"``, ``"/{name}/state"``...); both check the project."""
+    (``suffix``: ``""``, ``"/{name}"``, ``"/{name}/state"``...); both check the project
+    (``?project=``) and hand the endpoint the instance's key (``p1_c1`` for ``c1`` of
+    ``p1``: ``lxfs.model.instance_key``) as ``name``."""
 
     def register(endpoint: Endpoint) -> Endpoint:
         async def in_project(ctx: Context, request: Request) -> Response | None:
-            project = request.query.get("project", "")
-            if project not in ("", "default"):
-                return error(404, "Project not found")
+            project = requested_project(ctx, request)
+            if "name" in request.params:
+                request.params["name"] = instance_key(project, request.params["name"])
             return await endpoint(ctx, request)
 
         for prefix in ("/1.0/instances", "/1.0/containers"):
@@ -96,7 +99,7 @@ def requested_instance(ctx: Context, name: str) -> Instance:
 
 def lifecycle(ctx: Context, action: str, name: str, **context: Any) -> None:
     """A lifecycle event about an instance (those the server does not emit itself)."""
-    ctx.host.events.lifecycle(action, f"/1.0/instances/{name}", **context)
+    ctx.host.events.lifecycle(action, ctx.ops.instance_url(name), **context)
 
 
 def _collection(request: Request) -> str:
@@ -105,10 +108,16 @@ def _collection(request: Request) -> str:
 
 
 def _resources(*names: str, containers: bool = True) -> dict[str, list[str]]:
-    found = {"instances": [f"/1.0/instances/{n}" for n in names]}
+    """An operation's resources; ``names``: instance keys."""
+    found = {"instances": [_url("instances", n) for n in names]}
     if containers:
-        found["containers"] = [f"/1.0/containers/{n}" for n in names]
+        found["containers"] = [_url("containers", n) for n in names]
     return found
+
+
+def _url(collection: str, key: str) -> str:
+    project, name = split_instance_key(key)
+    return in_project(project, f"/1.0/{collection}/{name}")
 
 
 def _start(ctx: Context, description: str, resources: dict[str, list[str]],
@@ -184,14 +193,16 @@ def _devices(body: dict[str, Any]) -> Devices | None:
     return devices
 
 
-def _profile_list(ctx: Context, body: dict[str, Any]) -> list[str] | None:
+def _profile_list(ctx: Context, body: dict[str, Any], project: str = DEFAULT
+                  ) -> list[str] | None:
+    """The profiles' names a request gives (checked in ``project``)."""
     value = body.get("profiles")
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise HttpError(400, "profiles: expected a list of names")
     for name in value:
-        if name not in ctx.ops.profiles:
+        if profile_key_in(ctx, project, name) not in ctx.ops.profiles:
             raise HttpError(404, f'Requested profile "{name}" doesn\'t exist')
     return list(value)
 
@@ -242,19 +253,19 @@ async def instance_document(ctx: Context, inst: Instance) -> dict[str, Any]:
         "config": dict(inst.config),
         "devices": {k: dict(v) for k, v in inst.devices.items()},
         "ephemeral": inst.ephemeral,
-        "profiles": list(inst.profiles),
+        "profiles": [split_profile_key(p)[1] for p in inst.profiles],
         "stateful": False,
         "description": inst.description,
         "created_at": timestamp(inst.created_at),
         "expanded_config": dict(inst.expanded_config),
         "expanded_devices": {k: dict(v) for k, v in inst.expanded_devices.items()},
-        "name": inst.name,
+        "name": inst.local_name,
         "status": status,
         "status_code": code,
         "last_used_at": timestamp(inst.last_used_at),
         "location": "none",
         "type": inst.type,
-        "project": "default",
+        "project": inst.project,
     }
 
 
@@ -601,20 +612,22 @@ def matches(document: dict[str, Any], clauses: list[tuple[str, bool, str, str, s
 async def list_instances(ctx: Context, request: Request) -> Response:
     depth = recursion(request)
     clauses = parse_filter(request.query.get("filter", ""))
-    all_projects = request.query.get("all-projects", "").lower() in ("true", "1", "yes")
-    if all_projects and request.query.get("project"):
-        return error(400, "Cannot specify a project when requesting all projects")
     collection = _collection(request)
-    names = sorted(ctx.ops.instances)
+    if all_projects(request):
+        names = sorted(ctx.ops.instances, key=lambda k: split_instance_key(k)[::-1])
+    else:
+        project = requested_project(ctx, request)
+        names = sorted(i.name for i in ctx.ops.project_instances(project))
     if depth == 0 and not clauses:
-        return sync([f"/1.0/{collection}/{n}" for n in names])
+        return sync([_url(collection, n) for n in names])
     if depth >= 2:
         documents = await full_documents(ctx, names)
     else:
         documents = await _documents(ctx, names, instance_document)
     documents = [d for d in documents if matches(d, clauses)]
     if depth == 0:
-        return sync([f"/1.0/{collection}/{d['name']}" for d in documents])
+        return sync([in_project(d["project"], f"/1.0/{collection}/{d['name']}")
+                     for d in documents])
     return sync(documents)
 
 
@@ -655,17 +668,20 @@ def _image_source(ctx: Context, source: dict[str, Any]) -> str:
                          "from image")
 
 
-def _copy_source(ctx: Context, source: dict[str, Any]) -> tuple[str, str]:
-    """What the ``source`` file would be given for a copy, and the source's name."""
+def _copy_source(ctx: Context, source: dict[str, Any], project: str) -> tuple[str, str]:
+    """What the ``source`` file would be given for a copy, and the source's key (in
+    ``source.project``, else the target's ``project``)."""
     origin = _text(source, "source")
     if not origin:
         raise HttpError(400, "Must specify a source instance")
-    if _text(source, "project") not in ("", "default"):
+    source_project = _text(source, "project") or project
+    if source_project not in ctx.ops.projects:
         raise HttpError(404, "Project not found")
     if _flag(source, "refresh"):
         raise HttpError(400, "refreshing a copy is not supported by lxfs: delete the "
                              "target and copy again")
     parent, _, snapshot = origin.partition("/")
+    parent = instance_key(source_project, parent)
     inst = requested_instance(ctx, parent)
     if snapshot and snapshot not in inst.snapshots:
         raise HttpError(404, "Snapshot not found")
@@ -685,6 +701,7 @@ async def create_instance(ctx: Context, request: Request) -> Response:
 
         return await import_body(ctx, request)
     body = await read_object(request)
+    project = requested_project(ctx, request)
     kind = _text(body, "type")
     if kind not in ("", "container"):
         return error(400, f"lxfs runs containers only: instance type {kind!r} is not "
@@ -706,7 +723,7 @@ async def create_instance(ctx: Context, request: Request) -> Response:
     elif source_type == "image":
         ref = _image_source(ctx, source)
     elif source_type == "copy":
-        ref, origin = _copy_source(ctx, source)
+        ref, origin = _copy_source(ctx, source, project)
     elif source_type == "none":
         ref = None
     elif source_type == "migration":
@@ -715,7 +732,8 @@ async def create_instance(ctx: Context, request: Request) -> Response:
         return error(400, f"Unknown source type {source_type}")
     name = _text(body, "name") or _new_name(ctx)
     _check_name(name)
-    profiles = _profile_list(ctx, body)
+    new_key = instance_key(project, name)
+    profiles = _profile_list(ctx, body, project)
     config = {k: v for k, v in (_string_map(body, "config") or {}).items()
               if not _managed(ctx, k)}  # volatile keys of a copied instance are lxfs's own
     for key, value in config.items():
@@ -736,17 +754,17 @@ async def create_instance(ctx: Context, request: Request) -> Response:
             ref = image.fingerprint
         await ctx.host.guarded("", ctx.ops.create_instance(
             name, profiles=profiles, config=config, ephemeral=ephemeral,
-            description=description, devices=devices))
+            description=description, devices=devices, project=project))
         if ref is None:
             return
         try:
-            await ctx.host.guarded(name, ctx.ops.set_source(name, ref))
+            await ctx.host.guarded(new_key, ctx.ops.set_source(new_key, ref))
         except BaseException:
             with trio.CancelScope(shield=True):
-                await _discard_unfinished(ctx, name)
+                await _discard_unfinished(ctx, new_key)
             raise
 
-    names = (name, origin) if origin else (name,)
+    names = (new_key, origin) if origin else (new_key,)
     return ctx.start_operation(Operation("Creating instance", resources=_resources(*names)),
                                create)
 
@@ -780,7 +798,7 @@ async def put_instance(ctx: Context, request: Request) -> Response:
         return _restore(ctx, name, restore, _flag(body, "stateful"))
     config = _string_map(body, "config") or {}
     devices = _devices(body) or {}
-    profiles = _profile_list(ctx, body) or []
+    profiles = _profile_list(ctx, body, inst.project) or []
     description, ephemeral = _text(body, "description"), _flag(body, "ephemeral")
 
     async def update() -> None:
@@ -819,7 +837,7 @@ async def patch_instance(ctx: Context, request: Request) -> Response:
         return error(400, "Can't call PATCH in restore mode")
     config = _string_map(body, "config")
     devices = _devices(body)
-    profiles = _profile_list(ctx, body)
+    profiles = _profile_list(ctx, body, inst.project)
     description = _text(body, "description") if "description" in body else None
     ephemeral = _flag(body, "ephemeral") if "ephemeral" in body else None
     if config is not None:
@@ -849,30 +867,34 @@ async def delete_instance(ctx: Context, request: Request) -> Response:
 async def post_instance(ctx: Context, request: Request) -> Response:
     """Rename; with ``migration`` and a ``pool``, move the root volume to that pool."""
     name = request.params["name"]
-    requested_instance(ctx, name)
+    inst = requested_instance(ctx, name)
     body = await read_object(request)
-    new = _text(body, "name") or name
+    new = _text(body, "name") or inst.local_name
     _check_name(new)
+    target = _text(body, "project") or inst.project
+    if target not in ctx.ops.projects:
+        return error(404, "Project not found")
     if _flag(body, "migration") and not _text(body, "pool"):
         return _migration_source(ctx, name, body)
     if _flag(body, "migration"):
         pool = _text(body, "pool")
-        if body.get("target") or _text(body, "project") not in ("", "default"):
-            return error(400, "migration to another project is not supported by lxfs yet")
-        if new != name and new in ctx.ops.instances:
+        if body.get("target"):
+            return error(400, "lxfs is not a cluster: there is no target member")
+        renamed = instance_key(target, new) != name
+        if renamed and instance_key(target, new) in ctx.ops.instances:
             return error(409, f'Name "{new}" already in use')
 
         async def move() -> None:
             await ctx.host.guarded(name, ctx.ops.move_to_pool(name, pool))
-            if new != name:
-                await ctx.host.guarded(name, ctx.ops.rename_instance(name, new))
+            if renamed:
+                await ctx.host.guarded(name, ctx.ops.rename_instance(name, new, target))
 
         return _start(ctx, "Migrating instance", _resources(name), move)
-    if new in ctx.ops.instances:
+    if instance_key(target, new) in ctx.ops.instances:
         return error(409, f'Name "{new}" already in use')
 
     async def rename() -> None:
-        await ctx.host.guarded(name, ctx.ops.rename_instance(name, new))
+        await ctx.host.guarded(name, ctx.ops.rename_instance(name, new, target))
 
     return _start(ctx, "Renaming instance", _resources(name), rename)
 

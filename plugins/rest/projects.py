@@ -1,21 +1,57 @@
-"""``/1.0/projects`` (the ``default`` project only: others come in a later issue; its
-``restricted*`` keys are the server's, as ``projects/default/config/`` on the mount) and
-``/1.0/certificates`` (an empty trust store until lxfs listens on HTTPS)."""
+"""``/1.0/projects``: LXD's projects over the server's (``projects/`` on the mount): create,
+show, update, rename and delete (empty ones), and ``state`` (usage against limits). Also
+the helpers the other modules use to read ``?project=`` and to name a project's instances
+and profiles in URLs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lxfs.errors import NotFound, NotSupported
-from lxfs.model import Project
+from lxfs.errors import NotFound
+from lxfs.model import (
+    DEFAULT,
+    DEFAULT_FEATURES,
+    FEATURES,
+    Instance,
+    Project,
+    profile_key,
+    split_profile_key,
+)
 
 from .app import Context, etag, read_object, route, sync
 from .http import HttpError, Request, Response
-from .resources import check_etag, forget_removed, listing, string_map, text, url
+from .resources import check_etag, created, forget_removed, listing, string_map, text, url
 
-#: LXD's project features: all on in the default project, and fixed there
-FEATURES = {"features.images": "true", "features.networks": "true",
-            "features.profiles": "true", "features.storage.volumes": "true"}
+
+def requested_project(ctx: Context, request: Request) -> str:
+    """The project a request names (``?project=``, ``default`` without), or LXD's 404."""
+    project = request.query.get("project") or DEFAULT
+    if project not in ctx.ops.projects:
+        raise HttpError(404, "Project not found")
+    return project
+
+
+def all_projects(request: Request) -> bool:
+    """``?all-projects=true`` (400 beside ``?project=``, as LXD)."""
+    wanted = request.query.get("all-projects", "").lower() in ("true", "1", "yes")
+    if wanted and request.query.get("project"):
+        raise HttpError(400, "Cannot specify a project when requesting all projects")
+    return wanted
+
+
+def in_project(project: str, path: str) -> str:
+    """``path`` with ``?project=`` when ``project`` is not ``default``."""
+    return path if project == DEFAULT else f"{path}?project={project}"
+
+
+def instance_url(inst: Instance, *rest: str) -> str:
+    return in_project(inst.project, url("instances", inst.local_name, *rest))
+
+
+def profile_key_in(ctx: Context, project: str, name: str) -> str:
+    """The key of profile ``name`` as ``project`` sees it (the default project's when its
+    ``features.profiles`` is off, as LXD's effective project)."""
+    return profile_key(ctx.ops.profiles_project(project), name)
 
 
 def _project(ctx: Context, name: str) -> Project:
@@ -26,15 +62,22 @@ def _project(ctx: Context, name: str) -> Project:
 
 
 def _config(project: Project) -> dict[str, str]:
-    return {**FEATURES, **project.config}
+    if project.name == DEFAULT:
+        return {**DEFAULT_FEATURES, **project.config}
+    return dict(project.config)
 
 
 def project_document(ctx: Context, project: Project) -> dict[str, Any]:
-    used_by = [url("instances", n) for n in sorted(ctx.ops.instances)]
-    used_by += [url("profiles", n) for n in sorted(ctx.ops.profiles)]
-    used_by += [url("images", fp) for fp in sorted(ctx.ops.images)]
+    name = project.name
+    used_by = [instance_url(i) for i in sorted(ctx.ops.project_instances(name),
+                                               key=lambda i: i.name)]
+    if ctx.ops.profiles_project(name) == name:
+        used_by += [in_project(name, url("profiles", split_profile_key(k)[1]))
+                    for k in sorted(ctx.ops.profiles) if split_profile_key(k)[0] == name]
+    if name == DEFAULT:
+        used_by += [url("images", fp) for fp in sorted(ctx.ops.images)]
     return {"config": _config(project), "description": project.description,
-            "name": project.name, "used_by": used_by}
+            "name": name, "used_by": used_by}
 
 
 def _etag_of(project: Project) -> list[Any]:
@@ -50,9 +93,16 @@ async def list_projects(ctx: Context, request: Request) -> Response:
 
 @route("POST", "/1.0/projects")
 async def create_project(ctx: Context, request: Request) -> Response:
-    await request.drain()
-    raise NotSupported("lxfs has only the default project for now: creating projects "
-                       "comes in a later version")
+    body = await read_object(request)
+    name = text(body.get("name"), "name")
+    if not name:
+        raise HttpError(400, "No name provided")
+    if name in ctx.ops.projects:
+        raise HttpError(409, f"Error inserting {name!r} into database: The project already "
+                             "exists")
+    await ctx.ops.create_project(name, text(body.get("description"), "description"),
+                                 string_map(body.get("config")))
+    return created(url("projects", name))
 
 
 @route("GET", "/1.0/projects/{name}")
@@ -71,15 +121,17 @@ async def _update(ctx: Context, request: Request, patch: bool) -> Response:
         config = {**current, **config}
     description = text(body["description"], "description") if "description" in body or \
         not patch else project.description
-    for key, value in FEATURES.items():
-        if config.get(key, value) != value:
-            raise HttpError(400, "You can't change the features of the default project")
-    own = {k: v for k, v in config.items() if k not in FEATURES}
+    if project.name == DEFAULT:
+        for key, value in DEFAULT_FEATURES.items():
+            if config.get(key, value) != value:
+                raise HttpError(400, "You can't change the features of the default project")
+        config = {k: v for k, v in config.items() if k not in FEATURES}
+    elif not patch:  # a PUT without a feature turns it off, as LXD
+        config = {**dict.fromkeys(FEATURES, "false"), **config}
     before = dict(project.config)
-    await ctx.ops.update_project(project.name, description, own)
+    await ctx.ops.update_project(project.name, description, config)
     forget_removed(ctx, f"projects/{project.name}/config", before,
-                   {k: v for k, v in own.items() if v})
-    ctx.host.events.lifecycle("project-updated", url("projects", project.name))
+                   {k: v for k, v in config.items() if v})
     return sync(None)
 
 
@@ -95,20 +147,37 @@ async def patch_project(ctx: Context, request: Request) -> Response:
 
 @route("POST", "/1.0/projects/{name}")
 async def rename_project(ctx: Context, request: Request) -> Response:
-    _project(ctx, request.params["name"])
-    await request.drain()
-    raise HttpError(403, "The 'default' project cannot be renamed")
+    name = request.params["name"]
+    _project(ctx, name)
+    if name == DEFAULT:
+        await request.drain()
+        raise HttpError(403, "The 'default' project cannot be renamed")
+    new = text((await read_object(request)).get("name"), "name")
+    if not new:
+        raise HttpError(400, "No name provided")
+    if new in ctx.ops.projects:
+        raise HttpError(409, f"Name {new!r} already in use")
+    await ctx.ops.rename_project(name, new)
+    return created(url("projects", new))
 
 
 @route("DELETE", "/1.0/projects/{name}")
 async def delete_project(ctx: Context, request: Request) -> Response:
-    _project(ctx, request.params["name"])
-    raise HttpError(403, "The 'default' project cannot be deleted")
+    name = request.params["name"]
+    _project(ctx, name)
+    if name == DEFAULT:
+        raise HttpError(403, "The 'default' project cannot be deleted")
+    if not ctx.ops.project_is_empty(name):
+        raise HttpError(400, "Only empty projects can be removed")
+    await ctx.ops.delete_project(name)
+    return sync(None)
 
 
 @route("GET", "/1.0/projects/{name}/state")
 async def project_state(ctx: Context, request: Request) -> Response:
     _project(ctx, request.params["name"])
-    usage = {"containers": len(ctx.ops.instances), "instances": len(ctx.ops.instances),
-             "virtual-machines": 0, "networks": 0}
-    return sync({"resources": {k: {"limit": -1, "usage": v} for k, v in usage.items()}})
+    usage = ctx.ops.project_usage(request.params["name"])
+    resources = {resource: {"limit": limit, "usage": used}
+                 for resource, (used, limit) in usage.items()}
+    resources["networks"] = {"limit": -1, "usage": 0}
+    return sync({"resources": resources})

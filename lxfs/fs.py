@@ -22,6 +22,11 @@ length of the value (computed at getattr, the value kept a moment for the read t
 after every daemon event, the kernel's cached attributes then dropped), O_TRUNC and truncate
 empty or cut a value, and the temporary files of editors and ``sed -i`` are ``Scratch`` files,
 private to their process and applied as one write when renamed over a value.
+
+Values are read through the kernel's page cache (``_open_cached``): every open computes the
+value and keeps the kernel's pages only while they hold it, so a read never sees a stale
+value, whoever changed it; the kernel's listings are not cached (docs/filesystem.md,
+"Caching").
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from lxfs.cli import exec as cli_exec
+from lxfs.cli import fast as cli_fast
 from lxfs.cli import images as cli_images
 from lxfs.cli import main
 from lxfs.cli import mount as cli_mount
@@ -36,8 +37,10 @@ def put(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-@pytest.fixture
-def mnt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(params=["fast-path", "argparse"])
+def mnt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """A fake mount; each test runs twice: with the common commands' fast path
+    (lxfs/cli/fast.py) and with argparse and the full commands only."""
     root = tmp_path / "lxfs"
     env = {"server_version": "0.1.0", "server_pid": "4242", "data_dir": "/var/lib/lxfs",
            "lxc_path": str(tmp_path / "lxc"), "kernel_version": "6.1.0",
@@ -56,6 +59,10 @@ def mnt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     put(root / "profiles" / "default" / "used_by", "")
     (root / "profiles" / "default" / "config").mkdir()
     monkeypatch.setenv("LXFS_MOUNT", str(root))
+    if request.param == "argparse":
+        monkeypatch.setenv("LXFS_NO_FAST_PATH", "1")
+    # the fast path writes through whatever write_raw a test puts into lxfs.cli.mount
+    monkeypatch.setattr(cli_fast, "write_raw", lambda path, value: cli_mount.write_raw(path, value))
     return root
 
 

@@ -45,6 +45,8 @@ TOKENS: dict[str, list[str]] = {
     "create": ["busybox", "-e", "-c", "k=v", "-p", "p1", "-s", "p", "--no-profiles"],
     "copy": ["c1/s1", "c3", "-e", "--refresh", "2bad"],
     "cp": ["c3", "--instance-only"],
+    "file": ["push", "pull", "delete", "/etc/hostname", "c1/tmp/", "-r", "-p", "--uid", "0",
+             "--gid=7", "--mode", "0644", "--create-dirs", "-"],
     "list": ["-f", "csv", "-c", "ns", "status=running", "--format=json"],
     "ls": ["-c", "n"],
 }
@@ -100,6 +102,9 @@ LONGER_FORMS = [
     ["launch", "-s", "btrfs", "--config=limits.memory=64MiB", "busybox", "web-1"],
     ["create", "busybox", "c1", "--no-profiles", "--profile=p1"],
     ["copy", "c1/snap0", "c2"],
+    ["file", "push", "a", "b", "c1/tmp/", "-p", "--uid", "1000", "--gid", "1000",
+     "--mode=0600"],
+    ["file", "pull", "-r", "c1/etc", "c1/root/x", "/tmp/out/"],
     ["ls"],
 ]
 
@@ -154,7 +159,8 @@ PLAIN_FORMS = [
     ["launch", "busybox", "c1", "-s", "dir"], ["start", "c1"], ["stop", "-f", "c1"],
     ["restart", "c1"], ["delete", "-f", "c1"], ["list"], ["snapshot", "c1", "s1"],
     ["restore", "c1", "s1"], ["copy", "c1", "c2"], ["config", "get", "c1", "k"],
-    ["config", "set", "c1", "k", "v"],
+    ["config", "set", "c1", "k", "v"], ["file", "push", "/etc/hostname", "c1/tmp/x"],
+    ["file", "pull", "c1/etc/hostname", "/tmp/x"],
 ]
 
 

@@ -32,9 +32,10 @@ COMMAND_MODULES = {
     "network": "network",
     "init": "init",
     "remote": "remotes",
+    "project": "projects",
 }
 MODULE_ORDER = ("instances", "exec", "config", "profiles", "copying", "backups", "console",
-                "files", "images", "storage", "network", "init", "remotes")
+                "files", "images", "storage", "network", "init", "remotes", "projects")
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -85,11 +86,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 #: the commands of ``lxfs.cli.fast`` (kept here: the other commands do not import it)
 FAST_WORDS = frozenset(("start", "stop", "restart", "freeze", "pause", "unfreeze", "delete",
                         "rm", "snapshot", "restore", "config", "launch", "create", "copy", "cp",
-                        "list", "ls"))
+                        "list", "ls", "file"))
 
 
 def _run(args_list: list[str], local_only: bool = False) -> int:
     fast_path = not os.environ.get("LXFS_NO_FAST_PATH")  # set: argparse for every command
+    fast_path = fast_path and not _project_switched()  # the fast path knows no projects
     if (fast_path and args_list[:1] and args_list[0] in FAST_WORDS
             and (local_only or not _default_remote_elsewhere())):
         from lxfs.cli import fast  # noqa: PLC0415 - no argparse, pathlib or re
@@ -142,6 +144,17 @@ def _may_name_remote(argv: list[str]) -> bool:
         if ":" in arg and not arg.startswith("-"):
             return True
     return _default_remote_elsewhere()
+
+
+def _project_switched() -> bool:
+    """Has ``lxfs project switch`` made another project current? A plain read of
+    ``config.yml`` (``project:`` of a remote, ``lxfs.cli.projects``)."""
+    conf = os.environ.get("LXFS_CONF") or os.path.expanduser("~/.config/lxfs")
+    try:
+        with open(os.path.join(conf, "config.yml"), encoding="utf-8") as f:
+            return "project:" in f.read()
+    except OSError:
+        return False
 
 
 def _default_remote_elsewhere() -> bool:

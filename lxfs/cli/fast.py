@@ -38,7 +38,7 @@ STATE_ACTIONS = {"start": "start", "stop": "stop", "restart": "restart", "freeze
                  "pause": "freeze", "unfreeze": "unfreeze"}
 #: the words ``parse`` may accept (for the others it is not imported)
 WORDS = frozenset((*STATE_ACTIONS, "delete", "rm", "snapshot", "restore", "config", "launch",
-                   "create", "copy", "cp", "list", "ls"))
+                   "create", "copy", "cp", "list", "ls", "file"))
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
@@ -92,8 +92,8 @@ def _negative(token: str) -> bool:
     return token[:1] == "-" and token[1:].isascii() and token[1:].isdigit()
 
 
-def _timeout(text: str) -> int | None:
-    """``--timeout``'s value as ``int()`` reads it, for plain decimal numbers."""
+def _int(text: str) -> int | None:
+    """An integer option's value as ``int()`` reads it, for plain decimal numbers."""
     digits = text[1:] if text[:1] in ("-", "+") else text
     return int(text) if digits.isascii() and digits.isdigit() else None
 
@@ -122,7 +122,7 @@ def parse(argv: list[str]) -> Args | None:
         args["names"] = names
         if stop_like:
             args["force"] = options.get("force", False)
-            timeouts = [_timeout(value) for value in options.get("timeout", ["-1"])]
+            timeouts = [_int(value) for value in options.get("timeout", ["-1"])]
             if None in timeouts:  # argparse converts (and refuses) each one
                 return None
             args["timeout"] = timeouts[-1]
@@ -175,6 +175,25 @@ def parse(argv: list[str]) -> Args | None:
         args.update(source=tokens[0], target=tokens[1], instance_only=False, config=None,
                     profile=None, no_profiles=False, ephemeral=False, mode="pull",
                     storage=None, refresh=False, stateless=False, stateful=False)
+        return args
+    if word == "file" and tokens[:1] in (["push"], ["pull"]):
+        push = tokens[0] == "push"
+        parsed = _options(tokens[1:], {"-r": "recursive", "--recursive": "recursive",
+                                       "-p": "create_dirs", "--create-dirs": "create_dirs"},
+                          {"--uid": "uid[]", "--gid": "gid[]", "--mode": "mode"} if push else {})
+        if parsed is None or len(parsed[1]) < 2:
+            return None
+        options, positionals = parsed
+        args.update(file_command=tokens[0], sources=positionals[:-1], target=positionals[-1],
+                    recursive=options.get("recursive", False),
+                    create_dirs=options.get("create_dirs", False))
+        if push:
+            for owner in ("uid", "gid"):
+                values = [_int(value) for value in options.get(owner, ["-1"])]
+                if None in values:
+                    return None
+                args[owner] = values[-1] if owner in options else None
+            args["mode"] = options.get("mode")
         return args
     if word in ("list", "ls") and not tokens:
         args.update(filters=[], format="table", columns="ns46tS")
@@ -541,6 +560,22 @@ def run_list(root: str, _args: Args) -> int:
     return 0
 
 
+class Namespace:
+    """The arguments as attributes, for a command that takes argparse's namespace."""
+
+    def __init__(self, values: Args) -> None:
+        self.__dict__.update(values)
+
+
+def run_file(_root: str, args: Args) -> int:
+    """``file push|pull``: ``lxfs.cli.files`` itself (it needs neither argparse nor
+    pathlib)."""
+    from lxfs.cli import files  # noqa: PLC0415
+
+    command = files.cmd_push if args["file_command"] == "push" else files.cmd_pull
+    return command(Namespace(args))  # type: ignore[arg-type]
+
+
 RUNNERS: dict[str, Callable[[str, Args], int]] = {
     **dict.fromkeys(STATE_ACTIONS, run_state),
     "delete": run_delete, "rm": run_delete,
@@ -549,6 +584,7 @@ RUNNERS: dict[str, Callable[[str, Args], int]] = {
     "launch": run_create, "create": run_create,
     "copy": run_copy, "cp": run_copy,
     "list": run_list, "ls": run_list,
+    "file": run_file,
 }
 
 
@@ -558,7 +594,8 @@ def run(argv: list[str]) -> int | None:
     if args is None:
         return None
     root = mount_point()
-    check_mount(root)
+    if args["command"] != "file":  # lxfs.cli.files checks the mount itself
+        check_mount(root)
     try:
         return RUNNERS[args["command"]](root, args)
     except NotHandled:

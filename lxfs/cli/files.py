@@ -7,17 +7,16 @@ never on the host.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import stat
 import sys
-from collections.abc import Iterator
 
-from lxfs.cli.mount import CLIError, Mount, strip_local_remote
+from lxfs.cli.base import CLIError, check_mount, instance_dir, mount_point
 
-TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
+TYPE_CHECKING = False  # typing, argparse and pathlib (lxfs.cli.mount): 15 ms of start-up
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
     from typing import BinaryIO
 
 CHUNK = 1 << 20
@@ -30,6 +29,8 @@ def split_target(spec: str) -> tuple[str, str]:
         raise CLIError(f"Invalid path {spec!r}: expected NAME/PATH")
     name, path = spec.split("/", 1)
     if ":" in name:
+        from lxfs.cli.mount import strip_local_remote  # noqa: PLC0415
+
         name = strip_local_remote(name)
     if not name:
         raise CLIError(f"Invalid path {spec!r}: expected NAME/PATH")
@@ -73,14 +74,21 @@ def resolve_in_root(root: str, path: str, follow_last: bool = True) -> str:
 class Instance:
     """The root filesystem of one instance, as seen through the mount."""
 
-    def __init__(self, mount: Mount, name: str) -> None:
+    def __init__(self, mount_root: str, name: str) -> None:
         self.name = name
-        self.root = str(mount.instance(name) / "rootfs")
+        self.root = os.path.join(instance_dir(mount_root, name), "rootfs")
         if not os.path.isdir(self.root):
             raise CLIError(f"Instance {name!r} has no root filesystem")
 
     def host(self, path: str, follow_last: bool = True) -> str:
         return resolve_in_root(self.root, path, follow_last)
+
+
+def checked_mount() -> str:
+    """The mount point, once an lxfs daemon answers there."""
+    root = mount_point()
+    check_mount(root)
+    return root
 
 
 def _fail(what: str, exc: OSError) -> CLIError:
@@ -193,7 +201,7 @@ def push_regular(inst: Instance, src: str, dest_path: str, args: argparse.Namesp
 
 def cmd_push(args: argparse.Namespace) -> int:
     """``lxfs file push SRC... NAME/PATH [-r] [-p] [--uid --gid --mode]``."""
-    mount = Mount()
+    mount = checked_mount()
     name, target = split_target(args.target)
     inst = Instance(mount, name)
     into_dir = target.endswith("/") or len(args.sources) > 1 or args.recursive
@@ -286,7 +294,7 @@ def pull_path(inst: Instance, host: str, display: str, dest: str, recursive: boo
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """``lxfs file pull NAME/PATH... DST [-r] [-p]``."""
-    mount = Mount()
+    mount = checked_mount()
     dest = args.target
     into_dir = (len(args.sources) > 1 or dest.endswith("/") or os.path.isdir(dest)
                 or (args.recursive and os.path.exists(dest)))
@@ -312,7 +320,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """``lxfs file delete NAME/PATH... [-f]``."""
-    mount = Mount()
+    mount = checked_mount()
     for spec in args.paths:
         name, path = split_target(spec)
         if path.strip("/") == "":
@@ -323,6 +331,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
             st = os.lstat(host)
             if stat.S_ISDIR(st.st_mode):
                 if args.force:
+                    import shutil  # noqa: PLC0415
+
                     shutil.rmtree(host)
                 else:
                     os.rmdir(host)

@@ -17,6 +17,8 @@ import pytest
 from lxfs_plugins import storage_zfs, storage_zfs_stream
 from lxfs_plugins.rest.migration import make_answer, make_offer, pb
 from lxfs_plugins.rest.migration.transports import TRANSPORTS
+from lxfs_plugins.storage_btrfs import BtrfsDriver
+from lxfs_plugins.storage_dir import DirDriver
 from lxfs_plugins.storage_zfs import ZfsDriver
 
 from lxfs.errors import AlreadyExists, Busy, InvalidArgument, NotFound, NotSupported
@@ -659,11 +661,13 @@ def test_transport_negotiation() -> None:
         answer, chosen = make_answer(offer, ("ZFS",), refresh=refresh, wanted=snaps)
         assert answer.fs == pb.ZFS and chosen is TRANSPORTS["ZFS"]
         assert answer.zfsFeatures.migration_header and answer.refresh == refresh
-    for sink in (("BTRFS",), ()):  # a btrfs pool, a dir pool
-        answer, chosen = make_answer(offer, sink, refresh=False, wanted=snaps)
+    for sink in (BtrfsDriver, DirDriver):
+        answer, chosen = make_answer(offer, sink.migration_transports, refresh=False,
+                                     wanted=snaps)
         assert answer.fs == pb.RSYNC and chosen is None
         assert answer.rsyncFeatures.bidirectional
-    btrfs_offer, _ = make_offer(("BTRFS",), snaps, running=False)
+    btrfs_offer, _ = make_offer(BtrfsDriver.migration_transports, snaps, running=False)
+    assert btrfs_offer.fs == pb.BTRFS
     assert make_answer(btrfs_offer, ("ZFS",), refresh=False, wanted=snaps)[0].fs == pb.RSYNC
     running, none = make_offer(("ZFS",), snaps, running=True)
     assert running.fs == pb.RSYNC and none is None and running.criu == pb.NONE

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from lxfs_plugins import storage_zfs, storage_zfs_stream
+from lxfs_plugins.rest import migration
 from lxfs_plugins.rest.migration import make_answer, make_offer, pb
 from lxfs_plugins.rest.migration.transports import TRANSPORTS
 from lxfs_plugins.storage_btrfs import BtrfsDriver
@@ -648,6 +650,118 @@ def test_recover_after_a_cut_migration(pool: ZfsDriver, fake: FakeZfs) -> None:
     assert _hidden(fake) == []
     assert pool.list_volumes("container") == ["c1", "c3"]
     assert pool.volume_path("container", "c3") in fake.mounted  # type: ignore[attr-defined]
+
+
+class _Pipe(migration.Channel):
+    """One direction of the ``fs`` websocket in memory: data messages, None for a barrier."""
+
+    def __init__(self) -> None:
+        self.put, self.get = trio.open_memory_channel[bytes | None](1000)
+
+    async def send(self, data: bytes) -> None:
+        await self.put.send(data)
+
+    async def end(self) -> None:
+        await self.put.send(None)
+
+    async def receive(self) -> bytes | None:
+        return await self.get.receive()
+
+
+class _Duplex(migration.Channel):
+    def __init__(self, out: _Pipe, into: _Pipe) -> None:
+        self.out, self.into = out, into
+
+    async def send(self, data: bytes) -> None:
+        await self.out.send(data)
+
+    async def end(self) -> None:
+        await self.out.end()
+
+    async def receive(self) -> bytes | None:
+        return await self.into.receive()
+
+
+async def test_bridge_moves_zfs_streams(pool: ZfsDriver, other: ZfsDriver, fake: FakeZfs,
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The bridge's own sending and receiving of a native transport (``Source`` and
+    ``Sink``), with ZFS between two fake pools: the stream processes run in this process
+    (where the fake is), the ``fs`` websocket is in memory."""
+    async def stream_out(argv: list[str], channel: migration.Channel) -> None:
+        out = tmp_path / "out"
+        with open(out, "wb") as f:
+            assert await trio.to_thread.run_sync(
+                lambda: _run_stream(argv, stdout=f.fileno())) == 0
+        await channel.send(out.read_bytes())
+        await channel.end()
+
+    async def stream_in(argv: list[str], channel: migration.Channel) -> None:
+        data = b""
+        while (chunk := await channel.receive()) is not None:
+            data += chunk
+        (tmp_path / "in").write_bytes(data[:len(data) // 2] if cut else data)
+        with open(tmp_path / "in", "rb") as f:
+            if await trio.to_thread.run_sync(lambda: _run_stream(argv, stdin=f.fileno())):
+                raise migration.MigrationError("zfs receive failed")
+
+    monkeypatch.setattr(migration, "stream_out", stream_out)
+    monkeypatch.setattr(migration, "stream_in", stream_in)
+    cut = False
+    src, dst = "tank/lxfs/containers/c1", "tank/other/containers/c1"
+    pool.create_volume("container", "c1")
+    for version, snap in ((1, "s1"), (2, "s2")):
+        fake.datasets[src]["data"] = {"f": version}
+        pool.create_snapshot("container", "c1", snap)
+    fake.datasets[src]["data"] = {"f": 3}
+
+    async def move(refresh: bool) -> list[str]:
+        snaps = pool.list_snapshots("container", "c1")
+        messages = [pb.Snapshot(name=n, ephemeral=False, architecture=2, stateful=False)
+                    for n in snaps]
+        offer, transport = make_offer(pool.migration_transports, messages, running=False)
+        answer, chosen = make_answer(offer, other.migration_transports, refresh=refresh,
+                                     wanted=messages)
+        assert transport is chosen is TRANSPORTS["ZFS"]
+        source = object.__new__(migration.Source)
+        source.name, source.op, source.secrets = "c1", types.SimpleNamespace(), {}
+        sink = object.__new__(migration.Sink)
+        sink.name, sink.op, sink.refresh = "c1", types.SimpleNamespace(), refresh
+        to_sink, to_source = _Pipe(), _Pipe()
+        received: list[str] = []
+
+        async def receive() -> None:
+            existing = set(other.list_snapshots("container", "c1"))
+            records = await sink._receive_streams(other, _Duplex(to_source, to_sink),
+                                                  transport, answer, messages, existing)
+            received.extend(r.name for r in records)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await source._send_streams(pool, _Duplex(to_sink, to_source), transport, answer,
+                                       snaps)
+        return received
+
+    assert await move(refresh=False) == ["s1", "s2"]
+    assert _state(fake, dst) == _state(fake, src)
+    assert other.volume_path("container", "c1") in fake.mounted  # type: ignore[attr-defined]
+    fake.datasets[src]["data"] = {"f": 4}
+    pool.create_snapshot("container", "c1", "s3")
+    fake.calls.clear()
+    assert await move(refresh=True) == ["s3"]
+    assert [c for c in fake.calls if c.startswith("send ")] == [
+        f"send {src}@snapshot-s3 from {src}@snapshot-s2",
+        f"send {src}@migration-send from {src}@snapshot-s3"]
+    assert _state(fake, dst) == _state(fake, src)
+    assert _hidden(fake) == []
+    # a stream cut on a new volume: nothing on the target, the source as it was
+    other.delete_volume("container", "c1")
+    cut = True
+    with pytest.raises(ExceptionGroup) as failed:  # the sink's, out of the nursery
+        await move(refresh=False)
+    assert failed.group_contains(migration.MigrationError, match="zfs receive failed")
+    assert not other.volume_exists("container", "c1") and _hidden(fake) == []
+    assert pool.list_snapshots("container", "c1") == ["s1", "s2", "s3"]
 
 
 def test_transport_negotiation() -> None:

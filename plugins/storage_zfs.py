@@ -10,7 +10,9 @@ through ``X/.zfs/snapshot/snapshot-NAME``.
 A pool uses an existing dataset (``source=tank/lxfs``) or a loop file the driver turns into a
 new zpool (``zpool create``; libzfs_core cannot create pools). ZFS restores roll back to the
 latest snapshot only (as LXD without ``zfs.remove_snapshots``). An image still cloned by
-instances is renamed under ``deleted/`` instead of destroyed.
+instances is renamed under ``deleted/`` instead of destroyed. Migrations between two zfs
+pools use LXD's ZFS transport: ``lzc_send``/``lzc_receive`` streams, each in a process of its
+own (``lxfs_plugins.storage_zfs_stream``), as the REST bridge relays a command's stdio.
 
 libzfs_core is imported lazily; calls the C library lacks (the "uncommitted" ones:
 ``lzc_set_props``, ``lzc_get_props``) fall back to the ``zfs`` command. On a host without

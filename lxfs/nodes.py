@@ -278,7 +278,8 @@ class DevicesDir(Dir):
 
     def _devices(self) -> dict[str, dict[str, str]]:
         owner = self.owner()
-        return owner.expanded_devices if self.readonly else owner.devices
+        return owner.expanded_devices if self.readonly and isinstance(owner, Instance) \
+            else owner.devices
 
     async def list(self) -> list[str]:
         return sorted(self._devices())

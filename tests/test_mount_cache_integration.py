@@ -235,3 +235,25 @@ def test_entries_made_by_the_cli(daemon_with_busybox):
         assert exc.errno == errno.ENOENT
     else:
         pytest.fail("instances/b2/state still found after delete")
+
+
+def test_values_and_entries_changed_over_rest(lxfs_daemon):
+    from test_rest_instances_integration import api, succeeds
+
+    d = lxfs_daemon
+    os.mkdir(d.path("instances", "c1"))
+    key = d.path("instances", "c1", "config", "user.k")
+    d.write("instances", "c1", "config", "user.k", "start")
+    for i in range(50):
+        value = "r" * (i % 5 + 1) + str(i)
+        status, doc, _ = api(d, "PATCH", "/1.0/instances/c1", {"config": {"user.k": value}})
+        assert status == 200, doc
+        assert cat(key) == value + "\n"
+        assert cat(key) == value + "\n"
+        assert os.stat(key).st_size == len(value) + 1
+    for _ in range(3):
+        cat(d.path("instances", "c1", "state"))
+    succeeds(d, "DELETE", "/1.0/instances/c1")
+    assert "c1" not in os.listdir(d.path("instances"))
+    with pytest.raises(FileNotFoundError):
+        os.stat(d.path("instances", "c1", "state"))

@@ -163,3 +163,63 @@ def test_seed_003_with_the_lxc_client(projects):
     lxc(d, "project", "delete", "client-website")
     lxc(d, "project", "delete", "client2-website")
     assert "client-website" not in lxc(d, "project", "list", "--format", "csv").stdout
+
+
+# --- the lxfs command ------------------------------------------------------------------------
+
+def test_seed_003_with_lxfs(projects, tmp_path):
+    d, made = projects
+    d.env["LXFS_CONF"] = str(tmp_path / "conf")  # the current project is the user's
+
+    def cli(*args: str, check: bool = True):
+        return d.cli(*args, check=check)
+
+    for name in ("client-website", "client2-website"):
+        cli("project", "create", name, "-c", "features.images=false",
+            "-c", "features.profiles=false")
+        made.append(name)
+    assert d.read("projects", "client-website", "config", "features.profiles") == "false"
+    assert "path: /" in cli("profile", "show", "default", "--project", "default").stdout
+    assert "path: /" in cli("profile", "show", "default", "--project",
+                            "client-website").stdout
+    cli("launch", "busybox", "dbserver", "--project", "client-website")
+    cli("launch", "busybox", "dbserver")
+    listed = cli("list", "--project", "client-website", "--format", "csv", "-c", "ns").stdout
+    assert listed.split() == ["dbserver,RUNNING"]
+    out = cli("exec", "--project", "client-website", "dbserver", "--", "hostname").stdout
+    assert out.strip() == "dbserver"
+    cli("snapshot", "dbserver", "s0", "--project", "client-website")
+    cli("config", "set", "dbserver", "user.role", "db", "--project", "client-website")
+    cli("stop", "dbserver", "--force", "--project", "client-website")
+    cli("move", "dbserver", "dbserver", "--project", "client-website",
+        "--target-project", "client2-website")
+    assert cli("list", "--project", "client-website", "--format", "csv").stdout == ""
+    assert cli("config", "get", "dbserver", "user.role", "--project",
+               "client2-website").stdout.strip() == "db"
+    assert os.listdir(d.path("projects", "client2-website", "instances", "dbserver",
+                             "snapshots")) == ["s0"]
+    rows = cli("list", "--all-projects", "--format", "csv", "-c", "ns").stdout.split()
+    assert rows == ["client2-website,dbserver,STOPPED", "default,dbserver,RUNNING"]
+    # the current project, kept with the remotes
+    cli("project", "switch", "client2-website")
+    assert "client2-website (current)" in cli("project", "list").stdout
+    assert cli("list", "--format", "csv", "-c", "n").stdout.split() == ["dbserver"]
+    cli("start", "dbserver")
+    assert d.read("projects", "client2-website", "instances", "dbserver", "state") == \
+        "RUNNING"
+    cli("project", "switch", "default")
+    # limits, get/set/unset, info
+    cli("project", "set", "client2-website", "limits.instances", "1")
+    refused = cli("launch", "busybox", "web", "--project", "client2-website", check=False)
+    assert refused.returncode != 0 and "limits.instances=1" in refused.stderr
+    assert cli("project", "get", "client2-website", "limits.instances").stdout.strip() == "1"
+    info = cli("project", "info", "client2-website", "--format", "csv").stdout
+    assert "INSTANCES,1,1" in info
+    cli("project", "unset", "client2-website", "limits.instances")
+    busy = cli("project", "delete", "client2-website", check=False)
+    assert busy.returncode != 0
+    cli("delete", "-f", "dbserver", "--project", "client2-website")
+    cli("project", "rename", "client2-website", "client3-website")
+    made.append("client3-website")
+    cli("project", "delete", "client-website", "client3-website")
+    assert cli("project", "list", "--format", "csv").stdout.split(",")[0] == "default (current)"

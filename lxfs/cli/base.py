@@ -96,11 +96,38 @@ def read_opt(path: str | os.PathLike[str], default: str = "") -> str:
         return default
 
 
+#: the project the command works in ("": the default one, the mount's top level), set by
+#: ``--project`` or the current project (``lxfs.cli.projects``)
+_project = [""]
+
+
+def set_project(name: str) -> None:
+    _project[0] = "" if name == "default" else name
+
+
+def current_project() -> str:
+    return _project[0]
+
+
+def instances_root(root: str, project: str | None = None) -> str:
+    """``ROOT/instances``, or ``ROOT/projects/PROJECT/instances`` in another project."""
+    project = _project[0] if project is None else project
+    if project in ("", "default"):
+        return os.path.join(root, "instances")
+    return os.path.join(root, "projects", project, "instances")
+
+
+def host_name(name: str) -> str:
+    """The host-level name (LXC's) of instance ``name`` of the current project."""
+    return f"{_project[0]}_{name}" if _project[0] else name
+
+
 def instance_dir(root: str, name: str) -> str:
-    """``ROOT/instances/NAME``; ``Instance not found`` when it does not exist."""
+    """``ROOT/instances/NAME`` (in the current project); ``Instance not found`` when it
+    does not exist."""
     if not name or "/" in name or name in (".", ".."):
         raise CLIError(f"Invalid instance name: {name!r}")
-    path = os.path.join(root, "instances", name)
+    path = os.path.join(instances_root(root), name)
     if not os.path.isdir(path):
         raise CLIError("Instance not found")
     return path

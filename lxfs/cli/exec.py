@@ -21,7 +21,15 @@ import tty
 import warnings  # noqa: F401 - see attached_child
 from types import SimpleNamespace
 
-from lxfs.cli.base import CLIError, check_mount, instance_dir, mount_point, read_opt, read_text
+from lxfs.cli.base import (
+    CLIError,
+    check_mount,
+    host_name,
+    instance_dir,
+    mount_point,
+    read_opt,
+    read_text,
+)
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
 if TYPE_CHECKING:
@@ -356,11 +364,12 @@ def run(args: argparse.Namespace) -> int:
         lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
     if not lxc_path:
         raise CLIError("The server does not publish environment/lxc_path")
-    container = lxc.Container(args.name, lxc_path)
+    lxc_name = host_name(args.name)  # p1_c1 for c1 of project p1
+    container = lxc.Container(lxc_name, lxc_path)
     if container.state != "RUNNING":
         raise CLIError("Instance is not running")
     # liblxc's attach errors go to the instance's LXC log (as LXD's do), and into our error
-    container.set_config_item("lxc.log.file", os.path.join(lxc_path, args.name, "lxc.log"))
+    container.set_config_item("lxc.log.file", os.path.join(lxc_path, lxc_name, "lxc.log"))
     container.set_config_item("lxc.log.level", "ERROR")
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()

@@ -415,9 +415,16 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
     if not valid_instance_name(new):
         raise CLIError(f"Invalid instance name: {new!r}")
-    if os.path.lexists(mount.instances / new):
+    target = mount.instances
+    if getattr(args, "target_project", None):
+        from lxfs.cli.base import instances_root  # noqa: PLC0415
+
+        target = Path(instances_root(str(mount.root), args.target_project))
+        if not target.is_dir():
+            raise CLIError(f"Project not found: {args.target_project}")
+    if os.path.lexists(target / new):
         raise CLIError(f"Instance {new!r} already exists")
-    mount.do(lambda: os.rename(inst, mount.instances / new), inst, messages={
+    mount.do(lambda: os.rename(inst, target / new), inst, messages={
         errno.EBUSY: "Renaming of running instance not allowed",
         errno.EEXIST: f"Instance {new!r} already exists",
     })
@@ -678,11 +685,8 @@ def read_listing(mount: Mount) -> dict[str, dict[str, Any]] | None:
     return found
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    """``lxfs list [FILTER...] [--format F] [-c COLUMNS]``."""
-    mount = Mount()
-    filters: list[str] = [strip_local_remote(f) if f.endswith(":") else f for f in args.filters]
-    filters = [f for f in filters if f]
+def _listed_rows(mount: Mount, filters: list[str]) -> list[Row]:
+    """The current project's instances that match ``filters``."""
     ctx: dict[str, Any] = {}
     rows = []
     listing = read_listing(mount)
@@ -691,14 +695,35 @@ def cmd_list(args: argparse.Namespace) -> int:
         row = Row(mount.instances / name, ctx, None if listing is None else listing[name])
         if all(_match(row, f) for f in filters):
             rows.append(row)
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``lxfs list [FILTER...] [--format F] [-c COLUMNS] [--all-projects]``."""
+    from lxfs.cli.base import current_project, set_project  # noqa: PLC0415
+
+    mount = Mount()
+    filters: list[str] = [strip_local_remote(f) if f.endswith(":") else f for f in args.filters]
+    filters = [f for f in filters if f]
+    projects = [current_project() or "default"]
+    if getattr(args, "all_projects", False):
+        projects = sorted(os.listdir(mount.root / "projects"))
+    found: list[tuple[str, Row]] = []
+    for project in projects:
+        set_project(project)
+        found += [(project, row) for row in _listed_rows(mount, filters)]
     if args.format in ("json", "yaml"):
-        objects = [instance_object(r.inst) for r in rows]
-        emit(args.format, [], [], [o for o in objects if o is not None])
+        objects = [(p, instance_object(r.inst)) for p, r in found]
+        emit(args.format, [], [], [{**o, "project": p} for p, o in objects if o is not None])
         return 0
     columns = parse_columns(args.columns)
+    if getattr(args, "all_projects", False):
+        columns = [("PROJECT", lambda r: ""), *columns]
     table = []
-    for row in rows:
+    for project, row in found:
         cells = [fn(row) for _h, fn in columns]
+        if getattr(args, "all_projects", False):
+            cells[0] = project
         if row.get("state") == "" and not row.inst.is_dir():
             continue  # deleted while listing
         table.append(cells)
@@ -846,6 +871,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("filters", metavar="FILTER", nargs="*")
     p.add_argument("-f", "--format", choices=FORMATS, default="table")
     p.add_argument("-c", "--columns", default="ns46tS", help="columns (default ns46tS)")
+    p.add_argument("--all-projects", action="store_true", help="instances of every project")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="Show instance or server information")
@@ -883,6 +909,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
             p.add_argument("-s", "--storage", metavar="POOL",
                            help="move the root volume (and snapshots) to this pool")
+            p.add_argument("--target-project", metavar="PROJECT",
+                           help="move the instance to this project (snapshots and config "
+                           "kept; a rename of its volume, no copy)")
             add_migration_options(p, move=True)
         p.set_defaults(func=cmd_rename)
 

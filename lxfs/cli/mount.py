@@ -11,8 +11,10 @@ from lxfs.cli.base import (  # CLIError and NoMount: the commands import them fr
     CLIError,
     NoMount,  # noqa: F401
     check_mount,
+    current_project,
     daemon_error,
     instance_dir,
+    instances_root,
     mount_point,
     read_opt,
     read_text,
@@ -98,7 +100,8 @@ class Mount:
     # -- paths -------------------------------------------------------------------------------
     @property
     def instances(self) -> Path:
-        return self.root / "instances"
+        """``instances/`` of the current project (``--project``)."""
+        return Path(instances_root(str(self.root)))
 
     @property
     def images(self) -> Path:
@@ -110,7 +113,10 @@ class Mount:
 
     @property
     def profiles(self) -> Path:
-        return self.root / "profiles"
+        """``profiles/`` of the current project (``--project``)."""
+        project = current_project()
+        return self.root / "projects" / project / "profiles" if project else \
+            self.root / "profiles"
 
     def instance(self, name: str, must_exist: bool = True) -> Path:
         """Path of ``instances/NAME``; ``Instance not found`` when it does not exist."""

@@ -105,4 +105,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         importlib.import_module(f"lxfs.cli.{module}").register(target)
     p = sub.add_parser("version", help="Show client and server versions")
     p.set_defaults(func=cmd_version)
+    if modules:  # every command takes --project; the current one applies without
+        from lxfs.cli.projects import add_project_options, apply_stored_project  # noqa: PLC0415
+
+        for command in set(sub.choices.values()):
+            add_project_options(command)
+        apply_stored_project()
     return parser

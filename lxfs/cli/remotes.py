@@ -53,8 +53,10 @@ class Remote:
     ``auth_type`` (``tls``)."""
 
     def __init__(self, name: str, addr: str, protocol: str = "lxd", public: bool = False,
-                 auth_type: str = "tls") -> None:
+                 auth_type: str = "tls", project: str = "") -> None:
         self.name = name
+        #: the current project on this remote (``lxfs project switch``), "" for default
+        self.project = project
         self.addr = addr
         self.protocol = protocol
         self.public = public
@@ -69,6 +71,8 @@ class Remote:
                                "public": self.public}
         if self.protocol == "lxd" and not self.is_local:
             out["auth_type"] = self.auth_type
+        if self.project and self.project != "default":
+            out["project"] = self.project
         return out
 
 
@@ -134,7 +138,8 @@ def load_config() -> RemotesConfig:
             raise CLIError(f"{path}: remote {name!r} needs an addr")
         remotes[str(name)] = Remote(str(name), entry["addr"], str(entry.get("protocol") or "lxd"),
                                     bool(entry.get("public", False)),
-                                    str(entry.get("auth_type") or "tls"))
+                                    str(entry.get("auth_type") or "tls"),
+                                    str(entry.get("project") or ""))
     remotes.setdefault(LOCAL, Remote(LOCAL, "unix://", "lxd", False))
     default = str(document.get("default-remote") or LOCAL)
     if default not in remotes:

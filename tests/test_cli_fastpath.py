@@ -8,6 +8,7 @@ import contextlib
 import io
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,15 @@ TOKENS: dict[str, list[str]] = {
 }
 
 
+#: options of the full parser the fast path leaves out, at the value they have when not given:
+#: it runs in the default project only (--project is not one of its forms, and lxfs.cli does
+#: not take it when ``lxfs project switch`` made another project current)
+PROJECT_DEFAULTS = {"project": None, "all_projects": False}
+
+
 def argparse_result(argv: list[str]) -> dict[str, Any] | None:
-    """The full parser's namespace as a dict without ``func``; None when it refuses ``argv``
-    (or prints help)."""
+    """The full parser's namespace as a dict without ``func`` (nor the project options at
+    their defaults); None when it refuses ``argv`` (or prints help)."""
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             namespace = build_parser(argv).parse_args(argv)
@@ -62,6 +69,9 @@ def argparse_result(argv: list[str]) -> dict[str, Any] | None:
         return None
     values = vars(namespace)
     values.pop("func", None)
+    for key, default in PROJECT_DEFAULTS.items():
+        if key in values and values[key] == default:
+            del values[key]
     return values
 
 
@@ -231,3 +241,71 @@ def test_package_is_precompiled() -> None:
     missing = [str(source.relative_to(package.parent)) for source in sorted(package.rglob("*.py"))
                if not (source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc").is_file()]
     assert not missing, f"not compiled (run contrib/install-deps.sh): {missing[:10]}"
+
+
+# -- the same behaviour on a real daemon -------------------------------------------------------
+#: steps of a session, ``{n}`` standing for an instance name of the run; each step runs on the
+#: fast path in one run and on argparse only in the other
+SESSION = [
+    "list",
+    "launch busybox {n}1 -c user.a=1",
+    "launch busybox {n}1",
+    "create busybox {n}2 -p default --description two -e",
+    "launch busybox {n}3 -s default -c limits.memory=bogus",
+    "start {n}1",
+    "start {n}1 {n}2 nope",
+    "config get {n}1 user.a",
+    "config get {n}1 user.missing",
+    "config set {n}1 user.b 2",
+    "config set {n}1 user.c=3 user.a=",
+    "config set {n}1 no.such.key 1",
+    "config get {n}1 user.b",
+    "config get nope user.b",
+    "file push /etc/hostname {n}1/root/x",
+    "file pull {n}1/root/x -",
+    "file pull {n}1/root/missing -",
+    "snapshot {n}1",
+    "snapshot {n}1 s1",
+    "snapshot {n}1 s1",
+    "restore {n}1 nope",
+    "stop -f {n}1",
+    "stop {n}1",
+    "restore {n}1 s1",
+    "copy {n}1/s1 {n}4",
+    "copy {n}1 {n}2",
+    "copy nope {n}5",
+    "restart --timeout 0 {n}1",
+    "restart -f {n}1 {n}4",
+    "delete {n}1",
+    "delete {n}1/snap0 {n}1/nope",
+    "delete -f {n}1 {n}2 {n}4",
+    "list",
+    "stop nope",
+]
+
+
+def test_fast_path_behaves_as_argparse_on_a_daemon(daemon_with_busybox: Any) -> None:
+    d = daemon_with_busybox
+    outcomes: dict[str, list[tuple[str, int, str, str]]] = {}
+    for prefix, fast_path in (("fq", True), ("aq", False)):
+        env = dict(d.env)
+        env.pop("LXFS_NO_FAST_PATH", None)
+        if not fast_path:
+            env["LXFS_NO_FAST_PATH"] = "1"
+        runs = []
+        for step in SESSION:
+            argv = step.format(n=prefix).split()
+            if fast_path and argv[0] != "list":
+                assert fast.parse(argv) is not None, step
+            done = subprocess.run([str(VENV_LXFS), *argv], env=env, capture_output=True,
+                                  text=True, timeout=120)
+            runs.append((step, done.returncode,
+                         re.sub(f"{prefix}(?=[0-9])", "{n}", done.stdout),
+                         re.sub(f"{prefix}(?=[0-9])", "{n}", done.stderr)))
+        outcomes[prefix] = runs
+        for name in d.instance_names():  # the next run starts from the same (empty) state
+            with contextlib.suppress(OSError):
+                d.path("instances", name, "state").write_text("kill")
+            os.rmdir(d.path("instances", name))
+    for fast_run, full_run in zip(outcomes["fq"], outcomes["aq"], strict=True):
+        assert fast_run == full_run

@@ -61,7 +61,7 @@ def _options(tokens: list[str], flags: dict[str, str], valued: dict[str, str]
     while i < len(tokens):
         token = tokens[i]
         i += 1
-        if not token.startswith("-"):
+        if not token.startswith("-") or token == "-":  # "-": stdin or stdout, a positional
             if run_ended:
                 return None
             positionals.append(token)

@@ -696,7 +696,7 @@ class Server:
     async def set_source(self, name: str, ref: str) -> None:
         """Create the instance's root filesystem from an image; returns when it is done."""
         inst = self.instance(name)
-        if ref.strip().startswith("instances/"):
+        if ref.strip().startswith(("instances/", "projects/")):
             return await self.copy_instance(name, ref)
         async with self._locks[name]:
             if inst.storage_state:
@@ -772,16 +772,21 @@ class Server:
     async def copy_instance(self, name: str, ref: str) -> None:
         """Make ``name`` a copy of ``instances/SRC`` or ``instances/SRC/snapshots/SNAP``
         (`` --instance-only``: without snapshots): root filesystem, configuration (not
-        ``volatile.*``), devices and profiles; keys already set on ``name`` win."""
+        ``volatile.*``), devices and profiles; keys already set on ``name`` win. SRC is of
+        ``name``'s project; ``projects/P/instances/SRC...`` names one of project P."""
         words = ref.split()
         instance_only = "--instance-only" in words[1:]
         if any(w != "--instance-only" for w in words[1:]):
             raise InvalidArgument(f"unknown copy option in {ref.strip()!r}")
         parts = words[0].strip("/").split("/")
+        project = self.instance(name).project
+        if len(parts) > 2 and parts[0] == "projects" and parts[2] == "instances":
+            project, parts = parts[1], parts[2:]
+            self.project(project)
         if len(parts) == 2:
-            src_name, snapshot = parts[1], ""
+            src_name, snapshot = instance_key(project, parts[1]), ""
         elif len(parts) == 4 and parts[2] == "snapshots":
-            src_name, snapshot = parts[1], parts[3]
+            src_name, snapshot = instance_key(project, parts[1]), parts[3]
         else:
             raise InvalidArgument(f"{words[0]!r}: use instances/NAME or "
                                   "instances/NAME/snapshots/SNAP")
@@ -801,8 +806,10 @@ class Server:
             inst.config = {k: v for k, v in origin.config.items()
                            if not k.startswith("volatile.")} | own_config
             inst.devices = {k: dict(v) for k, v in origin.devices.items()} | inst.devices
-            if inst.profiles == ["default"]:
-                inst.profiles = [p for p in origin.profiles if p in self.profiles]
+            if inst.profiles == self.profile_keys(inst.project, ["default"]):
+                owner = self.profiles_project(inst.project)  # the same names, in its project
+                inst.profiles = [k for k in (profile_key(owner, split_profile_key(p)[1])
+                                             for p in origin.profiles) if k in self.profiles]
             inst.architecture, inst.description = src.architecture, src.description
             expand(inst, self.profiles)
             src_pool, pool = self.pool_of(src), self.pool_of(inst)

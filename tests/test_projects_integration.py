@@ -198,6 +198,11 @@ def test_seed_003_with_lxfs(projects, tmp_path):
                "client2-website").stdout.strip() == "db"
     assert os.listdir(d.path("projects", "client2-website", "instances", "dbserver",
                              "snapshots")) == ["s0"]
+    cli("copy", "dbserver", "dbcopy", "--project", "client2-website",
+        "--target-project", "client-website")
+    assert cli("config", "get", "dbcopy", "user.role", "--project",
+               "client-website").stdout.strip() == "db"
+    cli("delete", "dbcopy", "--project", "client-website")
     rows = cli("list", "--all-projects", "--format", "csv", "-c", "ns").stdout.split()
     assert rows == ["client2-website,dbserver,STOPPED", "default,dbserver,RUNNING"]
     # the current project, kept with the remotes

@@ -202,3 +202,39 @@ async def test_move_between_projects_keeps_snapshots(tmp_path, image, nursery): 
     # and to the default project
     await srv.rename_instance("p2_c1", "c9", "default")
     assert srv.instances["c9"].project == "default"
+
+
+async def test_copies_name_their_project(tmp_path, image, nursery):  # noqa: F811
+    srv = make_server(tmp_path / "data")
+    await srv.open(nursery)
+    await import_image(srv, image)
+    for name in ("p1", "p2"):
+        await srv.create_project(name, config={"features.profiles": "false"})
+    await srv.create_instance("c1", project="p1", config={"user.k": "p1"})
+    await srv.set_source("p1_c1", "img")
+    await srv.create_instance("c1", config={"user.k": "default"})
+    await srv.set_source("c1", "img")
+    # instances/NAME is of the copy's project; projects/P/instances/NAME of P
+    await srv.create_instance("c2", project="p1")
+    await srv.set_source("p1_c2", "instances/c1")
+    assert srv.instances["p1_c2"].config["user.k"] == "p1"
+    await srv.create_instance("c3", project="p2")
+    await srv.set_source("p2_c3", "projects/default/instances/c1")
+    assert srv.instances["p2_c3"].config["user.k"] == "default"
+    assert srv.instances["p2_c3"].profiles == ["default"]
+
+
+async def test_events_carry_their_project(tmp_path, nursery):
+    import json
+
+    srv = make_server(tmp_path / "data")
+    await srv.open(nursery)
+    await srv.create_project("p1", config={"features.profiles": "false"})
+    events = srv.events.subscribe()
+    await srv.create_instance("c1", project="p1")
+    await srv.create_instance("c1")
+    first, second = (json.loads(events.receive_nowait()) for _ in range(2))
+    assert (first["project"], first["metadata"]["source"]) == \
+        ("p1", "/1.0/instances/c1?project=p1")
+    assert (second["project"], second["metadata"]["source"]) == \
+        ("default", "/1.0/instances/c1")

@@ -29,6 +29,14 @@ def cmd_copy(args: argparse.Namespace) -> int:
     mount = Mount()
     src, snap = split_source(mount, args.source)
     ref = f"instances/{src.name}" + (f"/snapshots/{snap}" if snap else "")
+    instances = mount.instances
+    if getattr(args, "target_project", None):  # into another project: name the source's
+        from lxfs.cli.base import current_project, instances_root  # noqa: PLC0415
+
+        ref = f"projects/{current_project() or 'default'}/{ref}"
+        instances = Path(instances_root(str(mount.root), args.target_project))
+        if not instances.is_dir():
+            raise CLIError(f"Project not found: {args.target_project}")
     if args.instance_only and not snap:
         ref += " --instance-only"
     name = strip_local_remote(args.target)
@@ -37,7 +45,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
                        "starting with a letter, not ending with '-')")
     configs = parse_pairs(args.config)
     profiles = [] if args.no_profiles else args.profile
-    inst = mount.instances / name
+    inst = instances / name
     mount.do(lambda: os.mkdir(inst), messages={
         errno.EEXIST: f"Instance {name!r} already exists",
         errno.EINVAL: f"Invalid instance name: {name!r}",
@@ -170,6 +178,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="profile to apply to the new instance (replaces the source's)")
     p.add_argument("--no-profiles", action="store_true", help="create without any profile")
     p.add_argument("-e", "--ephemeral", action="store_true", help="ephemeral copy")
+    p.add_argument("--target-project", metavar="PROJECT",
+                   help="copy into this project (the source is in --project's)")
     add_migration_options(p)
     p.set_defaults(func=cmd_copy)
 

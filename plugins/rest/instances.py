@@ -687,7 +687,9 @@ def _copy_source(ctx: Context, source: dict[str, Any], project: str) -> tuple[st
         raise HttpError(404, "Snapshot not found")
     if inst.storage_state != "ready":
         raise HttpError(400, f"instance {parent} has no root filesystem to copy")
-    ref = f"instances/{parent}" + (f"/snapshots/{snapshot}" if snapshot else "")
+    ref = f"instances/{inst.local_name}" + (f"/snapshots/{snapshot}" if snapshot else "")
+    if source_project != project:  # the server reads instances/ in the target's project
+        ref = f"projects/{source_project}/{ref}"
     if _flag(source, "instance_only") or _flag(source, "container_only"):
         ref += " --instance-only"
     return ref, parent

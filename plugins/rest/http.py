@@ -161,6 +161,9 @@ class Request:
 class WebSocket:
     """A server-side websocket on a stream (frames by wsproto)."""
 
+    #: bytes asked of the stream per read (a bulk transfer raises it)
+    read_size = READ_SIZE
+
     def __init__(self, stream: trio.abc.Stream, buffered: bytes = b"") -> None:
         self.stream = stream
         self.frames = WSFrames(ConnectionType.SERVER)
@@ -222,7 +225,7 @@ class WebSocket:
             if self.closed:
                 return None
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.stream.receive_some(self.read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:

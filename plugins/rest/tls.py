@@ -7,7 +7,10 @@ certificate, reads ``GET /1.0`` as "untrusted", then ``POST /1.0/certificates`` 
 password or a token. pyOpenSSL's ``set_verify`` callback accepts every certificate at the
 handshake; what a client may do is decided per request from its certificate's fingerprint
 (``plugins/rest/trust.py``). OpenSSL runs on memory BIOs: this module only moves bytes between
-them and the TCP stream (no TLS is implemented here).
+them and the TCP stream (no TLS is implemented here). The same stream serves the client
+side of a migration's websockets (``client_context``): a bulk transfer moves through it a
+megabyte at a time (one encryption call and one send per write, every record already
+received decrypted per read), not a TLS record (16 KiB) per trip through the event loop.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from OpenSSL import SSL, crypto
 
 log = logging.getLogger("lxfs.rest")
 
-READ_SIZE = 65536
+#: bytes read from the TCP stream, and from OpenSSL's outgoing buffer, per call: a bulk
+#: transfer (a migration's streams) costs a trip through the event loop per read
+READ_SIZE = 1 << 18
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -60,16 +65,30 @@ def _select_http11(_conn: SSL.Connection, offered: list[bytes]) -> bytes:
     return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-class TLSStream(trio.abc.Stream):
-    """A server-side TLS connection over ``transport``: OpenSSL on memory BIOs, the
-    ciphertext moved by trio. ``send_all`` and ``receive_some`` may run in two tasks at once
-    (a websocket's reader and writer): what OpenSSL produced is sent under one lock, in
-    order."""
+def client_context() -> SSL.Context:
+    """TLS 1.2+ for a client that checks the server's certificate itself (pinned by the
+    caller against ``peer_der``, as LXD's migration peers are)."""
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx
 
-    def __init__(self, transport: trio.abc.Stream, context: SSL.Context) -> None:
+
+class TLSStream(trio.abc.Stream):
+    """A TLS connection over ``transport`` (server side, or client side with
+    ``server_hostname``): OpenSSL on memory BIOs, the ciphertext moved by trio.
+    ``send_all`` and ``receive_some`` may run in two tasks at once (a websocket's reader and
+    writer): what OpenSSL produced is sent under one lock, in order."""
+
+    def __init__(self, transport: trio.abc.Stream, context: SSL.Context,
+                 server_hostname: str | None = None) -> None:
         self.transport = transport
         self.conn = SSL.Connection(context, None)
-        self.conn.set_accept_state()
+        if server_hostname is None:
+            self.conn.set_accept_state()
+        else:
+            self.conn.set_tlsext_host_name(server_hostname.encode())
+            self.conn.set_connect_state()
         self._send_lock = trio.Lock()
         self._receive_lock = trio.Lock()
         self._eof = False
@@ -79,7 +98,7 @@ class TLSStream(trio.abc.Stream):
         self.peer_not_after = 0.0
 
     async def handshake(self) -> None:
-        """Run the handshake (at most ``HANDSHAKE_TIMEOUT`` seconds); the client's
+        """Run the handshake (at most ``HANDSHAKE_TIMEOUT`` seconds); the peer's
         certificate, if it gave one, is then ``peer_der``."""
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             while True:
@@ -90,7 +109,7 @@ class TLSStream(trio.abc.Stream):
                     await self._flush()
                     if not await self._fill():
                         raise trio.BrokenResourceError(
-                            "the client closed during the handshake") from None
+                            "the peer closed during the handshake") from None
         await self._flush()
         cert = self.conn.get_peer_certificate()
         if cert is not None:
@@ -120,17 +139,18 @@ class TLSStream(trio.abc.Stream):
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt all of ``data`` (OpenSSL cuts the records), then send it in one go."""
         view = memoryview(data)
         while view:
             try:
-                sent = self.conn.send(bytes(view[:16384]))
+                sent = self.conn.send(view)
             except SSL.WantReadError:  # a renegotiation would need input: TLS 1.2 only
                 await self._flush()
                 continue
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS: {exc}") from None
             view = view[sent:]
-            await self._flush()
+        await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
@@ -141,7 +161,7 @@ class TLSStream(trio.abc.Stream):
                 if self._eof:
                     return b""
                 try:
-                    return self.conn.recv(max_bytes or READ_SIZE)
+                    return self._recv_pending(max_bytes or READ_SIZE)
                 except SSL.WantReadError:
                     await self._flush()  # TLS 1.3 tickets, key updates
                     try:
@@ -156,6 +176,21 @@ class TLSStream(trio.abc.Stream):
                     self._eof = True
                 except SSL.Error as exc:
                     raise trio.BrokenResourceError(f"TLS: {exc}") from None
+
+    def _recv_pending(self, max_bytes: int) -> bytes:
+        """Every record OpenSSL can decrypt from what it was fed, up to ``max_bytes`` (a
+        read gives one record, 16 KiB at most); WantReadError etc. when there is none."""
+        data = self.conn.recv(max_bytes)
+        parts = [data]
+        size = len(data)
+        while size < max_bytes:
+            try:
+                more = self.conn.recv(max_bytes - size)
+            except (SSL.WantReadError, SSL.ZeroReturnError, SSL.SysCallError):
+                break  # the next call meets it again
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts) if len(parts) > 1 else data
 
     async def aclose(self) -> None:
         try:

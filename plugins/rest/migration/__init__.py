@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -61,7 +62,10 @@ RSYNC_FEATURES = ("xattrs", "delete", "compress", "bidirectional")
 #: a peer that never says "bidirectional" is LXD 3.7 or older: these, no more
 LEGACY_FEATURES = ("xattrs", "delete", "compress")
 INDEX_HEADER_VERSION = 1
-CHUNK = 128 * 1024
+#: bytes read from a transfer's process per message (and the size its pipes are given): each
+#: message costs a trip through the event loop, TLS and the websocket's framing, whatever
+#: its size
+CHUNK = 1 << 20
 #: LXD's architecture numbers (shared/osarch)
 ARCHITECTURES = {"i686": 1, "x86_64": 2, "armv7l": 3, "aarch64": 4, "ppc": 5, "ppc64": 6,
                  "ppc64le": 7, "s390x": 8, "mips": 9, "mips64": 10, "riscv32": 11,
@@ -91,15 +95,17 @@ async def connect(operation_url: str, secret: str, certificate: str) -> ClientWe
     parts = urlsplit(operation_url)
     if parts.scheme not in ("https", "wss") or not parts.hostname:
         raise MigrationError(f"invalid migration operation URL: {operation_url!r}")
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # pinned below, as LXD's GetTLSConfig does
+    from OpenSSL import SSL
+
+    from ..tls import TLSStream, client_context  # pyOpenSSL: loaded when used
+
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             tcp = await trio.open_tcp_stream(parts.hostname, parts.port or 8443)
-            stream = trio.SSLStream(tcp, context, server_hostname=parts.hostname)
-            await stream.do_handshake()
-    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            # the certificate is pinned below, as LXD's GetTLSConfig does
+            stream = TLSStream(tcp, client_context(), server_hostname=parts.hostname)
+            await stream.handshake()
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError, SSL.Error) as exc:
         raise MigrationError(f"cannot reach the migration peer at {parts.netloc}: "
                              f"{exc}") from None
     if certificate:
@@ -109,7 +115,7 @@ async def connect(operation_url: str, secret: str, certificate: str) -> ClientWe
             await stream.aclose()
             raise MigrationError("the migration's certificate is not a PEM certificate") \
                 from None
-        if stream.getpeercert(binary_form=True) != der:
+        if stream.peer_der != der:
             await stream.aclose()
             raise MigrationError(f"{parts.netloc} did not present the certificate the "
                                  "migration names")
@@ -147,6 +153,7 @@ class Channel:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        ws.read_size = CHUNK
 
     async def send(self, data: bytes) -> None:
         if self.ws.closed:
@@ -324,6 +331,9 @@ async def _relay_process(argv: list[str], channel: Channel, *, out: bool, into: 
     proc = await trio.lowlevel.open_process(
         argv, stdin=pipe if into else subprocess.DEVNULL,
         stdout=pipe if out else subprocess.DEVNULL, stderr=pipe)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            _widen_pipe(stream.fileno())
     errors = bytearray()
     try:
         async with trio.open_nursery() as nursery:
@@ -347,6 +357,13 @@ async def _relay_process(argv: list[str], channel: Channel, *, out: bool, into: 
     if proc.returncode != 0:
         raise MigrationError(f"{what} failed: exit {proc.returncode} "
                              f"({errors.decode(errors='replace').strip()})")
+
+
+def _widen_pipe(fd: int) -> None:
+    """A pipe of CHUNK bytes (Linux's default is 64 KiB: a read per 64 KiB); where the
+    system's limit (``fs.pipe-max-size``) refuses, the pipe stays as it was."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
 
 
 async def _reap(proc: trio.Process) -> None:

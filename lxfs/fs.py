@@ -50,6 +50,7 @@ import pyfuse3
 import trio
 
 from lxfs.errors import InvalidArgument, LxfsError, NotFound, PermissionDenied
+from lxfs.images.format import WriteDigest
 from lxfs.nodes import Dir, File, HostFile, KeyValueDir, Link, Node, StaticDir, Upload, root
 from lxfs.server import Server, process_exit
 
@@ -146,6 +147,8 @@ class Handle:
     uploaded: bool = False
     #: the first write error of an upload (ENOSPC, EIO...): the upload then fails at close
     failed: OSError | None = None
+    #: an upload's sha256, hashed as it is written (its fingerprint without a second pass)
+    digest: WriteDigest | None = None
     events: Any = None
     pending: bytes = b""
     #: worker threads using ``fd`` now: a release while they run leaves the closing to the
@@ -1461,6 +1464,7 @@ class LxfsOperations(pyfuse3.Operations):
         if isinstance(created, Upload):
             handle.upload_path = self.srv.new_upload_path()
             handle.fd = os.open(handle.upload_path, os.O_WRONLY | os.O_TRUNC)
+            handle.digest = WriteDigest()
         self.creating[child_path] = created
         info = pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True)
         return info, await self._entry(child_path)
@@ -1505,6 +1509,8 @@ class LxfsOperations(pyfuse3.Operations):
         handle = self.handles[fh]
         if handle.fd >= 0:
             try:
+                if handle.digest is not None:
+                    return await self._with_fd(handle, handle.digest.pwrite, buf, off)
                 return await self._with_fd(handle, os.pwrite, buf, off)
             except OSError as exc:
                 if isinstance(handle.node, Upload) and handle.failed is None:
@@ -1574,6 +1580,8 @@ class LxfsOperations(pyfuse3.Operations):
         try:
             if handle.failed is not None:
                 await self.srv.guarded("", _failed_upload(handle.node.name, handle.failed))
+            if handle.digest is not None:
+                handle.digest.remember(handle.upload_path)
             await self.srv.guarded("", handle.node.importer(handle.upload_path,
                                                             handle.node.name))
         except BaseException:

@@ -718,7 +718,14 @@ class Server:
             pool = self.pool_of(inst)
             await in_thread(lambda: self.hook.lxfs_instance_pre_create(host=self.api,
                                                                        instance=inst))
-            await self._ensure_image_volume(pool, image, progress_key)
+            # A pool whose volumes are copies of its image volume (dir) without one yet
+            # unpacks the image straight into the new volume, as LXD's dir driver does: one
+            # unpack on the launch's path, not an unpack and then a copy. The image volume
+            # (and a spare copy) are made afterwards, off the critical path (_spare_task).
+            direct = pool.spare_volumes and not await in_thread(
+                pool.volume_exists, "image", image.fingerprint)
+            if not direct:
+                await self._ensure_image_volume(pool, image, progress_key)
             await self._image_used(image)
             async with self._journal("create", name, pool=pool.pool.name):
                 inst.storage_state, inst.source = "creating", image.fingerprint
@@ -726,8 +733,15 @@ class Server:
                 point("create.after-intent")
                 self.transient[name] = "CREATING"
                 try:
-                    await in_thread(pool.create_volume_from_image, "container", name,
-                                    image.fingerprint)
+                    if direct:
+                        log.info("unpacking image %s into the volume of %s (pool %s)",
+                                 image.fingerprint[:12], name, pool.pool.name)
+                        await in_thread(pool.create_volume, "container", name)
+                        await self._unpack(image, pool.volume_path("container", name),
+                                           progress_key)
+                    else:
+                        await in_thread(pool.create_volume_from_image, "container", name,
+                                        image.fingerprint)
                     point("create.after-volume")
                     volume = pool.volume_path("container", name)
                     await in_thread(images.render_templates, volume, "create",
@@ -759,9 +773,12 @@ class Server:
         self.nursery.start_soon(self._spare_task, pool, fp, key)
 
     async def _spare_task(self, pool: StorageDriver, fp: str, key: str) -> None:
+        """Unpack the image volume when a launch went without it (at idle priority, in a
+        process of its own), then copy the spare."""
         try:
             async with self._image_locks[fp]:  # the image's deletion waits for the copy
                 if fp in self.images:
+                    await self._ensure_image_volume(pool, self.images[fp], idle=True)
                     await in_thread(pool.prepare_spare, fp)
         except Exception as exc:  # only speed is lost: the next creation copies
             log.warning("cannot prepare a spare volume of image %s in pool %s: %s",
@@ -943,12 +960,17 @@ class Server:
                       else pool.volume_path("container", name))
             out = self.new_upload_path()
             point("publish.after-intent")
-            await in_thread(images.publish_volume, volume, out, inst.architecture,
-                            properties, compression)
+            try:
+                info = await in_thread(images.publish_volume, volume, out, inst.architecture,
+                                       properties, compression)
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
             point("publish.after-tarball")
         suffix = {"gzip": ".gz", "xz": ".xz", "bzip2": ".bz2", "zstd": ".zst"}
         image = await self._register_image(out, None,
-                                           f"{name}.tar{suffix.get(compression, '')}")
+                                           f"{name}.tar{suffix.get(compression, '')}",
+                                           known=info)
         point("publish.after-register")
         if public:
             await self.set_image_field(image.fingerprint, "public", "true")
@@ -983,32 +1005,60 @@ class Server:
         return await in_thread(self.pool_of(inst).volume_usage, "container", name)
 
     async def _ensure_image_volume(self, pool: StorageDriver, image: Image,
-                                   progress_key: str | None = None) -> None:
-        """Unpack ``image`` into ``pool`` unless it is there. Its progress (``Unpack: 45%``,
-        LXD's words) shows in ``pulls`` under ``progress_key`` (a pull's: the launch that
-        pulled it follows one line), else ``unpack FINGERPRINT``."""
+                                   progress_key: str | None = None, idle: bool = False) -> None:
+        """Unpack ``image`` into ``pool`` unless it is there (``idle``: in a process at the
+        lowest CPU and I/O priorities, for work nobody waits for)."""
         fp = image.fingerprint
         async with self._image_locks[f"{pool.pool.name}/{fp}"]:
             if await in_thread(pool.volume_exists, "image", fp):
                 return
-            path = self.images_dir / fp
-            rootfs = self.images_dir / f"{fp}.rootfs" if image.split else None
             log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
-            key = progress_key or f"unpack {fp[:12]}"
-            token = trio.lowlevel.current_trio_token()
+            if idle:
+                path, rootfs = self._image_files(image)
+                try:
+                    await in_thread(pool.create_image_volume, fp,
+                                    lambda dest: images.unpack_image_idle(path, rootfs, dest))
+                except images.ImageError as exc:
+                    raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
+                return
+            await self._unpack(image, None, progress_key,
+                               lambda unpack: pool.create_image_volume(fp, unpack))
 
-            def progress(done: int, total: int) -> None:  # in the worker thread
-                text = f"Unpack: {done * 100 // total if total else 100}%"
-                trio.from_thread.run_sync(self.pulls.__setitem__, key, text,
-                                          trio_token=token)
+    def _image_files(self, image: Image) -> tuple[Path, Path | None]:
+        """The image's file, and its rootfs file when it is a split image."""
+        fp = image.fingerprint
+        return (self.images_dir / fp,
+                self.images_dir / f"{fp}.rootfs" if image.split else None)
 
-            try:
-                await in_thread(pool.create_image_volume, fp,
-                                lambda dest: images.unpack_image(path, rootfs, dest, progress))
-            except images.ImageError as exc:  # a user's error, not an internal one
-                raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
-            finally:
-                self.pulls.pop(key, None)
+    async def _unpack(self, image: Image, dest: Path | None, progress_key: str | None = None,
+                      into: Callable[[Callable[[Path], None]], None] | None = None) -> None:
+        """Unpack ``image`` into ``dest`` (see :func:`images.unpack_image`), or through
+        ``into(unpack)``, which calls ``unpack(dest)`` (a driver's ``create_image_volume``).
+        Its progress (``Unpack: 45%``, LXD's words) shows in ``pulls`` under
+        ``progress_key`` (a pull's: the launch that pulled it follows one line), else
+        ``unpack FINGERPRINT``."""
+        fp = image.fingerprint
+        path, rootfs = self._image_files(image)
+        key = progress_key or f"unpack {fp[:12]}"
+        token = trio.lowlevel.current_trio_token()
+
+        def progress(done: int, total: int) -> None:  # in the worker thread
+            text = f"Unpack: {done * 100 // total if total else 100}%"
+            trio.from_thread.run_sync(self.pulls.__setitem__, key, text, trio_token=token)
+
+        def unpack(target: Path) -> None:
+            images.unpack_image(path, rootfs, target, progress)
+
+        try:
+            if into is not None:
+                await in_thread(into, unpack)
+            else:
+                assert dest is not None
+                await in_thread(unpack, dest)
+        except images.ImageError as exc:  # a user's error, not an internal one
+            raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
+        finally:
+            self.pulls.pop(key, None)
 
     async def state(self, name: str) -> str:
         """The state as the daemon follows it (no runtime query: a ``state`` read is the most
@@ -1880,12 +1930,14 @@ class Server:
         return await self._register_image(meta, rootfs, filename)
 
     async def _register_image(self, meta: Path, rootfs: Path | None, filename: str,
-                              expected: str = "", fields: dict[str, Any] | None = None
-                              ) -> Image:
+                              expected: str = "", fields: dict[str, Any] | None = None,
+                              known: images.ImageInfo | None = None) -> Image:
         """Inspect, move into the store and record an image; ``expected``: the fingerprint
-        it must have (a pull), ``fields``: more of its record (``cached``...)."""
+        it must have (a pull), ``fields``: more of its record (``cached``...), ``known``:
+        what inspecting it would say, for an image this server built (a publish)."""
         try:
-            info = await in_thread(images.inspect_image, meta, rootfs, self._unpacked_limit())
+            info = known or await in_thread(images.inspect_image, meta, rootfs,
+                                            self._unpacked_limit())
         except images.ImageError as exc:
             raise InvalidArgument(f"{filename}: {exc}") from None
         point("image-import.after-inspect")

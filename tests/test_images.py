@@ -649,6 +649,117 @@ def test_build_is_deterministic(src: Path, tmp_path: Path, compression: str) -> 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("compression", ["xz", "gzip", "zstd", "bzip2", "none"])
+def test_build_returns_the_fingerprint(src: Path, tmp_path: Path, compression: str) -> None:
+    """The sha256 is hashed as the tarball is written: it is the file's, for every
+    compression, and inspect (which reads the file) agrees."""
+    out = tmp_path / "img"
+    fingerprint = build_unified_tarball(src, out, compression)  # type: ignore[arg-type]
+    assert fingerprint == sha256(out) == inspect_image(out).fingerprint
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, (256 << 10) * 3, (256 << 10) * 5 + 12345])
+def test_parallel_gzip_is_gzip_whatever_the_threads(size: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process parallel gzip writes one gzip member that gzip and Python read back,
+    and the same bytes with 1 or 4 threads (blocks do not depend on the thread count)."""
+    import gzip
+
+    from lxfs.images import build
+
+    data = (os.urandom(size // 3) + b"lxfs image " * (size // 11))[:size]
+    outputs = []
+    for cpus in (1, 4):
+        monkeypatch.setattr(os, "cpu_count", lambda c=cpus: c)
+        chunks: list[bytes] = []
+        build._parallel_gzip(io.BytesIO(data), chunks.append)
+        outputs.append(b"".join(chunks))
+    assert outputs[0] == outputs[1]
+    assert gzip.decompress(outputs[0]) == data
+    proc = subprocess.run(["gzip", "-dc"], input=outputs[0], capture_output=True, check=True)
+    assert proc.stdout == data
+
+
+def test_write_digest_stands_for_a_second_pass(unified: Path, tmp_path: Path) -> None:
+    """A file hashed as it was written gets the fingerprint a full read gives; a write out of
+    order, or a change after the writer closed it, sends inspect back to reading it."""
+    from lxfs.images import WriteDigest
+
+    data = unified.read_bytes()
+    third = len(data) // 3
+    cases = {"in-order": [0, third, 2 * third], "out-of-order": [0, 2 * third, third]}
+    for name, cuts in cases.items():
+        copy = tmp_path / name
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT, 0o600)
+        digest = WriteDigest()
+        bounds = sorted(cuts) + [len(data)]
+        pieces = {start: data[start:bounds[bounds.index(start) + 1]] for start in cuts}
+        for start in cuts:
+            digest.pwrite(fd, pieces[start], start)
+        os.close(fd)
+        assert digest.usable == (name == "in-order")
+        digest.remember(copy)
+        remembered = images_format._identity(os.stat(copy)) in images_format._digests
+        assert remembered == digest.usable
+        assert inspect_image(copy).fingerprint == sha256(unified)
+    stale = tmp_path / "stale"
+    shutil.copyfile(tmp_path / "in-order", stale)
+    fd = os.open(stale, os.O_WRONLY)
+    digest = WriteDigest()
+    digest.pwrite(fd, data[:12], 0)  # the same bytes, but only the first 12 hashed
+    os.close(fd)
+    digest.remember(stale)  # covers 12 bytes of a longer file: not remembered
+    assert inspect_image(stale).fingerprint == sha256(unified)
+
+
+def test_remembered_digest_is_used_and_forgotten_on_change(unified: Path,
+                                                          tmp_path: Path) -> None:
+    """While the file is unchanged its remembered digest is the fingerprint (no read); any
+    change (size, mtime) makes inspect hash the file again."""
+    from lxfs.images import WriteDigest
+
+    copy = tmp_path / "img"
+    fd = os.open(copy, os.O_WRONLY | os.O_CREAT, 0o600)
+    digest = WriteDigest()
+    digest.pwrite(fd, unified.read_bytes(), 0)
+    os.close(fd)
+    digest.remember(copy)
+    assert images_format._sha256_files(copy) == sha256(unified)
+    st = os.stat(copy)
+    key = images_format._identity(st)
+    images_format._digests[key] = "0" * 64  # what only the remembered digest could say
+    assert images_format._sha256_files(copy) == "0" * 64
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert images_format._sha256_files(copy) == sha256(unified)
+    del images_format._digests[key]
+
+
+@needs_root
+def test_publish_volume_says_what_inspect_says(unified: Path, tmp_path: Path) -> None:
+    """publish_volume returns the image's record without reading the tarball again: the same
+    fingerprint, metadata and size as inspect_image reads from it."""
+    import dataclasses
+
+    from lxfs.images import publish_volume
+
+    volume = tmp_path / "volume"
+    unpack_image(unified, None, volume)
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    for compression in ("gzip", "xz", "none"):
+        out = outputs / f"published-{compression}"
+        info = publish_volume(volume, out, "amd64", {"os": "testos", "note": " spaced "},
+                              compression)  # type: ignore[arg-type]
+        inspected = inspect_image(out)
+        assert dataclasses.replace(inspected, unpacked_size=0) == info
+        assert info.properties == {"os": "testos", "note": "spaced"}
+        assert info.templates and info.architecture == "x86_64"
+    with pytest.raises(ImageError, match="property name"):
+        publish_volume(volume, outputs / "bad", "amd64", {"a/b": "x"})
+    assert sorted(p.name for p in outputs.iterdir()) == [  # no staging left behind
+        "published-gzip", "published-none", "published-xz"]
+
+
 def test_build_layout_and_root_owner(src: Path, tmp_path: Path) -> None:
     out = tmp_path / "img.tar"
     build_unified_tarball(src, out, "none", root_owner=True)

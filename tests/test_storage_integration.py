@@ -357,6 +357,32 @@ def test_dir_launch_takes_a_spare_made_ahead(daemon_with_busybox):
     assert os.listdir(images) == []
 
 
+def test_dir_first_launch_unpacks_into_the_instance(daemon_with_busybox):
+    """A dir pool without the image's volume unpacks the image straight into the first
+    instance's volume (one unpack on the launch's path, as LXD's dir driver); the image
+    volume and a spare are made afterwards in the background, and go with the image."""
+    d = daemon_with_busybox
+    images = d.data_dir / "storage-pools" / "default" / "images"
+    d.cli("launch", "busybox", "c1")
+    fp = d.read("instances", "c1", "source")
+    assert f"unpacking image {fp[:12]} into the volume of c1 (pool default)" in (
+        d.log_path.read_text())
+    assert d.cli("exec", "c1", "--", "cat", "/etc/hostname").stdout == "c1\n"
+    spare = images / f".{fp}.spare"
+    deadline = time.monotonic() + 120
+    while not spare.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(os.listdir(images)) == [f".{fp}.spare", fp]
+    assert (images / fp / "rootfs" / "bin" / "busybox").is_file()
+    assert (images / fp).stat().st_mode & 0o777 == 0o711
+    d.cli("launch", "busybox", "c2")  # the image volume is there: its spare is taken
+    assert d.cli("exec", "c2", "--", "cat", "/etc/hostname").stdout == "c2\n"
+    assert "into the volume of c2" not in d.log_path.read_text()
+    d.cli("delete", "-f", "c1", "c2")
+    d.cli("image", "delete", "busybox")
+    assert os.listdir(images) == []
+
+
 def test_move_between_dir_and_btrfs_pools(loop_guard, daemon_with_busybox):
     """`lxfs move c1 c1 -s POOL` moves the root volume and its snapshots across drivers."""
     d = daemon_with_busybox

@@ -26,6 +26,7 @@ Command line (used by the recipes in ``contrib/images``)::
     python -m lxfs.images build SRC_DIR OUT [--compression xz|gzip|bzip2|zstd|none] [--root-owner]
     python -m lxfs.images inspect IMAGE [ROOTFS]
     python -m lxfs.images classify FILE
+    python -m lxfs.images unpack IMAGE DEST [--rootfs ROOTFS]
 """
 
 from lxfs.images.build import Compression, build_unified_tarball, main
@@ -35,6 +36,7 @@ from lxfs.images.format import (
     ImageTooLarge,
     Layout,
     UploadKind,
+    WriteDigest,
     classify_upload,
     host_architectures,
     inspect_image,
@@ -42,7 +44,7 @@ from lxfs.images.format import (
 )
 from lxfs.images.publish import publish_volume
 from lxfs.images.templates import TemplateContext, render_template_text, render_templates
-from lxfs.images.unpack import unpack_image
+from lxfs.images.unpack import unpack_image, unpack_image_idle
 
 __all__ = [
     "Compression",
@@ -52,6 +54,7 @@ __all__ = [
     "Layout",
     "TemplateContext",
     "UploadKind",
+    "WriteDigest",
     "build_unified_tarball",
     "classify_upload",
     "host_architectures",
@@ -62,4 +65,5 @@ __all__ = [
     "render_template_text",
     "render_templates",
     "unpack_image",
+    "unpack_image_idle",
 ]

@@ -823,7 +823,58 @@ def _check_squashfs(path: Path) -> int:
 # inspect
 
 
+class WriteDigest:
+    """The sha256 of a file hashed as it is written (an upload through the mount), so that
+    its fingerprint needs no second pass over it. Only writes that continue where the last
+    one ended are hashed; any other write (a seek, an overwrite, two at once landing out of
+    order) leaves the digest unusable, and the file is then hashed when inspected."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._lock = threading.Lock()
+        self.length = 0
+        self.usable = True
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        """``os.pwrite(fd, data, offset)``, hashing what it wrote (in the caller's thread)."""
+        written = os.pwrite(fd, data, offset)
+        with self._lock:
+            if self.usable and offset == self.length:
+                self._hash.update(memoryview(data)[:written])
+                self.length += written
+            else:
+                self.usable = False
+        return written
+
+    def remember(self, path: Path | str) -> None:
+        """Let :func:`inspect_image` take the digest as ``path``'s own, for as long as the
+        file is unchanged (the writer has closed it). Nothing when the digest is unusable
+        or does not cover the whole file."""
+        st = os.stat(path)
+        if not self.usable or st.st_size != self.length:
+            return
+        with _scan_lock:
+            _digests[_identity(st)] = self._hash.hexdigest()
+            while len(_digests) > 16:
+                _digests.popitem(last=False)
+
+
+_digests: OrderedDict[tuple[int, ...], str] = OrderedDict()
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """A file's identity while it is unchanged (device, inode, size, mtime, ctime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _sha256_files(*paths: Path) -> str:
+    """The fingerprint of an image's files: their bytes one after the other, hashed (taken
+    from a :class:`WriteDigest` when one file's digest was remembered)."""
+    if len(paths) == 1:
+        with _scan_lock:
+            known = _digests.get(_identity(os.stat(paths[0])))
+        if known is not None:
+            return known
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)

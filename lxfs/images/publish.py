@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lxfs.images.build import Compression, build_unified_tarball
-from lxfs.images.format import ImageError, _parse_metadata, _read_no_symlinks
+from lxfs.images.format import ImageError, ImageInfo, _parse_metadata, _read_no_symlinks
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -28,10 +28,15 @@ def publish_volume(
     architecture: str,
     properties: Mapping[str, str],
     compression: Compression = "xz",
-) -> None:
+) -> ImageInfo:
     """Build a unified image tarball from an instance or snapshot volume (``metadata.yaml``,
     ``templates/``, ``rootfs/``) without copying the root filesystem: it is bind-mounted
-    read-only into a staging directory while tar reads it."""
+    read-only into a staging directory while tar reads it.
+
+    Returns what :func:`inspect_image` would say of it, known without reading it again: the
+    fingerprint is hashed as the tarball is written and the metadata is ours. Its members
+    are not checked here (tar wrote them from a directory tree); the unpack checks every
+    member as it does for any image."""
     import time
 
     import yaml
@@ -52,7 +57,9 @@ def publish_volume(
             "properties": dict(properties),
             "templates": templates,
         }
-        (staging / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=True))
+        text = yaml.safe_dump(metadata, sort_keys=True)
+        md = _parse_metadata(text)  # what an import would read back: the same checks
+        (staging / "metadata.yaml").write_text(text)
         if (volume / "templates").is_dir():
             _run(["cp", "-a", "--", str(volume / "templates"), str(staging / "templates")],
                  "copying templates")
@@ -61,7 +68,11 @@ def publish_volume(
              "bind-mounting the root filesystem")
         mounted = True
         _run(["mount", "-o", "remount,bind,ro", str(rootfs)], "making the bind read-only")
-        build_unified_tarball(staging, out, compression)
+        fingerprint = build_unified_tarball(staging, out, compression)
+        return ImageInfo(fingerprint=fingerprint, filename=Path(out).name,
+                         size=os.stat(out).st_size, architecture=md["architecture"],
+                         created_at=md["creation_date"], properties=md["properties"],
+                         templates=md["templates"])
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(rootfs)], check=False, capture_output=True)

@@ -274,3 +274,25 @@ def _remove(p: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+#: the lowest CPU and I/O priorities: an unpack nobody waits for never slows one somebody does
+_IDLE = ("nice", "-n", "19", "ionice", "-c", "3")
+
+
+def unpack_image_idle(path: Path | str, rootfs_path: Path | str | None,
+                      dest: Path | str) -> None:
+    """:func:`unpack_image` in a process of its own at idle priority (``python -m lxfs.images
+    unpack``): the member checks run outside the caller's process, so they hold no lock of
+    its interpreter either. Raises :class:`ImageError` with the process's reason."""
+    import sys
+
+    cmd = [*_IDLE, sys.executable, "-m", "lxfs.images", "unpack", str(path), str(dest)]
+    if rootfs_path is not None:
+        cmd.append(f"--rootfs={rootfs_path}")
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        detail = lines[-1].removeprefix("error: ") if lines else f"exit {proc.returncode}"
+        raise ImageError(detail)
+

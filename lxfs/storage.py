@@ -73,7 +73,9 @@ class StorageDriver(ABC):
     - ``spare_volumes``: creating a volume from an image is a copy, so the driver keeps one
       copy made ahead per image (``prepare_spare``) and ``create_volume_from_image`` takes
       it when it is ready (a rename). The core calls ``prepare_spare`` off the critical path
-      after each creation from an image, in a task of its own.
+      after each creation from an image, in a task of its own. Without the image's volume,
+      the core unpacks the image straight into a new volume (``create_volume``) and has
+      ``create_image_volume`` made in that task, before the spare.
     """
 
     name: ClassVar[str]

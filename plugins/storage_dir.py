@@ -11,8 +11,10 @@ Creating an instance copies the image volume with ``cp -a --reflink=auto``: a re
 (constant space) on filesystems that support it (btrfs, xfs), a full copy elsewhere. That copy
 is made ahead: the pool keeps one spare copy of each image it created an instance from
 (``images/.FP.spare/``, made at idle priority after each creation), and a creation renames it
-into place, so a launch does not wait for the copy. Snapshots and restores are copies too.
-Every copy goes to a hidden temporary name first and is renamed into place, so a crash never
+into place, so a launch does not wait for the copy. The first launch of an image does not
+wait for the image volume either: the core unpacks the image straight into the instance's
+volume (``spare_volumes``) and has the image volume made afterwards. Snapshots and restores
+are copies too. Every copy goes to a hidden temporary name first and is renamed into place, so a crash never
 leaves a half-copied volume under a real name.
 
 No quotas (``quotas`` is unset): a root disk's ``size`` is kept but not enforced, and the core

@@ -133,6 +133,9 @@ class Image:
     last_used_at: float = 0.0
     #: where it came from (``ImageSource.record()``: server, protocol, alias, certificate)
     update_source: dict[str, str] = field(default_factory=dict)
+    #: the projects that hold it (``default``, or those with ``features.images=true``); one
+    #: record and one set of files whatever their number
+    projects: list[str] = field(default_factory=lambda: ["default"])
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

@@ -696,22 +696,38 @@ class Upload(Node):
 
 
 class ImagesDir(Dir):
+    """``images/`` (the default project's) or ``projects/NAME/images/``: a project with
+    ``features.images=false`` shows the default project's, read-only. Aliases, pulls and
+    pending uploads are the top level's."""
+
+    def __init__(self, srv: Server, project: str = DEFAULT) -> None:
+        super().__init__(srv)
+        self.project = project
+
+    def _writable(self) -> None:
+        if self.srv.images_project(self.project) != self.project:
+            raise PermissionDenied(f"project {self.project!r} uses the default project's "
+                                   "images (features.images=false): change them in images/")
+
     async def list(self) -> list[str]:
-        return sorted(self.srv.images) + ["aliases", "pull", "pulling"] + \
-            sorted(self.srv.pending_uploads())
+        images = sorted(self.srv.project_images(self.project))
+        if self.project != DEFAULT:
+            return images
+        return images + ["aliases", "pull", "pulling"] + sorted(self.srv.pending_uploads())
 
     async def child(self, name: str) -> Node | None:
-        if name == "aliases":
+        top = self.project == DEFAULT
+        if name == "aliases" and top:
             return AliasesDir(self.srv)
-        if name == "pull":  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last pulled
+        if name == "pull" and top:  # ``PROTOCOL URL IMAGE [alias=A]...`` pulls; reads the last
             return File(self.srv, lambda: self.srv.last_pulled, self.srv.pull_from_line,
                         dynamic=True)
-        if name == "pulling":  # the pulls under way: ``SERVER IMAGE: PROGRESS`` lines
+        if name == "pulling" and top:  # the pulls under way: ``SERVER IMAGE: PROGRESS`` lines
             return File(self.srv, lambda: lines([f"{k}: {v}" for k, v in
                                                  sorted(self.srv.pulls.items())]), dynamic=True)
-        if name in self.srv.images:
+        if name in self.srv.project_images(self.project):
             return ImageDir(self.srv, name)
-        pending = self.srv.pending_uploads().get(name)
+        pending = self.srv.pending_uploads().get(name) if top else None
         if pending is not None:
             return HostFile(pending, readonly=True)
         return None
@@ -719,10 +735,14 @@ class ImagesDir(Dir):
     def create(self, name: str) -> Node:
         if name in ("aliases", "pull", "pulling") or name in self.srv.images:
             raise InvalidArgument(f"{name} exists")
-        return Upload(self.srv, name)
+        self._writable()
+        project = self.project
+        return Upload(self.srv, name,
+                      lambda path, n: self.srv.import_into_project(path, n, project))
 
     async def rmdir(self, name: str) -> None:
-        await self.srv.guarded("", self.srv.delete_image(name))
+        self._writable()
+        await self.srv.guarded("", self.srv.delete_project_image(name, self.project))
 
     async def unlink(self, name: str) -> None:
         await self.srv.guarded("", self.srv.drop_pending_upload(name))
@@ -1047,7 +1067,7 @@ class ProjectsDir(Dir):
     """``projects/``: one directory per project with ``name``, ``description``, ``config/``
     (``features.*``, ``limits.*``, ``restricted*``: see ``lxfs.projects``) and ``state/``
     (usage against limits). ``default`` is the mount's top level; another project also holds
-    ``instances/`` and ``profiles/``, laid out as the top level's. ``mkdir`` creates a
+    ``instances/``, ``profiles/`` and ``images/``, laid out as the top level's. ``mkdir`` creates a
     project, ``rmdir`` deletes an empty one, ``mv`` renames an empty one."""
 
     async def list(self) -> list[str]:
@@ -1083,6 +1103,7 @@ class ProjectsDir(Dir):
         if name != DEFAULT:
             children["instances"] = lambda: InstancesDir(srv, name)
             children["profiles"] = lambda: ProfilesDir(srv, name)
+            children["images"] = lambda: ImagesDir(srv, name)
         return StaticDir(srv, children)
 
     async def mkdir(self, name: str) -> None:

@@ -2359,6 +2359,47 @@ class Server:
         return {split_profile_key(k)[1]: p for k, p in self.profiles.items()
                 if split_profile_key(k)[0] == owner}
 
+    def images_project(self, project: str) -> str:
+        """Whose images ``project`` uses: its own, or ``default``'s (features.images)."""
+        if project == DEFAULT or has_feature(project, self.project(project).config, "images"):
+            return project
+        return DEFAULT
+
+    def project_images(self, project: str) -> dict[str, Image]:
+        """The images ``project`` sees, by fingerprint."""
+        owner = self.images_project(project)
+        return {fp: i for fp, i in self.images.items() if owner in i.projects}
+
+    async def import_into_project(self, path: Path, filename: str, project: str
+                                  ) -> Image | None:
+        """``import_upload`` into ``project``'s images: a new image belongs to it alone, a
+        known one gains it."""
+        owner = self.images_project(project)
+        known = set(self.images)
+        image = await self.import_upload(path, filename)
+        if image is None:
+            return image
+        projects = [owner] if image.fingerprint not in known else \
+            sorted({*image.projects, owner})
+        if projects != image.projects:
+            image.projects = projects
+            await in_thread(self.db.put, "images", image.fingerprint, image.to_record())
+        return image
+
+    async def delete_project_image(self, fp: str, project: str) -> None:
+        """Drop an image from ``project``'s images: the record and files go with the last
+        project that holds it."""
+        owner = self.images_project(project)
+        image = self.images.get(fp)
+        if image is None or owner not in image.projects:
+            raise NotFound(f"image {fp} not found")
+        if image.projects == [owner]:
+            return await self.delete_image(fp)
+        image.projects = [p for p in image.projects if p != owner]
+        await in_thread(self.db.put, "images", fp, image.to_record())
+        self.events.lifecycle("image-deleted", f"/1.0/images/{fp}"
+                              + ("" if owner == DEFAULT else f"?project={owner}"))
+
     def profile_keys(self, project: str, names: list[str]) -> list[str]:
         """The keys of the profiles ``names`` of ``project`` (NotFound for a missing one)."""
         owner = self.profiles_project(project)
@@ -2404,7 +2445,8 @@ class Server:
         """No instances, no profiles but its default, no images of its own."""
         return not self.project_instances(name) and not any(
             split_profile_key(k)[0] == name and split_profile_key(k)[1] != "default"
-            for k in self.profiles)
+            for k in self.profiles) and not any(name in i.projects
+                                                for i in self.images.values())
 
     def _check_project_config(self, name: str, before: dict[str, str],
                               config: dict[str, str]) -> None:
@@ -2467,6 +2509,7 @@ class Server:
             used = [f"instance {i.local_name}" for i in self.project_instances(name)]
             used += [f"profile {split_profile_key(k)[1]}" for k in self.profiles
                      if split_profile_key(k)[0] == name and split_profile_key(k)[1] != "default"]
+            used += [f"image {fp[:12]}" for fp, i in self.images.items() if name in i.projects]
             raise Busy(f"project {name!r} is not empty: {', '.join(sorted(used))}")
         changes: list[tuple[str, str, dict[str, Any] | None]] = [("projects", name, None)]
         key = profile_key(name, "default")

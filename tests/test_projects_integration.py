@@ -228,3 +228,25 @@ def test_seed_003_with_lxfs(projects, tmp_path):
     made.append("client3-website")
     cli("project", "delete", "client-website", "client3-website")
     assert cli("project", "list", "--format", "csv").stdout.split(",")[0] == "default (current)"
+
+
+def test_project_images(projects, busybox_image):
+    """features.images=true: an image imported in p1 is invisible in default, and p1's
+    instances launch from it."""
+    d, made = projects
+    os.mkdir(d.path("projects", "p1"))
+    made.append("p1")
+    (d.path("projects", "p1", "config") / "features.profiles").write_text("false\n")
+    shared = [n for n in os.listdir(d.path("images")) if len(n) == 64]
+    assert len(shared) == 1
+    os.rmdir(d.path("images", shared[0]))  # only p1 will hold it
+    d.cli("image", "import", str(busybox_image), "--alias", "bb", "--project", "p1")
+    assert [n for n in os.listdir(d.path("images")) if len(n) == 64] == []
+    assert os.listdir(d.path("projects", "p1", "images")) == shared
+    d.cli("launch", shared[0], "c1", "--project", "p1")
+    assert d.read("projects", "p1", "instances", "c1", "state") == "RUNNING"
+    from test_rest_instances_integration import lxc
+
+    assert lxc(d, "image", "list", "--format", "csv").stdout == ""
+    assert shared[0][:12] in lxc(d, "image", "list", "--project", "p1", "--format",
+                                 "csv").stdout

@@ -238,3 +238,30 @@ async def test_events_carry_their_project(tmp_path, nursery):
         ("p1", "/1.0/instances/c1?project=p1")
     assert (second["project"], second["metadata"]["source"]) == \
         ("default", "/1.0/instances/c1")
+
+
+async def test_features_images(tmp_path, image, nursery):  # noqa: F811
+    srv = make_server(tmp_path / "data")
+    await srv.open(nursery)
+    await srv.create_project("own")  # features.images=true
+    await srv.create_project("shared", config={"features.images": "false"})
+    upload = srv.new_upload_path()
+    upload.write_bytes(image.read_bytes())
+    img = await srv.import_into_project(upload, image.name, "own")
+    assert img is not None and img.projects == ["own"]
+    assert img.fingerprint in srv.project_images("own")
+    assert img.fingerprint not in srv.project_images("default")
+    assert img.fingerprint not in srv.project_images("shared")
+    with pytest.raises(Busy, match="image"):
+        await srv.delete_project("own")
+    # the same image imported in default: one record, both projects
+    upload = srv.new_upload_path()
+    upload.write_bytes(image.read_bytes())
+    fp = (await srv.import_into_project(upload, image.name, "default")).fingerprint
+    assert fp == img.fingerprint
+    assert srv.images[fp].projects == ["default", "own"]
+    await srv.delete_project_image(fp, "default")
+    assert srv.images[fp].projects == ["own"]
+    await srv.delete_project_image(fp, "own")
+    assert fp not in srv.images
+    await srv.delete_project("own")

@@ -105,7 +105,10 @@ class Mount:
 
     @property
     def images(self) -> Path:
-        return self.root / "images"
+        """``images/`` of the current project (``--project``); aliases are shared."""
+        project = current_project()
+        return self.root / "projects" / project / "images" if project else \
+            self.root / "images"
 
     @property
     def aliases(self) -> Path:

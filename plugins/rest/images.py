@@ -490,13 +490,13 @@ async def read_json_body(first: bytes, chunks: AsyncIterator[bytes]) -> Any:
 
 @route("GET", "/1.0/images", untrusted=True)
 async def list_images(ctx: Context, request: Request) -> Response:
-    """Images: their URLs, or (recursion=1) their documents; ``filter`` as LXD.
-
-    An untrusted client sees the public ones only."""
+    """The project's images: their URLs, or (recursion=1) their documents; ``filter`` as
+    LXD. An untrusted client sees the public ones only."""
     check_project(ctx, request)
     clauses = parse_filter(request.query.get("filter", ""))
+    images = ctx.ops.project_images(request.query.get("project") or "default")
     documents = [image_document(ctx, image)
-                 for _fp, image in sorted(ctx.ops.images.items())
+                 for _fp, image in sorted(images.items())
                  if request.trusted or image.public]
     documents = [d for d in documents if matches(d, clauses)]
     if recursion(request):

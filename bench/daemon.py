@@ -28,9 +28,10 @@ def venv_command(script: str, module: str) -> list[str]:
 
 class BenchDaemon:
     """``lxfsd --data-dir BASE/data --mount BASE/mnt`` with BASE under /var/tmp (mode 0711,
-    so that unprivileged containers can traverse it)."""
+    so that unprivileged containers can traverse it); ``netns``: a network namespace
+    (``ip netns``) to run it in."""
 
-    def __init__(self, log_level: str = "warning") -> None:
+    def __init__(self, log_level: str = "warning", netns: str | None = None) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="lxfs-bench-", dir="/var/tmp")).resolve()
         self.base.chmod(0o711)
         self.data_dir = self.base / "data"
@@ -39,6 +40,7 @@ class BenchDaemon:
         self.data_dir.chmod(0o711)
         self.mount.mkdir()
         self.log_level = log_level
+        self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.env = dict(os.environ, LXFS_MOUNT=str(self.mount), LXFS_DIR=str(self.data_dir),
@@ -49,7 +51,8 @@ class BenchDaemon:
 
     def start(self) -> BenchDaemon:
         """Start lxfsd and wait until MOUNT/environment/server_pid answers."""
-        cmd = [*venv_command("lxfsd", "lxfs.daemon"), "--data-dir", str(self.data_dir),
+        cmd = [*(["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []),
+               *venv_command("lxfsd", "lxfs.daemon"), "--data-dir", str(self.data_dir),
                "--mount", str(self.mount), "--log-level", self.log_level]
         with open(self.base / "lxfsd.stderr", "ab") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,

@@ -22,14 +22,16 @@ from pathlib import Path
 from bench.common import BenchError, detach_loops_under, mounts_under, run
 from bench.systems import CliSystem
 
-PRESEED = """\
+POOLS = """\
 storage_pools:
 - name: dir
   driver: dir
 - name: bt
   driver: btrfs
   config:
-    size: 2GiB
+    size: {size}
+"""
+BRIDGE = """\
 networks:
 - name: {bridge}
   type: bridge
@@ -37,6 +39,8 @@ networks:
     ipv4.address: 10.251.{subnet}.1/24
     ipv4.nat: "false"
     ipv6.address: none
+"""
+PROFILE = """\
 profiles:
 - name: default
   devices:
@@ -96,18 +100,23 @@ class Lxd(CliSystem):
                    for line in self.cli("image", "alias", "list", "-f", "csv").splitlines())
 
 
-def start_isolated_lxd(stack: ExitStack, images: dict[str, Path]) -> Lxd:
-    """Start LXD isolated, register its teardown on ``stack``, import ``images``."""
+def start_isolated_lxd(stack: ExitStack, images: dict[str, Path], netns: str | None = None,
+                       pool_size: str = "2GiB") -> Lxd:
+    """Start LXD isolated, register its teardown on ``stack``, import ``images``. Without
+    ``netns`` it runs in a namespace of its own with only ``lo`` (and gets a bridge of its
+    own); with one (a host of ``bench.hosts.HostNetwork``, which owns it) it gets no bridge."""
     ensure_installed()
     base = Path(tempfile.mkdtemp(prefix="lxfs-bench-lxd-", dir="/var/tmp")).resolve()
     base.chmod(0o711)
     lxd_dir = base / "lxd"
     lxd_dir.mkdir(mode=0o711)
-    netns = f"lxfsbench{os.getpid()}"
+    own_netns = netns is None
+    netns = netns or f"lxfsbench{os.getpid()}"
     env = dict(os.environ, LXD_DIR=str(lxd_dir), LXD_CONF=str(base / "conf"))
     procs: list[subprocess.Popen[bytes]] = []
-    stack.callback(teardown, base, netns, env, procs)
-    run(["ip", "netns", "add", netns])
+    stack.callback(teardown, base, netns, env, procs, own_netns)
+    if own_netns:
+        run(["ip", "netns", "add", netns])
     with open(base / "lxd.stderr", "wb") as err:
         procs.append(subprocess.Popen(
             ["ip", "netns", "exec", netns, "sh", "-c", start_script(lxd_dir)],
@@ -116,10 +125,11 @@ def start_isolated_lxd(stack: ExitStack, images: dict[str, Path]) -> Lxd:
         run(["lxd", "waitready", "--timeout", "60"], env=env, timeout=70)
     except BenchError as exc:
         raise BenchError(f"{exc}\n{(base / 'lxd.stderr').read_text(errors='replace')}") from exc
-    bridge = f"lxfsb{os.getpid() % 100000}"
-    subnet = 200 + os.getpid() % 50
-    run(["lxd", "init", "--preseed"], env=env,
-        input=PRESEED.format(bridge=bridge, subnet=subnet).encode())
+    preseed = POOLS.format(size=pool_size)
+    if own_netns:
+        preseed += BRIDGE.format(bridge=f"lxfsb{os.getpid() % 100000}",
+                                 subnet=200 + os.getpid() % 50)
+    run(["lxd", "init", "--preseed"], env=env, input=(preseed + PROFILE).encode())
     lxd = Lxd(env, procs[0].pid)
     for alias, path in images.items():
         lxd.cli("image", "import", str(path), "--alias", alias)
@@ -127,8 +137,9 @@ def start_isolated_lxd(stack: ExitStack, images: dict[str, Path]) -> Lxd:
 
 
 def teardown(base: Path, netns: str, env: dict[str, str],
-             procs: list[subprocess.Popen[bytes]]) -> None:
-    """Delete instances, stop LXD, and remove its namespace, mounts, loops and files."""
+             procs: list[subprocess.Popen[bytes]], own_netns: bool = True) -> None:
+    """Delete instances, stop LXD, and remove its namespace (when it made it), mounts,
+    loops and files."""
     proc = procs[0] if procs else None
     if proc is not None and proc.poll() is None:
         listed = run(["lxc", "list", "-f", "csv", "-c", "n"], env=env, check=False, timeout=60)
@@ -153,7 +164,8 @@ def teardown(base: Path, netns: str, env: dict[str, str],
         except (ProcessLookupError, ValueError):
             pass
     time.sleep(0.5)
-    run(["ip", "netns", "del", netns], check=False)
+    if own_netns:
+        run(["ip", "netns", "del", netns], check=False)
     for _ in range(5):
         points = mounts_under(base)
         if not points:

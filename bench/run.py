@@ -14,7 +14,7 @@ from bench.daemon import BenchDaemon
 from bench.suite import Options, Suite, fs_micro, monitor_pss
 from bench.systems import LxfsCli, LxfsMount, LxfsRest, System
 
-SECTIONS = ("dir", "btrfs", "images", "scale", "rate", "leaks")
+SECTIONS = ("dir", "btrfs", "images", "scale", "rate", "leaks", "migrate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lxd-cycles", type=int, metavar="K",
                    help="cycles of the leak check for LXD (default: --cycles; LXD takes about "
                    "1 s per cycle)")
-    p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)} "
+                   "(--quick leaves migrate out unless named)")
+    p.add_argument("--migrate-pools", default="btrfs,dir", metavar="KINDS",
+                   help="pool kinds of the moves between hosts (btrfs,dir)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--rest", action="store_true",
                    help="also drive lxfs through its REST bridge with the real lxc client "
@@ -104,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts = options(args)
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if args.quick and not args.only:
+        only.discard("migrate")
+    unknown = only - set(SECTIONS)
+    if unknown:
+        print(f"unknown sections: {','.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     facts = machine_facts()
     print(f"machine: {facts}", file=sys.stderr)
     with ExitStack() as stack:
@@ -111,23 +120,25 @@ def main(argv: list[str] | None = None) -> int:
         opts.busybox = images["busybox"]
         if not (args.quick or args.no_debian):
             opts.debian = images["debian"] = cached_image("debian", "debian-bookworm.tar.xz")
-        daemon, cli, mount = setup_lxfs(stack, args, images)
-        systems: list[System] = [cli, mount]
-        if args.rest:
-            systems.append(LxfsRest(daemon, cli.pools))
-        reference = None
+        systems: list[System] = []
+        reference = "lxd" if args.vs_lxd else None
         lxd: System | None = None
-        if args.vs_lxd:
-            from bench.lxd import start_isolated_lxd
+        if only - {"migrate"}:  # the moves between hosts start hosts of their own
+            daemon, cli, mount = setup_lxfs(stack, args, images)
+            systems += [cli, mount]
+            if args.rest:
+                systems.append(LxfsRest(daemon, cli.pools))
+            if args.vs_lxd:
+                from bench.lxd import start_isolated_lxd
 
-            lxd = start_isolated_lxd(stack, images)
-            systems.append(lxd)
-            reference = lxd.name
+                lxd = start_isolated_lxd(stack, images)
+                systems.append(lxd)
         suite = Suite(systems, opts, reference)
         stack.callback(suite.close)
-        suite.record("memory", "daemon RSS, fresh (images imported)", "MB",
-                     {s.name: s.daemon_rss() for s in [cli] + ([lxd] if lxd else [])})
-        daemon_systems: list[System] = [cli] + ([lxd] if lxd else [])
+        daemon_systems: list[System] = systems[:1] + ([lxd] if lxd else [])
+        if daemon_systems:
+            suite.record("memory", "daemon RSS, fresh (images imported)", "MB",
+                         {s.name: s.daemon_rss() for s in daemon_systems})
         try:
             for kind in ("dir", "btrfs"):
                 if kind in only:
@@ -151,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             if "leaks" in only:
                 suite.log("== leaks")
                 suite.leaks([mount] + ([lxd] if lxd else []))
+            if "migrate" in only:
+                from bench.migrate import migrate
+
+                suite.log("== moves between hosts")
+                migrate(suite, stack, opts.debian or images["busybox"],
+                        args.migrate_pools.split(","), args.vs_lxd, args.rest, args.log_level)
         finally:
             facts["load_at_end"] = os.getloadavg()
-            names = [s.name for s in systems] + ["tmpfs"]
+            names = [s.name for s in systems] + ["lxfs-cli", "lxfs-rest", "lxd", "tmpfs"]
+            names = list(dict.fromkeys(names))
             names = [n for n in names if any(n in r.samples for r in suite.rows)]
             print(table(suite.rows, names, reference))
             print(f"\nload average at start {facts['load_at_start']}, "

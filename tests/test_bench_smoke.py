@@ -47,6 +47,40 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert not left, f"the benchmark left these behind: {sorted(left)}"
 
 
+def test_bench_migrate_quick(tmp_path: Path) -> None:
+    """The moves between hosts (``--only migrate --quick``: two lxfs hosts in network
+    namespaces, one move between their btrfs pools): figures, and nothing left behind."""
+    problems = integration_problems()
+    if problems:
+        pytest.fail("cannot run the benchmark here:\n  - " + "\n  - ".join(problems),
+                    pytrace=False)
+    before = _leftovers()
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, LXFS_BENCH_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--only", "migrate", "--migrate-pools",
+         "btrfs", "--json", str(out)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=170)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    rows = {(r["section"], r["name"]): r for r in json.loads(out.read_text())["rows"]}
+    move = rows[("migrate", "move 200 MB, stopped, btrfs -> btrfs")]
+    assert not move["error"], move["error"] + "\n" + result.stderr
+    assert len(move["samples"]["lxfs-cli"]) == 1
+    assert rows[("migrate", "instance size (btrfs)")]["samples"]["lxfs-cli"][0] >= 199
+    left = _leftovers() - before
+    assert not left, f"the benchmark left these behind: {sorted(left)}"
+    # its hosts' namespaces and bridge (bench.hosts.HostNetwork's names, by its pid)
+    tag = f"{proc.pid % 10000}0"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=False).stdout
+    assert not [n for n in netns.split() if n.endswith(f"-{tag}")], netns
+    bridge = subprocess.run(["ip", "link", "show", f"lxfsmh{tag}"[:15]], capture_output=True,
+                            check=False)
+    assert bridge.returncode != 0, "the hosts' bridge is left"
+
+
 def _leftovers() -> set[str]:
     """Benchmark directories, mounts and loop devices that exist now."""
     found = {str(p) for p in Path("/var/tmp").glob("lxfs-bench-*")}

@@ -56,7 +56,7 @@ TOKENS: dict[str, list[str]] = {
 #: options of the full parser the fast path leaves out, at the value they have when not given:
 #: it runs in the default project only (--project is not one of its forms, and lxfs.cli does
 #: not take it when ``lxfs project switch`` made another project current)
-PROJECT_DEFAULTS = {"project": None, "all_projects": False}
+PROJECT_DEFAULTS = {"project": None, "all_projects": False, "target_project": None}
 
 
 def argparse_result(argv: list[str]) -> dict[str, Any] | None:

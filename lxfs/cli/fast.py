@@ -20,6 +20,7 @@ from lxfs.cli.base import (
     check_mount,
     daemon_error,
     instance_dir,
+    instances_root,
     mount_point,
     read_opt,
     read_text,
@@ -406,7 +407,7 @@ def _set_args(root: str, args: list[str]) -> tuple[str | None, list[tuple[str, s
     if len(args) == 2:
         if "=" not in args[1]:
             return None, [(args[0], args[1])]
-        if not os.path.isdir(os.path.join(root, "instances", args[0])) and "." in args[0]:
+        if not os.path.isdir(os.path.join(instances_root(root), args[0])) and "." in args[0]:
             return None, [(args[0], args[1])]
         return args[0], parse_pairs(args[1:])
     if len(args) == 3 and "=" not in args[1]:
@@ -457,7 +458,7 @@ def run_create(root: str, args: Args) -> int:
         raise CLIError("Image not found")
     configs = parse_pairs(args["config"])
     out(f"Creating {name}")
-    inst = os.path.join(root, "instances", name)
+    inst = os.path.join(instances_root(root), name)
     do(lambda: os.mkdir(inst), messages={
         errno.EEXIST: f"Instance {name!r} already exists",
         errno.EINVAL: f"Invalid instance name: {name!r}",
@@ -505,7 +506,7 @@ def run_copy(root: str, args: Args) -> int:
         raise CLIError("Snapshot not found")
     ref = f"instances/{source}" + (f"/snapshots/{snap}" if snap else "")
     name = args["target"]
-    inst = os.path.join(root, "instances", name)
+    inst = os.path.join(instances_root(root), name)
     do(lambda: os.mkdir(inst), messages={
         errno.EEXIST: f"Instance {name!r} already exists",
         errno.EINVAL: f"Invalid instance name: {name!r}",
@@ -529,7 +530,7 @@ def run_list(root: str, _args: Args) -> int:
     from lxfs.cli.output import natural_key, render_table  # noqa: PLC0415
 
     try:
-        with open(os.path.join(root, "instances", ".list"), encoding="utf-8") as f:
+        with open(os.path.join(instances_root(root), ".list"), encoding="utf-8") as f:
             rows = f.read().splitlines()
     except OSError:
         rows = []

@@ -33,7 +33,7 @@ import _lxc
 import lxc
 import pluggy
 
-from lxfs import hookimpl
+from lxfs import exec_agent, hookimpl
 from lxfs.api import Host, cgroup_layout, write_atomic
 from lxfs.config_schema import (
     KeySpec,
@@ -315,6 +315,9 @@ class LxcRuntime(Runtime):
 
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
+        # the exec agent (lxfs.exec_agent) died with the container's pid namespace
+        for leftover in (exec_agent.SOCKET_NAME, exec_agent.LOCK_NAME):
+            (self._dir(instance) / leftover).unlink(missing_ok=True)
 
     def cleanup(self, instance: Instance) -> None:
         with self._lock:

@@ -1,8 +1,10 @@
 """``lxfs exec``: run a command in a running instance through python-lxc (not the mount).
 
-The command runs in a child of this process that LXC attached to the container. Without a
-terminal it gets this process's own stdin/stdout/stderr (data streams natively, nothing is
-copied). With a terminal it gets a new pty, relayed here in raw mode.
+The command runs in a process attached to the container: forked by the instance's exec agent
+(``lxfs.exec_agent``) when one runs, else a child of this process that LXC attaches (which
+also starts the agent, in the background, for the next execs). Without a terminal it gets
+this process's own stdin/stdout/stderr (data streams natively, nothing is copied). With a
+terminal it gets a new pty, relayed here in raw mode.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import tty
 import warnings  # noqa: F401 - see attached_child
 from types import SimpleNamespace
 
+from lxfs import exec_agent
 from lxfs.cli.base import (
     CLIError,
+    NoMount,
     check_mount,
     host_name,
     instance_dir,
@@ -50,6 +54,12 @@ GATE_CLOSED = 125
 #: already knows. The ``--env`` options are then the whole environment (the daemon computed
 #: it): nothing is read from the mount, whose daemon is busy with the client's websockets.
 PRESET_LXC_PATH = ""
+#: what runs the agent's starter (``lxfs.exec_agent.main``)
+AGENT_STARTER = "import sys; from lxfs.exec_agent import main; sys.exit(main(sys.argv[1:]))"
+#: how long an exec waits for the agent's answer before it asks liblxc whether the instance
+#: runs (a frozen one's agent cannot answer), and then before it gives up on the agent
+AGENT_FIRST_WAIT = 0.2
+AGENT_LAST_WAIT = 10.0
 
 
 class ChildSpec:
@@ -192,6 +202,8 @@ class Waiter:
         self.master = pty_master
         self.status: int | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: what wakes the relay loop
+        self.wake_fds: tuple[int, ...] = (self.wake_r,)
         self.old: dict[int, Any] = {}
         self.old_wakeup = -1
 
@@ -263,6 +275,56 @@ class Waiter:
             pass
 
 
+class AgentWaiter(Waiter):
+    """``Waiter`` for a command the exec agent forked: signals and the exit status go through
+    the agent's socket (the command is in the container's pid namespace, and in no process
+    group of this terminal: every signal is forwarded)."""
+
+    def __init__(self, sock: Any, pid: int, pty_master: int | None = None) -> None:
+        super().__init__(pid, pty_master)
+        self.sock = sock
+        self.wake_fds = (self.wake_r, sock.fileno())
+        self.lost = False
+
+    def _forward(self, sig: int, _frame: object) -> None:
+        if self.status is None:
+            try:
+                self.sock.send(b"S%d" % sig)
+            except OSError:
+                pass
+
+    def _take(self, data: bytes) -> None:
+        if data[:1] == b"X":
+            self.status = int(data[1:])
+        else:  # the agent is gone (killed from inside the container)
+            self.lost = True
+            self.status = 255 << 8
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            import _socket  # noqa: PLC0415 - loaded by run_through_agent
+
+            try:
+                data = self.sock.recv(64, _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
+            except OSError:
+                data = b""
+            self._take(data)
+        return self.status
+
+    def wait(self) -> int:
+        while self.status is None:
+            try:
+                data = self.sock.recv(64)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+            except OSError:
+                data = b""
+            self._take(data)
+        return self.status
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -279,7 +341,7 @@ def relay(waiter: Waiter, master: int, stdin_fd: int, stdout_fd: int) -> int:
     pending = b""
     last_byte = b""
     while True:
-        rlist = [master, waiter.wake_r]
+        rlist = [master, *waiter.wake_fds]
         if stdin_open and len(pending) < 65536:
             rlist.append(stdin_fd)
         wlist = [master] if pending else []
@@ -348,29 +410,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("Missing command: lxfs exec NAME -- COMMAND [ARGS...]")
     lxc_path = PRESET_LXC_PATH
     inst = ""
+    lxc_name = host_name(args.name)  # p1_c1 for c1 of project p1
     if not lxc_path:
         root = mount_point()
-        check_mount(root)
-        inst = instance_dir(root, args.name)
-        if os.geteuid() != 0:
-            return run_through_daemon(root, args)
-    try:
-        # python-lxc's C module: its ``lxc`` wrapper adds nothing exec uses and imports
-        # subprocess (4 ms of start-up)
-        import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
-    except ImportError as exc:
-        raise CLIError("python-lxc is not installed (needed by exec)") from exc
-    if not lxc_path:
-        lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
-    if not lxc_path:
-        raise CLIError("The server does not publish environment/lxc_path")
-    lxc_name = host_name(args.name)  # p1_c1 for c1 of project p1
-    container = lxc.Container(lxc_name, lxc_path)
-    if container.state != "RUNNING":
-        raise CLIError("Instance is not running")
-    # liblxc's attach errors go to the instance's LXC log (as LXD's do), and into our error
-    container.set_config_item("lxc.log.file", os.path.join(lxc_path, lxc_name, "lxc.log"))
-    container.set_config_item("lxc.log.level", "ERROR")
+        try:
+            check_mount(root)
+        except NoMount:
+            lxc_path = daemonless_lxc_path(lxc_name)
+            if not lxc_path:
+                raise
+        else:
+            inst = instance_dir(root, args.name)
+            if os.geteuid() != 0:
+                return run_through_daemon(root, args)
+            lxc_path = read_opt(os.path.join(root, "environment", "lxc_path"))
+            if not lxc_path:
+                raise CLIError("The server does not publish environment/lxc_path")
 
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     if args.force_interactive:
@@ -386,6 +441,29 @@ def run(args: argparse.Namespace) -> int:
     cwd = args.cwd or ("/root" if uid == 0 else None)
     spec = ChildSpec(argv=list(args.command), env=env, cwd=cwd, explicit_cwd=bool(args.cwd),
                      uid=uid, use_pty=use_pty)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the REST bridge's helper (a gate, a preset path) attaches ahead of its client: no agent
+    use_agent = GATE_FD < 0 and not PRESET_LXC_PATH
+    if use_agent:
+        code = run_through_agent(lxc_path, lxc_name, spec, args.user,
+                                 None if args.user is None and args.group is None else gid,
+                                 stdin_fd, stdout_fd)
+        if code is not None:
+            return code
+
+    try:
+        # python-lxc's C module: its ``lxc`` wrapper adds nothing exec uses and imports
+        # subprocess (4 ms of start-up)
+        import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
+    except ImportError as exc:
+        raise CLIError("python-lxc is not installed (needed by exec)") from exc
+    container = lxc.Container(lxc_name, lxc_path)
+    if container.state != "RUNNING":
+        raise CLIError("Instance is not running")
+    # liblxc's attach errors go to the instance's LXC log (as LXD's do), and into our error
+    container.set_config_item("lxc.log.file", os.path.join(lxc_path, lxc_name, "lxc.log"))
+    container.set_config_item("lxc.log.level", "ERROR")
 
     options: dict[str, Any] = {
         "env_policy": lxc.LXC_ATTACH_CLEAR_ENV,
@@ -397,11 +475,160 @@ def run(args: argparse.Namespace) -> int:
         options["gid"] = gid
     if cwd:
         options["initial_cwd"] = cwd
-    sys.stdout.flush()
-    sys.stderr.flush()
+    agent = (lxc_name, lxc_path) if use_agent else None
     if not use_pty:
-        return _run_plain(container, spec, options)
-    return _run_pty(container, spec, options, stdin_fd, stdout_fd)
+        return _run_plain(container, spec, options, agent)
+    return _run_pty(container, spec, options, stdin_fd, stdout_fd, agent)
+
+def daemonless_lxc_path(lxc_name: str) -> str:
+    """The LXC path of an instance when no daemon answers at the mount: the default data
+    directory's (``LXFS_DIR``, else /var/lib/lxfs, as lxfsd), for root, when the instance's
+    LXC directory is there; else "". The instance's ``environment.*`` keys are then unknown:
+    the command gets LXD's defaults and ``--env``."""
+    if os.geteuid() != 0 or not lxc_name or "/" in lxc_name or lxc_name in (".", ".."):
+        return ""
+    lxc_path = os.path.join(os.environ.get("LXFS_DIR") or "/var/lib/lxfs", "containers")
+    return lxc_path if os.path.isfile(os.path.join(lxc_path, lxc_name, "config")) else ""
+
+
+def spawn_agent(lxc_name: str, lxc_path: str) -> None:
+    """Start the instance's exec agent in the background (``lxfs.exec_agent.main``: it
+    leaves at once if one answers). It gets none of our fds and a session of its own."""
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    idle = os.environ.get(exec_agent.IDLE_ENV)
+    if idle:
+        env[exec_agent.IDLE_ENV] = idle
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+                                      (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    try:
+        open_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        open_fds = []
+    for fd in open_fds:
+        if fd > 2:
+            try:
+                inherited = not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            except OSError:
+                continue
+            if inherited:
+                actions.append((os.POSIX_SPAWN_CLOSE, fd))
+    try:
+        os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", AGENT_STARTER, lxc_name,
+                                        lxc_path], env, file_actions=actions, setsid=True)
+    except OSError:
+        pass  # the next exec attaches again
+
+
+def run_through_agent(lxc_path: str, lxc_name: str, spec: ChildSpec, uid: int | None,
+                      gid: int | None, stdin_fd: int, stdout_fd: int) -> int | None:
+    """Run the command through the instance's exec agent; None when no agent answers
+    (nothing ran: the caller attaches)."""
+    import _socket  # noqa: PLC0415 - ``socket`` imports enum (4 ms)
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    try:
+        try:
+            sock.connect(exec_agent.socket_path(lxc_path, lxc_name))
+        except OSError:
+            return None
+        return _agent_session(sock, lxc_path, lxc_name, spec, uid, gid, stdin_fd, stdout_fd)
+    finally:
+        sock.close()
+
+
+def _agent_session(sock: Any, lxc_path: str, lxc_name: str, spec: ChildSpec,
+                   uid: int | None, gid: int | None, stdin_fd: int, stdout_fd: int
+                   ) -> int | None:
+    import _socket  # noqa: PLC0415
+    import array  # noqa: PLC0415
+
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    master = slave = -1
+    saved = None
+    try:
+        if spec.use_pty:
+            master, slave = os.openpty()
+            os.set_inheritable(master, False)
+            if os.isatty(stdin_fd):
+                saved = termios.tcgetattr(stdin_fd)
+                termios.tcsetattr(slave, termios.TCSANOW, saved)
+            size = (_winsize(stdin_fd) or _winsize(stdout_fd)
+                    or struct.pack("HHHH", 24, 80, 0, 0))
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+            fds = [slave, slave, slave, gate_r]
+        else:
+            fds = [stdin_fd, stdout_fd, 2, gate_r]
+        request = exec_agent.encode_request(spec.argv, spec.env, spec.cwd, spec.explicit_cwd,
+                                            uid, gid, spec.use_pty)
+        # the agent greets each client it accepted: our fds are sent only to a live agent (a
+        # frozen one would hold them, and the pipes of whoever waits for our output, open)
+        if _agent_answer(sock, lxc_path, lxc_name) != b"R":
+            return None
+        try:
+            sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                      array.array("i", fds).tobytes())])
+        except OSError:
+            return None  # e.g. a closed stdin, a request too big: attaching copes
+        os.close(gate_r)
+        gate_r = -1
+        if slave >= 0:
+            os.close(slave)
+            slave = -1
+        answer = _agent_answer(sock, lxc_path, lxc_name)
+        if answer[:1] != b"P":
+            return None
+        pid = int(answer[1:])
+        with AgentWaiter(sock, pid, master if spec.use_pty else None) as waiter:
+            os.write(gate_w, b"1")  # the command runs from here on
+            os.close(gate_w)
+            gate_w = -1
+            if spec.use_pty:
+                if saved is not None:
+                    tty.setraw(stdin_fd, termios.TCSANOW)
+                status = relay(waiter, master, stdin_fd, stdout_fd)
+            else:
+                status = waiter.wait()
+        if waiter.lost:
+            raise CLIError("the instance's exec agent ended while the command ran", 255)
+        return exit_code(status)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        for fd in (gate_r, gate_w, slave, master):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _agent_answer(sock: Any, lxc_path: str, lxc_name: str) -> bytes:
+    """The agent's next message; b"" when it closed or hangs (it is then killed; the command
+    never ran: its gate stays shut). A frozen instance's agent cannot answer: liblxc is asked
+    after ``AGENT_FIRST_WAIT``."""
+    waits = [AGENT_FIRST_WAIT, AGENT_LAST_WAIT]
+    while True:
+        readable, _, _ = select.select([sock], [], [], waits[0])
+        if readable:
+            try:
+                return sock.recv(256)
+            except OSError:
+                return b""
+        waits.pop(0)
+        if waits:
+            import _lxc  # noqa: PLC0415
+
+            if _lxc.Container(lxc_name, lxc_path).state != "RUNNING":
+                raise CLIError("Instance is not running")
+            continue
+        import _socket  # noqa: PLC0415
+
+        agent_pid = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET,
+                                                        _socket.SO_PEERCRED, 12))[0]
+        try:
+            # only the agent itself (in the container's pid namespace), never its starter
+            if os.readlink(f"/proc/{agent_pid}/ns/pid") != os.readlink("/proc/self/ns/pid"):
+                os.kill(agent_pid, signal.SIGKILL)
+        except OSError:
+            pass
+        return b""
 
 
 def forwarded_args(args: argparse.Namespace) -> list[str]:
@@ -525,15 +752,18 @@ def attach_errors(log_path: str, start: int) -> str:
     return "; ".join(dict.fromkeys(m for m in messages if m))
 
 
-def _run_plain(container: Any, spec: ChildSpec, options: dict[str, Any]) -> int:
+def _run_plain(container: Any, spec: ChildSpec, options: dict[str, Any],
+               agent: tuple[str, str] | None = None) -> int:
     options = dict(options, stdin=0, stdout=1, stderr=2)
     pid = _attach(container, spec, options)
+    if agent is not None:
+        spawn_agent(*agent)
     with Waiter(pid) as waiter:
         return exit_code(waiter.wait())
 
 
 def _run_pty(container: Any, spec: ChildSpec, options: dict[str, Any], stdin_fd: int,
-             stdout_fd: int) -> int:
+             stdout_fd: int, agent: tuple[str, str] | None = None) -> int:
     master, slave = os.openpty()
     os.set_inheritable(master, False)
     saved = None
@@ -548,6 +778,8 @@ def _run_pty(container: Any, spec: ChildSpec, options: dict[str, Any], stdin_fd:
         pid = _attach(container, spec, dict(options, stdin=slave, stdout=slave, stderr=slave))
         os.close(slave)
         slave = -1
+        if agent is not None:
+            spawn_agent(*agent)
         with Waiter(pid, master) as waiter:
             if saved is not None:
                 tty.setraw(stdin_fd, termios.TCSANOW)

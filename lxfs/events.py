@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -20,6 +21,8 @@ class EventBus:
     def __init__(self, buffer: int = 1024) -> None:
         self._buffer = buffer
         self._subscribers: set[trio.MemorySendChannel[bytes]] = set()
+        #: called with each event as it is emitted (the mount drops what it kept of values)
+        self.listeners: list[Callable[[bytes], None]] = []
 
     def subscribe(self) -> trio.MemoryReceiveChannel[bytes]:
         send, receive = trio.open_memory_channel[bytes](self._buffer)
@@ -50,6 +53,8 @@ class EventBus:
                 pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.discard(send)
+        for listener in self.listeners:
+            listener(line)
 
     def lifecycle(self, action: str, source: str, **context: Any) -> None:
         """A lifecycle event: ``instance-started``, ``image-created``...; its project is the

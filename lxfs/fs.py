@@ -620,6 +620,9 @@ class LxfsOperations(pyfuse3.Operations):
         self.readahead_set = False
         server.on_change = self._on_change
         server.settle_changes = self.settle_changes
+        # a value kept for a read (``FRESH_FOR``) is not served once the daemon announced a
+        # change: dropped as the event is emitted, before any reader can hear of it
+        server.events.listeners.append(lambda _event: self.fresh.clear())
         #: entries dropped by ``_on_change`` that ``settle_changes`` has not waited for
         self._unsettled: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=1024)
         if server.nursery is not None:
@@ -1387,7 +1390,9 @@ class LxfsOperations(pyfuse3.Operations):
         attributes if their size is no longer the value's (a read stops at that size).
         Every open sees the current value, whoever changed it, whether or not an event said
         so. None: too large a value for the cache (read directly)."""
-        value = await node.read()
+        value = self._take_fresh(handle.path)
+        if value is None:
+            value = await node.read()
         if len(value) > PAGE_CACHED_MAX:
             handle.data = value
             return None

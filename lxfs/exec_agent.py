@@ -39,6 +39,8 @@ LOG_NAME = "exec-agent.log"
 #: the agent exits after this long without a request (``LXFS_EXEC_AGENT_IDLE`` overrides)
 IDLE_SECONDS = 60.0
 IDLE_ENV = "LXFS_EXEC_AGENT_IDLE"
+#: ``off``: ``lxfs exec`` attaches every time and starts no agent
+SWITCH_ENV = "LXFS_EXEC_AGENT"
 PROTOCOL = b"lxfs-exec-agent 1"
 #: largest request (argv and environment)
 MAX_REQUEST = 256 << 10

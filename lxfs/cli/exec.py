@@ -443,8 +443,10 @@ def run(args: argparse.Namespace) -> int:
                      uid=uid, use_pty=use_pty)
     sys.stdout.flush()
     sys.stderr.flush()
-    # the REST bridge's helper (a gate, a preset path) attaches ahead of its client: no agent
-    use_agent = GATE_FD < 0 and not PRESET_LXC_PATH
+    # the REST bridge's helper (a gate, a preset path) attaches ahead of its client: no agent;
+    # LXFS_EXEC_AGENT=off attaches every time (to compare, or to rule the agent out)
+    use_agent = (GATE_FD < 0 and not PRESET_LXC_PATH
+                 and os.environ.get(exec_agent.SWITCH_ENV) != "off")
     if use_agent:
         code = run_through_agent(lxc_path, lxc_name, spec, args.user,
                                  None if args.user is None and args.group is None else gid,
@@ -540,7 +542,6 @@ def _agent_session(sock: Any, lxc_path: str, lxc_name: str, spec: ChildSpec,
                    uid: int | None, gid: int | None, stdin_fd: int, stdout_fd: int
                    ) -> int | None:
     import _socket  # noqa: PLC0415
-    import array  # noqa: PLC0415
 
     gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     master = slave = -1
@@ -566,7 +567,7 @@ def _agent_session(sock: Any, lxc_path: str, lxc_name: str, spec: ChildSpec,
             return None
         try:
             sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                      array.array("i", fds).tobytes())])
+                                      struct.pack(f"{len(fds)}i", *fds))])
         except OSError:
             return None  # e.g. a closed stdin, a request too big: attaching copes
         os.close(gate_r)

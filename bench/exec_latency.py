@@ -1,0 +1,89 @@
+"""``python -m bench.exec_latency``: the latency of ``exec c1 -- true``, the way docs/benchmarks.md
+("exec through an agent") measures it: ``lxfs exec`` through the instance's exec agent, ``lxfs
+exec`` attaching every time (``LXFS_EXEC_AGENT=off``, what it did before the agent), the
+``lxc-attach`` binary, and with ``--vs-lxd`` Debian's ``lxc exec`` against an isolated LXD.
+
+Calls alternate between the ways (A B C A B C ...), back to back and then with a gap between
+calls (the cgroup v1 attach is dearer after a pause, docs/benchmarks.md, finding 2). Each call
+is timed from spawn to reaped exit; medians are printed with the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from contextlib import ExitStack
+
+from bench.common import CACHE, BenchError, run
+from bench.daemon import BenchDaemon, venv_command
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    """Seconds from spawn to reaped exit (output to /dev/null; a failure raises)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        start = time.perf_counter()
+        pid = os.posix_spawnp(argv[0], argv, env, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+            (os.POSIX_SPAWN_DUP2, null, 2)])
+        _, status = os.waitpid(pid, 0)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(null)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise BenchError(f"{' '.join(argv)} failed: {status}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.exec_latency", description=__doc__)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gap", type=float, default=0.05, help="seconds between calls")
+    parser.add_argument("--vs-lxd", action="store_true")
+    args = parser.parse_args()
+    image = CACHE / "busybox.tar.xz"
+    if not image.is_file():
+        raise SystemExit(f"{image} is missing (bash contrib/images/busybox.sh {CACHE})")
+    with ExitStack() as stack:
+        daemon = BenchDaemon()
+        stack.callback(daemon.teardown)
+        daemon.start()
+        lxfs = venv_command("lxfs", "lxfs.cli")
+        run([*lxfs, "image", "import", str(image), "--alias", "busybox"], env=daemon.env)
+        run([*lxfs, "launch", "busybox", "c1"], env=daemon.env)
+        lxc_path = daemon.read("environment", "lxc_path")
+        ways: dict[str, tuple[list[str], dict[str, str]]] = {
+            "lxfs exec (agent)": ([*lxfs, "exec", "c1", "--", "true"], daemon.env),
+            "lxfs exec (attach)": ([*lxfs, "exec", "c1", "--", "true"],
+                                   dict(daemon.env, LXFS_EXEC_AGENT="off")),
+            "lxc-attach": (["lxc-attach", "-n", "c1", "-P", lxc_path, "--", "true"],
+                           daemon.env),
+        }
+        if args.vs_lxd:
+            from bench.lxd import start_isolated_lxd  # noqa: PLC0415
+
+            lxd = start_isolated_lxd(stack, {"busybox": image})
+            lxd.launch("busybox", "c1", "dir")
+            ways["lxc exec (LXD)"] = (["lxc", "exec", "c1", "--", "true"], lxd.env)
+        print(f"load average before: {os.getloadavg()}")
+        for label, gap in (("back to back", 0.0), (f"{args.gap * 1000:.0f} ms gaps", args.gap)):
+            samples: dict[str, list[float]] = {way: [] for way in ways}
+            for i in range(args.warmup + args.runs):
+                for way, (argv, env) in ways.items():
+                    if gap:
+                        time.sleep(gap)
+                    elapsed = timed(argv, env)
+                    if i >= args.warmup:
+                        samples[way].append(elapsed)
+            print(f"\n{label} (median of {args.runs}, min-max, ms):")
+            for way, values in samples.items():
+                print(f"  {way:20} {statistics.median(values) * 1000:6.1f}  "
+                      f"({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
+        print(f"\nload average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

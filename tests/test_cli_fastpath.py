@@ -48,6 +48,7 @@ TOKENS: dict[str, list[str]] = {
     "cp": ["c3", "--instance-only"],
     "file": ["push", "pull", "delete", "/etc/hostname", "c1/tmp/", "-r", "-p", "--uid", "0",
              "--gid=7", "--mode", "0644", "--create-dirs", "-"],
+    "info": ["--show-log", "--show", "--resources"],
     "list": ["-f", "csv", "-c", "ns", "status=running", "--format=json"],
     "ls": ["-c", "n"],
 }
@@ -151,6 +152,26 @@ def test_fast_words_are_the_fast_parsers() -> None:
     assert set(fast.RUNNERS) == set(fast.WORDS)
 
 
+@pytest.mark.parametrize("text", [
+    "", " ", "2026-11-23T10:49:46Z", "2026-11-23T10:49:46.123456789Z", "2026-11-23T10:49:46+00:00",
+    "1970-01-01T00:00:00Z", "1971-01-01T00:00:00Z", "0001-01-01T00:00:00Z",
+    "2024-02-29T23:59:59Z", "2023-02-29T10:00:00Z", "2026-13-01T10:00:00Z", "2026-11-31T10:00:00Z",
+    "2026-11-23T24:00:00Z", "2026-11-23T10:60:00Z", "2026-11-23T10:49:60Z",
+    "2026-11-23T10:49:46", "2026-11-23 10:49:46Z", "2026-11-23T10:49:46+02:00", "garbage",
+    "2026-11-23T10:49Z", "2026-11-23T10:49:46.Z", "２０２６-11-23T10:49:46Z",
+    "\n2026-11-23T10:49:46Z\n",
+])
+def test_utc_minutes_is_fmt_time(text: str) -> None:
+    """info's dates on the fast path: output.fmt_time's, or left to it."""
+    from lxfs.cli.output import fmt_time  # noqa: PLC0415
+
+    try:
+        got = fast.utc_minutes(text)
+    except fast.NotHandled:
+        return
+    assert got == fmt_time(text)
+
+
 def test_valid_instance_name_matches_names_module() -> None:
     from lxfs.cli.names import valid_instance_name  # noqa: PLC0415
 
@@ -170,6 +191,7 @@ PLAIN_FORMS = [
     ["restart", "c1"], ["delete", "-f", "c1"], ["list"], ["snapshot", "c1", "s1"],
     ["restore", "c1", "s1"], ["copy", "c1", "c2"], ["config", "get", "c1", "k"],
     ["config", "set", "c1", "k", "v"], ["file", "push", "/etc/hostname", "c1/tmp/x"],
+    ["info", "c1"],
     ["file", "pull", "c1/etc/hostname", "/tmp/x"],
 ]
 
@@ -281,28 +303,52 @@ SESSION = [
     "delete -f {n}1 {n}2 {n}4",
     "list",
     "stop nope",
+    "info nope",
 ]
+#: steps run on both paths at once (their output changes with time: memory, CPU, dates)
+PAIRED = ["info {n}", "info {n} --show-log", "info {n}x"]
+
+
+def run_lxfs(argv: list[str], env: dict[str, str], fast_path: bool
+             ) -> subprocess.CompletedProcess[str]:
+    """The installed ``lxfs``; on the fast path, checked to have stayed on it (argparse not
+    imported), the import times taken out of stderr again."""
+    env = dict(env, PYTHONPROFILEIMPORTTIME="1") if fast_path else dict(
+        env, LXFS_NO_FAST_PATH="1")
+    done = subprocess.run([str(VENV_LXFS), *argv], env=env, capture_output=True, text=True,
+                          timeout=120)
+    lines = done.stderr.splitlines(keepends=True)
+    imports = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    assert not fast_path or "argparse" not in imports, f"{argv} left the fast path"
+    done.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return done
 
 
 def test_fast_path_behaves_as_argparse_on_a_daemon(daemon_with_busybox: Any) -> None:
     d = daemon_with_busybox
     outcomes: dict[str, list[tuple[str, int, str, str]]] = {}
     for prefix, fast_path in (("fq", True), ("aq", False)):
-        env = dict(d.env)
-        env.pop("LXFS_NO_FAST_PATH", None)
-        if not fast_path:
-            env["LXFS_NO_FAST_PATH"] = "1"
+        env = {k: v for k, v in d.env.items() if k != "LXFS_NO_FAST_PATH"}
         runs = []
         for step in SESSION:
             argv = step.format(n=prefix).split()
             if fast_path and argv[0] != "list":
                 assert fast.parse(argv) is not None, step
-            done = subprocess.run([str(VENV_LXFS), *argv], env=env, capture_output=True,
-                                  text=True, timeout=120)
+            done = run_lxfs(argv, env, fast_path)
             runs.append((step, done.returncode,
                          re.sub(f"{prefix}(?=[0-9])", "{n}", done.stdout),
                          re.sub(f"{prefix}(?=[0-9])", "{n}", done.stderr)))
         outcomes[prefix] = runs
+        if fast_path:  # an instance that runs, with a snapshot: info on both paths
+            name = f"{prefix}9"
+            d.cli("launch", "busybox", name)
+            d.cli("snapshot", name, "s0")
+            for step in PAIRED:
+                argv = step.format(n=name).split()
+                assert fast.parse(argv) is not None, step
+                both = [run_lxfs(argv, env, on_fast_path) for on_fast_path in (True, False)]
+                assert [(r.returncode, r.stdout, r.stderr) for r in both][0] == \
+                    [(r.returncode, r.stdout, r.stderr) for r in both][1], step
         for name in d.instance_names():  # the next run starts from the same (empty) state
             with contextlib.suppress(OSError):
                 d.path("instances", name, "state").write_text("kill")

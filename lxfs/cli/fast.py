@@ -39,7 +39,7 @@ STATE_ACTIONS = {"start": "start", "stop": "stop", "restart": "restart", "freeze
                  "pause": "freeze", "unfreeze": "unfreeze"}
 #: the words ``parse`` may accept (for the others it is not imported)
 WORDS = frozenset((*STATE_ACTIONS, "delete", "rm", "snapshot", "restore", "config", "launch",
-                   "create", "copy", "cp", "list", "ls", "file"))
+                   "create", "copy", "cp", "list", "ls", "file", "info"))
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
@@ -195,6 +195,12 @@ def parse(argv: list[str]) -> Args | None:
                     return None
                 args[owner] = values[-1] if owner in options else None
             args["mode"] = options.get("mode")
+        return args
+    if word == "info":
+        parsed = _options(tokens, {"--show-log": "show_log"}, {})
+        if parsed is None or len(parsed[1]) != 1:
+            return None  # without a name: the server's, as YAML
+        args.update(name=parsed[1][0], show_log=parsed[0].get("show_log", False))
         return args
     if word in ("list", "ls") and not tokens:
         args.update(filters=[], format="table", columns="ns46tS")
@@ -561,6 +567,110 @@ def run_list(root: str, _args: Args) -> int:
     return 0
 
 
+DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def utc_minutes(text: str) -> str:
+    """``output.fmt_time`` for the daemon's own format, ``2026-11-23T10:49:46Z`` (also with a
+    fraction or ``+00:00``), without datetime and re: ``2026/11/23 10:49 UTC``; "" for none
+    or a year up to 1970. Another form raises NotHandled (datetime's)."""
+    text = text.strip()
+    if not text:
+        return ""
+    body = text[:-1] if text.endswith("Z") else text[:-6] if text.endswith("+00:00") else ""
+    date, _, clock = body.partition("T")
+    fields = date.split("-") + clock.partition(".")[0].split(":")
+    fraction = clock.partition(".")[2]
+    if (len(fields) != 6 or [len(f) for f in fields] != [4, 2, 2, 2, 2, 2]
+            or not all(f.isascii() and f.isdigit() for f in fields)
+            or (fraction and not (fraction.isascii() and fraction.isdigit()))):
+        raise NotHandled
+    year, month, day, hour, minute, second = map(int, fields)
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60 and 1 <= day
+            <= DAYS_IN_MONTH[month - 1] + (month == 2 and leap)):
+        raise NotHandled
+    if year <= 1970:
+        return ""
+    return f"{fields[0]}/{fields[1]}/{fields[2]} {fields[3]}:{fields[4]} UTC"
+
+
+def _lines(path: str) -> list[str]:
+    return [line for line in read_opt(path).split("\n") if line]
+
+
+def run_info(root: str, args: Args) -> int:
+    """``info NAME [--show-log]`` (``instances.cmd_info`` for an instance)."""
+    from lxfs.cli.output import natural_key, render_table, size_iec  # noqa: PLC0415
+
+    name = args["name"]
+    inst = instance_dir(root, name)
+    state = read_state(root, name)
+    kind = read_opt(os.path.join(inst, "type"), "container") or "container"
+    ephemeral = read_opt(os.path.join(inst, "ephemeral"), "false").strip().lower() in (
+        "true", "1", "yes", "on")
+    lines = [f"Name: {name}"]
+    description = read_opt(os.path.join(inst, "description"))
+    if description:
+        lines.append(f"Description: {description}")
+    lines += [
+        f"Status: {state}",
+        f"Type: {kind}{' (ephemeral)' if ephemeral else ''}",
+        f"Architecture: {read_opt(os.path.join(inst, 'architecture'))}",
+    ]
+    try:
+        pid = int(read_opt(os.path.join(inst, "pid"), "0") or 0)
+    except ValueError:
+        pid = 0
+    if pid > 0:
+        lines.append(f"PID: {pid}")
+    lines.append(f"Created: {utc_minutes(read_opt(os.path.join(inst, 'created_at')))}")
+    lines.append(f"Last Used: {utc_minutes(read_opt(os.path.join(inst, 'last_used_at')))}")
+    usage: dict[str, int] = {}
+    for key in ("processes", "memory", "memory_peak", "cpu", "disk"):
+        try:
+            usage[key] = int(read_opt(os.path.join(inst, "usage", key)).strip() or "0")
+        except (OSError, ValueError):
+            continue
+    running = state == "RUNNING"
+    count = usage.get("processes") if running else None
+    if running and not count and pid > 0:
+        raise NotHandled  # a daemon without usage/: the full command counts processes
+    resources = [f"  Processes: {count}"] if count else []
+    if usage.get("disk"):
+        resources += ["  Disk usage:", f"    root: {size_iec(usage['disk'])}"]
+    if usage.get("cpu"):
+        resources += ["  CPU usage:", f"    CPU usage (in seconds): {usage['cpu'] // 10**9}"]
+    memory = [f"    {label}: {size_iec(usage[key])}"
+              for key, label in (("memory", "Memory (current)"), ("memory_peak", "Memory (peak)"))
+              if usage.get(key)]
+    if memory:
+        resources += ["  Memory usage:", *memory]
+    ipv4, ipv6 = _lines(os.path.join(inst, "ipv4")), _lines(os.path.join(inst, "ipv6"))
+    if ipv4 or ipv6:
+        resources.append("  Network usage:")
+        resources += [f"    IPv4: {a}" for a in ipv4] + [f"    IPv6: {a}" for a in ipv6]
+    if resources:
+        lines += ["", "Resources:"] + resources
+    text = "\n".join(lines) + "\n"
+    snapshots = os.path.join(inst, "snapshots")
+    try:
+        snaps = sorted((e.name for e in os.scandir(snapshots) if e.is_dir(follow_symlinks=False)),
+                       key=natural_key)
+    except (FileNotFoundError, NotADirectoryError):
+        snaps = []
+    if snaps:
+        table = [[snap, utc_minutes(read_opt(os.path.join(snapshots, snap, "created_at"))), "",
+                  "NO"] for snap in snaps]
+        text += "\nSnapshots:\n" + render_table(["NAME", "TAKEN AT", "EXPIRES AT", "STATEFUL"],
+                                                table)
+    if args["show_log"]:
+        log = do(lambda: read_opt(os.path.join(inst, "log")), inst)
+        text += "\nLog:\n\n" + log + ("\n" if log and not log.endswith("\n") else "")
+    sys.stdout.write(text)
+    return 0
+
+
 class Namespace:
     """The arguments as attributes, for a command that takes argparse's namespace."""
 
@@ -586,6 +696,7 @@ RUNNERS: dict[str, Callable[[str, Args], int]] = {
     "copy": run_copy, "cp": run_copy,
     "list": run_list, "ls": run_list,
     "file": run_file,
+    "info": run_info,
 }
 
 

@@ -2615,10 +2615,18 @@ class Server:
     # --- storage pools ---------------------------------------------------------------------
 
     def pool_used_by(self, name: str) -> list[str]:
-        users = [f"instances/{i.name}" for i in self.instances.values()
+        """The mount's paths of the instances and profiles using pool ``name`` (another
+        project's under ``projects/P/``)."""
+        def where(project: str, kind: str, local: str) -> str:
+            return f"{kind}/{local}" if project == DEFAULT else \
+                f"projects/{project}/{kind}/{local}"
+
+        users = [where(i.project, "instances", i.local_name) for i in self.instances.values()
                  if i.root_pool() == name]
-        users += [f"profiles/{p.name}" for p in self.profiles.values()
-                  if any(d.get("pool") == name for d in p.devices.values())]
+        for profile in self.profiles.values():
+            if any(d.get("pool") == name for d in profile.devices.values()):
+                project, local = split_profile_key(profile.name)
+                users.append(where(project, "profiles", local))
         return sorted(users)
 
     def pool_record(self, name: str) -> Pool:

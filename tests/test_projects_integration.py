@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +251,32 @@ def test_project_images(projects, busybox_image):
     assert lxc(d, "image", "list", "--format", "csv").stdout == ""
     assert shared[0][:12] in lxc(d, "image", "list", "--project", "p1", "--format",
                                  "csv").stdout
+
+
+def test_move_between_projects_on_btrfs_copies_nothing(loop_guard, daemon_with_busybox):  # noqa: F811
+    """lxfs move --target-project renames the subvolumes: the same subvolume (its id) with
+    its snapshot, under the new host-level name."""
+    import btrfsutil
+
+    d = daemon_with_busybox
+    loop_guard.append(d.base)
+    try:
+        root = make_btrfs_pool(d)
+        for name in ("p1", "p2"):
+            d.cli("project", "create", name, "-c", "features.profiles=false")
+        d.cli("launch", "busybox", "c1", "-s", "bt", "--project", "p1")
+        d.cli("snapshot", "c1", "s0", "--project", "p1")
+        d.cli("stop", "-f", "c1", "--project", "p1")
+        before = btrfsutil.subvolume_id(str(root / "containers" / "p1_c1"))
+        snap = btrfsutil.subvolume_id(str(root / "containers-snapshots" / "p1_c1" / "s0"))
+        assert d.read("storage-pools", "bt", "used_by") == "projects/p1/instances/c1"
+        d.cli("move", "c1", "c1", "--project", "p1", "--target-project", "p2")
+        assert btrfsutil.subvolume_id(str(root / "containers" / "p2_c1")) == before
+        assert btrfsutil.subvolume_id(
+            str(root / "containers-snapshots" / "p2_c1" / "s0")) == snap
+        assert not (root / "containers" / "p1_c1").exists()
+        d.cli("start", "c1", "--project", "p2")
+        assert d.read("projects", "p2", "instances", "c1", "state") == "RUNNING"
+    finally:
+        remove_project_instances(d, "p1")
+        remove_project_instances(d, "p2")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pyroute2 import IPRoute
 
 from lxfs.errors import AlreadyExists, Busy, InvalidArgument, NotFound, OperationFailed
-from lxfs.model import Instance
+from lxfs.model import DEFAULT, Instance, split_profile_key
 
 from . import config as cfg
 
@@ -169,9 +169,11 @@ class NetworkManager:
 
     def used_by(self, name: str) -> list[str]:
         """Profiles and instances with a nic on this network (LXD's used_by)."""
-        users = [f"profiles/{p.name}" for p in self.host.profiles().values()
+        users = [_path("profiles", *reversed(split_profile_key(p.name)))
+                 for p in self.host.profiles().values()
                  if any(_on_network(d, name) for d in p.devices.values())]
-        users += [f"instances/{i.name}" for i in self.host.instances().values()
+        users += [_path("instances", i.local_name, i.project)
+                  for i in self.host.instances().values()
                   if any(_on_network(d, name) for d in i.expanded_devices.values())]
         return sorted(users)
 
@@ -640,6 +642,11 @@ class NetworkManager:
                                if now - v[0] < ADDRESS_CACHE_SECONDS}
             self._addresses[pid] = (now, addrs)
         return [(addr, iface) for fam, addr, _plen, iface in addrs if fam == family]
+
+
+def _path(kind: str, name: str, project: str) -> str:
+    """The mount's path of an instance or profile (another project's under ``projects/P/``)."""
+    return f"{kind}/{name}" if project == DEFAULT else f"projects/{project}/{kind}/{name}"
 
 
 def _on_network(device: dict[str, str], name: str) -> bool:

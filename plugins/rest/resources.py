@@ -34,8 +34,16 @@ def url(*parts: str) -> str:
 
 
 def used_by_urls(paths: Iterable[str]) -> list[str]:
-    """The server's ``instances/NAME``, ``profiles/NAME`` as LXD's ``/1.0/...`` URLs."""
-    return [url(*p.split("/", 1)) for p in paths]
+    """The server's ``instances/NAME``, ``profiles/NAME`` as LXD's ``/1.0/...`` URLs
+    (``projects/P/instances/NAME``: ``/1.0/instances/NAME?project=P``)."""
+    found = []
+    for path in paths:
+        parts = path.split("/")
+        if len(parts) == 4 and parts[0] == "projects":
+            found.append(f"{url(parts[2], parts[3])}?project={parts[1]}")
+        else:
+            found.append(url(*path.split("/", 1)))
+    return found
 
 
 def text(value: Any, what: str) -> str:

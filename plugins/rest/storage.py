@@ -21,6 +21,7 @@ from lxfs.storage import Pool, StorageDriver
 
 from .app import Context, Operation, etag, read_object, recursion, route, sync
 from .http import HttpError, Request, Response
+from .projects import instance_url
 from .resources import (
     blocking,
     check_etag,
@@ -210,10 +211,11 @@ def volume_documents(ctx: Context, pool: str, vtype: str | None = None
         for name in backend.list_volumes("container"):
             inst = ctx.ops.instances.get(name)
             when = rfc3339(inst.created_at) if inst else ZERO_TIME
-            docs.append(_volume(name, "container", [url("instances", name)], when))
+            owner = instance_url(inst) if inst else url("instances", name)
+            docs.append(_volume(name, "container", [owner], when))
             for snap in inst.snapshots.values() if inst else []:
                 docs.append(_volume(f"{name}/{snap.name}", "container",
-                                    [url("instances", name, "snapshots", snap.name)],
+                                    [instance_url(inst, "snapshots", snap.name)],
                                     rfc3339(snap.created_at)))
     if vtype in (None, "custom"):
         for name in backend.list_volumes("custom"):

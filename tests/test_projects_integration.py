@@ -5,11 +5,14 @@ restrictions, moves between projects."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
+from test_network_integration import net_env, netd, nic_in_profile, wait_ipv4  # noqa: F401
 from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
@@ -280,3 +283,34 @@ def test_move_between_projects_on_btrfs_copies_nothing(loop_guard, daemon_with_b
     finally:
         remove_project_instances(d, "p1")
         remove_project_instances(d, "p2")
+
+
+def test_same_name_two_projects_distinct_addresses(netd):  # noqa: F811
+    """Acceptance 2 on a managed network: c1 of default and c1 of p1 both running, with
+    their own cgroups, volumes and addresses; deleting one leaves the other."""
+    d, net = netd
+    name, iface = net.create()
+    nic_in_profile(d, name)
+    d.cli("project", "create", "p1", "-c", "features.profiles=false")
+    try:
+        d.cli("launch", "busybox", "c1")
+        d.cli("launch", "busybox", "c1", "--project", "p1")
+        ip_default = wait_ipv4(d, "c1")[0].split()[0]
+        p1 = d.path("projects", "p1", "instances", "c1")
+        deadline = time.monotonic() + 5
+        while not (p1 / "ipv4").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ip_p1 = (p1 / "ipv4").read_text().split()[0]
+        assert ip_default != ip_p1
+        assert ipaddress.IPv4Address(ip_p1) in iface.network
+        result = d.cli("exec", "c1", "--", "ping", "-c", "1", "-W", "1", ip_p1, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        volumes = os.listdir(d.path("storage-pools", "default", "volumes", "container"))
+        assert sorted(volumes) == ["c1", "p1_c1"]
+        used_by = d.read("networks", name, "used_by").split()
+        assert "instances/c1" in used_by and "projects/p1/instances/c1" in used_by
+        d.cli("delete", "-f", "c1", "--project", "p1")
+        assert d.read("instances", "c1", "state") == "RUNNING"
+        assert os.listdir(d.path("storage-pools", "default", "volumes", "container")) == ["c1"]
+    finally:
+        remove_project_instances(d, "p1")

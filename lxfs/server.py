@@ -1879,7 +1879,8 @@ class Server:
         """Import an uploaded file. Returns the image, or None when it is the first half of
         a split image (kept pending until the other half arrives)."""
         try:
-            kind = await in_thread(images.classify_upload, path, self._unpacked_limit())
+            kind = await in_thread(images.classify_upload, path, self._unpacked_limit(),
+                                   True)  # the whole scan, which inspect then reuses
         except images.ImageError as exc:
             raise InvalidArgument(f"{filename}: {exc}") from None
         if kind is None:

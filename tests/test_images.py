@@ -231,6 +231,27 @@ def test_metadata_last_is_read_once(
     assert classify_upload(img) == "unified"
 
 
+def test_whole_classify_then_inspect_is_one_pass(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload's classify reads the whole tarball once and inspect reuses that scan; a
+    tail that cannot be read still classifies as its beginning says, and inspect tells why."""
+    (src / "rootfs/big").write_bytes(os.urandom(1 << 20))
+    img = tmp_path / "img.tar.gz"
+    build_unified_tarball(src, img, "gzip")
+    calls: list[object] = []
+    real = images_format._tar_stream
+    monkeypatch.setattr(images_format, "_tar_stream", lambda *a: calls.append(a) or real(*a))
+    assert classify_upload(img, whole=True) == "unified"
+    assert inspect_image(img).fingerprint == sha256(img)
+    assert len(calls) == 1
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
+    assert classify_upload(cut, whole=True) == "unified"
+    with pytest.raises(ImageError, match="cannot read the gzip tarball"):
+        inspect_image(cut)
+
+
 # --- inspect --------------------------------------------------------------------------------
 
 

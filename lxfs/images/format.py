@@ -558,7 +558,8 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = T
     return result
 
 
-def classify_upload(path: Path | str, max_unpacked: int | None = None) -> UploadKind | None:
+def classify_upload(path: Path | str, max_unpacked: int | None = None,
+                    whole: bool = False) -> UploadKind | None:
     """Tell what an uploaded file is from its content, or None if it is no image part.
 
     "squashfs" (a split image's rootfs), "unified" (a tarball with metadata.yaml and rootfs/)
@@ -567,6 +568,10 @@ def classify_upload(path: Path | str, max_unpacked: int | None = None) -> Upload
     (as LXD and :func:`build_unified_tarball` write them) costs a few kilobytes of decompression.
     Whether the image is acceptable is :func:`inspect_image`'s business, but a tarball whose
     files add up to more than ``max_unpacked`` bytes raises :class:`ImageTooLarge`.
+
+    ``whole`` reads the tarball to the end instead: the one pass over it when
+    :func:`inspect_image` follows (it takes the scan from the cache), rather than a short
+    one and then a whole one.
     """
     path = Path(path)
     try:
@@ -578,13 +583,12 @@ def classify_upload(path: Path | str, max_unpacked: int | None = None) -> Upload
     if fmt == "squashfs":
         return "squashfs"
     try:
-        scan = _scan_tarball(path, fmt, full=False, limit=max_unpacked)
+        scan = _scan_tarball(path, fmt, full=whole, limit=max_unpacked)
     except ImageTooLarge:
         raise
-    except ImageError:
-        return None
-    except _STREAM_ERRORS:
-        return None
+    except _STREAM_ERRORS:  # ImageError included
+        # what the beginning says (inspect then tells what is wrong further on)
+        return classify_upload(path, max_unpacked) if whole else None
     if scan.meta is None:
         return None
     return "unified" if scan.has_rootfs else "metadata"

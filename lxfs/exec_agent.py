@@ -42,6 +42,9 @@ IDLE_ENV = "LXFS_EXEC_AGENT_IDLE"
 #: ``off``: ``lxfs exec`` attaches every time and starts no agent
 SWITCH_ENV = "LXFS_EXEC_AGENT"
 PROTOCOL = b"lxfs-exec-agent 1"
+#: a command whose client went away gets SIGHUP, then SIGKILL this much later (as the
+#: daemon's exec socket does to its commands)
+HANGUP_GRACE = 10.0
 #: largest request (argv and environment)
 MAX_REQUEST = 256 << 10
 #: fds of a request: stdin, stdout, stderr, the gate
@@ -119,6 +122,7 @@ class Agent:
         self.conns: dict[int, Any] = {}  # client socket fd -> socket
         self.pid_of: dict[int, int] = {}  # client socket fd -> its command's pid
         self.conn_of: dict[int, int | None] = {}  # command pid -> client fd (None: gone)
+        self.kill_at: dict[int, float] = {}  # hung-up command pid -> when to SIGKILL it
 
     def run(self) -> int:
         import _signal as signal  # noqa: PLC0415
@@ -137,11 +141,18 @@ class Agent:
         last_active = time.monotonic()
         while True:
             timeout = None
+            now = time.monotonic()
             if not self.conns and not self.conn_of:
-                timeout = last_active + self.idle - time.monotonic()
+                timeout = last_active + self.idle - now
                 if timeout <= 0:
                     listener.close()  # queued clients see EOF and attach themselves
                     return 0
+            for pid, deadline in list(self.kill_at.items()):
+                if deadline <= now:
+                    del self.kill_at[pid]
+                    self._signal(pid, signal.SIGKILL)
+                else:
+                    timeout = min(timeout or deadline - now, deadline - now)
             try:
                 readable, _, _ = select.select([self.listener_fd, wake_r, *self.conns], [],
                                                [], timeout)
@@ -178,8 +189,15 @@ class Agent:
         except OSError:
             data, ancdata, flags = b"", [], 0
         fds = _received_fds(ancdata)
-        if not data:  # the client is gone; its command (if any) runs on
+        if not data:  # the client is gone: its command (if any) is hung up
             _close(fds)
+            pid = self.pid_of.get(fd)
+            if pid is not None:
+                import _signal as signal  # noqa: PLC0415
+                import time  # noqa: PLC0415
+
+                self._signal(pid, signal.SIGHUP)
+                self.kill_at[pid] = time.monotonic() + HANGUP_GRACE
             self._drop(fd)
             return
         pid = self.pid_of.get(fd)
@@ -187,8 +205,8 @@ class Agent:
             _close(fds)
             if data[:1] == b"S" and self.conn_of.get(pid) == fd:
                 try:
-                    os.kill(pid, int(data[1:]))
-                except (OSError, ValueError):
+                    self._signal(pid, int(data[1:]))
+                except ValueError:
                     pass
             return
         try:
@@ -214,6 +232,14 @@ class Agent:
         self.conn_of[pid] = fd
         self._send(fd, b"P%d" % pid)
 
+    def _signal(self, pid: int, sig: int) -> None:
+        """Signal a command not reaped yet (its pid cannot have been reused)."""
+        if pid in self.conn_of:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
     def _send(self, fd: int, data: bytes) -> None:
         try:
             self.conns[fd].send(data)
@@ -236,6 +262,7 @@ class Agent:
                 return
             if pid == 0:
                 return
+            self.kill_at.pop(pid, None)
             fd = self.conn_of.pop(pid, None)
             if fd is not None:
                 self._send(fd, b"X%d" % status)

@@ -137,6 +137,17 @@ def test_signals_and_pty_through_the_agent(c1: LxfsDaemon) -> None:
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 128 + signal.SIGTERM
+    # a client that goes away hangs its command up
+    proc = subprocess.Popen([*lxfs_cli_command(), "exec", "c1", "--", "sh", "-c",
+                             "trap 'echo hup > /tmp/hup; exit 0' HUP; sleep 30 & wait"],
+                            env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while d.cli("exec", "c1", "--", "cat", "/tmp/hup", check=False).stdout != "hup\n":
+        assert time.monotonic() < deadline, "the command was not hung up"
+        time.sleep(0.2)
 
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - child

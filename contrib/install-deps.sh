@@ -194,9 +194,10 @@ fi
 # --- the lxfs command ------------------------------------------------------------------------
 # Start-up is most of what a short `lxfs` command costs. pip's wrapper imports re (5 ms) before
 # lxfs; this launcher starts the venv's interpreter (Debian's: statically linked, faster than a
-# shared-libpython build) without site (-S: site-packages and the .pth files, 2 ms) and puts the
-# directory that holds the lxfs package on sys.path itself. Commands past lxfs.cli's fast path
-# run site.main() first, then import installed packages as usual. pip install writes its wrapper
+# shared-libpython build) without site (-S: the site module and the .pth files, 2-4 ms) and puts
+# the directory that holds the lxfs package, then site-packages (python-lxc for exec), on
+# sys.path itself. Commands past lxfs.cli's fast paths run site.main() first, then import
+# installed packages as usual. pip install writes its wrapper
 # again: this script then writes the launcher again.
 { read -r lxfs_dir && read -r plugins_dir; } < <(cd / && "$VPY" -I -c \
     'import lxfs, lxfs_plugins; print(lxfs.__path__[0], lxfs_plugins.__path__[0], sep="\n")') ||
@@ -205,8 +206,9 @@ launcher="#!$VPY -S
 \"\"\"The lxfs command: contrib/install-deps.sh wrote it (see there).\"\"\"
 import sys
 
-sys.path.append($("$VPY" -I -c 'import os, sys; print(repr(os.path.dirname(sys.argv[1])))' \
-                   "$lxfs_dir"))
+sys.path += $(cd / && "$VPY" -I -c 'import os, site, sys
+print([os.path.dirname(sys.argv[1]), *filter(os.path.isdir, site.getsitepackages())])' \
+    "$lxfs_dir")
 from lxfs.cli import main
 
 main()"

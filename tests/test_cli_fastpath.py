@@ -232,8 +232,9 @@ def test_installed_command_is_the_launcher() -> None:
     assert VENV_LXFS.is_file(), f"{VENV_LXFS} missing: run contrib/install-deps.sh"
     first = VENV_LXFS.read_text().splitlines()[0]
     assert first.endswith(" -S"), f"{VENV_LXFS} is pip's wrapper: run contrib/install-deps.sh"
-    modules = imported_modules(["start", "c1"], [str(VENV_LXFS)])
-    assert not modules & SLOW_MODULES, sorted(modules & SLOW_MODULES)
+    for argv in (["start", "c1"], ["exec", "c1", "--", "true"]):
+        modules = imported_modules(argv, [str(VENV_LXFS)])
+        assert not modules & SLOW_MODULES, (argv, sorted(modules & SLOW_MODULES))
     base = subprocess.run([str(VENV_LXFS)[:-len("lxfs")] + "python", "-c",
                            "import sys; print(sys._base_executable)"],
                           capture_output=True, text=True, check=True).stdout.strip()

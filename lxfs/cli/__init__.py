@@ -99,7 +99,6 @@ def _run(args_list: list[str], local_only: bool = False) -> int:
         code = fast.run(args_list)
         if code is not None:
             return code
-    complete_sys_path()
     if fast_path and args_list[:1] == ["exec"]:  # exec's own parser: no argparse when it can
         from lxfs.cli import exec as exec_  # noqa: PLC0415
 
@@ -107,6 +106,7 @@ def _run(args_list: list[str], local_only: bool = False) -> int:
         if parsed is not None and (local_only or (":" not in parsed.name
                                                   and not _default_remote_elsewhere())):
             return exec_.run(parsed)  # type: ignore[arg-type]
+    complete_sys_path()
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     func = getattr(args, "func", None)
@@ -126,9 +126,10 @@ def _run(args_list: list[str], local_only: bool = False) -> int:
 
 
 def complete_sys_path() -> None:
-    """Add the installed packages' directories (site-packages and its .pth files) when Python
-    started without them: the launcher that contrib/install-deps.sh writes runs ``python -S``
-    (2 ms less), and only the fast path needs nothing but the standard library."""
+    """Run ``site`` (the .pth files of site-packages...) when Python started without it: the
+    launcher that contrib/install-deps.sh writes runs ``python -S`` (2-4 ms less) with the
+    package and site-packages on sys.path, which is all the fast paths need (exec: python-lxc);
+    the other commands get the usual start."""
     if sys.flags.no_site and "site" not in sys.modules:
         import site  # noqa: PLC0415
 

@@ -5,7 +5,9 @@ exec`` attaching every time (``LXFS_EXEC_AGENT=off``, what it did before the age
 
 Calls alternate between the ways (A B C A B C ...), back to back and then with a gap between
 calls (the cgroup v1 attach is dearer after a pause, docs/benchmarks.md, finding 2). Each call
-is timed from spawn to reaped exit; medians are printed with the load average.
+is timed from spawn to reaped exit; medians are printed with the load average. Then, inside
+one process (no interpreter start): the agent's request to reaped exit against liblxc's
+attach to reaped exit, what each mechanism itself costs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,44 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     if os.waitstatus_to_exitcode(status) != 0:
         raise BenchError(f"{' '.join(argv)} failed: {status}")
     return elapsed
+
+
+def in_process(lxc_path: str, runs: int, gap: float) -> dict[str, list[float]]:
+    """``true`` through the agent and through liblxc's attach, from this process."""
+    import _lxc  # noqa: PLC0415
+
+    from lxfs.cli import exec as exec_  # noqa: PLC0415
+
+    def spec() -> exec_.ChildSpec:
+        return exec_.ChildSpec(argv=["true"], env={"PATH": exec_.DEFAULT_PATH}, cwd="/",
+                               explicit_cwd=False, uid=0, use_pty=False)
+
+    container = _lxc.Container("c1", lxc_path)
+    null = os.open(os.devnull, os.O_RDWR)
+    samples: dict[str, list[float]] = {"agent": [], "attach": []}
+    saved = [os.dup(fd) for fd in (0, 1)]
+    try:
+        for fd in (0, 1):
+            os.dup2(null, fd)
+        for _ in range(runs):
+            time.sleep(gap)
+            start = time.perf_counter()
+            code = exec_.run_through_agent(lxc_path, "c1", spec(), None, None, 0, 1)
+            samples["agent"].append(time.perf_counter() - start)
+            if code != 0:
+                raise BenchError(f"exec through the agent: {code}")
+            time.sleep(gap)
+            start = time.perf_counter()
+            pid = container.attach(exec_.attached_child, spec(), stdin=null, stdout=null,
+                                   stderr=null, env_policy=_lxc.LXC_ATTACH_CLEAR_ENV)
+            os.waitpid(pid, 0)
+            samples["attach"].append(time.perf_counter() - start)
+    finally:
+        for fd, copy in zip((0, 1), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+    return samples
 
 
 def main() -> None:
@@ -82,6 +122,12 @@ def main() -> None:
             for way, values in samples.items():
                 print(f"  {way:20} {statistics.median(values) * 1000:6.1f}  "
                       f"({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
+        for label, gap in (("back to back", 0.0), (f"{args.gap * 1000:.0f} ms gaps", args.gap)):
+            samples = in_process(lxc_path, args.runs, gap)
+            print(f"\nin one process, {label} (median of {args.runs}, min-max, ms):")
+            for way, values in samples.items():
+                print(f"  {way:20} {statistics.median(values) * 1000:6.2f}  "
+                      f"({min(values) * 1000:.2f}-{max(values) * 1000:.2f})")
         print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -122,6 +122,33 @@ def host_name(name: str) -> str:
     return f"{_project[0]}_{name}" if _project[0] else name
 
 
+def read_dir_values(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """Read every file of a directory as ``{name: value}`` (sorted; missing dir -> empty)."""
+    out: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        try:
+            if entry.is_file():
+                out[entry.name] = read_text(entry.path)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        except PermissionError:
+            if entry.stat().st_mode & 0o444 == 0:
+                out[entry.name] = "true"  # a secret: set, never shown (as LXD shows it)
+    return out
+
+
+def list_dirs(directory: str | os.PathLike[str]) -> list[str]:
+    """Names of the subdirectories of ``directory`` (missing -> empty)."""
+    try:
+        return [e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def instance_dir(root: str, name: str) -> str:
     """``ROOT/instances/NAME`` (in the current project); ``Instance not found`` when it
     does not exist."""

@@ -21,9 +21,10 @@ from lxfs.cli.base import (
     daemon_error,
     instance_dir,
     instances_root,
+    list_dirs,
     mount_point,
+    read_dir_values,
     read_opt,
-    read_text,
     write_raw,
 )
 
@@ -332,11 +333,7 @@ def run_snapshot(root: str, args: Args) -> int:
     inst = instance_dir(root, args["name"])
     snap = args["snapshot"]
     if snap is None:
-        try:
-            taken = {e.name for e in os.scandir(os.path.join(inst, "snapshots"))
-                     if e.is_dir(follow_symlinks=False)}
-        except (FileNotFoundError, NotADirectoryError):
-            taken = set()
+        taken = set(list_dirs(os.path.join(inst, "snapshots")))
         n = 0
         while f"snap{n}" in taken:
             n += 1
@@ -421,29 +418,10 @@ def _set_args(root: str, args: list[str]) -> tuple[str | None, list[tuple[str, s
     return args[0], parse_pairs(args[1:])
 
 
-def _dir_values(directory: str) -> dict[str, str]:
-    """``mount.read_dir_values``: every file of a directory as ``{name: value}``."""
-    values: dict[str, str] = {}
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return values
-    for entry in entries:
-        try:
-            if entry.is_file():
-                values[entry.name] = read_text(entry.path)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        except PermissionError:
-            if entry.stat().st_mode & 0o444 == 0:
-                values[entry.name] = "true"
-    return values
-
-
 def _root_pool(inst: str, pool: str) -> None:
     """``instances.set_device`` for ``-s POOL``: the instance's own root disk on ``pool``, on
     top of the one its profiles give."""
-    inherited = _dir_values(os.path.join(inst, "expanded", "devices", "root"))
+    inherited = read_dir_values(os.path.join(inst, "expanded", "devices", "root"))
     if not inherited:
         inherited = {"type": "disk", "path": "/"}
     values = {**inherited, "pool": pool}
@@ -567,13 +545,43 @@ def run_list(root: str, _args: Args) -> int:
     return 0
 
 
+def pid_namespace_counts() -> dict[str, int]:
+    """Number of host processes per PID namespace (``readlink /proc/P/ns/pid``)."""
+    counts: dict[str, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return counts
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                ns = os.readlink(f"/proc/{entry}/ns/pid")
+            except OSError:
+                continue
+            counts[ns] = counts.get(ns, 0) + 1
+    return counts
+
+
+def process_count(pid: int, counts: dict[str, int] | None = None) -> int | None:
+    """Processes in the PID namespace of ``pid`` (the container's init), None if unknown."""
+    if pid <= 0:
+        return None
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    if ns == os.readlink("/proc/self/ns/pid"):
+        return None
+    return (counts if counts is not None else pid_namespace_counts()).get(ns)
+
+
 DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def utc_minutes(text: str) -> str:
     """``output.fmt_time`` for the daemon's own format, ``2026-11-23T10:49:46Z`` (also with a
     fraction or ``+00:00``), without datetime and re: ``2026/11/23 10:49 UTC``; "" for none
-    or a year up to 1970. Another form raises NotHandled (datetime's)."""
+    or a year up to 1970. Another form is datetime's (``output.fmt_time``)."""
     text = text.strip()
     if not text:
         return ""
@@ -584,15 +592,21 @@ def utc_minutes(text: str) -> str:
     if (len(fields) != 6 or [len(f) for f in fields] != [4, 2, 2, 2, 2, 2]
             or not all(f.isascii() and f.isdigit() for f in fields)
             or (fraction and not (fraction.isascii() and fraction.isdigit()))):
-        raise NotHandled
+        return _fmt_time(text)
     year, month, day, hour, minute, second = map(int, fields)
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
     if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60 and 1 <= day
             <= DAYS_IN_MONTH[month - 1] + (month == 2 and leap)):
-        raise NotHandled
+        return _fmt_time(text)
     if year <= 1970:
         return ""
     return f"{fields[0]}/{fields[1]}/{fields[2]} {fields[3]}:{fields[4]} UTC"
+
+
+def _fmt_time(text: str) -> str:
+    from lxfs.cli.output import fmt_time  # noqa: PLC0415 - re and datetime: 7 ms
+
+    return fmt_time(text)
 
 
 def _lines(path: str) -> list[str]:
@@ -600,7 +614,8 @@ def _lines(path: str) -> list[str]:
 
 
 def run_info(root: str, args: Args) -> int:
-    """``info NAME [--show-log]`` (``instances.cmd_info`` for an instance)."""
+    """``info NAME [--show-log]``: an instance's state, resources and snapshots (also the
+    full command's)."""
     from lxfs.cli.output import natural_key, render_table, size_iec  # noqa: PLC0415
 
     name = args["name"]
@@ -633,9 +648,9 @@ def run_info(root: str, args: Args) -> int:
         except (OSError, ValueError):
             continue
     running = state == "RUNNING"
-    count = usage.get("processes") if running else None
+    count: int | None = usage.get("processes") if running else None
     if running and not count and pid > 0:
-        raise NotHandled  # a daemon without usage/: the full command counts processes
+        count = process_count(pid)  # older daemons have no usage/
     resources = [f"  Processes: {count}"] if count else []
     if usage.get("disk"):
         resources += ["  Disk usage:", f"    root: {size_iec(usage['disk'])}"]
@@ -654,11 +669,7 @@ def run_info(root: str, args: Args) -> int:
         lines += ["", "Resources:"] + resources
     text = "\n".join(lines) + "\n"
     snapshots = os.path.join(inst, "snapshots")
-    try:
-        snaps = sorted((e.name for e in os.scandir(snapshots) if e.is_dir(follow_symlinks=False)),
-                       key=natural_key)
-    except (FileNotFoundError, NotADirectoryError):
-        snaps = []
+    snaps = sorted(list_dirs(snapshots), key=natural_key)
     if snaps:
         table = [[snap, utc_minutes(read_opt(os.path.join(snapshots, snap, "created_at"))), "",
                   "NO"] for snap in snaps]

@@ -10,6 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lxfs.cli import fast
+from lxfs.cli.fast import (  # noqa: F401 - shared by the fast path and the commands
+    parse_pairs,
+    pid_namespace_counts,
+    process_count,
+)
 from lxfs.cli.mount import (
     CLIError,
     Mount,
@@ -27,9 +33,7 @@ from lxfs.cli.output import (
     emit,
     fmt_time,
     natural_key,
-    render_table,
     render_yaml,
-    size_iec,
 )
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
@@ -46,17 +50,6 @@ def out(text: str = "") -> None:
     """Print a line and flush (progress lines must show before slow operations)."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def parse_pairs(items: list[str] | None, what: str = "key=value pair") -> list[tuple[str, str]]:
-    """Parse ``k=v`` arguments (``Bad key=value pair: X`` otherwise)."""
-    pairs = []
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"Bad {what}: {item}")
-        pairs.append((key, value))
-    return pairs
 
 
 # -- create / launch ---------------------------------------------------------------------------
@@ -172,63 +165,21 @@ def set_device(mount: Mount, inst: Path, dev: str, options: dict[str, str]) -> N
 
 
 # -- state changes -----------------------------------------------------------------------------
-BUSY_MESSAGES = {
-    "start": "The instance is already running",
-    "stop": "The instance is already stopped",
-    "kill": "The instance is already stopped",
-    "restart": "The instance isn't running",
-    "freeze": "The instance isn't running",
-    "unfreeze": "The instance isn't frozen",
-}
-
-
 def read_state(mount: Mount, name: str) -> str:
     """The state of an instance (``RUNNING``, ``STOPPED``...)."""
-    inst = mount.instance(name)
-    return mount.do(lambda: read_opt(inst / "state"), inst).strip().upper()
+    return fast.read_state(str(mount.root), name)
 
 
 def set_state(mount: Mount, name: str, action: str) -> None:
     """Write ``action`` to ``instances/NAME/state`` and wait for the transition."""
-    inst = mount.instance(name)
-    try:
-        mount.write(inst / "state", action, inst, messages={
-            errno.EBUSY: BUSY_MESSAGES.get(action, "The instance is busy"),
-            errno.ENOENT: "The instance has no root filesystem",
-            errno.EINVAL: f"Invalid state action: {action}",
-        })
-    except CLIError as exc:
-        if not inst.is_dir():
-            raise CLIError("Instance not found") from exc
-        raise
-
-
-def stop_with_timeout(mount: Mount, name: str, timeout: float) -> None:
-    """Graceful stop, killed by the daemon after ``timeout`` seconds (``stop N``)."""
-    set_state(mount, name, f"stop {max(0, int(timeout))}")
+    fast.set_state(str(mount.root), name, action)
 
 
 def change_state(mount: Mount, name: str, command: str, force: bool = False,
                  timeout: int = -1) -> None:
     """One state command on one instance (``stop`` with ``--force``/``--timeout``: kill, or
     the graceful stop's seconds; -1 is the daemon's default)."""
-    timed = timeout >= 0
-    if command == "stop":
-        if force:
-            set_state(mount, name, "kill")
-        elif timed:
-            stop_with_timeout(mount, name, timeout)
-        else:
-            set_state(mount, name, "stop")
-    elif command == "restart" and (force or timed):
-        if read_state(mount, name) != "STOPPED":
-            if force:
-                set_state(mount, name, "kill")
-            else:
-                stop_with_timeout(mount, name, timeout)
-        set_state(mount, name, "start")
-    else:
-        set_state(mount, name, command)
+    fast.change_state(str(mount.root), name, command, force, timeout)
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -494,36 +445,6 @@ def instance_object(inst: Path) -> dict[str, Any] | None:
     }
 
 
-def pid_namespace_counts() -> dict[str, int]:
-    """Number of host processes per PID namespace (``readlink /proc/P/ns/pid``)."""
-    counts: dict[str, int] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return counts
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                ns = os.readlink(f"/proc/{entry}/ns/pid")
-            except OSError:
-                continue
-            counts[ns] = counts.get(ns, 0) + 1
-    return counts
-
-
-def process_count(pid: int, counts: dict[str, int] | None = None) -> int | None:
-    """Processes in the PID namespace of ``pid`` (the container's init), None if unknown."""
-    if pid <= 0:
-        return None
-    try:
-        ns = os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-    if ns == os.readlink("/proc/self/ns/pid"):
-        return None
-    return (counts if counts is not None else pid_namespace_counts()).get(ns)
-
-
 class Row:
     """Lazily read fields of one instance (only the files a listing needs)."""
 
@@ -733,82 +654,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- info --------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
-    """``lxfs info [NAME] [--show-log]``."""
+    """``lxfs info [NAME] [--show-log]`` (an instance's: ``lxfs.cli.fast.run_info``)."""
     mount = Mount()
     if args.name is None:
         return server_info(mount)
-    inst = mount.instance(args.name)
-    state = read_state(mount, args.name)
-    kind = read_opt(inst / "type", "container") or "container"
-    ephemeral = parse_bool(read_opt(inst / "ephemeral", "false"))
-    lines = [f"Name: {args.name}"]
-    description = read_opt(inst / "description")
-    if description:
-        lines.append(f"Description: {description}")
-    lines += [
-        f"Status: {state}",
-        f"Type: {kind}{' (ephemeral)' if ephemeral else ''}",
-        f"Architecture: {read_opt(inst / 'architecture')}",
-    ]
-    try:
-        pid = int(read_opt(inst / "pid", "0") or 0)
-    except ValueError:
-        pid = 0
-    if pid > 0:
-        lines.append(f"PID: {pid}")
-    lines.append(f"Created: {fmt_time(read_opt(inst / 'created_at'))}")
-    lines.append(f"Last Used: {fmt_time(read_opt(inst / 'last_used_at'))}")
-    resources = usage_lines(inst, state == "RUNNING", pid)
-    ipv4, ipv6 = read_lines(inst / "ipv4"), read_lines(inst / "ipv6")
-    if ipv4 or ipv6:
-        resources.append("  Network usage:")
-        resources += [f"    IPv4: {a}" for a in ipv4] + [f"    IPv6: {a}" for a in ipv6]
-    if resources:
-        lines += ["", "Resources:"] + resources
-    text = "\n".join(lines) + "\n"
-    snaps = sorted(list_dirs(inst / "snapshots"), key=natural_key)
-    if snaps:
-        table = [[s, fmt_time(read_opt(inst / "snapshots" / s / "created_at")), "", "NO"]
-                 for s in snaps]
-        text += "\nSnapshots:\n" + render_table(["NAME", "TAKEN AT", "EXPIRES AT", "STATEFUL"],
-                                                table)
-    if args.show_log:
-        log = mount.do(lambda: read_opt(inst / "log"), inst)
-        text += "\nLog:\n\n" + log + ("\n" if log and not log.endswith("\n") else "")
-    sys.stdout.write(text)
-    return 0
-
-
-def read_usage(inst: Path) -> dict[str, int]:
-    """The numbers of ``usage/`` (missing, unreadable or not numeric: left out)."""
-    values: dict[str, int] = {}
-    for key in ("processes", "memory", "memory_peak", "cpu", "disk"):
-        try:
-            values[key] = int(read_opt(inst / "usage" / key).strip() or "0")
-        except (OSError, ValueError):
-            continue
-    return values
-
-
-def usage_lines(inst: Path, running: bool, pid: int) -> list[str]:
-    """The ``Resources:`` lines of ``lxc info`` (zero values left out, as LXD does)."""
-    usage = read_usage(inst)
-    lines = []
-    count: int | None = usage.get("processes") if running else None
-    if running and not count and pid > 0:
-        count = process_count(pid)  # older daemons have no usage/
-    if count:
-        lines.append(f"  Processes: {count}")
-    if usage.get("disk"):
-        lines += ["  Disk usage:", f"    root: {size_iec(usage['disk'])}"]
-    if usage.get("cpu"):
-        lines += ["  CPU usage:", f"    CPU usage (in seconds): {usage['cpu'] // 10**9}"]
-    memory = [f"    {label}: {size_iec(usage[key])}"
-              for key, label in (("memory", "Memory (current)"), ("memory_peak", "Memory (peak)"))
-              if usage.get(key)]
-    if memory:
-        lines += ["  Memory usage:", *memory]
-    return lines
+    return fast.run_info(str(mount.root), {"name": args.name, "show_log": args.show_log})
 
 
 def server_info(mount: Mount) -> int:

@@ -15,10 +15,12 @@ from lxfs.cli.base import (  # CLIError and NoMount: the commands import them fr
     daemon_error,
     instance_dir,
     instances_root,
+    list_dirs,
     mount_point,
+    read_dir_values,
     read_opt,
-    read_text,
-    write_raw,  # noqa: F401 - the commands import it from here
+    read_text,  # noqa: F401 - the commands import these from here
+    write_raw,  # noqa: F401
 )
 
 TYPE_CHECKING = False  # importing typing costs 2-4 ms of start-up
@@ -40,25 +42,6 @@ def read_lines(path: Path | str) -> list[str]:
     return [line for line in read_opt(path).split("\n") if line]
 
 
-def read_dir_values(directory: Path) -> dict[str, str]:
-    """Read every file of a directory as ``{name: value}`` (sorted; missing dir -> empty)."""
-    out: dict[str, str] = {}
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return out
-    for entry in entries:
-        try:
-            if entry.is_file():
-                out[entry.name] = read_text(entry.path)
-        except (FileNotFoundError, IsADirectoryError):
-            continue
-        except PermissionError:
-            if entry.stat().st_mode & 0o444 == 0:
-                out[entry.name] = "true"  # a secret: set, never shown (as LXD shows it)
-    return out
-
-
 def read_devices(directory: Path) -> dict[str, dict[str, str]]:
     """Read a ``devices/`` tree as ``{DEV: {key: value}}``."""
     out: dict[str, dict[str, str]] = {}
@@ -70,14 +53,6 @@ def read_devices(directory: Path) -> dict[str, dict[str, str]]:
         if entry.is_dir():
             out[entry.name] = read_dir_values(Path(entry.path))
     return out
-
-
-def list_dirs(directory: Path) -> list[str]:
-    """Names of the subdirectories of ``directory`` (missing -> empty)."""
-    try:
-        return [e.name for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def parse_bool(value: str) -> bool:

@@ -2375,17 +2375,22 @@ class Server:
                                   ) -> Image | None:
         """``import_upload`` into ``project``'s images: a new image belongs to it alone, a
         known one gains it."""
-        owner = self.images_project(project)
         known = set(self.images)
         image = await self.import_upload(path, filename)
-        if image is None:
-            return image
-        projects = [owner] if image.fingerprint not in known else \
-            sorted({*image.projects, owner})
+        if image is not None:
+            await self.claim_image(image.fingerprint, project,
+                                   new=image.fingerprint not in known)
+        return image
+
+    async def claim_image(self, fp: str, project: str, new: bool) -> None:
+        """Give image ``fp`` to ``project``'s images: alone when it was ``new`` (just
+        imported for it), else beside the projects holding it."""
+        owner = self.images_project(project)
+        image = self.images[fp]
+        projects = [owner] if new else sorted({*image.projects, owner})
         if projects != image.projects:
             image.projects = projects
-            await in_thread(self.db.put, "images", image.fingerprint, image.to_record())
-        return image
+            await in_thread(self.db.put, "images", fp, image.to_record())
 
     async def delete_project_image(self, fp: str, project: str) -> None:
         """Drop an image from ``project``'s images: the record and files go with the last

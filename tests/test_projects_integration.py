@@ -314,3 +314,28 @@ def test_same_name_two_projects_distinct_addresses(netd):  # noqa: F811
         assert os.listdir(d.path("storage-pools", "default", "volumes", "container")) == ["c1"]
     finally:
         remove_project_instances(d, "p1")
+
+
+def test_project_images_over_rest(projects, busybox_image):
+    """lxc image import --project p1 (features.images=true): p1 alone holds it; an image
+    of the default project imported again into p1 is shared, one set of files."""
+    from test_rest_instances_integration import lxc
+
+    d, made = projects
+    lxc(d, "project", "create", "p1", "-c", "features.profiles=false")
+    made.append("p1")
+    [fp] = [n for n in os.listdir(d.path("images")) if len(n) == 64]
+    lxc(d, "image", "import", str(busybox_image), "--project", "p1")
+    assert os.listdir(d.path("projects", "p1", "images")) == [fp]
+    assert fp in os.listdir(d.path("images"))
+    lxc(d, "image", "delete", fp, "--project", "p1")
+    assert os.listdir(d.path("projects", "p1", "images")) == []
+    assert fp in os.listdir(d.path("images"))  # still the default project's
+    lxc(d, "image", "delete", fp)
+    lxc(d, "image", "import", str(busybox_image), "--project", "p1")
+    assert os.listdir(d.path("projects", "p1", "images")) == [fp]
+    assert fp not in os.listdir(d.path("images"))
+    lxc(d, "launch", fp, "c1", "--project", "p1")
+    lxc(d, "delete", "-f", "c1", "--project", "p1")
+    lxc(d, "image", "delete", fp, "--project", "p1")
+    lxc(d, "project", "delete", "p1")

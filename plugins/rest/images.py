@@ -450,6 +450,7 @@ def start_import(ctx: Context, request: Request, upload: Upload, filename: str) 
     public, properties, expected = upload_options(request)
     fingerprint, size = upload.fingerprint, upload.received
     meta, rootfs = upload.paths[0], (upload.paths[1] if len(upload.paths) > 1 else None)
+    project = request.query.get("project") or "default"
 
     async def work(op: Operation) -> None:
         try:
@@ -457,10 +458,14 @@ def start_import(ctx: Context, request: Request, upload: Upload, filename: str) 
                 raise InvalidArgument(f"fingerprints don't match, got {fingerprint} expected "
                                       f"{expected}")
             op.metadata = {"fingerprint": fingerprint, "size": str(size)}
-            if fingerprint in ctx.ops.images:
+            if fingerprint in ctx.ops.project_images(project):
                 raise AlreadyExists("Image with same fingerprint already exists")
+            if fingerprint in ctx.ops.images:  # another project's: this one gains it
+                await ctx.ops.claim_image(fingerprint, project, new=False)
+                return
             image = await ctx.ops.import_image(meta, rootfs, filename)
             upload.paths.clear()  # in the image store now
+            await ctx.ops.claim_image(image.fingerprint, project, new=True)
             op.metadata = {"fingerprint": image.fingerprint, "size": str(image.size)}
             if public:
                 await ctx.ops.set_image_field(image.fingerprint, "public", "true")
@@ -904,14 +909,16 @@ async def patch_image(ctx: Context, request: Request) -> Response:
 
 @route("DELETE", "/1.0/images/{fingerprint}")
 async def delete_image(ctx: Context, request: Request) -> Response:
-    """Delete an image and its aliases (a background operation)."""
+    """Delete an image from the project (with its last project, the image and its
+    aliases), in a background operation."""
     check_project(ctx, request)
     fp = find_image(ctx, request.params["fingerprint"]).fingerprint
+    project = request.query.get("project") or "default"
 
     async def work(op: Operation) -> None:
         if fp not in ctx.ops.images:
             raise NotFound("Image not found")
-        await ctx.ops.delete_image(fp)
+        await ctx.ops.delete_project_image(fp, project)  # the files go with the last
 
     return ctx.start_operation(Operation("Deleting image", resources={"images": [image_url(fp)]}),
                                work)

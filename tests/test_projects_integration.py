@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_network_integration import net_env, netd, nic_in_profile, wait_ipv4  # noqa: F401
+from test_remotes_integration import two_hosts  # noqa: F401 - a fixture
 from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
@@ -339,3 +340,25 @@ def test_project_images_over_rest(projects, busybox_image):
     lxc(d, "delete", "-f", "c1", "--project", "p1")
     lxc(d, "image", "delete", fp, "--project", "p1")
     lxc(d, "project", "delete", "p1")
+
+
+def test_project_on_a_remote(two_hosts):  # noqa: F811
+    """lxfs COMMAND host2:... --project P sends ?project=P."""
+    from test_remotes_integration import PASSWORD
+
+    user1, user2, _addr1, addr2 = two_hosts
+    user1.run("remote", "add", "host2", addr2, "--accept-certificate", "--password", PASSWORD)
+    user1.run("image", "copy", "local:busybox", "host2:", "--alias", "busybox")
+    user2.run("project", "create", "p1", "-c", "features.profiles=false",
+              "-c", "features.images=false")
+    try:
+        user1.run("launch", "host2:busybox", "host2:c1", "--project", "p1")
+        assert user2.daemon.read("projects/p1/instances/c1/state") == "RUNNING"
+        assert not user2.daemon.path("instances", "c1").exists()
+        rows = json.loads(user1.run("list", "host2:", "--project", "p1", "-f", "json").stdout)
+        assert [(r["name"], r["status"]) for r in rows] == [("c1", "Running")]
+        assert json.loads(user1.run("list", "host2:", "-f", "json").stdout) == []
+        user1.run("delete", "-f", "host2:c1", "--project", "p1")
+        assert not user2.daemon.path("projects", "p1", "instances", "c1").exists()
+    finally:
+        remove_project_instances(user2.daemon, "p1")

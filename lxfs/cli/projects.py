@@ -45,6 +45,15 @@ class ProjectAction(argparse.Action):
                  values: Any, option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
         base.set_project(str(values))
+        _explicit[0] = str(values)
+
+
+#: the project ``--project`` named ("" without): remote commands send it as ``?project=``
+_explicit = [""]
+
+
+def explicit_project() -> str:
+    return _explicit[0]
 
 
 def add_project_options(parser: argparse.ArgumentParser) -> None:

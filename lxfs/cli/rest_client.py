@@ -49,6 +49,22 @@ def _split_addr(addr: str) -> tuple[str, str, int, str]:
     return url.scheme, url.hostname, url.port or default, url.path.rstrip("/")
 
 
+
+#: the collections LXD scopes by project (``?project=``)
+PROJECT_SCOPED = ("/1.0/instances", "/1.0/containers", "/1.0/profiles", "/1.0/images")
+
+
+def in_project(path: str, stored: str) -> str:
+    """``path`` in the project ``--project`` names, else the remote's current one
+    (``stored``); unchanged for the default project and for unscoped paths."""
+    from lxfs.cli.projects import explicit_project  # noqa: PLC0415
+
+    project = explicit_project() or stored
+    if project in ("", "default") or not path.startswith(PROJECT_SCOPED) or \
+            "project=" in path:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}project={urllib.parse.quote(project)}"
+
 class UnixConnection(http.client.HTTPConnection):
     """HTTP on a unix socket (this host's ``DATA_DIR/unix.socket``)."""
 
@@ -148,6 +164,7 @@ class Server:
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """One request; ``body`` is JSON-encoded unless bytes or a file object."""
         hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
+        path = in_project(path, self.remote.project)
         if body is not None and not isinstance(body, bytes) and not hasattr(body, "read"):
             body = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")

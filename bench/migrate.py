@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.common import BenchError, run
+from bench.common import BenchError, Row, run
 from bench.daemon import BenchDaemon, venv_command
 from bench.hosts import HostNetwork
 from bench.lxd import Lxd, start_isolated_lxd
@@ -39,15 +39,27 @@ LXD_POOLS = {"btrfs": "bt", "dir": "dir"}
 POOL_SIZE = "3GiB"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process and of its children it has waited for."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 class Mover(CliSystem):
-    """A client that moves instances between two remotes: ``COMMAND move A:NAME B:NAME``."""
+    """A client that moves instances between two remotes: ``COMMAND move A:NAME B:NAME``.
+    ``cpu`` collects, per move, the CPU time of both hosts' daemons (with the processes they
+    ran: ``btrfs send``/``receive``, rsync) and of the client: the work of a move, which the
+    load of a shared machine does not change."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str],
-                 remotes: tuple[str, str], pools: dict[str, str], pid: int,
+                 remotes: tuple[str, str], pools: dict[str, str], pids: tuple[int, int],
                  prefix: str) -> None:
-        super().__init__(name, command, env, pools, lambda: pid)
+        super().__init__(name, command, env, pools, lambda: pids[0])
         self.remotes = remotes
+        self.pids = pids
         self.prefix = prefix  # of its instances' names (lxfs-cli's and lxfs-rest's share hosts)
+        self.cpu: list[float] = []
 
     def instance(self, kind: str) -> str:
         return f"{self.prefix}{kind}"
@@ -55,7 +67,12 @@ class Mover(CliSystem):
     def move_between(self, kind: str, forward: bool) -> None:
         a, b = self.remotes if forward else self.remotes[::-1]
         name = self.instance(kind)
+        before = sum(map(cpu_seconds, self.pids)), os.times()
         self.cli("move", f"{a}:{name}", f"{b}:{name}")
+        after = sum(map(cpu_seconds, self.pids)), os.times()
+        client = (after[1].children_user + after[1].children_system) - \
+            (before[1].children_user + before[1].children_system)
+        self.cpu.append(after[0] - before[0] + client)
 
     def exists(self, remote: str, kind: str) -> bool:
         result = run([*self.command, "info", f"{remote}:{self.instance(kind)}"], env=self.env,
@@ -102,11 +119,12 @@ class MigrateBench:
         lxfs_hosts = self._lxfs_hosts(network)
         lxfs_env = dict(lxfs_hosts[0][0].env, LXFS_CONF=str(self.conf / "lxfs"))
         lxfs_cmd = venv_command("lxfs", "lxfs.cli")
+        pids = (lxfs_hosts[0][0].pid, lxfs_hosts[1][0].pid)
         for i, (_daemon, address) in enumerate(lxfs_hosts, 1):
             run([*lxfs_cmd, "remote", "add", f"host{i}", f"https://{address}:{PORT}",
                  "--accept-certificate", "--password", PASSWORD], env=lxfs_env)
         lxfs = Mover("lxfs-cli", lxfs_cmd, lxfs_env, ("host1", "host2"), LXFS_POOLS,
-                     lxfs_hosts[0][0].pid, "mc")
+                     pids, "mc")
         self.movers.append(lxfs)
         lxc_env = dict(os.environ, LXD_CONF=str(self.conf / "lxc"))
         lxc = [require("lxc")] if (self.rest or self.vs_lxd) else []
@@ -115,7 +133,7 @@ class MigrateBench:
                 run([*lxc, "remote", "add", f"lxfs{i}", f"https://{address}:{PORT}",
                      "--accept-certificate", "--password", PASSWORD], env=lxc_env)
             self.movers.append(Mover("lxfs-rest", lxc, lxc_env, ("lxfs1", "lxfs2"),
-                                     LXFS_POOLS, lxfs_hosts[0][0].pid, "mr"))
+                                     LXFS_POOLS, pids, "mr"))
         lxd_source = None
         if self.vs_lxd:
             lxds = []
@@ -132,7 +150,7 @@ class MigrateBench:
                 lxds.append(lxd)
             lxd_source = lxds[0]
             self.movers.append(Mover("lxd", lxc, lxc_env, ("lxd1", "lxd2"), LXD_POOLS,
-                                     lxd_source.daemon_pid, "mv"))
+                                     (lxds[0].daemon_pid, lxds[1].daemon_pid), "mv"))
         self._instances(lxfs_hosts[0][0], lxd_source)
 
     def _lxfs_hosts(self, network: HostNetwork) -> list[tuple[BenchDaemon, str]]:
@@ -196,6 +214,7 @@ class MigrateBench:
             "migrate", f"move {TARGET_MB} MB, stopped, {kind} -> {kind}",
             lambda s, forward: s.move_between(kind, forward), direction, None,
             list(self.movers))
+        self._cpu_row(kind)
         iterations = self.suite.opts.warmup + self.suite.opts.runs
         where = 0 if iterations % 2 == 0 else 1  # host1 after an even number of moves
         for mover in self.movers:
@@ -205,6 +224,23 @@ class MigrateBench:
                 row.error = f"{mover.name}: {mover.instance(kind)} is not on " \
                             f"{mover.remotes[where]} after the moves"
                 self.log(f"  ! {row.error}")
+
+
+    def _cpu_row(self, kind: str) -> None:
+        """CPU time per move (the timed ones), with per-iteration ratios to LXD's."""
+        row = Row("migrate", f"CPU time per move ({kind}): both daemons + client", "s")
+        warmup = self.suite.opts.warmup
+        cpu = {m.name: m.cpu[warmup:] for m in self.movers}
+        for mover in self.movers:
+            for value in cpu[mover.name]:
+                row.add(mover.name, value)
+            mover.cpu.clear()
+        reference = cpu.get(self.suite.reference or "", [])
+        for name, values in cpu.items():
+            if name != self.suite.reference and reference:
+                row.ratios[name] = [v / r for v, r in zip(values, reference, strict=False)
+                                    if r > 0]
+        self.suite.add(row)
 
 
 def migrate(suite: Suite, stack: ExitStack, image: Path, kinds: list[str], vs_lxd: bool,

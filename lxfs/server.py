@@ -773,12 +773,13 @@ class Server:
         self.nursery.start_soon(self._spare_task, pool, fp, key)
 
     async def _spare_task(self, pool: StorageDriver, fp: str, key: str) -> None:
-        """Unpack the image volume when a launch went without it (at idle priority, in a
+        """Unpack the image volume when a launch went without it (at a lower priority, in a
         process of its own), then copy the spare."""
         try:
             async with self._image_locks[fp]:  # the image's deletion waits for the copy
                 if fp in self.images:
-                    await self._ensure_image_volume(pool, self.images[fp], idle=True)
+                    await self._ensure_image_volume(pool, self.images[fp],
+                                                    low_priority=True)
                     await in_thread(pool.prepare_spare, fp)
         except Exception as exc:  # only speed is lost: the next creation copies
             log.warning("cannot prepare a spare volume of image %s in pool %s: %s",
@@ -1005,19 +1006,20 @@ class Server:
         return await in_thread(self.pool_of(inst).volume_usage, "container", name)
 
     async def _ensure_image_volume(self, pool: StorageDriver, image: Image,
-                                   progress_key: str | None = None, idle: bool = False) -> None:
-        """Unpack ``image`` into ``pool`` unless it is there (``idle``: in a process at the
-        lowest CPU and I/O priorities, for work nobody waits for)."""
+                                   progress_key: str | None = None,
+                                   low_priority: bool = False) -> None:
+        """Unpack ``image`` into ``pool`` unless it is there (``low_priority``: niced, in a
+        process of its own, for work nobody waits for now)."""
         fp = image.fingerprint
         async with self._image_locks[f"{pool.pool.name}/{fp}"]:
             if await in_thread(pool.volume_exists, "image", fp):
                 return
             log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
-            if idle:
+            if low_priority:
                 path, rootfs = self._image_files(image)
                 try:
-                    await in_thread(pool.create_image_volume, fp,
-                                    lambda dest: images.unpack_image_idle(path, rootfs, dest))
+                    await in_thread(pool.create_image_volume, fp, lambda dest:
+                                    images.unpack_image_low_priority(path, rootfs, dest))
                 except images.ImageError as exc:
                     raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
                 return

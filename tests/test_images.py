@@ -469,12 +469,12 @@ def test_unpack_split_tarball_rootfs(src: Path, tmp_path: Path) -> None:
     check_unpacked(dest, src)
 
 
-def test_unpack_idle_runs_the_same_unpack_in_a_process(unified: Path, tmp_path: Path) -> None:
-    """unpack_image_idle (python -m lxfs.images unpack at idle priority) unpacks as
+def test_unpack_low_priority_runs_the_same_unpack(unified: Path, tmp_path: Path) -> None:
+    """unpack_image_low_priority (python -m lxfs.images unpack, niced) unpacks as
     unpack_image does, and reports a refusal as an ImageError with the unpack's reason."""
-    from lxfs.images import unpack_image_idle
+    from lxfs.images import unpack_image_low_priority
 
-    unpack_image_idle(unified, None, tmp_path / "idle")
+    unpack_image_low_priority(unified, None, tmp_path / "idle")
     unpack_image(unified, None, tmp_path / "direct")
     for rel in ("metadata.yaml", "rootfs/etc/hostname", "templates/hostname.tpl"):
         assert (tmp_path / "idle" / rel).read_bytes() == (tmp_path / "direct" / rel).read_bytes()
@@ -482,7 +482,7 @@ def test_unpack_idle_runs_the_same_unpack_in_a_process(unified: Path, tmp_path: 
     with tarfile.open(bad, "w:gz") as tf:
         tf.addfile(tarfile.TarInfo("metadata.yaml"), io.BytesIO(b""))
     with pytest.raises(ImageError, match="no rootfs"):
-        unpack_image_idle(bad, None, tmp_path / "bad")
+        unpack_image_low_priority(bad, None, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 

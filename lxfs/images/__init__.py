@@ -44,7 +44,7 @@ from lxfs.images.format import (
 )
 from lxfs.images.publish import publish_volume
 from lxfs.images.templates import TemplateContext, render_template_text, render_templates
-from lxfs.images.unpack import unpack_image, unpack_image_idle
+from lxfs.images.unpack import unpack_image, unpack_image_low_priority
 
 __all__ = [
     "Compression",
@@ -65,5 +65,5 @@ __all__ = [
     "render_template_text",
     "render_templates",
     "unpack_image",
-    "unpack_image_idle",
+    "unpack_image_low_priority",
 ]

@@ -276,18 +276,20 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
-#: the lowest CPU and I/O priorities: an unpack nobody waits for never slows one somebody does
-_IDLE = ("nice", "-n", "19", "ionice", "-c", "3")
+#: a lower CPU priority than the daemon's work, but not the idle class: the next launches
+#: want this volume, so it must not starve behind every busy process of a loaded host
+_BACKGROUND = ("nice", "-n", "10")
 
 
-def unpack_image_idle(path: Path | str, rootfs_path: Path | str | None,
+def unpack_image_low_priority(path: Path | str, rootfs_path: Path | str | None,
                       dest: Path | str) -> None:
-    """:func:`unpack_image` in a process of its own at idle priority (``python -m lxfs.images
-    unpack``): the member checks run outside the caller's process, so they hold no lock of
-    its interpreter either. Raises :class:`ImageError` with the process's reason."""
+    """:func:`unpack_image` in a process of its own at a lower priority (``python -m
+    lxfs.images unpack``): the member checks run outside the caller's process, so they hold
+    no lock of its interpreter either. Raises :class:`ImageError` with the process's
+    reason."""
     import sys
 
-    cmd = [*_IDLE, sys.executable, "-m", "lxfs.images", "unpack", str(path), str(dest)]
+    cmd = [*_BACKGROUND, sys.executable, "-m", "lxfs.images", "unpack", str(path), str(dest)]
     if rootfs_path is not None:
         cmd.append(f"--rootfs={rootfs_path}")
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)

@@ -427,6 +427,14 @@ def run(args: argparse.Namespace) -> int:
             if not lxc_path:
                 raise CLIError("The server does not publish environment/lxc_path")
 
+    # the REST bridge's helper (a gate, a preset path) attaches ahead of its client: no agent;
+    # LXFS_EXEC_AGENT=off attaches every time (to compare, or to rule the agent out)
+    use_agent = (GATE_FD < 0 and not PRESET_LXC_PATH
+                 and os.environ.get(exec_agent.SWITCH_ENV) != "off")
+    sock = connect_agent(lxc_path, lxc_name) if use_agent else None
+    # no agent: liblxc says whether the instance runs, before anything else is looked at
+    container = None if sock is not None else running_container(lxc_name, lxc_path)
+
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     if args.force_interactive:
         use_pty = True
@@ -443,30 +451,18 @@ def run(args: argparse.Namespace) -> int:
                      uid=uid, use_pty=use_pty)
     sys.stdout.flush()
     sys.stderr.flush()
-    # the REST bridge's helper (a gate, a preset path) attaches ahead of its client: no agent;
-    # LXFS_EXEC_AGENT=off attaches every time (to compare, or to rule the agent out)
-    use_agent = (GATE_FD < 0 and not PRESET_LXC_PATH
-                 and os.environ.get(exec_agent.SWITCH_ENV) != "off")
-    if use_agent:
-        code = run_through_agent(lxc_path, lxc_name, spec, args.user,
-                                 None if args.user is None and args.group is None else gid,
-                                 stdin_fd, stdout_fd)
+    if sock is not None:
+        try:
+            code = _agent_session(sock, lxc_path, lxc_name, spec, args.user,
+                                  None if args.user is None and args.group is None else gid,
+                                  stdin_fd, stdout_fd)
+        finally:
+            sock.close()
         if code is not None:
             return code
+        container = running_container(lxc_name, lxc_path)  # nothing ran: attach
 
-    try:
-        # python-lxc's C module: its ``lxc`` wrapper adds nothing exec uses and imports
-        # subprocess (4 ms of start-up)
-        import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
-    except ImportError as exc:
-        raise CLIError("python-lxc is not installed (needed by exec)") from exc
-    container = lxc.Container(lxc_name, lxc_path)
-    if container.state != "RUNNING":
-        raise CLIError("Instance is not running")
-    # liblxc's attach errors go to the instance's LXC log (as LXD's do), and into our error
-    container.set_config_item("lxc.log.file", os.path.join(lxc_path, lxc_name, "lxc.log"))
-    container.set_config_item("lxc.log.level", "ERROR")
-
+    import _lxc as lxc  # noqa: PLC0415 - loaded by running_container
     options: dict[str, Any] = {
         "env_policy": lxc.LXC_ATTACH_CLEAR_ENV,
         "extra_env_vars": [f"{k}={v}" for k, v in env.items()],
@@ -481,6 +477,24 @@ def run(args: argparse.Namespace) -> int:
     if not use_pty:
         return _run_plain(container, spec, options, agent)
     return _run_pty(container, spec, options, stdin_fd, stdout_fd, agent)
+
+
+def running_container(lxc_name: str, lxc_path: str) -> Any:
+    """python-lxc's container, checked to be running, its attach errors logged to its LXC
+    log (as LXD's are; ``attach_errors`` quotes them)."""
+    try:
+        # python-lxc's C module: its ``lxc`` wrapper adds nothing exec uses and imports
+        # subprocess (4 ms of start-up)
+        import _lxc as lxc  # noqa: PLC0415 - only exec needs python-lxc
+    except ImportError as exc:
+        raise CLIError("python-lxc is not installed (needed by exec)") from exc
+    container = lxc.Container(lxc_name, lxc_path)
+    if container.state != "RUNNING":
+        raise CLIError("Instance is not running")
+    container.set_config_item("lxc.log.file", os.path.join(lxc_path, lxc_name, "lxc.log"))
+    container.set_config_item("lxc.log.level", "ERROR")
+    return container
+
 
 def daemonless_lxc_path(lxc_name: str) -> str:
     """The LXC path of an instance when no daemon answers at the mount: the default data
@@ -521,18 +535,27 @@ def spawn_agent(lxc_name: str, lxc_path: str) -> None:
         pass  # the next exec attaches again
 
 
-def run_through_agent(lxc_path: str, lxc_name: str, spec: ChildSpec, uid: int | None,
-                      gid: int | None, stdin_fd: int, stdout_fd: int) -> int | None:
-    """Run the command through the instance's exec agent; None when no agent answers
-    (nothing ran: the caller attaches)."""
+def connect_agent(lxc_path: str, lxc_name: str) -> Any:
+    """A connection to the instance's exec agent, None when none listens."""
     import _socket  # noqa: PLC0415 - ``socket`` imports enum (4 ms)
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
-        try:
-            sock.connect(exec_agent.socket_path(lxc_path, lxc_name))
-        except OSError:
-            return None
+        sock.connect(exec_agent.socket_path(lxc_path, lxc_name))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def run_through_agent(lxc_path: str, lxc_name: str, spec: ChildSpec, uid: int | None,
+                      gid: int | None, stdin_fd: int, stdout_fd: int) -> int | None:
+    """Run the command through the instance's exec agent; None when no agent answers
+    (nothing ran: the caller attaches)."""
+    sock = connect_agent(lxc_path, lxc_name)
+    if sock is None:
+        return None
+    try:
         return _agent_session(sock, lxc_path, lxc_name, spec, uid, gid, stdin_fd, stdout_fd)
     finally:
         sock.close()

@@ -421,7 +421,8 @@ class InstancesDir(Dir):
         return Upload(self.srv, name, lambda path, _n: self.srv.backups.import_tarball(path))
 
     async def mkdir(self, name: str) -> None:
-        await self.srv.guarded("", self.srv.create_instance(name, project=self.project))
+        await self.srv.guarded("", self.srv.create_instance(name, project=self.project,
+                                                            staged=True))
 
     async def rmdir(self, name: str) -> None:
         key = self._key(name) or instance_key(self.project, name)

@@ -299,15 +299,20 @@ def usage(config: dict[str, str],
 
 def check_limits(project: str, config: dict[str, str],
                  instances: Iterable[tuple[str, str, dict[str, str],
-                                           dict[str, dict[str, str]]]]) -> None:
+                                           dict[str, dict[str, str]]]],
+                 required: Iterable[str] | None = None) -> None:
     """Refuse (``Forbidden``) when the project's instances as they would be (the new or
-    changed one among them) exceed a limit, or one of them sets no value for a summed
-    limit (LXD's rule: each instance must say what it takes)."""
+    changed one among them) exceed a limit, or one of them (of ``required``, the names
+    held to it; None: all) sets no value for a summed limit (LXD's rule: each instance must
+    say what it takes; a record the mount fills key by key is held to it at start)."""
     found = list(instances)
+    held = None if required is None else set(required)
     for limit, source in LIMITS.items():
         if not config.get(limit):
             continue
         for name, _, cfg, devices in found:
+            if held is not None and name not in held:
+                continue
             value = _root_size(devices) if source == "size" else cfg.get(source, "")
             if not value:
                 what = "a root disk size" if source == "size" else f"{source!r}"

@@ -637,11 +637,12 @@ class Server:
                               config: dict[str, str] | None = None, ephemeral: bool = False,
                               description: str = "",
                               devices: dict[str, dict[str, str]] | None = None,
-                              project: str = DEFAULT) -> Instance:
+                              project: str = DEFAULT, staged: bool = False) -> Instance:
         """Create an instance record (no root filesystem yet), with its own ``devices``
         (REST's create) checked whole first. ``name`` is the name within ``project`` and
         ``profiles`` the project's profile names; the record is keyed by the host-level
-        name (``instance_key``)."""
+        name (``instance_key``). ``staged``: the mount's ``mkdir``, whose keys come next
+        (the limits that need them are checked at start)."""
         validate_instance_name(name)
         self.project(project)
         key = instance_key(project, name)
@@ -660,7 +661,7 @@ class Server:
         restrictions = self.restrictions(project)
         restrictions.check_config(f"instance {name}", inst.expanded_config, instance=True)
         restrictions.check_devices(f"instance {name}", inst.expanded_devices)
-        self.check_project_limits(project, inst)
+        self.check_project_limits(project, inst, complete=not staged)
         name = key
         self.instances[name] = inst
         try:
@@ -696,6 +697,7 @@ class Server:
     async def set_source(self, name: str, ref: str) -> None:
         """Create the instance's root filesystem from an image; returns when it is done."""
         inst = self.instance(name)
+        self.check_project_limits(inst.project, inst)  # its keys are all there now
         if ref.strip().startswith(("instances/", "projects/")):
             return await self.copy_instance(name, ref)
         async with self._locks[name]:
@@ -1129,6 +1131,7 @@ class Server:
         restrictions = self.restrictions(inst.project)
         restrictions.check_config(f"instance {name}", inst.expanded_config, instance=True)
         restrictions.check_devices(f"instance {name}", inst.expanded_devices)
+        self.check_project_limits(inst.project, inst)
         rootfs = self.rootfs(inst)
         self.transient[name] = "STARTING"
         try:
@@ -1384,7 +1387,7 @@ class Server:
         probe = copy.copy(inst)
         probe.config = {**inst.config, key: value}
         expand(probe, self.profiles)
-        self.check_project_limits(inst.project, probe)
+        self.check_project_limits(inst.project, probe, complete=False)
         async with self._locks[name]:
             old = inst.config.get(key)
             inst.config[key] = value
@@ -1449,7 +1452,7 @@ class Server:
                 probe = copy.copy(inst)
                 probe.profiles = names
                 expand(probe, self.profiles)
-                self.check_project_limits(inst.project, probe)
+                self.check_project_limits(inst.project, probe, complete=False)
                 await self._resize_roots([(inst, probe)], name)
                 inst.profiles = names
             else:
@@ -2428,13 +2431,17 @@ class Server:
                           changed.expanded_devices))
         return found
 
-    def check_project_limits(self, project: str, changed: Instance | None = None) -> None:
+    def check_project_limits(self, project: str, changed: Instance | None = None,
+                             complete: bool = True) -> None:
         """Refuse when the project's instances, ``changed`` (new or as it would become)
-        among them, exceed one of its limits."""
+        among them, exceed one of its limits, or ``changed`` sets no value a summed limit
+        needs (unless not ``complete``: a record the mount fills key by key, held to it at
+        start)."""
         config = self.project(project).config
         if not any(k.startswith("limits.") for k in config):
             return
-        check_limits(project, config, self._limit_entities(project, changed))
+        required = [changed.local_name] if changed is not None and complete else []
+        check_limits(project, config, self._limit_entities(project, changed), required)
 
     def project_usage(self, project: str) -> dict[str, tuple[int, int]]:
         """Resource → (usage, limit or -1): LXD's project state."""

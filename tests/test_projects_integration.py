@@ -362,3 +362,46 @@ def test_project_on_a_remote(two_hosts):  # noqa: F811
         assert not user2.daemon.path("projects", "p1", "instances", "c1").exists()
     finally:
         remove_project_instances(user2.daemon, "p1")
+
+
+def test_restricted_project_and_memory_budget(projects):
+    """Acceptance 4 through the lxfs command: restricted=true refuses a privileged container
+    and a disk outside restricted.devices.disk.paths; limits.memory refuses what exceeds the
+    remaining budget."""
+    d, made = projects
+    d.cli("project", "create", "r", "-c", "features.profiles=false", "-c", "restricted=true",
+          "-c", "restricted.devices.disk=allow", "-c", "restricted.devices.disk.paths=/srv")
+    made.append("r")
+    refused = d.cli("launch", "busybox", "x", "-c", "security.privileged=true",
+                    "--project", "r", check=False)
+    assert refused.returncode != 0 and "privileged" in refused.stderr
+    d.cli("create", "busybox", "x", "--project", "r")
+    d.cli("config", "device", "add", "x", "d", "disk", "source=/etc", "path=/mnt",
+          "--project", "r")
+    refused = d.cli("start", "x", "--project", "r", check=False)
+    assert refused.returncode != 0 and "restricted.devices.disk.paths" in refused.stderr
+    d.cli("config", "device", "remove", "x", "d", "--project", "r")
+    d.cli("start", "x", "--project", "r")
+    # a memory budget
+    d.cli("project", "create", "m", "-c", "features.profiles=false",
+          "-c", "limits.memory=256MiB")
+    made.append("m")
+    refused = d.cli("launch", "busybox", "a", "--project", "m", check=False)
+    assert refused.returncode != 0 and "limits.memory" in refused.stderr
+    d.cli("launch", "busybox", "a", "-c", "limits.memory=200MiB", "--project", "m")
+    refused = d.cli("launch", "busybox", "b", "-c", "limits.memory=100MiB", "--project", "m",
+                    check=False)
+    assert refused.returncode != 0 and "limits.memory=256MiB" in refused.stderr
+    info = d.cli("project", "info", "m", "--format", "csv").stdout
+    assert f"MEMORY,{256 * 2**20},{200 * 2**20}" in info
+    # the project as YAML, edited from stdin
+    shown = d.cli("project", "show", "m").stdout
+    assert "limits.memory: 256MiB" in shown and "name: m" in shown
+    d.cli("project", "edit", "m", input=shown.replace("256MiB", "512MiB")
+          .replace("description: ''", "description: budget"))
+    assert d.read("projects", "m", "config", "limits.memory") == "512MiB"
+    assert d.read("projects", "m", "description") == "budget"
+    # a feature is changed only while the project is empty
+    refused = d.cli("project", "edit", "m", input=shown.replace(
+        "features.images: 'true'", "features.images: 'false'"), check=False)
+    assert refused.returncode != 0 and "empty" in refused.stderr

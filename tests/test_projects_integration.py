@@ -149,6 +149,12 @@ def test_seed_003_with_the_lxc_client(projects):
                "-c", "ns").stdout.split()
     assert rows == ["dbserver,RUNNING"]
     assert d.read("projects", "client-website", "instances", "dbserver", "state") == "RUNNING"
+    out = lxc(d, "exec", "dbserver", "--project", "client-website", "--", "hostname").stdout
+    assert out.strip() == "dbserver"
+    lxc(d, "file", "push", "-", "dbserver/root/note", "--project", "client-website",
+        input="hello\n")
+    assert lxc(d, "file", "pull", "dbserver/root/note", "-", "--project",
+               "client-website").stdout == "hello\n"
     lxc(d, "stop", "-f", "dbserver", "--project", "client-website")
     lxc(d, "snapshot", "dbserver", "s0", "--project", "client-website")
     lxc(d, "config", "set", "dbserver", "user.role", "db", "--project", "client-website")

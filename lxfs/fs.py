@@ -1390,9 +1390,10 @@ class LxfsOperations(pyfuse3.Operations):
         attributes if their size is no longer the value's (a read stops at that size).
         Every open sees the current value, whoever changed it, whether or not an event said
         so. None: too large a value for the cache (read directly)."""
-        value = self._take_fresh(handle.path)
-        if value is None:
-            value = await node.read()
+        # computed again even after a getattr's (``FRESH_FOR``): a value can change with no
+        # announcement (an ``error`` file), and what a getattr after the last open kept
+        # would serve the next open (a lookup then open of ``usage/disk`` computes it twice)
+        value = await node.read()
         if len(value) > PAGE_CACHED_MAX:
             handle.data = value
             return None
@@ -1403,19 +1404,18 @@ class LxfsOperations(pyfuse3.Operations):
         size = self.attr_sizes.get(inode)
         if size is not None and size != len(value):
             self.attr_sizes.pop(inode, None)
-            await self._drop_attrs(inode)
+            self._drop_attrs(inode)
         handle.ino = inode
         return pyfuse3.FileInfo(fh=self._new_handle(handle), keep_cache=keep)
 
-    async def _drop_attrs(self, inode: int) -> None:
-        """Make the kernel forget an inode's cached attributes, and wait until it has (in a
-        thread, as pyfuse3 asks; only attributes: no page lock is waited for)."""
-
-        def drop() -> None:
-            with contextlib.suppress(OSError):
-                pyfuse3.invalidate_inode(inode, attr_only=True)
-
-        await trio.to_thread.run_sync(drop)
+    @staticmethod
+    def _drop_attrs(inode: int) -> None:
+        """Make the kernel forget an inode's cached attributes, at once. Only attributes:
+        the kernel then waits for no page lock nor request (pyfuse3's reason to call an
+        invalidation from a thread is dirty pages of a writeback cache, which lxfs has not),
+        so no thread trip is needed."""
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(inode, attr_only=True)
 
     async def _recreate(self, path: Path_, exc: pyfuse3.FUSEError) -> Node | None:
         """A write-open of a name the kernel still holds but lxfs dropped (a refused or

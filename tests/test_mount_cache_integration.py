@@ -257,3 +257,19 @@ def test_values_and_entries_changed_over_rest(lxfs_daemon):
     assert "c1" not in os.listdir(d.path("instances"))
     with pytest.raises(FileNotFoundError):
         os.stat(d.path("instances", "c1", "state"))
+
+
+def test_error_files_changed_without_an_event(lxfs_daemon):
+    """An ``error`` file changes with no event (a refused write): each read right after a
+    refusal shows that refusal's whole message, also after a stat (``read_text`` stats)."""
+    d = lxfs_daemon
+    os.mkdir(d.path("instances", "c1"))
+    error = d.path("instances", "c1", "error")
+    for i in range(40):
+        key = "nokey" + "é" * (i % 9) + str(i)
+        with pytest.raises(OSError) as exc:
+            with open(d.path("instances", "c1", "config", key), "w") as f:
+                f.write("1\n")
+        assert exc.value.errno == errno.EINVAL
+        message = error.read_text()  # (nothing else opens it before the next refusal)
+        assert key in message, message

@@ -111,7 +111,7 @@ def _current(mount: Mount) -> str:
 def _used_by(mount: Mount, name: str) -> list[str]:
     path = _project(mount, name)
     if name == DEFAULT:
-        instances = [n for n in list_dirs(mount.root / "instances")]
+        instances = list_dirs(mount.root / "instances")
         profiles = list_dirs(mount.root / "profiles")
         suffix = ""
     else:

@@ -1331,6 +1331,12 @@ class Server:
             probe.profiles = self.profile_keys(project, [split_profile_key(p)[1]
                                                          for p in inst.profiles])
             expand(probe, self.profiles)
+            if inst.root_pool() and probe.root_pool() != inst.root_pool():
+                raise InvalidArgument(
+                    f"in project {project!r} instance {new_name} would have its root disk in "
+                    f"pool {probe.root_pool() or '(none)'!r} instead of "
+                    f"{inst.root_pool()!r}: give it its own root disk device first, or the "
+                    "project's profiles one")
             restrictions = self.restrictions(project)
             restrictions.check_config(f"instance {new_name}", probe.expanded_config, True)
             restrictions.check_devices(f"instance {new_name}", probe.expanded_devices)

@@ -202,6 +202,11 @@ async def test_move_between_projects_keeps_snapshots(tmp_path, image, nursery): 
     # and to the default project
     await srv.rename_instance("p2_c1", "c9", "default")
     assert srv.instances["c9"].project == "default"
+    # a project whose own profiles give no root disk is refused, nothing moved
+    await srv.create_project("bare")
+    with pytest.raises(InvalidArgument, match="root disk"):
+        await srv.rename_instance("c9", "c9", "bare")
+    assert srv.instances["c9"].project == "default"
 
 
 async def test_copies_name_their_project(tmp_path, image, nursery):  # noqa: F811

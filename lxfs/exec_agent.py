@@ -292,11 +292,16 @@ def _child(request: Request, fds: list[int]) -> int:
         spec.gate_fd = fds[3]
         return attached_child(spec)
     except BaseException as exc:  # noqa: BLE001 - nothing may escape into the agent's loop
-        try:
-            os.write(2, f"Error: {exc}\n".encode())
-        except OSError:
-            pass
+        _say(f"Error: {exc}\n")
         return 126
+
+
+def _say(text: str) -> None:
+    """Write to stderr (the command's, or the agent's log), if it can be written."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def serve(agent: Agent) -> int:
@@ -304,10 +309,7 @@ def serve(agent: Agent) -> int:
     try:
         return agent.run()
     except BaseException as exc:  # noqa: BLE001
-        try:
-            os.write(2, f"lxfs exec agent: {exc!r}\n".encode())
-        except OSError:
-            pass
+        _say(f"lxfs exec agent: {exc!r}\n")
         return 1
 
 

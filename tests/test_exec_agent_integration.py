@@ -127,6 +127,34 @@ def test_execs_through_the_agent(c1: LxfsDaemon) -> None:
     assert agent_pid(d, "c1") == pid
 
 
+def pty_session(argv: list[str], env: dict[str, str], steps: list[tuple[bytes, float]]
+                ) -> tuple[bytes, int]:
+    """Run ``argv`` on a new terminal: for each step, type its bytes, then collect the output
+    for its seconds. Returns the output and the wait status."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.environ.update(env)
+        os.execv(argv[0], argv)
+    output = b""
+    for typed, seconds in steps:
+        if typed:
+            os.write(fd, typed)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if not select.select([fd], [], [], 0.05)[0]:
+                continue
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            output += data
+    _pid, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return output, status
+
+
 def test_signals_and_pty_through_the_agent(c1: LxfsDaemon) -> None:
     d = c1
     d.cli("exec", "c1", "--", "true")
@@ -149,40 +177,13 @@ def test_signals_and_pty_through_the_agent(c1: LxfsDaemon) -> None:
         assert time.monotonic() < deadline, "the command was not hung up"
         time.sleep(0.2)
 
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - child
-        os.environ.update(d.env)
-        os.execv(lxfs_cli_command()[0], [*lxfs_cli_command(), "exec", "c1", "--", "sh"])
-    output = b""
-
-    def read_for(seconds: float) -> None:
-        nonlocal output
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:
-                    return
-                if not data:
-                    return
-                output += data
-
-    read_for(1.0)
-    os.write(fd, b"[ -t 0 ] && echo IS-A-TTY; echo PARENT-$PPID; stty size\n")
-    read_for(1.0)
-    os.write(fd, b"sleep 30\n")
-    read_for(0.3)
-    os.write(fd, b"\x03")
-    read_for(0.3)
-    os.write(fd, b"echo still-here; exit 3\n")
-    read_for(2.0)
-    _pid, status = os.waitpid(pid, 0)
-    os.close(fd)
+    output, status = pty_session(
+        [*lxfs_cli_command(), "exec", "c1", "--", "sh"], d.env,
+        [(b"", 1.0), (b"[ -t 0 ] && echo IS-A-TTY; echo PARENT-$PPID; stty size\n", 1.0),
+         (b"sleep 30\n", 0.3), (b"\x03", 0.3), (b"echo still-here; exit 3\n", 2.0)])
     text = output.decode(errors="replace")
     assert "IS-A-TTY" in text and "still-here" in text, text
-    assert "PARENT-0" not in text
+    assert "PARENT-0" not in text and "24 80" in text, text  # the agent forked it; a size
     assert os.waitstatus_to_exitcode(status) == 3, text
     forced = d.cli("exec", "-t", "c1", "--", "sh", "-c", "[ -t 1 ] && echo TTY; cat",
                    input="piped")

@@ -14,8 +14,8 @@ is made ahead: the pool keeps one spare copy of each image it created an instanc
 into place, so a launch does not wait for the copy. The first launch of an image does not
 wait for the image volume either: the core unpacks the image straight into the instance's
 volume (``spare_volumes``) and has the image volume made afterwards. Snapshots and restores
-are copies too. Every copy goes to a hidden temporary name first and is renamed into place, so a crash never
-leaves a half-copied volume under a real name.
+are copies too. Every copy goes to a hidden temporary name first and is renamed into place,
+so a crash never leaves a half-copied volume under a real name.
 
 No quotas (``quotas`` is unset): a root disk's ``size`` is kept but not enforced, and the core
 tells the user so. LXD's dir driver sets project quotas where the filesystem has them enabled

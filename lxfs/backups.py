@@ -49,6 +49,7 @@ from lxfs.model import (  # the records live in the model, which plugins may imp
     Snapshot,
     now,
     rfc3339,
+    split_profile_key,
 )
 
 if TYPE_CHECKING:
@@ -75,13 +76,14 @@ def _instance_doc(inst: Instance) -> dict[str, Any]:
     return {
         "architecture": inst.architecture, "config": config,
         "devices": {k: dict(v) for k, v in inst.devices.items()},
-        "ephemeral": inst.ephemeral, "profiles": list(inst.profiles), "stateful": False,
+        "ephemeral": inst.ephemeral, "profiles": [split_profile_key(p)[1] for p in inst.profiles],
+        "stateful": False,
         "description": inst.description, "created_at": rfc3339(inst.created_at),
         "expanded_config": dict(inst.expanded_config),
         "expanded_devices": {k: dict(v) for k, v in inst.expanded_devices.items()},
-        "name": inst.name, "status": "Stopped", "status_code": 102,
+        "name": inst.local_name, "status": "Stopped", "status_code": 102,
         "last_used_at": rfc3339(inst.last_used_at), "location": "none", "type": inst.type,
-        "project": "default",
+        "project": inst.project,
     }
 
 
@@ -92,7 +94,8 @@ def _snapshot_doc(inst: Instance, snap: Snapshot) -> dict[str, Any]:
         "devices": {k: dict(v) for k, v in snap.devices.items()},
         "ephemeral": inst.ephemeral, "expanded_config": dict(snap.config),
         "expanded_devices": {k: dict(v) for k, v in snap.devices.items()},
-        "last_used_at": rfc3339(0), "name": snap.name, "profiles": list(snap.profiles),
+        "last_used_at": rfc3339(0), "name": snap.name,
+        "profiles": [split_profile_key(p)[1] for p in snap.profiles],
         "stateful": False, "size": -1, "expires_at": NO_EXPIRY,
     }
 
@@ -114,10 +117,11 @@ def backup_config(srv: Server, inst: Instance, snapshots: list[str]) -> dict[str
         "pool": {"name": pool.name, "driver": pool.driver, "description": pool.description,
                  "config": dict(pool.config), "status": "Created", "locations": ["none"],
                  "used_by": None},
-        "profiles": [{"name": p.name, "description": p.description, "config": dict(p.config),
+        "profiles": [{"name": split_profile_key(p.name)[1], "description": p.description,
+                      "config": dict(p.config),
                       "devices": {k: dict(v) for k, v in p.devices.items()}, "used_by": None}
                      for p in (srv.profiles[n] for n in inst.profiles if n in srv.profiles)],
-        "volume": volume(inst.name, created),
+        "volume": volume(inst.local_name, created),
         "volume_snapshots": [volume(s, rfc3339(inst.snapshots[s].created_at))
                              for s in snapshots],
     }
@@ -397,7 +401,8 @@ class Backups:
             snapshots = [] if instance_only else sorted(
                 inst.snapshots, key=lambda s: inst.snapshots[s].created_at)
             config = backup_config(srv, inst, snapshots)
-            index = {"name": name, "backend": pool.pool.driver, "pool": pool.pool.name,
+            index = {"name": inst.local_name, "backend": pool.pool.driver,
+                     "pool": pool.pool.name,
                      "snapshots": snapshots or None, "optimized": optimized,
                      "optimized_header": bool(optimized and pool.optimized_backup_header),
                      "type": "container", "config": config}

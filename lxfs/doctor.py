@@ -108,7 +108,7 @@ def _images(server: Server) -> list[str]:
 
 def _pool_leftovers(pool: object) -> list[str]:
     """Hidden entries (every one is an operation's leftover: no user name starts with a
-    dot) in a directory-layout pool."""
+    dot, and the driver's own, ``keeps_hidden``, are not) in a directory-layout pool."""
     if not isinstance(pool, DirectoryLayout):
         return []
     found = []
@@ -120,7 +120,8 @@ def _pool_leftovers(pool: object) -> list[str]:
         if sub.endswith("-snapshots"):
             places += [d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")]
         found += [f"leftover {leftover.relative_to(pool.root)}"
-                  for place in places for leftover in sorted(place.glob(".*"))]
+                  for place in places for leftover in sorted(place.glob(".*"))
+                  if not pool.keeps_hidden(leftover)]
     return found
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 
 import pytest
 from conftest import LxfsDaemon, integration_problems, make_base_dir
@@ -49,6 +50,13 @@ def test_full_then_read_only_data_directory(small_daemon, busybox_image):
     d.cli("image", "import", busybox_image, "--alias", "busybox")
     d.cli("launch", "busybox", "c1")
     pid = d.read("instances", "c1", "pid")
+    # the dir pool's image volume and spare follow the first launch off its path: let them
+    # finish first (a process writing under the data directory would keep it from going ro)
+    fp = d.read("instances", "c1", "source")
+    spare = d.data_dir / "storage-pools" / "default" / "images" / f".{fp}.spare"
+    deadline = time.monotonic() + 120
+    while not spare.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)
     filler = d.data_dir / "filler"
     fill(filler)
     # writes are refused with the reason; nothing changes; reads go on

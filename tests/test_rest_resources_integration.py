@@ -326,8 +326,14 @@ def test_storage_with_the_real_client(daemon_with_busybox: LxfsDaemon) -> None:
     os.mkdir(d.path("instances", "c1"))
     d.write("instances", "c1", "source", "busybox")
     os.mkdir(d.path("instances", "c1", "snapshots", "s1"))
-    rows = csv_rows(d, "storage", "volume", "list", "default")
-    names = [(r[0], r[1]) for r in rows]
+    # the dir pool makes the image volume after the first launch, off its path
+    deadline = time.monotonic() + 120
+    while True:
+        rows = csv_rows(d, "storage", "volume", "list", "default")
+        names = [(r[0], r[1]) for r in rows]
+        if ("image", fingerprint) in names or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert ("container", "c1") in names and ("image", fingerprint) in names, rows
     assert ("custom", "vol2") in names and ("custom (snapshot)", "vol2/first") in names
     urls = metadata(d, "/1.0/storage-pools/default/volumes")

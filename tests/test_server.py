@@ -200,7 +200,9 @@ async def test_failed_unpack_rolls_back(tmp_path, nursery, monkeypatch):
     def boom(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(srv.pools["default"], "create_volume_from_image", boom)
+    # the first launch on a dir pool unpacks into a new volume; later ones copy the image's
+    for method in ("create_volume", "create_volume_from_image"):
+        monkeypatch.setattr(srv.pools["default"], method, boom)
     await srv.create_instance("c1")
     with pytest.raises(OSError):
         await srv.set_source("c1", "bad")

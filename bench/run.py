@@ -14,7 +14,10 @@ from bench.daemon import BenchDaemon
 from bench.suite import Options, Suite, fs_micro, monitor_pss
 from bench.systems import LxfsCli, LxfsMount, LxfsRest, System
 
-SECTIONS = ("dir", "btrfs", "images", "scale", "rate", "leaks", "migrate")
+SECTIONS = ("dir", "btrfs", "images", "scale", "rate", "leaks", "migrate", "projects")
+#: sections --quick leaves out unless named in --only
+NAMED_ONLY = ("migrate", "projects")
+PROJECTS_STEPS = "10,100,500,1000"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,9 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cycles of the leak check for LXD (default: --cycles; LXD takes about "
                    "1 s per cycle)")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)} "
-                   "(--quick leaves migrate out unless named)")
+                   "(--quick leaves migrate and projects out unless named)")
     p.add_argument("--migrate-pools", default="btrfs,dir", metavar="KINDS",
                    help="pool kinds of the moves between hosts (btrfs,dir)")
+    p.add_argument("--projects-steps", default=PROJECTS_STEPS, metavar="N,...",
+                   help="instances in all at each step of the projects section "
+                   "(10,100,500,1000; --quick: 4,40)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")
     p.add_argument("--rest", action="store_true",
                    help="also drive lxfs through its REST bridge with the real lxc client "
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = options(args)
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     if args.quick and not args.only:
-        only.discard("migrate")
+        only -= set(NAMED_ONLY)
     unknown = only - set(SECTIONS)
     if unknown:
         print(f"unknown sections: {','.join(sorted(unknown))}", file=sys.stderr)
@@ -168,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
                 suite.log("== moves between hosts")
                 migrate(suite, stack, opts.debian or images["busybox"],
                         args.migrate_pools.split(","), args.vs_lxd, args.rest, args.log_level)
+            if "projects" in only:
+                from bench.projects import projects
+
+                suite.log("== projects")
+                steps = [int(x) for x in args.projects_steps.split(",")]
+                if args.quick and args.projects_steps == PROJECTS_STEPS:
+                    steps = [4, 40]
+                projects(suite, daemon, steps, in_p0=2 if args.quick else 10)
         finally:
             facts["load_at_end"] = os.getloadavg()
             names = [s.name for s in systems] + ["lxfs-cli", "lxfs-rest", "lxd", "tmpfs"]

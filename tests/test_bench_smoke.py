@@ -81,6 +81,36 @@ def test_bench_migrate_quick(tmp_path: Path) -> None:
     assert bridge.returncode != 0, "the hosts' bridge is left"
 
 
+def test_bench_projects_quick(tmp_path: Path) -> None:
+    """Listing one project while the others grow (``--only projects --quick``: N=4, 40
+    instance records over ten projects): every operation has figures, nothing is left."""
+    problems = integration_problems()
+    if problems:
+        pytest.fail("cannot run the benchmark here:\n  - " + "\n  - ".join(problems),
+                    pytrace=False)
+    before = _leftovers()
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, LXFS_BENCH_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "projects", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    rows = {(r["section"], r["name"]): r for r in json.loads(out.read_text())["rows"]}
+    errors = [f"{k}: {r['error']}" for k, r in rows.items() if r["error"]]
+    assert not errors, "\n".join(errors) + "\n" + result.stderr
+    for name, system in [("ls projects/p0/instances", "lxfs-mount"),
+                         ("cat projects/p0/instances/c1/state", "lxfs-mount"),
+                         ("lxfs list --project p0", "lxfs-cli"),
+                         ("lxfs list --all-projects", "lxfs-cli"),
+                         ("GET /1.0/instances?project=p0&recursion=1", "lxfs-rest")]:
+        for n in (4, 40):
+            assert rows[("projects", f"{name}, N={n}")]["samples"][system], (name, n)
+        assert ("projects", f"{name}: N=40 / N=4") in rows
+    left = _leftovers() - before
+    assert not left, f"the benchmark left these behind: {sorted(left)}"
+
+
 def _leftovers() -> set[str]:
     """Benchmark directories, mounts and loop devices that exist now."""
     found = {str(p) for p in Path("/var/tmp").glob("lxfs-bench-*")}

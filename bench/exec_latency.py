@@ -52,7 +52,7 @@ def spawned(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def agent_pid(lxc_path: str) -> int:
     """The host pid of c1's exec agent (its socket's peer)."""
-    from lxfs.exec_agent import socket_path  # noqa: PLC0415
+    from lxfs.cli.exec_agent import socket_path  # noqa: PLC0415
 
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

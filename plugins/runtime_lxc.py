@@ -33,7 +33,7 @@ import _lxc
 import lxc
 import pluggy
 
-from lxfs import exec_agent, hookimpl
+from lxfs import hookimpl
 from lxfs.api import Host, cgroup_layout, write_atomic
 from lxfs.config_schema import (
     KeySpec,
@@ -55,6 +55,9 @@ log = logging.getLogger("lxfs.lxc")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = "-1"
+#: what the CLI's exec agent leaves in a container's LXC directory (lxfs/cli/exec_agent.py's
+#: SOCKET_NAME and LOCK_NAME; tests/test_plugin_api.py keeps them equal)
+EXEC_AGENT_FILES = ("exec-agent.socket", "exec-agent.lock")
 #: the largest pids.max the kernel takes (PID_MAX_LIMIT on 64-bit hosts)
 PIDS_MAX = 4 * 1024 * 1024
 #: where the controllers the kernel has, and the cgroup hierarchies mounted, are read
@@ -315,8 +318,8 @@ class LxcRuntime(Runtime):
 
     def after_stop(self, instance: Instance) -> None:
         self._remove_cgroups(instance.name)
-        # the exec agent (lxfs.exec_agent) died with the container's pid namespace
-        for leftover in (exec_agent.SOCKET_NAME, exec_agent.LOCK_NAME):
+        # the CLI's exec agent (lxfs/cli/exec_agent.py) died with the container's pid namespace
+        for leftover in EXEC_AGENT_FILES:
             (self._dir(instance) / leftover).unlink(missing_ok=True)
 
     def cleanup(self, instance: Instance) -> None:

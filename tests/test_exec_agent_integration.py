@@ -1,4 +1,4 @@
-"""The exec agent (lxfs.exec_agent) on a real daemon and busybox container: ``lxfs exec`` goes
+"""The exec agent (lxfs.cli.exec_agent) on a real daemon and busybox container: ``lxfs exec`` goes
 through it once it runs, falls back to attaching when it is gone, and it belongs to the
 container (its namespaces and cgroups, out of reach of the container's root, ended with it)."""
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import LxfsDaemon, lxfs_cli_command
 
-from lxfs.exec_agent import SOCKET_NAME
+from lxfs.cli.exec_agent import SOCKET_NAME
 
 pytestmark = pytest.mark.integration
 

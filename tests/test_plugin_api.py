@@ -44,6 +44,11 @@ def test_plugins_use_only_the_documented_api(path):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
                 node.module.split(".")[0] == "lxfs":
             assert node.module in ALLOWED_MODULES, f"{path}:{node.lineno} imports {node.module}"
+            if node.module == "lxfs":  # ``from lxfs import x`` names a module of the core too
+                for alias in node.names:
+                    assert alias.name in {"hookimpl", "__version__"} or \
+                        f"lxfs.{alias.name}" in ALLOWED_MODULES, \
+                        f"{path}:{node.lineno} imports lxfs.{alias.name}"
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "lxfs":
@@ -73,8 +78,6 @@ def test_core_names_no_backend():
     for path in sorted((REPO / "lxfs").glob("*.py")):
         if path.name in ("hookspecs.py",):  # the plugin author's reference: prose only
             continue
-        if path.name == "exec_agent.py":  # the CLI's exec agent: liblxc's attach, as
-            continue  # lxfs/cli/exec.py (to move under lxfs/cli/ or the runtime plugin)
         source = path.read_text()
         tree = ast.parse(source)
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)
@@ -173,3 +176,11 @@ def test_without_the_dir_plugin_the_daemon_says_so(lxfs_daemon_factory):
     # a btrfs pool named default makes it usable
     d.cli("storage", "create", "default", "btrfs", "size=256MiB")
     assert d.read("storage-pools", "default", "driver") == "btrfs"
+
+
+def test_the_runtime_cleans_what_the_exec_agent_leaves():
+    from lxfs_plugins.runtime_lxc import EXEC_AGENT_FILES
+
+    from lxfs.cli import exec_agent
+
+    assert set(EXEC_AGENT_FILES) == {exec_agent.SOCKET_NAME, exec_agent.LOCK_NAME}

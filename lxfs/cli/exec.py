@@ -1,7 +1,7 @@
 """``lxfs exec``: run a command in a running instance through python-lxc (not the mount).
 
 The command runs in a process attached to the container: forked by the instance's exec agent
-(``lxfs.exec_agent``) when one runs, else a child of this process that LXC attaches (which
+(``lxfs.cli.exec_agent``) when one runs, else a child of this process that LXC attaches (which
 also starts the agent, in the background, for the next execs). Without a terminal it gets
 this process's own stdin/stdout/stderr (data streams natively, nothing is copied). With a
 terminal it gets a new pty, relayed here in raw mode.
@@ -23,7 +23,7 @@ import tty
 import warnings  # noqa: F401 - see attached_child
 from types import SimpleNamespace
 
-from lxfs import exec_agent
+from lxfs.cli import exec_agent
 from lxfs.cli.base import (
     CLIError,
     NoMount,
@@ -54,8 +54,8 @@ GATE_CLOSED = 125
 #: already knows. The ``--env`` options are then the whole environment (the daemon computed
 #: it): nothing is read from the mount, whose daemon is busy with the client's websockets.
 PRESET_LXC_PATH = ""
-#: what runs the agent's starter (``lxfs.exec_agent.main``)
-AGENT_STARTER = "import sys; from lxfs.exec_agent import main; sys.exit(main(sys.argv[1:]))"
+#: what runs the agent's starter (``lxfs.cli.exec_agent.main``)
+AGENT_STARTER = "import sys; from lxfs.cli.exec_agent import main; sys.exit(main(sys.argv[1:]))"
 #: how long an exec waits for the agent's answer before it asks liblxc whether the instance
 #: runs (a frozen one's agent cannot answer), and then before it gives up on the agent
 AGENT_FIRST_WAIT = 0.2
@@ -508,7 +508,7 @@ def daemonless_lxc_path(lxc_name: str) -> str:
 
 
 def spawn_agent(lxc_name: str, lxc_path: str) -> None:
-    """Start the instance's exec agent in the background (``lxfs.exec_agent.main``: it
+    """Start the instance's exec agent in the background (``lxfs.cli.exec_agent.main``: it
     leaves at once if one answers). It gets none of our fds and a session of its own."""
     env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     idle = os.environ.get(exec_agent.IDLE_ENV)

@@ -390,7 +390,7 @@ def start(name: str, lxc_path: str, idle: float) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``python -c 'from lxfs.exec_agent import main; ...' NAME LXC_PATH``: the starter,
+    """``python -c 'from lxfs.cli.exec_agent import main; ...' NAME LXC_PATH``: the starter,
     spawned in the background by ``lxfs exec`` (``lxfs.cli.exec.spawn_agent``)."""
     name, lxc_path = argv
     try:

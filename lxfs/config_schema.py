@@ -341,8 +341,8 @@ SERVER_KEYS: list[KeySpec] = [
     KeySpec("images.remote_cache_expiry", check_int(0), "10",
             description="days after which a cached image unused is deleted"),
     KeySpec("images.max_unpacked_size", check_unpacked_size, DEFAULT_MAX_UNPACKED,
-            description="the largest root filesystem an imported image may unpack to (the "
-                        "sum of its files' sizes); larger images are refused at import"),
+            description="the largest root filesystem an image may unpack to (the sum of "
+                        "its files' sizes); larger images are refused at unpack"),
     KeySpec("user.*", multiline=True),
 ]
 

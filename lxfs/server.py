@@ -1019,9 +1019,10 @@ class Server:
             log.info("unpacking image %s into pool %s", fp[:12], pool.pool.name)
             if low_priority:
                 path, rootfs = self._image_files(image)
+                limit = self._unpacked_limit()
                 try:
                     await in_thread(pool.create_image_volume, fp, lambda dest:
-                                    images.unpack_image_low_priority(path, rootfs, dest))
+                                    images.unpack_image_low_priority(path, rootfs, dest, limit))
                 except images.ImageError as exc:
                     raise InvalidArgument(f"image {fp[:12]}: {exc}") from None
                 return
@@ -1040,9 +1041,12 @@ class Server:
         ``into(unpack)``, which calls ``unpack(dest)`` (a driver's ``create_image_volume``).
         Its progress (``Unpack: 45%``, LXD's words) shows in ``pulls`` under
         ``progress_key`` (a pull's: the launch that pulled it follows one line), else
-        ``unpack FINGERPRINT``."""
+        ``unpack FINGERPRINT``. The unpack is where the image's content is checked (the
+        member rules, ``images.max_unpacked_size``): a hostile image is refused here, with
+        nothing of it left in place."""
         fp = image.fingerprint
         path, rootfs = self._image_files(image)
+        limit = self._unpacked_limit()
         key = progress_key or f"unpack {fp[:12]}"
         token = trio.lowlevel.current_trio_token()
 
@@ -1051,7 +1055,7 @@ class Server:
             trio.from_thread.run_sync(self.pulls.__setitem__, key, text, trio_token=token)
 
         def unpack(target: Path) -> None:
-            images.unpack_image(path, rootfs, target, progress)
+            images.unpack_image(path, rootfs, target, progress, limit)
 
         try:
             if into is not None:
@@ -1889,11 +1893,7 @@ class Server:
     async def import_upload(self, path: Path, filename: str) -> Image | None:
         """Import an uploaded file. Returns the image, or None when it is the first half of
         a split image (kept pending until the other half arrives)."""
-        try:
-            kind = await in_thread(images.classify_upload, path, self._unpacked_limit(),
-                                   True)  # the whole scan, which inspect then reuses
-        except images.ImageError as exc:
-            raise InvalidArgument(f"{filename}: {exc}") from None
+        kind = await in_thread(images.classify_upload, path)  # inspect reuses its scan
         if kind is None:
             raise InvalidArgument(
                 f"{filename}: not an LXD image (expected a tarball with metadata.yaml, or a "
@@ -1918,7 +1918,8 @@ class Server:
             raise
 
     def _unpacked_limit(self) -> int:
-        """``images.max_unpacked_size`` in bytes: the most an imported image may unpack to."""
+        """``images.max_unpacked_size`` in bytes: the most an image may unpack to (checked
+        as it is unpacked)."""
         spec = self.schema.server_spec("images.max_unpacked_size")
         default = spec.default if spec is not None else "0"
         return parse_size(self.config.get("images.max_unpacked_size") or default)
@@ -1946,10 +1947,11 @@ class Server:
                               known: images.ImageInfo | None = None) -> Image:
         """Inspect, move into the store and record an image; ``expected``: the fingerprint
         it must have (a pull), ``fields``: more of its record (``cached``...), ``known``:
-        what inspecting it would say, for an image this server built (a publish)."""
+        what inspecting it would say, for an image this server built (a publish). As LXD,
+        the import hashes the files and reads metadata.yaml: the content is checked at the
+        first unpack (``_unpack``)."""
         try:
-            info = known or await in_thread(images.inspect_image, meta, rootfs,
-                                            self._unpacked_limit())
+            info = known or await in_thread(images.inspect_image, meta, rootfs)
         except images.ImageError as exc:
             raise InvalidArgument(f"{filename}: {exc}") from None
         point("image-import.after-inspect")

@@ -1,11 +1,15 @@
 """Hostile images are refused (or contained) without touching the host.
 
-Every hostile image is built here with tarfile (or mksquashfs) and aims at a canary directory
-the test makes under /var/tmp. Each goes through the unit API (``inspect_image``,
-``unpack_image``) and the main ones through a real daemon (a copy into ``MOUNT/images/`` and
-``lxfs image import``). After each: the canary is unchanged (same entries, contents, modes,
-link counts), and nothing half-made is left (no image volume, no temporary directory, no
-upload). A legitimate image with absolute symlinks, hard links between its own files, a
+As LXD, an import hashes the image and reads its metadata.yaml only; its content is checked
+at unpack (the first launch, or the image volume's unpack), which refuses a hostile image
+with the reason. Every hostile image is built here with tarfile (or mksquashfs) and aims at a
+canary directory the test makes under /var/tmp. Each goes through the unit API
+(``inspect_image`` accepts it unless its metadata cannot be read, ``unpack_image`` refuses
+it) and the main ones through a real daemon (a copy into ``MOUNT/images/`` and a launch
+through the mount; ``lxfs image import`` and ``lxfs launch``). After each: the canary is
+unchanged (same entries, contents, modes, link counts), and nothing half-made is left (no
+image volume, no instance volume, no temporary directory, no upload), and the image can be
+deleted. A legitimate image with absolute symlinks, hard links between its own files, a
 setuid file, a FIFO, a sparse file and a device node still imports, unpacks and launches.
 """
 
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_rest_instances_integration import api, wait
+from test_storage_integration import loop_guard, make_btrfs_pool  # noqa: F401 - a fixture
 
 from lxfs.images import (
     ImageError,
@@ -40,6 +46,7 @@ from lxfs.images import (
     render_template_text,
     render_templates,
     unpack_image,
+    unpack_image_low_priority,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,13 +194,16 @@ def device_nodes(path: Path) -> list[str]:
 @dataclasses.dataclass
 class Case:
     """A hostile image: ``build(canary)`` returns its members, ``message`` is what the
-    refusal says (a regex), ``daemon`` whether the daemon tests use it too."""
+    refusal says (a regex), ``daemon`` whether the daemon tests use it too, ``at_import``
+    whether the import refuses it already (its metadata.yaml cannot be read: the unpack
+    refuses the others)."""
 
     name: str
     build: Callable[[Canary], list[Member]]
     message: str
     daemon: bool = True
     pax_headers: dict[str, str] | None = None
+    at_import: bool = False
 
 
 def _metadata_twice(c: Canary) -> list[Member]:
@@ -254,13 +264,13 @@ CASES = [
          r"templates is not a directory"),
     Case("metadata-is-symlink",
          lambda c: [sym("metadata.yaml", c.target), dir_("rootfs")],
-         r"metadata.yaml is not a regular file", daemon=False),
+         r"metadata.yaml is not a regular file", daemon=False, at_import=True),
     Case("metadata-twice", _metadata_twice, r"metadata.yaml is stored twice"),
     Case("nul-in-name",
          lambda c: [*base_members(), reg(f"rootfs/a\0/{UP}{c.dir[1:]}/pwned")],
          r"contains a NUL byte", daemon=False),
     Case("global-pax-path", lambda c: base_members(), r"a global pax header sets path",
-         daemon=False, pax_headers={"path": "rootfs/etc/passwd"}),
+         daemon=False, pax_headers={"path": "rootfs/etc/passwd"}, at_import=True),
     Case("fifo-with-data",
          lambda c: [*base_members(), member("rootfs/p", tarfile.FIFOTYPE, b"\0" * 1024)],
          r"member rootfs/p is a FIFO that carries data", daemon=False),
@@ -274,7 +284,7 @@ CASES = [
          r"a tar header is larger than 8 MiB", daemon=False),
     Case("billion-laughs",
          lambda c: [reg("metadata.yaml", billion_laughs()), dir_("rootfs")],
-         r"invalid metadata.yaml: more than 100000 nodes"),
+         r"invalid metadata.yaml: more than 100000 nodes", at_import=True),
 ]
 
 
@@ -295,8 +305,11 @@ def build_case(case: Case, c: Canary, directory: Path, compression: str = "gz") 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_hostile_tarball_refused(case: Case, canary: Canary, tmp_path: Path) -> None:
     image = build_case(case, canary, tmp_path)
-    with pytest.raises(ImageError, match=case.message):
-        inspect_image(image)
+    if case.at_import:
+        with pytest.raises(ImageError, match=case.message):
+            inspect_image(image)
+    else:  # as LXD: the import reads the metadata, the unpack meets the content
+        assert inspect_image(image).fingerprint == hashlib.sha256(image.read_bytes()).hexdigest()
     volumes = tmp_path / "volumes"
     volumes.mkdir()
     started = time.monotonic()
@@ -316,7 +329,7 @@ def test_hostile_names_are_shown_safely(tmp_path: Path) -> None:
     """A control character in a member name is escaped in the message (one error line)."""
     image = write_tar(tmp_path / "ctl.tar", [*base_members(), reg("/etc/\nx\x1b[2J")])
     with pytest.raises(ImageError) as exc:
-        inspect_image(image)
+        unpack_image(image, None, tmp_path / "vol")
     assert "\n" not in str(exc.value) and "\x1b" not in str(exc.value)
     assert "/etc/\\nx\\x1b[2J is an absolute path" in str(exc.value)
 
@@ -331,21 +344,21 @@ def test_hostile_member_after_corrupt_header(canary: Canary, tmp_path: Path) -> 
     body += b"\0" * (-len(body) % 512)
     image = tmp_path / "spliced.tar"
     image.write_bytes(body + b"not a tar header".ljust(512, b"!") + evil)
-    with pytest.raises(ImageError, match="corrupt tarball"):
-        inspect_image(image)
+    inspect_image(image)  # its metadata and rootfs/ come first: the import stops there
     with pytest.raises(ImageError, match="corrupt tarball"):
         unpack_image(image, None, tmp_path / "vol")
     assert not (tmp_path / "vol").exists()
 
 
 def test_classify_still_says_unified(canary: Canary, tmp_path: Path) -> None:
-    """A hostile unified image is still recognised as one: the import then reports why it is
-    refused, instead of "not an LXD image"."""
+    """A hostile unified image is recognised as one and imports (a few KB read: its
+    metadata); the unpack then reports why it is refused."""
     case = next(c for c in CASES if c.name == "symlink-then-write")
     image = build_case(case, canary, tmp_path, "xz")
     assert classify_upload(image) == "unified"
+    assert inspect_image(image).properties == {"os": "hostile"}
     with pytest.raises(ImageError, match=case.message):
-        inspect_image(image)
+        unpack_image(image, None, tmp_path / "vol")
 
 
 def test_split_rootfs_tarball_rules(canary: Canary, tmp_path: Path) -> None:
@@ -353,16 +366,15 @@ def test_split_rootfs_tarball_rules(canary: Canary, tmp_path: Path) -> None:
     meta = write_tar(tmp_path / "meta.tar", [reg("metadata.yaml", METADATA)])
     rootfs = write_tar(tmp_path / "rootfs.tar.gz", [dir_("."), sym("./evil", canary.dir),
                                                     reg("./evil/pwned")], "gz")
-    with pytest.raises(ImageError, match="through the symlink evil"):
-        inspect_image(meta, rootfs)
+    assert inspect_image(meta, rootfs).split  # the import reads the metadata tarball only
     with pytest.raises(ImageError, match="through the symlink evil"):
         unpack_image(meta, rootfs, tmp_path / "vol")
     dotdot = write_tar(tmp_path / "dotdot.tar", [reg(f"{UP}{canary.dir[1:]}/pwned")])
     with pytest.raises(ImageError, match="escapes the image"):
-        inspect_image(meta, dotdot)
+        unpack_image(meta, dotdot, tmp_path / "vol")
     not_dir = write_tar(tmp_path / "notdir.tar", [sym(".", canary.dir)])
     with pytest.raises(ImageError, match="root of the rootfs tarball is not a directory"):
-        inspect_image(meta, not_dir)
+        unpack_image(meta, not_dir, tmp_path / "vol")
     with_rootfs = write_tar(tmp_path / "meta2.tar", [reg("metadata.yaml", METADATA),
                                                      dir_("rootfs")])
     with pytest.raises(ImageError, match="must not contain rootfs/"):
@@ -450,11 +462,10 @@ def test_hostile_squashfs_refused(how: str, canary: Canary, tmp_path: Path) -> N
     rootfs = patched_squashfs(tmp_path, canary, how)
     meta = write_tar(tmp_path / "meta.tar", [reg("metadata.yaml", METADATA)])
     refusal = "rootfs is not a valid squashfs: .*(invalid characters|duplicate names)"
-    with pytest.raises(ImageError, match=refusal):
-        inspect_image(meta, rootfs)
+    inspect_image(meta, rootfs)  # the import only sniffs the rootfs file
     volumes = tmp_path / "volumes"
     volumes.mkdir()
-    with pytest.raises(ImageError, match="unpacking .*squashfs failed"):
+    with pytest.raises(ImageError, match=refusal):  # unsquashfs lists it before extracting
         unpack_image(meta, rootfs, volumes / "vol")
     assert list(volumes.iterdir()) == []
     canary.check()
@@ -687,40 +698,124 @@ def upload_errno(d: Any, src: Path, name: str) -> int:
     return 0
 
 
-def test_daemon_refuses_hostile_uploads(lxfs_daemon: Any, canary: Canary,
-                                        tmp_path: Path) -> None:
+def fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def launch_errno(d: Any, name: str, ref: str) -> tuple[int, str]:
+    """``mkdir instances/NAME`` and write ``ref`` to its ``source`` (a launch through the
+    mount): the errno the write failed with (0: none) and the instance's ``error`` file.
+    The instance's directory is removed again."""
+    os.mkdir(d.path("instances", name))
+    try:
+        d.write("instances", name, "source", ref)
+    except OSError as e:
+        return e.errno or -1, d.read("instances", name, "error")
+    finally:
+        os.rmdir(d.path("instances", name))
+    return 0, ""
+
+
+def test_daemon_imports_hostile_uploads_and_refuses_to_unpack_them(
+        loop_guard: list[Path], lxfs_daemon: Any, canary: Canary,  # noqa: F811
+        tmp_path: Path) -> None:
+    """Through the mount, each hostile image imports (a copy into ``images/``: its metadata
+    is all the import reads) unless its metadata.yaml cannot be read; its first unpack is
+    refused with the reason: on the dir pool straight into the instance's volume (through
+    the mount: EINVAL and the ``error`` file), on a btrfs pool into the image's subvolume
+    (``lxfs create -s``). Neither leaves a volume, the instance, nor anything outside; the
+    image is deleted as any other."""
     d = lxfs_daemon
+    loop_guard.append(d.base)
+    make_btrfs_pool(d)
     images_before = sorted(os.listdir(d.path("images")))
     paths_before = data_paths(d)
     for case in (c for c in CASES if c.daemon):
         image = build_case(case, canary, tmp_path, "xz")
-        assert upload_errno(d, image, image.name) == errno.EINVAL, case.name
-        error = d.read("error")
-        assert error.startswith(f"{image.name}: "), (case.name, error)
-        assert re.search(case.message, error), (case.name, error)
+        if case.at_import:
+            assert upload_errno(d, image, image.name) == errno.EINVAL, case.name
+            error = d.read("error")
+            assert error.startswith(f"{image.name}: "), (case.name, error)
+            assert re.search(case.message, error), (case.name, error)
+        else:
+            assert upload_errno(d, image, image.name) == 0, (case.name, d.read("error"))
+            fp = fingerprint(image)
+            code, error = launch_errno(d, "h1", fp)
+            assert code == errno.EINVAL, case.name
+            assert error.startswith(f"image {fp[:12]}: "), (case.name, error)
+            assert re.search(case.message, error), (case.name, error)
+            result = d.cli("create", fp, "h2", "-s", "bt", check=False, timeout=120)
+            assert result.returncode != 0, (case.name, result)
+            assert re.search(case.message, result.stderr), (case.name, result.stderr)
+            assert d.instance_names() == [], case.name
+            d.cli("image", "delete", fp)
         assert sorted(os.listdir(d.path("images"))) == images_before, case.name
         assert data_paths(d) == paths_before, (case.name, data_paths(d) - paths_before)
         canary.check()
     assert "image rejected" in d.log_path.read_text()
 
 
-def test_cli_import_reports_the_refusal(lxfs_daemon: Any, canary: Canary,
-                                        tmp_path: Path) -> None:
+def test_cli_and_rest_report_the_refusal(lxfs_daemon: Any, canary: Canary,
+                                         tmp_path: Path) -> None:
+    """``lxfs image import`` then ``lxfs launch``, and the same through the REST API: the
+    import succeeds (but for an unreadable metadata.yaml), the launch fails with the reason
+    and leaves no instance; the image is deleted as any other."""
     d = lxfs_daemon
     paths_before = data_paths(d)
     for name in ("absolute", "hardlink-absolute", "billion-laughs"):
         case = next(c for c in CASES if c.name == name)
         image = build_case(case, canary, tmp_path, "gz")
-        result = d.cli("image", "import", image, "--alias", "evil", check=False)
+        alias = f"evil-{name}"
+        result = d.cli("image", "import", image, "--alias", alias, check=False)
+        if case.at_import:
+            assert result.returncode != 0, result
+            assert re.search(case.message, result.stderr), (name, result.stderr)
+            assert alias not in os.listdir(d.path("images", "aliases"))
+            continue
+        assert result.returncode == 0, result
+        result = d.cli("launch", alias, "e1", check=False, timeout=120)
         assert result.returncode != 0, result
         assert re.search(case.message, result.stderr), (name, result.stderr)
-        assert "evil" not in os.listdir(d.path("images", "aliases"))
+        assert "internal error" not in result.stderr
+        assert d.instance_names() == []
+        d.cli("image", "delete", alias)
     meta = write_tar(tmp_path / "meta.tar.gz", [reg("metadata.yaml", METADATA)], "gz")
     for how in ("dotdot", "duplicate"):
         rootfs = patched_squashfs(tmp_path, canary, how)
-        result = d.cli("image", "import", meta, rootfs, check=False)
+        d.cli("image", "import", meta, rootfs, "--alias", f"evil-{how}")
+        result = d.cli("launch", f"evil-{how}", "e1", check=False, timeout=120)
         assert result.returncode != 0 and "is not a valid squashfs" in result.stderr, result
+        assert d.instance_names() == []
+        d.cli("image", "delete", f"evil-{how}")
+    case = next(c for c in CASES if c.name == "symlink-then-write")
+    image = build_case(case, canary, tmp_path, "xz")
+    status, doc, _ = api(d, "POST", "/1.0/images", image.read_bytes())
+    assert wait(d, doc)["status"] == "Success"
+    status, doc, _ = api(d, "POST", "/1.0/instances", {
+        "name": "r1", "source": {"type": "image", "fingerprint": fingerprint(image)}})
+    op = wait(d, doc)
+    assert op["status"] == "Failure" and re.search(case.message, op["err"]), op
+    assert d.instance_names() == []
+    status, doc, _ = api(d, "DELETE", f"/1.0/images/{fingerprint(image)}")
+    assert wait(d, doc)["status"] == "Success"
     assert data_paths(d) == paths_before, data_paths(d) - paths_before
+    canary.check()
+
+
+def test_low_priority_unpack_keeps_the_rules(canary: Canary, tmp_path: Path) -> None:
+    """The image volume's unpack after a first launch (``python -m lxfs.images unpack``, in
+    a process of its own) refuses as the unpack does, with the limit it is given."""
+    case = next(c for c in CASES if c.name == "symlink-then-write")
+    image = build_case(case, canary, tmp_path, "xz")
+    with pytest.raises(ImageError, match=case.message):
+        unpack_image_low_priority(image, None, tmp_path / "vol")
+    big = write_tar(tmp_path / "big.tar.gz", [*base_members(),
+                                              reg("rootfs/zero", b"\0" * (2 << 20))], "gz")
+    with pytest.raises(ImageError, match="images.max_unpacked_size"):
+        unpack_image_low_priority(big, None, tmp_path / "vol", 1 << 20)
+    assert list(tmp_path.glob("vol*")) == [] and list(tmp_path.glob(".vol*")) == []
+    unpack_image_low_priority(big, None, tmp_path / "vol", 4 << 20)
+    assert (tmp_path / "vol/rootfs/zero").stat().st_size == 2 << 20
     canary.check()
 
 

@@ -189,19 +189,24 @@ def _image(tmp_path: Path, metadata: str, files: dict[str, bytes] | None = None,
     return out
 
 
-def test_image_bomb_refused_at_import_without_reading_it_all(tmp_path: Path) -> None:
+def test_image_bomb_refused_at_unpack_without_writing_it_all(tmp_path: Path) -> None:
+    """As LXD, the import reads the metadata only; the unpack counts the files' sizes as it
+    goes and stops once they pass ``images.max_unpacked_size``, leaving nothing."""
     bomb = _image(tmp_path, "architecture: x86_64\n",
                   {f"rootfs/zero{i}": b"\0" * (8 << 20) for i in range(8)})
     assert bomb.stat().st_size < 1 << 20  # 64 MiB of zeros compress to almost nothing
     assert images.classify_upload(bomb) == "unified"
+    assert images.inspect_image(bomb).architecture == "x86_64"
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
     with pytest.raises(images.ImageTooLarge, match="images.max_unpacked_size"):
-        images.inspect_image(bomb, max_unpacked=32 << 20)
+        images.unpack_image(bomb, None, volumes / "vol", max_unpacked=32 << 20)
+    xz = _image(tmp_path, "architecture: x86_64\n", {"rootfs/zero": b"\0" * (40 << 20)}, "xz")
     with pytest.raises(images.ImageTooLarge):
-        images.classify_upload(_image(tmp_path, "architecture: x86_64\n",
-                                      {"rootfs/zero": b"\0" * (40 << 20)}, "xz"),
-                               max_unpacked=32 << 20)
-    info = images.inspect_image(bomb, max_unpacked=65 << 20)
-    assert info.unpacked_size == (64 << 20) + len("architecture: x86_64\n")
+        images.unpack_image(xz, None, volumes / "vol", max_unpacked=32 << 20)
+    assert list(volumes.iterdir()) == []
+    images.unpack_image(bomb, None, volumes / "vol", max_unpacked=65 << 20)
+    assert (volumes / "vol/rootfs/zero7").stat().st_size == 8 << 20
 
 
 def test_split_squashfs_rootfs_counts_too(tmp_path: Path) -> None:
@@ -217,9 +222,11 @@ def test_split_squashfs_rootfs_counts_too(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs.squashfs"
     subprocess.run(["mksquashfs", str(tree), str(rootfs), "-quiet", "-noappend"], check=True,
                    stdout=subprocess.DEVNULL)
-    assert images.inspect_image(meta, rootfs).unpacked_size == (4 << 20) + len(data)
+    assert images.inspect_image(meta, rootfs).split
     with pytest.raises(images.ImageTooLarge):
-        images.inspect_image(meta, rootfs, max_unpacked=2 << 20)
+        images.unpack_image(meta, rootfs, tmp_path / "vol", max_unpacked=(4 << 20) + 20)
+    assert not (tmp_path / "vol").exists()
+    images.unpack_image(meta, rootfs, tmp_path / "vol", max_unpacked=(4 << 20) + len(data))
 
 
 @pytest.mark.parametrize("properties", [

@@ -142,16 +142,20 @@ def test_property_the_listing_cannot_show_is_refused(daemon_with_busybox: Any,
 
 def test_image_over_max_unpacked_size_is_refused(lxfs_daemon: Any,
                                                  busybox_image: Path) -> None:
+    """As LXD, the import reads the metadata only; the launch unpacks, and stops once the
+    files pass ``images.max_unpacked_size``: no instance, no volume, the reason told."""
     d = lxfs_daemon
     assert write_errno(d.path("config", "images.max_unpacked_size"), "1MiB") == 0
-    result = d.cli("image", "import", busybox_image, check=False)
+    d.cli("image", "import", busybox_image, "--alias", "busybox")
+    result = d.cli("launch", "busybox", "c1", check=False, timeout=120)
     assert result.returncode == 1
     assert "images.max_unpacked_size" in result.stderr
-    assert [n for n in os.listdir(d.path("images"))
-            if n not in ("aliases", "pull", "pulling")] == []
+    assert d.instance_names() == []
+    pool = d.data_dir / "storage-pools" / "default"
+    assert [p for p in pool.rglob("*") if p.is_file()] == []
     assert d.read("environment", "server_pid")
     os.unlink(d.path("config", "images.max_unpacked_size"))  # back to the default (2GiB)
-    d.cli("image", "import", busybox_image, "--alias", "busybox")
+    d.cli("create", "busybox", "c1", timeout=120)
 
 
 def test_foreign_architecture_is_refused_at_launch(lxfs_daemon: Any, tmp_path: Path) -> None:

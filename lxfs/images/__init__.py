@@ -26,7 +26,7 @@ Command line (used by the recipes in ``contrib/images``)::
     python -m lxfs.images build SRC_DIR OUT [--compression xz|gzip|bzip2|zstd|none] [--root-owner]
     python -m lxfs.images inspect IMAGE [ROOTFS]
     python -m lxfs.images classify FILE
-    python -m lxfs.images unpack IMAGE DEST [--rootfs ROOTFS]
+    python -m lxfs.images unpack IMAGE DEST [--rootfs ROOTFS] [--max-unpacked BYTES]
 """
 
 from lxfs.images.build import Compression, build_unified_tarball, main

@@ -239,18 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     p_unpack.add_argument("image", type=Path)
     p_unpack.add_argument("dest", type=Path)
     p_unpack.add_argument("--rootfs", type=Path, help="a split image's rootfs file")
+    p_unpack.add_argument("--max-unpacked", type=int, metavar="BYTES",
+                          help="refuse the image once its files add up to more")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
             build_unified_tarball(args.src, args.out, args.compression, root_owner=args.root_owner)
-            print(inspect_image(args.out).fingerprint)  # the member rules too, as at import
+            print(inspect_image(args.out).fingerprint)
         elif args.cmd == "inspect":
             info = inspect_image(args.image, args.rootfs)
             print(json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True))
         elif args.cmd == "unpack":
             from lxfs.images.unpack import unpack_image
 
-            unpack_image(args.image, args.rootfs, args.dest)
+            unpack_image(args.image, args.rootfs, args.dest, max_unpacked=args.max_unpacked)
         else:
             print(classify_upload(args.file) or "none")
     except (ImageError, OSError) as e:

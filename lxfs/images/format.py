@@ -4,9 +4,11 @@ metadata.yaml, classify and inspect.
 An upload's content is sniffed from its magic bytes; tarballs are read forward-only through
 :class:`_TarFilter`, which holds each member's bytes until :class:`_MemberPolicy` has judged it
 (``unpack`` passes the accepted bytes on to GNU tar). ``metadata.yaml`` is parsed within bounds
-(no YAML bombs) into normalised fields. :func:`classify_upload` tells what an upload is,
-:func:`inspect_image` checks every member and computes the fingerprint. A squashfs rootfs is
-listed by unsquashfs (>= 4.5.1) instead.
+(no YAML bombs) into normalised fields. :func:`classify_upload` tells what an upload is and
+:func:`inspect_image` reads its metadata and computes the fingerprint, as LXD does at import:
+they read a tarball only as far as ``metadata.yaml`` and the first ``rootfs/`` member. The
+member rules and ``images.max_unpacked_size`` are applied to every member at unpack
+(:mod:`lxfs.images.unpack`); a squashfs rootfs is listed by unsquashfs (>= 4.5.1) there too.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class ImageError(ValueError):
 
 
 class ImageTooLarge(ImageError):
-    """The image's files add up to more than the limit it was read with."""
+    """The image's files add up to more than the limit it was unpacked with."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"image rejected: its files add up to more than {limit} bytes "
@@ -112,8 +114,6 @@ class ImageInfo:
     expiry_date: int = 0
     split: bool = False
     type: str = "container"
-    #: the sum of the sizes of its files (what unpacking it writes)
-    unpacked_size: int = 0
 
 
 #: the 32-bit architectures a 64-bit kernel also runs (LXD's personalities)
@@ -491,66 +491,61 @@ class _MemberPolicy:
 
 @dataclass
 class _Scan:
-    """What one pass over a tarball learned."""
+    """What one pass over the beginning of a tarball learned."""
 
     meta: bytes | None  # metadata.yaml's bytes
     has_rootfs: bool
-    complete: bool  # read to the end (the member rules saw every member)
-    problem: str | None  # the first rule a member broke
-    unpacked: int = 0  # the sizes of the regular files seen, added up
+    problem: str | None  # the first rule a member seen broke (unpack refuses the image)
+    meta_problem: str | None  # why a member named metadata.yaml was not kept
 
 
 _scan_lock = threading.Lock()
 _scan_cache: OrderedDict[tuple[Any, ...], _Scan] = OrderedDict()
 
 
-def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = True,
-                  limit: int | None = None) -> _Scan:
-    """Read the tarball's members through the member rules, keeping metadata.yaml.
-    Reading stops with :class:`ImageTooLarge` once the regular files seen add up to more
-    than ``limit`` bytes (a decompression bomb costs no more than the limit).
+def _scan_tarball(path: Path, fmt: str, layout: Layout = "image") -> _Scan:
+    """Read the tarball's members until ``metadata.yaml`` and a ``rootfs/`` member are both
+    seen (to the end when either is missing: a split image's metadata tarball is small),
+    keeping metadata.yaml. An image written metadata first (as LXD and
+    :func:`build_unified_tarball` write them) costs a few kilobytes of decompression.
 
-    Without ``full``, reading stops once metadata.yaml and a rootfs/ member are both seen.
-    A broken rule does not stop the scan: it is reported in ``problem`` (classify ignores it,
-    inspect raises it). The last few results are cached by file identity (device, inode,
-    size, mtime, ctime), so classify_upload() then inspect_image() on the same file reads it
-    once when the first scan went to the end (metadata.yaml stored last).
+    The members seen go through the member rules so that ``has_rootfs`` and ``meta`` mean
+    what the unpack will find, but a broken rule is only noted in ``problem``: the unpack,
+    which reads every member, refuses the image. The last few results are cached by file
+    identity (device, inode, size, mtime, ctime): classify_upload() then inspect_image() on
+    the same file read it once.
     """
     st = os.stat(path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, layout)
     with _scan_lock:
         cached = _scan_cache.get(key)
-        if cached is not None and (cached.complete or not full):
+        if cached is not None:
             _scan_cache.move_to_end(key)
-            if limit is not None and cached.unpacked > limit:
-                raise ImageTooLarge(limit)
             return cached
     meta: bytes | None = None
     problem: str | None = None
+    meta_problem: str | None = None
     policy = _MemberPolicy(layout)
-    complete = False
-    unpacked = 0
     with _tar_stream(path, fmt) as (tf, flt, verify):
         for member in _members(tf, flt):
-            if not full and meta is not None and policy.has_rootfs:
-                break  # checked at the next member: a scan that saw the last one is complete
-            if member.isreg():
-                unpacked += member.size
-                if limit is not None and unpacked > limit:
-                    raise ImageTooLarge(limit)
+            if meta is not None and policy.has_rootfs:
+                break
             keep = False
+            is_meta = [p for p in member.name.split("/") if p not in ("", ".")] == [
+                "metadata.yaml"]
             try:
                 keep = policy.check(member)
             except ImageError as e:
                 problem = problem or str(e)
+                if is_meta:
+                    meta_problem = meta_problem or str(e)
             flt.decide(member, tf.offset, keep)
             if keep and meta is None and _member_path(member.name, "member") == "metadata.yaml":
                 extracted = tf.extractfile(member)
                 meta = extracted.read() if extracted is not None else b""
         else:
             verify()
-            complete = True
-    result = _Scan(meta, policy.has_rootfs, complete, problem, unpacked)
+    result = _Scan(meta, policy.has_rootfs, problem, meta_problem)
     with _scan_lock:
         _scan_cache[key] = result
         while len(_scan_cache) > 16:
@@ -558,20 +553,14 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image", full: bool = T
     return result
 
 
-def classify_upload(path: Path | str, max_unpacked: int | None = None,
-                    whole: bool = False) -> UploadKind | None:
+def classify_upload(path: Path | str) -> UploadKind | None:
     """Tell what an uploaded file is from its content, or None if it is no image part.
 
     "squashfs" (a split image's rootfs), "unified" (a tarball with metadata.yaml and rootfs/)
-    or "metadata" (a tarball with metadata.yaml and no rootfs/). Compressed tarballs are
-    streamed and reading stops once both entries are seen, so an image written metadata first
-    (as LXD and :func:`build_unified_tarball` write them) costs a few kilobytes of decompression.
-    Whether the image is acceptable is :func:`inspect_image`'s business, but a tarball whose
-    files add up to more than ``max_unpacked`` bytes raises :class:`ImageTooLarge`.
-
-    ``whole`` reads the tarball to the end instead: the one pass over it when
-    :func:`inspect_image` follows (it takes the scan from the cache), rather than a short
-    one and then a whole one.
+    or "metadata" (a tarball with metadata.yaml and no rootfs/). Tarballs are streamed only
+    until both entries are seen (see :func:`_scan_tarball`, whose result
+    :func:`inspect_image` then reuses). Whether the image's members are acceptable is the
+    unpack's business.
     """
     path = Path(path)
     try:
@@ -583,12 +572,9 @@ def classify_upload(path: Path | str, max_unpacked: int | None = None,
     if fmt == "squashfs":
         return "squashfs"
     try:
-        scan = _scan_tarball(path, fmt, full=whole, limit=max_unpacked)
-    except ImageTooLarge:
-        raise
-    except _STREAM_ERRORS:  # ImageError included
-        # what the beginning says (inspect then tells what is wrong further on)
-        return classify_upload(path, max_unpacked) if whole else None
+        scan = _scan_tarball(path, fmt)
+    except _STREAM_ERRORS:  # ImageError included: inspect tells what is wrong
+        return None
     if scan.meta is None:
         return None
     return "unified" if scan.has_rootfs else "metadata"
@@ -807,8 +793,8 @@ def _check_unsquashfs() -> None:
 
 
 def _check_squashfs(path: Path) -> int:
-    """List a squashfs rootfs: unsquashfs refuses the names it would not extract safely.
-    Returns the sizes of its regular files, added up."""
+    """List a squashfs rootfs (before its unpack): unsquashfs refuses the names it would not
+    extract safely. Returns the sizes of its regular files, added up."""
     _check_unsquashfs()
     proc = subprocess.run(["unsquashfs", "-no-progress", "-lln", str(path)],
                           stdin=subprocess.DEVNULL, capture_output=True, env=_tool_env())
@@ -889,28 +875,16 @@ def _sha256_files(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def _checked_scan(path: Path, fmt: str, layout: Layout, limit: int | None = None) -> _Scan:
-    """Scan a whole tarball; raise the first member rule it breaks."""
-    try:
-        scan = _scan_tarball(path, fmt, layout, limit=limit)
-    except _STREAM_ERRORS as e:
-        if isinstance(e, ImageError):
-            raise
-        raise ImageError(f"not an LXD image: cannot read the {fmt} tarball: {e}") from None
-    if scan.problem:
-        raise ImageError(scan.problem)
-    return scan
-
-
-def inspect_image(path: Path | str, rootfs_path: Path | str | None = None,
-                  max_unpacked: int | None = None) -> ImageInfo:
-    """Read an image's metadata and compute its fingerprint as LXD does.
+def inspect_image(path: Path | str, rootfs_path: Path | str | None = None) -> ImageInfo:
+    """Read an image's metadata and compute its fingerprint, as LXD does at import.
 
     ``path`` is a unified tarball, or (with ``rootfs_path``) a split image's metadata tarball.
-    Every member is checked against the rules :func:`unpack_image` applies (a squashfs rootfs
-    is listed by unsquashfs), so a hostile image is refused here, at import. Raises
-    :class:`ImageError` when the files do not form an acceptable LXD container image, and
-    :class:`ImageTooLarge` when its files add up to more than ``max_unpacked`` bytes.
+    The tarball is read as far as ``metadata.yaml`` and the first ``rootfs/`` member (see
+    :func:`_scan_tarball`) and the rootfs file only sniffed: the member rules, the squashfs
+    listing and ``images.max_unpacked_size`` are applied to every member at unpack
+    (:func:`lxfs.images.unpack.unpack_image`), which refuses a hostile image before any of
+    its files is in place. Raises :class:`ImageError` when the files are no LXD container
+    image, or its metadata.yaml cannot be read.
     """
     path = Path(path)
     fmt = _sniff(path)
@@ -923,10 +897,14 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None,
             "not an LXD image on its own: this squashfs is a split image's rootfs; "
             "it needs its metadata tarball"
         )
-    scan = _checked_scan(path, fmt, "image", max_unpacked)
-    unpacked = scan.unpacked
-    if scan.meta is None:
-        raise ImageError("not an LXD image: no metadata.yaml in tarball")
+    try:
+        scan = _scan_tarball(path, fmt)
+    except _STREAM_ERRORS as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"not an LXD image: cannot read the {fmt} tarball: {e}") from None
+    if scan.meta is None:  # a rule that metadata.yaml broke says more than its absence
+        raise ImageError(scan.meta_problem or "not an LXD image: no metadata.yaml in tarball")
     files = [path]
     if rootfs_path is None:
         if not scan.has_rootfs:
@@ -937,16 +915,8 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None,
         rootfs_path = Path(rootfs_path)
         if scan.has_rootfs:
             raise ImageError("split image: the metadata tarball must not contain rootfs/")
-        rootfs_fmt = _sniff(rootfs_path)
-        left = None if max_unpacked is None else max_unpacked - unpacked
-        if rootfs_fmt == "squashfs":
-            unpacked += _check_squashfs(rootfs_path)
-        elif rootfs_fmt in _TAR_FORMATS:
-            unpacked += _checked_scan(rootfs_path, rootfs_fmt, "rootfs", left).unpacked
-        else:
+        if _sniff(rootfs_path) not in ("squashfs", *_TAR_FORMATS):
             raise ImageError("split image: the rootfs file is neither squashfs nor a tarball")
-        if max_unpacked is not None and unpacked > max_unpacked:
-            raise ImageTooLarge(max_unpacked)
         files.append(rootfs_path)
     md = _parse_metadata(scan.meta)
     return ImageInfo(
@@ -960,5 +930,4 @@ def inspect_image(path: Path | str, rootfs_path: Path | str | None = None,
         expiry_date=md["expiry_date"],
         split=rootfs_path is not None,
         type="container",
-        unpacked_size=unpacked,
     )

@@ -1,7 +1,10 @@
 """Unpacking an image into a volume: ``metadata.yaml``, ``templates/`` and ``rootfs/``.
 
-Tarball members reach GNU tar only once the member rules of :mod:`lxfs.images.format` have
-accepted them; a squashfs rootfs is extracted by unsquashfs. Both tools run in an
+This is where an image's content is checked (the import reads only its metadata, as LXD's
+does): tarball members reach GNU tar only once the member rules of :mod:`lxfs.images.format`
+have accepted them and while their sizes add up to no more than the server's
+``images.max_unpacked_size``; a squashfs rootfs is listed by unsquashfs first (names it would
+not extract safely, sizes), then extracted by it. Both tools run in an
 identity-mapped user namespace (:func:`_contained`), so no device node of an image lands on the
 host. Everything is unpacked beside (or inside) the destination and renamed into place.
 """
@@ -28,7 +31,9 @@ from lxfs.images.format import (
     _STREAM_ERRORS,
     _TOP_LEVEL,
     ImageError,
+    ImageTooLarge,
     Layout,
+    _check_squashfs,
     _check_unsquashfs,
     _MemberPolicy,
     _members,
@@ -94,7 +99,20 @@ def _failure(what: str, status: int, lines: list[str]) -> ImageError:
     return ImageError(f"{what} failed: {detail}")
 
 
-def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout,
+class _Budget:
+    """What the image's regular files may still add up to (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, size: int) -> None:
+        self.used += size
+        if self.limit is not None and self.used > self.limit:
+            raise ImageTooLarge(self.limit)
+
+
+def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout, budget: _Budget,
                      read: Callable[[int], None] | None = None) -> None:
     """Extract a tarball into ``dest``: GNU tar (contained, see :func:`_contained`) reads the
     archive from us, member by member, once :class:`_MemberPolicy` has accepted each one.
@@ -106,8 +124,9 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout,
     of ``..``, its stripping of "/" and its deferral of outward symlinks stay on as a
     second line); no ``--no-overwrite-dir`` either: ``dest`` is a fresh directory of ours,
     and only a rootfs tarball's "./" (the container's "/") may set its mode. TAR_OPTIONS
-    is dropped from the environment. ``read(n)`` hears how many bytes of the archive were
-    read so far, between members.
+    is dropped from the environment. Each regular member's size is spent from ``budget``
+    before GNU tar sees it (a decompression bomb costs no more than the limit). ``read(n)``
+    hears how many bytes of the archive were read so far, between members.
     """
     cmd = ["tar", "-x", "-f", "-", "-C", str(dest), "--restrict", "--numeric-owner",
            "--xattrs", "--xattrs-include=*", "--delay-directory-restore"]
@@ -122,12 +141,17 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout,
         try:
             with proc.stdin, _tar_stream(archive, fmt, proc.stdin) as (tf, flt, verify):
                 for member in _members(tf, flt):
+                    if member.isreg():
+                        budget.spend(member.size)
                     flt.decide(member, tf.offset, policy.check(member))
                     if read is not None:
                         read(os.lseek(flt.source_fd, 0, os.SEEK_CUR))
                 verify()
         except BrokenPipeError:  # tar gave up: its stderr says why
             raise _failure(what, *_wait_contained(proc, err)) from None
+        except ImageTooLarge:
+            _wait_contained(proc, err)
+            raise
         except ImageError as e:
             _wait_contained(proc, err)
             raise ImageError(f"{what}: {e}") from None
@@ -171,7 +195,8 @@ def _extract_squashfs(src: Path, dest: Path) -> None:
 
 
 def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | str,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None,
+                 max_unpacked: int | None = None) -> None:
     """Unpack an image into ``dest``: ``metadata.yaml``, ``templates/`` and ``rootfs/``.
 
     ``dest`` must not exist (it is created, mode 0711), or be an empty directory (for example a
@@ -180,13 +205,16 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
     the end, so a failure leaves nothing half-written. Raises :class:`ImageError` for bad
     images and :class:`FileExistsError` when ``dest`` is not empty.
 
-    Image content is untrusted: tarball members are checked by :class:`_MemberPolicy` before
-    GNU tar sees them, a squashfs is read by unsquashfs >= 4.5.1, and both tools run in an
-    identity-mapped user namespace. Device nodes are skipped (with a log line naming them),
-    as LXD does when it cannot create them: containers get their /dev from LXC, and no
-    device node of an image lands on the host's disk. Members outside ``metadata.yaml``,
-    ``templates/`` and ``rootfs/`` are ignored. Setuid files, FIFOs, absolute symlinks and
-    hard links between the image's own files are kept.
+    Image content is untrusted, and this is where it is checked (an import reads only the
+    metadata): tarball members are checked by :class:`_MemberPolicy` before GNU tar sees them,
+    a squashfs is listed, then read, by unsquashfs >= 4.5.1, and both tools run in an
+    identity-mapped user namespace. An image whose regular files add up to more than
+    ``max_unpacked`` bytes raises :class:`ImageTooLarge` once the sum passes it. Device nodes
+    are skipped (with a log line naming them), as LXD does when it cannot create them:
+    containers get their /dev from LXC, and no device node of an image lands on the host's
+    disk. Members outside ``metadata.yaml``, ``templates/`` and ``rootfs/`` are ignored.
+    Setuid files, FIFOs, absolute symlinks and hard links between the image's own files are
+    kept.
 
     ``progress(done, total)`` hears how much of the image's files was read (bytes), at most
     every quarter of a second and once at the end.
@@ -211,6 +239,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpack-", dir=dest.parent))
     moved: list[Path] = []
+    budget = _Budget(max_unpacked)
     sizes = [path.stat().st_size, Path(rootfs_path).stat().st_size if rootfs_path else 0]
     last = [0.0]
 
@@ -223,7 +252,7 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
 
     try:
         _extract_tarball(path, fmt, tmp, "image" if rootfs_path is None else "metadata",
-                         reader(0))
+                         budget, reader(0))
         rootfs = tmp / "rootfs"
         if rootfs_path is None:
             if not rootfs.is_dir() or rootfs.is_symlink():
@@ -235,10 +264,12 @@ def unpack_image(path: Path | str, rootfs_path: Path | str | None, dest: Path | 
             if os.path.lexists(rootfs):
                 raise ImageError("split image: the metadata tarball must not contain rootfs/")
             if rootfs_fmt == "squashfs":
+                budget.spend(_check_squashfs(rootfs_path))
                 _extract_squashfs(rootfs_path, rootfs)
             else:
                 rootfs.mkdir(mode=0o755)
-                _extract_tarball(rootfs_path, rootfs_fmt, rootfs, "rootfs", reader(sizes[0]))
+                _extract_tarball(rootfs_path, rootfs_fmt, rootfs, "rootfs", budget,
+                                 reader(sizes[0]))
         meta = tmp / "metadata.yaml"
         if not meta.is_file() or meta.is_symlink():
             raise ImageError("not an LXD image: no metadata.yaml in tarball")
@@ -282,16 +313,18 @@ _BACKGROUND = ("nice", "-n", "10")
 
 
 def unpack_image_low_priority(path: Path | str, rootfs_path: Path | str | None,
-                      dest: Path | str) -> None:
+                              dest: Path | str, max_unpacked: int | None = None) -> None:
     """:func:`unpack_image` in a process of its own at a lower priority (``python -m
-    lxfs.images unpack``): the member checks run outside the caller's process, so they hold
-    no lock of its interpreter either. Raises :class:`ImageError` with the process's
-    reason."""
+    lxfs.images unpack``), with the same member rules and limit: the checks run outside the
+    caller's process, so they hold no lock of its interpreter either. Raises
+    :class:`ImageError` with the process's reason."""
     import sys
 
     cmd = [*_BACKGROUND, sys.executable, "-m", "lxfs.images", "unpack", str(path), str(dest)]
     if rootfs_path is not None:
         cmd.append(f"--rootfs={rootfs_path}")
+    if max_unpacked is not None:
+        cmd.append(f"--max-unpacked={max_unpacked}")
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()

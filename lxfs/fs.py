@@ -1378,7 +1378,7 @@ class LxfsOperations(pyfuse3.Operations):
                 return cached
         handle.truncated = writing and bool(flags & os.O_TRUNC)  # (FUSE's atomic O_TRUNC)
         if node.stream:
-            handle.events = self.srv.events.subscribe()
+            handle.events = self.srv.events.subscribe(getattr(node, "project", None))
         return pyfuse3.FileInfo(fh=self._new_handle(handle), direct_io=True,
                                 nonseekable=node.stream)
 

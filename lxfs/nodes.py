@@ -1100,6 +1100,7 @@ class ProjectsDir(Dir):
             "config": lambda: KeyValueDir(srv, lambda: srv.projects[name].config, set_key,
                                           unset_key, validate_key),
             "state": lambda: KeyValueDir(srv, state, None, None),
+            "events": lambda: EventsFile(srv, name),
         }
         if name != DEFAULT:
             children["instances"] = lambda: InstancesDir(srv, name)
@@ -1120,10 +1121,14 @@ class ProjectsDir(Dir):
 
 
 class EventsFile(File):
+    """``events`` (every project's) or ``projects/NAME/events`` (NAME's and those of no
+    project, as LXD's ``/1.0/events?project=NAME``)."""
+
     stream = True
 
-    def __init__(self, srv: Server) -> None:
+    def __init__(self, srv: Server, project: str | None = None) -> None:
         super().__init__(srv, read=lambda: "", dynamic=True)
+        self.project = project
 
 
 def root(srv: Server) -> StaticDir:

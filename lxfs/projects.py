@@ -28,7 +28,7 @@ from lxfs.config_schema import (
     parse_size,
     validate_among,
 )
-from lxfs.errors import InvalidArgument, LxfsError
+from lxfs.errors import InvalidArgument, LxfsError, NotSupported
 from lxfs.model import (  # noqa: F401 - the names' mapping, re-exported
     DEFAULT,
     DEFAULT_FEATURES,
@@ -86,6 +86,18 @@ DEFAULTS = {
     "restricted.devices.nic": "managed",
 }
 
+def _check_networks_feature(value: str) -> None:
+    """``features.networks``: LXD 5.0 lets a project own only OVN networks (a bridge
+    "does not support non-default projects"), and lxfs has no OVN: a project uses the
+    default project's networks."""
+    check_bool(value)
+    if is_true(value):
+        raise NotSupported("features.networks=true is not supported: in LXD 5.0 a project "
+                           "can own only OVN networks, which lxfs does not have; keep "
+                           "features.networks=false (the project uses the default project's "
+                           "networks)")
+
+
 def _check_memory_limit(value: str) -> None:
     if value.endswith("%"):
         raise InvalidArgument("a project's limits.memory is a size (e.g. 2GiB), not a "
@@ -100,7 +112,10 @@ LIMITS = {"limits.memory": "limits.memory", "limits.cpu": "limits.cpu",
 PROJECT_KEYS: list[KeySpec] = [
     *(KeySpec(key, check_bool, value, description=f"whether the project has its own "
               f"{key.removeprefix('features.')} (else it uses the default project's)")
-      for key, value in FEATURES.items()),
+      for key, value in FEATURES.items() if key != "features.networks"),
+    KeySpec("features.networks", _check_networks_feature, "false",
+            description="false only: the project uses the default project's networks (a "
+                        "project of LXD 5.0 owns only OVN networks, which lxfs has not)"),
     KeySpec("limits.instances", check_int(0), description="most instances in the project"),
     KeySpec("limits.containers", check_int(0), description="most containers in the project"),
     KeySpec("limits.virtual-machines", check_int(0),

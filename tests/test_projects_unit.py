@@ -4,6 +4,7 @@ mapped to host-level keys, CRUD, features, limits and restrictions per project, 
 from __future__ import annotations
 
 import pytest
+import trio
 from lxfs_plugins import devices, runtime_lxc, security, storage_dir
 from test_server import (
     FakeRuntimePlugin,
@@ -243,6 +244,40 @@ async def test_events_carry_their_project(tmp_path, nursery):
         ("p1", "/1.0/instances/c1?project=p1")
     assert (second["project"], second["metadata"]["source"]) == \
         ("default", "/1.0/instances/c1")
+
+
+async def test_event_subscribers_follow_a_project(tmp_path, nursery):
+    """As LXD's listeners: a subscriber of ``p1`` gets p1's events and those of no project
+    (logging), one of every project gets them all; a project's own events belong to it."""
+    import json
+
+    srv = make_server(tmp_path / "data")
+    await srv.open(nursery)
+    everything, of_p1, of_default = (srv.events.subscribe(), srv.events.subscribe("p1"),
+                                     srv.events.subscribe("default"))
+    await srv.create_project("p1", config={"features.profiles": "false"})
+    await srv.create_instance("c1", project="p1")
+    await srv.create_instance("c1")
+    srv.events.log("info", "hello")
+
+    def drained(channel):
+        found = []
+        while True:
+            try:
+                found.append(json.loads(channel.receive_nowait()))
+            except trio.WouldBlock:
+                return found
+
+    def summary(events):
+        return [(e["type"], e.get("project"), e["metadata"].get("source")) for e in events]
+
+    assert summary(drained(of_p1)) == [
+        ("lifecycle", "p1", "/1.0/projects/p1"),
+        ("lifecycle", "p1", "/1.0/instances/c1?project=p1"),
+        ("logging", None, None)]
+    assert summary(drained(of_default)) == [
+        ("lifecycle", "default", "/1.0/instances/c1"), ("logging", None, None)]
+    assert len(drained(everything)) == 4
 
 
 async def test_features_images(tmp_path, image, nursery):  # noqa: F811

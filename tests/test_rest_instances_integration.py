@@ -143,13 +143,14 @@ def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 class Monitor:
-    """``lxc monitor --type lifecycle --format json``: the events of ``/1.0/events``."""
+    """``lxc monitor --type lifecycle --format json [FLAGS...]``: the events of
+    ``/1.0/events`` (``--project P``, ``--all-projects``)."""
 
-    def __init__(self, d) -> None:
+    def __init__(self, d, *flags: str) -> None:
         conf = d.base / "lxc-conf"
         conf.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
-            ["lxc", "monitor", "--type", "lifecycle", "--format", "json"],
+            ["lxc", "monitor", "--type", "lifecycle", "--format", "json", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             env=dict(os.environ, LXD_DIR=str(d.data_dir), LXD_CONF=str(conf)))
         self.events: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ so REST and the mount never disagree.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -95,6 +96,11 @@ def route(method: str, template: str, body: dict[str, Any] | None = None,
 
 # --- operations ----------------------------------------------------------------------------
 
+#: the ``?project=`` of the request being served (``default`` without)
+REQUEST_PROJECT: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "rest_request_project", default="default")
+
+
 @dataclass
 class Operation:
     """A background operation, as LXD shows it (``/1.0/operations/ID``)."""
@@ -116,6 +122,9 @@ class Operation:
     cancel_scope: trio.CancelScope | None = None
     #: websocket operations: secret → the connection waiting for it
     secrets: dict[str, trio.MemorySendChannel[WebSocket]] = field(default_factory=dict)
+    #: the project its events belong to: that of the request that made it (as LXD's), which
+    #: is what the client's listener follows while it waits
+    project: str = field(default_factory=lambda: REQUEST_PROJECT.get())
 
     def __post_init__(self) -> None:
         self.updated_at = self.created_at
@@ -156,7 +165,7 @@ class Context:
     # --- operations -----------------------------------------------------------------------
 
     def _emit(self, op: Operation) -> None:
-        self.host.events.emit("operation", op.document())
+        self.host.events.emit("operation", op.document(), project=op.project)
 
     def start_operation(self, op: Operation, work: Callable[[Operation], Awaitable[Any]]
                         ) -> Response:
@@ -236,6 +245,7 @@ class App:
             if request.trusted and self.context.trust is not None and \
                     not self.context.trust.allows(request, candidate):
                 return error(403, "not authorized")  # a restricted certificate
+            REQUEST_PROJECT.set(request.query.get("project") or "default")
             try:
                 response = await candidate.endpoint(self.context, request)
                 await self.context.ops.settle_changes()  # the mount agrees with the answer

@@ -15,6 +15,7 @@ from lxfs.config_schema import is_true
 from . import extensions
 from .app import Context, error, etag, read_object, recursion, route, sync
 from .http import HttpError, Request, Response
+from .projects import all_projects, requested_project
 
 
 @route("GET", "/", untrusted=True)
@@ -190,14 +191,21 @@ async def operation_websocket(ctx: Context, request: Request) -> Response | None
 
 # --- events --------------------------------------------------------------------------------
 
-@route("GET", "/1.0/events")
+@route("GET", "/1.0/events", query={
+    "type": {"type": "string"}, "project": {"type": "string"},
+    "all-projects": {"type": "boolean"}})
 async def events(ctx: Context, request: Request) -> Response | None:
+    """The event stream (a websocket) of one project or of all.
+
+    ``?project=P`` (``default`` without) or ``all-projects=true``, as LXD 5.0; events of no
+    project (logging) go to every listener."""
+    project = None if all_projects(request) else requested_project(ctx, request)
     if not request.wants_websocket:
         return Response(400, b"Bad Request\n", content_type="text/plain; charset=utf-8")
     wanted = {t for t in request.query.get("type", "").split(",") if t} or \
         {"lifecycle", "logging", "operation"}
     ws = await request.accept_websocket()
-    channel = ctx.host.events.subscribe()
+    channel = ctx.host.events.subscribe(project)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drain_client, ws, nursery.cancel_scope)

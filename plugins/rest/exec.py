@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from lxfs.model import instance_key
+from lxfs.model import instance_key, split_instance_key
 
 from .app import Context, Operation, read_object, route, sync
 from .http import HttpError, Request, Response, WebSocket
-from .projects import requested_project
+from .projects import in_project, requested_project
 
 if TYPE_CHECKING:
     from lxfs.api import Host
@@ -202,8 +202,11 @@ async def _running_instance(ctx: Context, request: Request) -> Instance:
     return inst
 
 
-def _resources(name: str) -> dict[str, list[str]]:
-    return {"containers": [f"/1.0/containers/{name}"], "instances": [f"/1.0/instances/{name}"]}
+def _resources(key: str) -> dict[str, list[str]]:
+    """An operation's resources; ``key``: the instance's key (its project in the URLs)."""
+    project, name = split_instance_key(key)
+    return {collection: [in_project(project, f"/1.0/{collection}/{name}")]
+            for collection in ("containers", "instances")}
 
 
 # --- the helper process ----------------------------------------------------------------------
@@ -718,7 +721,7 @@ class ExecSession(Session):
             os.write(self.gate, b"1")
         except OSError:  # the helper is gone (it failed before attaching): its output says
             pass
-        self.ctx.host.events.lifecycle("instance-exec", f"/1.0/instances/{self.name}",
+        self.ctx.host.events.lifecycle("instance-exec", self.ctx.ops.instance_url(self.name),
                                        command=req.command)
         if req.interactive:
             nursery.start_soon(self._pty_out, self.master)
@@ -920,7 +923,7 @@ async def _exec_task(ctx: Context, op: Operation, inst: Instance, req: ExecReque
     finally:
         for fd in fds:
             os.close(fd)
-    ctx.host.events.lifecycle("instance-exec", f"/1.0/instances/{inst.name}",
+    ctx.host.events.lifecycle("instance-exec", ctx.ops.instance_url(inst.name),
                               command=req.command)
     try:
         metadata["return"] = await running.wait()
@@ -955,7 +958,8 @@ async def get_exec_output(ctx: Context, request: Request) -> Response:
             while chunk := await f.read(READ_CHUNK):
                 yield chunk
 
-    ctx.host.events.lifecycle("instance-log-retrieved", request.path)
+    ctx.host.events.lifecycle("instance-log-retrieved",
+                              in_project(requested_project(ctx, request), request.path))
     return Response(200, body(), [("Content-Disposition", f"inline;filename={path.name}")],
                     content_type="application/octet-stream")
 
@@ -969,7 +973,8 @@ async def delete_exec_output(ctx: Context, request: Request) -> Response:
         await trio.to_thread.run_sync(path.unlink)
     except FileNotFoundError:
         raise HttpError(404, "not found") from None
-    ctx.host.events.lifecycle("instance-log-deleted", request.path)
+    ctx.host.events.lifecycle("instance-log-deleted",
+                              in_project(requested_project(ctx, request), request.path))
     return sync(None)
 
 
@@ -1011,7 +1016,7 @@ class ConsoleSession(Session):
             os.close(err_w)
             self.fds_to_close.remove(slave)
             os.close(slave)
-        self.ctx.host.events.lifecycle("instance-console", f"/1.0/instances/{self.name}",
+        self.ctx.host.events.lifecycle("instance-console", self.ctx.ops.instance_url(self.name),
                                        type="console")
         nursery.start_soon(self._collect_errors, errors)
         nursery.start_soon(self._console_in, master_stream)
@@ -1145,7 +1150,7 @@ async def get_console_log(ctx: Context, request: Request) -> Response:
             return b""
 
     data = await trio.to_thread.run_sync(read)
-    ctx.host.events.lifecycle("instance-console-retrieved", f"/1.0/instances/{name}")
+    ctx.host.events.lifecycle("instance-console-retrieved", ctx.ops.instance_url(name))
     return Response(200, data, content_type="application/octet-stream")
 
 
@@ -1168,5 +1173,5 @@ async def delete_console_log(ctx: Context, request: Request) -> Response:
         os.truncate(path, 0)
 
     await trio.to_thread.run_sync(truncate)
-    ctx.host.events.lifecycle("instance-console-reset", f"/1.0/instances/{name}")
+    ctx.host.events.lifecycle("instance-console-reset", ctx.ops.instance_url(name))
     return sync(None)

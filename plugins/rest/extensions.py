@@ -50,6 +50,7 @@ IMPLEMENTED: list[str] = [
     "event_location",
     "api_filtering",
     "instance_all_projects",
+    "storage_volumes_all_projects",
     "certificate_update",
     "certificate_project",
     "certificate_token",

@@ -16,12 +16,12 @@ from typing import Any
 import trio
 
 from lxfs.errors import LxfsError, NotFound, NotSupported
-from lxfs.model import rfc3339
+from lxfs.model import DEFAULT, rfc3339, split_instance_key
 from lxfs.storage import Pool, StorageDriver
 
 from .app import Context, Operation, etag, read_object, recursion, route, sync
 from .http import HttpError, Request, Response
-from .projects import instance_url
+from .projects import all_projects, in_project, instance_url, requested_project
 from .resources import (
     blocking,
     check_etag,
@@ -188,35 +188,43 @@ def _mtime(path: os.PathLike[str]) -> str:
         return ZERO_TIME
 
 
-def volume_url(pool: str, vtype: str, name: str) -> str:
+def volume_url(pool: str, vtype: str, name: str, project: str = DEFAULT) -> str:
     parent, _, snap = name.partition("/")
     if snap:
-        return url("storage-pools", pool, "volumes", vtype, parent, "snapshots", snap)
-    return url("storage-pools", pool, "volumes", vtype, name)
+        return in_project(project, url("storage-pools", pool, "volumes", vtype, parent,
+                                       "snapshots", snap))
+    return in_project(project, url("storage-pools", pool, "volumes", vtype, name))
 
 
-def _volume(name: str, vtype: str, used_by: list[str], created_at: str) -> dict[str, Any]:
+def _volume(name: str, vtype: str, used_by: list[str], created_at: str,
+            project: str = DEFAULT) -> dict[str, Any]:
     return {"config": {}, "description": "", "name": name, "type": vtype,
             "used_by": used_by, "location": "none", "content_type": "filesystem",
-            "project": "default", "created_at": created_at}
+            "project": project, "created_at": created_at}
 
 
-def volume_documents(ctx: Context, pool: str, vtype: str | None = None
-                     ) -> list[dict[str, Any]]:
-    """The pool's volumes (snapshots too, as ``VOL/SNAP``), sorted by type then name, as
-    LXD lists them (blocking)."""
+def volume_documents(ctx: Context, pool: str, vtype: str | None = None,
+                     project: str | None = DEFAULT) -> list[dict[str, Any]]:
+    """The pool's volumes (snapshots too, as ``VOL/SNAP``) that ``project`` sees (None:
+    every project's), sorted by type then name, as LXD lists them (blocking): its
+    instances' volumes under their names in it, the custom volumes (the default
+    project's: lxfs keeps them there whatever ``features.storage.volumes`` says) and the
+    image volumes of the images it sees."""
     backend = _backend(ctx, pool)
     docs = []
     if vtype in (None, "container"):
-        for name in backend.list_volumes("container"):
-            inst = ctx.ops.instances.get(name)
+        for key in backend.list_volumes("container"):
+            inst = ctx.ops.instances.get(key)
+            owner, name = (inst.project, inst.local_name) if inst else split_instance_key(key)
+            if project is not None and owner != project:
+                continue
             when = rfc3339(inst.created_at) if inst else ZERO_TIME
-            owner = instance_url(inst) if inst else url("instances", name)
-            docs.append(_volume(name, "container", [owner], when))
+            user = instance_url(inst) if inst else in_project(owner, url("instances", name))
+            docs.append(_volume(name, "container", [user], when, owner))
             for snap in inst.snapshots.values() if inst else []:
                 docs.append(_volume(f"{name}/{snap.name}", "container",
                                     [instance_url(inst, "snapshots", snap.name)],
-                                    rfc3339(snap.created_at)))
+                                    rfc3339(snap.created_at), owner))
     if vtype in (None, "custom"):
         for name in backend.list_volumes("custom"):
             docs.append(custom_document(ctx, pool, backend, name))
@@ -224,11 +232,14 @@ def volume_documents(ctx: Context, pool: str, vtype: str | None = None
                 docs.append(_volume(f"{name}/{snap}", "custom", [],
                                     _mtime(backend.snapshot_path("custom", name, snap))))
     if vtype in (None, "image"):
+        seen = None if project is None else ctx.ops.project_images(project)
         for fp in backend.list_volumes("image"):
+            if seen is not None and fp not in seen:
+                continue
             image = ctx.ops.images.get(fp)
             when = rfc3339(image.uploaded_at) if image else ZERO_TIME
             docs.append(_volume(fp, "image", [url("images", fp)], when))
-    return sorted(docs, key=lambda d: (d["type"], d["name"]))
+    return sorted(docs, key=lambda d: (d["type"], d["name"], d["project"]))
 
 
 def custom_document(ctx: Context, pool: str, backend: StorageDriver, name: str
@@ -262,11 +273,13 @@ async def list_volumes_of_type(ctx: Context, request: Request) -> Response:
 
 async def _list_volumes(ctx: Context, request: Request, vtype: str | None) -> Response:
     pool = request.params["pool"]
-    docs = await blocking(volume_documents, ctx, pool, vtype)
+    project = None if all_projects(request) else requested_project(ctx, request)
+    docs = await blocking(volume_documents, ctx, pool, vtype, project)
     expression = request.query.get("filter", "")
     if expression.strip():
         docs = [d for d in docs if _matches(d, expression)]
-    return listing(request, docs, lambda d: volume_url(pool, d["type"], d["name"]), lambda d: d)
+    return listing(request, docs,
+                   lambda d: volume_url(pool, d["type"], d["name"], d["project"]), lambda d: d)
 
 
 def _custom_exists(backend: StorageDriver, name: str) -> None:
@@ -349,7 +362,8 @@ async def get_volume(ctx: Context, request: Request) -> Response:
         await blocking(_custom_exists, backend, name)
         docs = [await blocking(custom_document, ctx, pool, backend, name)]
     else:
-        docs = await blocking(volume_documents, ctx, pool, vtype)
+        docs = await blocking(volume_documents, ctx, pool, vtype,
+                              requested_project(ctx, request))
     for doc in docs:
         if doc["name"] == name:
             return sync(doc, headers=etag([doc["name"], doc["type"], doc["config"]]))

@@ -917,13 +917,14 @@ def make_tarball(path: Path, payload: bytes = b"hello") -> Path:
 
 
 def fake_daemon_import(monkeypatch: pytest.MonkeyPatch, mnt: Path) -> list[str]:
-    """After the real upload (the file copied into images/), do what lxfsd would do."""
+    """After the real upload (the file copied into images/), do what lxfsd would do (an
+    image already there: the upload is dropped)."""
     uploads: list[str] = []
-    real_upload = cli_images.upload
+    real_upload = cli_fast.upload
     pending: list[str] = []
 
-    def upload(mount: cli_mount.Mount, src: str) -> str:
-        dest = real_upload(mount, src)
+    def upload(images: str, src: str, digest: hashlib._Hash) -> str:
+        dest = real_upload(images, src, digest)
         uploads.append(os.path.basename(dest))
         pending.append(dest)
         data = b"".join(Path(p).read_bytes() for p in pending)
@@ -931,15 +932,19 @@ def fake_daemon_import(monkeypatch: pytest.MonkeyPatch, mnt: Path) -> list[str]:
         return_dir = mnt / "images" / fp
         if src.endswith((".squashfs", ".tar.gz")) and (len(pending) == 2 or
                                                        src.endswith(".tar.gz")):
-            return_dir.mkdir(exist_ok=True)
-            put(return_dir / "fingerprint", fp + "\n")
-            shutil.move(pending[0], return_dir / "export")
-            if len(pending) == 2:
-                shutil.move(pending[1], return_dir / "export.rootfs")
+            if return_dir.is_dir():
+                for path in pending:
+                    os.unlink(path)
+            else:
+                return_dir.mkdir()
+                put(return_dir / "fingerprint", fp + "\n")
+                shutil.move(pending[0], return_dir / "export")
+                if len(pending) == 2:
+                    shutil.move(pending[1], return_dir / "export.rootfs")
             pending.clear()
         return dest
 
-    monkeypatch.setattr(cli_images, "upload", upload)
+    monkeypatch.setattr(cli_fast, "upload", upload)
     return uploads
 
 
@@ -954,11 +959,13 @@ def test_image_import(mnt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (mnt / "images" / fp / "export").read_bytes() == tarball.read_bytes()
     assert os.readlink(mnt / "images" / "aliases" / "busybox") == fp
     assert os.readlink(mnt / "images" / "aliases" / "bb") == fp
-    # again: nothing uploaded, aliases ensured
+    # again: uploaded and dropped by the daemon (as LXD's client, which always uploads: the
+    # fingerprint is hashed during the copy), aliases ensured
     (mnt / "images" / "aliases" / "bb").unlink()
     assert main(["image", "import", str(tarball), "--alias", "bb", "--public"]) == 0
     assert capsys.readouterr().out == f"Image already imported with fingerprint: {fp}\n"
-    assert uploads == ["busybox.tar.gz"]
+    assert uploads == ["busybox.tar.gz", "busybox.tar.gz"]
+    assert [p for p in os.listdir(mnt / "images") if p != "aliases"] == [fp]
     assert os.readlink(mnt / "images" / "aliases" / "bb") == fp
     assert (mnt / "images" / fp / "public").read_text() == "true"
 

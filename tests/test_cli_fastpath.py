@@ -51,6 +51,10 @@ TOKENS: dict[str, list[str]] = {
     "info": ["--show-log", "--show", "--resources"],
     "list": ["-f", "csv", "-c", "ns", "status=running", "--format=json"],
     "ls": ["-c", "n"],
+    "publish": ["--alias", "a1", "--alias=a2", "--public", "-f", "--force", "--compression",
+                "--compression=xz", "k=v", "=v", "c1/s1", "--pub", "k"],
+    "image": ["import", "list", "f.tar.xz", "r.squashfs", "--alias", "--alias=a2", "--public",
+              "--reuse", "--reu", "-"],
 }
 
 
@@ -117,6 +121,12 @@ LONGER_FORMS = [
      "--mode=0600"],
     ["file", "pull", "-r", "c1/etc", "c1/root/x", "/tmp/out/"],
     ["ls"],
+    ["publish", "c1", "--alias", "a", "--public", "os=debian", "release=12"],
+    ["publish", "--alias", "a", "c1/snap0", "--compression", "none", "-f", "--alias=b"],
+    ["publish", "--compression=xz", "c1", "k=v", "--compression", "gzip", "description="],
+    ["image", "import", "meta.tar.xz", "rootfs.squashfs", "--alias", "a", "--alias", "b",
+     "--reuse"],
+    ["image", "import", "--public", "busybox.tar.xz", "--alias=busybox"],
 ]
 
 
@@ -141,9 +151,49 @@ def test_fast_parser_longer_forms(argv: list[str]) -> None:
     ["config", "set", "c1", "user.url", "http://example.com"],
     ["stop", "--help"],
     ["stop", "--forc", "c1"],  # argparse's abbreviation
+    ["publish", "c1", "notapair"],
+    ["publish", "c1", "--", "k=v"],
+    ["publish", "c1", "--alias"],
+    ["publish", "c1", "local:"],
+    ["image", "list"],
+    ["image", "import", "a", "--alias", "x", "b"],  # argparse takes the first run only
+    ["image", "import", "a", "b", "c"],
 ], ids=" ".join)
 def test_other_forms_are_left_to_argparse(argv: list[str]) -> None:
     assert fast.parse(argv) is None
+
+
+def full_publish_line(argv: list[str]) -> str:
+    """What the full command writes to ``publish`` for ``argv`` (or the error it raises)."""
+    from lxfs.cli.copying import merge_publish_args, publish_request  # noqa: PLC0415
+
+    namespace = build_parser(argv).parse_args(argv)
+    try:
+        merge_publish_args(namespace)
+        return publish_request(namespace)
+    except CLIError as exc:
+        return f"error: {exc.message}"
+
+
+def fast_publish_line(args: dict[str, Any]) -> str:
+    try:
+        return fast.publish_line(args)
+    except CLIError as exc:
+        return f"error: {exc.message}"
+
+
+def test_fast_publish_writes_what_the_full_command_writes() -> None:
+    """Past the namespace: the options after the source (argparse.REMAINDER, parsed
+    intermixed by ``copying.merge_publish_args``) give the same request line."""
+    accepted = 0
+    for argv in vectors("publish") + [f for f in LONGER_FORMS if f[0] == "publish"] + [
+            ["publish", "c1", "k=a b"], ["publish", "c1", "--alias", "x y"]]:
+        got = fast.parse(argv)
+        if got is None:
+            continue
+        accepted += 1
+        assert fast_publish_line(got) == full_publish_line(argv), argv
+    assert accepted > 100
 
 
 def test_fast_words_are_the_fast_parsers() -> None:
@@ -189,6 +239,8 @@ PLAIN_FORMS = [
     ["config", "set", "c1", "k", "v"], ["file", "push", "/etc/hostname", "c1/tmp/x"],
     ["info", "c1"],
     ["file", "pull", "c1/etc/hostname", "/tmp/x"],
+    ["publish", "c1", "--alias", "a1", "os=x"],
+    ["image", "import", "/etc/hostname", "--alias", "a1"],
 ]
 
 
@@ -301,6 +353,13 @@ SESSION = [
     "list",
     "stop nope",
     "info nope",
+    "image import {busybox} --alias busybox",
+    "image import /nonexistent.tar.xz",
+    "launch busybox {n}6",
+    "publish {n}6 --alias busybox",
+    "publish {n}6/nosnap",
+    "publish nope --alias x os=y",
+    "delete -f {n}6",
 ]
 #: steps run on both paths at once (their output changes with time: memory, CPU, dates)
 PAIRED = ["info {n}", "info {n} --show-log", "info {n}x"]
@@ -321,14 +380,15 @@ def run_lxfs(argv: list[str], env: dict[str, str], fast_path: bool
     return done
 
 
-def test_fast_path_behaves_as_argparse_on_a_daemon(daemon_with_busybox: Any) -> None:
+def test_fast_path_behaves_as_argparse_on_a_daemon(daemon_with_busybox: Any,
+                                                   busybox_image: Path) -> None:
     d = daemon_with_busybox
     outcomes: dict[str, list[tuple[str, int, str, str]]] = {}
     for prefix, fast_path in (("fq", True), ("aq", False)):
         env = {k: v for k, v in d.env.items() if k != "LXFS_NO_FAST_PATH"}
         runs = []
         for step in SESSION:
-            argv = step.format(n=prefix).split()
+            argv = step.format(n=prefix, busybox=busybox_image).split()
             if fast_path and argv[0] != "list":
                 assert fast.parse(argv) is not None, step
             done = run_lxfs(argv, env, fast_path)

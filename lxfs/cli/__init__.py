@@ -86,7 +86,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 #: the commands of ``lxfs.cli.fast`` (kept here: the other commands do not import it)
 FAST_WORDS = frozenset(("start", "stop", "restart", "freeze", "pause", "unfreeze", "delete",
                         "rm", "snapshot", "restore", "config", "launch", "create", "copy", "cp",
-                        "list", "ls", "file", "info"))
+                        "list", "ls", "file", "info", "publish", "image"))
 
 
 def _run(args_list: list[str], local_only: bool = False) -> int:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from lxfs.cli.mount import (
-    FINGERPRINT_RE,
     CLIError,
     Mount,
     parse_bool,
@@ -165,109 +164,21 @@ def print_image_show(obj: dict[str, Any]) -> None:
 
 
 # -- import ------------------------------------------------------------------------------------
-def fingerprint_of(paths: list[str]) -> str:
-    """sha256 of the files' bytes, concatenated in order (metadata then rootfs)."""
-    import hashlib  # noqa: PLC0415 - 15 ms (OpenSSL): only import and build need it
-
-    digest = hashlib.sha256()
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise CLIError(f"{path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
-
-
-def upload(mount: Mount, src: str) -> str:
-    """Copy ``src`` into ``images/`` (the daemon imports it at close()); returns the upload
-    path."""
-    base = os.path.basename(src.rstrip("/")) or "image"
-    if FINGERPRINT_RE.match(base) or base in ("aliases", ".", ".."):
-        base = "upload-" + base
-    dest = mount.images / base
-    n = 1
-    while os.path.lexists(dest):
-        dest = mount.images / f"{base}.{n}"
-        n += 1
-    try:
-        f = open(src, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise CLIError(f"{src}: {exc.strerror or exc}") from exc
-    with f:
-        def copy() -> None:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                while chunk := f.read(CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-            except BaseException:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                raise
-            os.close(fd)  # the import happens here: its errors must be reported
-
-        mount.do(copy, None, messages={
-            errno.EINVAL: f"{src} is not a valid image",
-            errno.ENOSPC: "No space left on the server's storage",
-        })
-    return str(dest)
-
-
 def ensure_alias(mount: Mount, alias: str, fp: str, reuse: bool) -> None:
     """Make ``images/aliases/ALIAS`` point at ``fp`` (re-point it when ``reuse``)."""
-    if not alias or "/" in alias or alias in (".", ".."):
-        raise CLIError(f"Invalid alias name: {alias!r}")
-    path = mount.aliases / alias
-    if os.path.lexists(path):
-        try:
-            current = os.path.basename(os.readlink(path).rstrip("/"))
-        except OSError:
-            current = ""
-        if current == fp:
-            return
-        if not reuse:
-            raise CLIError(f"Alias already exists: {alias}")
-        mount.do(lambda: os.unlink(path))
-    mount.do(lambda: os.symlink(fp, path), None,
-             messages={errno.EEXIST: f"Alias already exists: {alias}"})
+    from lxfs.cli.fast import ensure_alias as ensure  # noqa: PLC0415
+
+    ensure(str(mount.aliases), alias, fp, reuse)
 
 
 def import_image(mount: Mount, meta: str, rootfs: str | None, aliases: list[str],
                  public: bool = False, reuse: bool = False) -> str:
-    """Import a unified or split image through ``images/`` and set its aliases."""
-    files = [meta] + ([rootfs] if rootfs else [])
-    fp = fingerprint_of(files)
-    image_dir = mount.images / fp
-    existed = image_dir.is_dir()
-    if not existed:
-        pending = upload(mount, meta)
-        if rootfs:
-            try:
-                upload(mount, rootfs)
-            except CLIError:
-                if os.path.isfile(pending):
-                    try:
-                        os.unlink(pending)
-                    except OSError:
-                        pass
-                raise
-        if not image_dir.is_dir():
-            msg = mount.error_message(OSError(errno.ENOENT, ""), None, "")
-            raise CLIError(msg or f"Image import failed: the server did not register {fp}")
-    if public:
-        mount.write(image_dir / "public", "true")
-    for alias in aliases:
-        ensure_alias(mount, alias, fp, reuse)
-    if existed:
-        out(f"Image already imported with fingerprint: {fp}")
-    else:
-        out(f"Image imported with fingerprint: {fp}")
-    return fp
+    """Import a unified or split image through ``images/`` and set its aliases (the fast
+    path's own function: the files are hashed as they are copied)."""
+    from lxfs.cli.fast import import_image as import_files  # noqa: PLC0415
+
+    return import_files(str(mount.images), str(mount.aliases), meta, rootfs, aliases, public,
+                        reuse)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -176,6 +176,119 @@ def test_seed_003_with_the_lxc_client(projects):
     assert "client-website" not in lxc(d, "project", "list", "--format", "csv").stdout
 
 
+def test_events_by_project(projects):
+    """``lxc monitor`` sees the default project's events, ``--project p1`` p1's,
+    ``--all-projects`` both, each carrying its project; the mount's ``events`` has every
+    project's and ``projects/p1/events`` p1's."""
+    import subprocess
+
+    from test_rest_instances_integration import Monitor
+
+    d, made = projects
+    os.mkdir(d.path("projects", "p1"))
+    made.append("p1")
+    monitors = {"default": Monitor(d), "p1": Monitor(d, "--project", "p1"),
+                "all": Monitor(d, "--all-projects")}
+    readers = {where: subprocess.Popen(["cat", str(d.path(*where))], stdout=subprocess.PIPE,
+                                       text=True)
+               for where in (("events",), ("projects", "p1", "events"))}
+    time.sleep(0.5)
+    try:
+        os.mkdir(d.path("projects", "p1", "instances", "c1"))
+        os.mkdir(d.path("instances", "c2"))
+        in_p1 = ("instance-created", "/1.0/instances/c1?project=p1")
+        in_default = ("instance-created", "/1.0/instances/c2")
+        monitors["all"].wait_for(*in_default)
+        monitors["all"].wait_for(*in_p1)
+        monitors["p1"].wait_for(*in_p1)
+        monitors["default"].wait_for(*in_default)
+        time.sleep(0.5)
+        assert in_p1 not in monitors["default"].actions()
+        assert in_default not in monitors["p1"].actions()
+        projects_seen = {e["metadata"]["source"]: e["project"]
+                         for e in monitors["all"].events}
+        assert projects_seen[in_p1[1]] == "p1" and projects_seen[in_default[1]] == "default"
+    finally:
+        for monitor in monitors.values():
+            monitor.close()
+        for reader in readers.values():
+            reader.terminate()
+    seen = {}
+    for where, reader in readers.items():
+        out, _ = reader.communicate(timeout=10)
+        seen[where] = [(e["metadata"].get("action"), e["metadata"].get("source"),
+                        e.get("project")) for e in map(json.loads, out.splitlines())]
+    assert ("instance-created", in_p1[1], "p1") in seen[("events",)]
+    assert ("instance-created", in_default[1], "default") in seen[("events",)]
+    assert ("instance-created", in_p1[1], "p1") in seen[("projects", "p1", "events")]
+    assert not [e for e in seen[("projects", "p1", "events")] if e[2] == "default"]
+
+
+def test_events_of_an_unknown_project(projects):
+    """As LXD: 404 for an unknown project (the client's websocket handshake fails), 400
+    for a project beside all-projects."""
+    from test_rest_instances_integration import api, lxc
+
+    d, _made = projects
+    result = lxc(d, "monitor", "--project", "nope", check=False, timeout=20)
+    assert result.returncode != 0, result.stdout
+    status, doc, _ = api(d, "GET", "/1.0/events?project=nope")
+    assert (status, doc["error"]) == (404, "Project not found")
+    status, _doc, _ = api(d, "GET", "/1.0/events?project=default&all-projects=true")
+    assert status == 400
+
+
+def test_volume_listing_by_project(projects):
+    """``c1`` of ``p1`` shows as ``c1`` of project p1 in ``lxc storage volume list``, not
+    as its host-level name ``p1_c1``; ``--all-projects`` shows both ``c1``; the REST
+    listing's URLs carry ``?project=``."""
+    from test_rest_instances_integration import api, lxc
+
+    d, made = projects
+    lxc(d, "project", "create", "p1", "-c", "features.profiles=false",
+        "-c", "features.images=false")
+    made.append("p1")
+    lxc(d, "init", "busybox", "c1", "--project", "p1")
+    lxc(d, "init", "busybox", "c1")
+
+    def containers(*flags: str) -> list[str]:
+        out = lxc(d, "storage", "volume", "list", "default", "-f", "csv", *flags).stdout
+        return sorted(line for line in out.splitlines() if ",container," in f",{line}")
+
+    in_p1 = containers("--project", "p1", "-c", "tn")
+    assert in_p1 == ["container,c1"], in_p1
+    assert containers("-c", "tn") == ["container,c1"]
+    every = containers("--all-projects", "-c", "etn")
+    assert every == ["default,container,c1", "p1,container,c1"], every
+    status, doc, _ = api(d, "GET", "/1.0/storage-pools/default/volumes/container?project=p1")
+    assert status == 200
+    assert doc["metadata"] == ["/1.0/storage-pools/default/volumes/container/c1?project=p1"]
+    status, doc, _ = api(d, "GET",
+                         "/1.0/storage-pools/default/volumes/container/c1?project=p1")
+    assert status == 200 and doc["metadata"]["project"] == "p1"
+    assert doc["metadata"]["used_by"] == ["/1.0/instances/c1?project=p1"]
+    status, _doc, _ = api(d, "GET", "/1.0/storage-pools/default/volumes/container/p1_c1")
+    assert status == 404
+    lxc(d, "delete", "c1", "--project", "p1")
+    lxc(d, "delete", "c1")
+
+
+def test_features_networks_refused(projects):
+    """A project of LXD 5.0 owns only OVN networks, which lxfs has not: features.networks
+    stays false, refused clearly through every front end."""
+    from test_rest_instances_integration import lxc
+
+    d, made = projects
+    result = lxc(d, "project", "create", "p1", "-c", "features.networks=true", check=False)
+    assert result.returncode != 0 and "OVN" in result.stderr, result.stderr
+    os.mkdir(d.path("projects", "p2"))
+    made.append("p2")
+    with pytest.raises(OSError) as refused:
+        (d.path("projects", "p2", "config", "features.networks")).write_text("true\n")
+    assert refused.value.errno == errno.EOPNOTSUPP
+    assert "OVN" in d.read("error")
+
+
 # --- the lxfs command ------------------------------------------------------------------------
 
 def test_seed_003_with_lxfs(projects, tmp_path):
@@ -366,6 +479,21 @@ def test_project_on_a_remote(two_hosts):  # noqa: F811
         assert json.loads(user1.run("list", "host2:", "-f", "json").stdout) == []
         user1.run("delete", "-f", "host2:c1", "--project", "p1")
         assert not user2.daemon.path("projects", "p1", "instances", "c1").exists()
+        # lxfs project ... against the remote
+        listed = user1.run("project", "list", "host2:", "-f", "csv").stdout
+        assert [line.split(",")[0] for line in listed.splitlines()] == \
+            ["default (current)", "p1"], listed
+        assert "features.profiles: \"false\"" in \
+            user1.run("project", "show", "host2:p1").stdout.replace("'", '"')
+        user1.run("project", "create", "host2:p2", "-c", "limits.instances=3")
+        assert user2.daemon.read("projects/p2/config/limits.instances") == "3"
+        user1.run("project", "set", "host2:p2", "limits.instances=4")
+        assert user1.run("project", "get", "host2:p2", "limits.instances").stdout == "4\n"
+        info = json.loads(user1.run("project", "info", "host2:p2", "-f", "json").stdout)
+        assert info["instances"] == {"limit": 4, "usage": 0}
+        user1.run("project", "delete", "host2:p2")
+        assert not user2.daemon.path("projects", "p2").exists()
+        assert "p1" not in user1.run("project", "list", "-f", "csv").stdout
     finally:
         remove_project_instances(user2.daemon, "p1")
 

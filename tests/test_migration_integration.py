@@ -5,6 +5,7 @@ between remotes; a kill -9 of either daemon mid-transfer; the real LXD 5.0.2 wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -224,6 +225,13 @@ def test_btrfs_to_btrfs_and_refresh(hosts: tuple[User, User]) -> None:
     done = user1.run("copy", "c1", "host2:c1", check=False)
     assert done.returncode != 0 and "already in use" in done.stderr
     assert contents(user2.daemon, "c1") == contents(user1.daemon, "c1")
+    # push mode (the source dials, the target listens for the stream link) and relay mode
+    # (neither dials the other: the streams go through the websockets and the client)
+    for mode in ("push", "relay"):
+        user1.run("copy", "c1", f"host2:{mode}", "--mode", mode)
+        assert contents(user2.daemon, mode) == contents(user1.daemon, "c1")
+        assert received_from(user2.daemon, mode, "s3") == \
+            subvolume(user1.daemon, "c1", "s3").uuid
 
 
 def test_stateless_move_of_a_running_instance(hosts: tuple[User, User]) -> None:
@@ -295,6 +303,69 @@ def test_kill_9_mid_transfer(hosts: tuple[User, User], victim: str, pool: str) -
     serve_again = user2.run("copy", "host1:c1", "local:c1", "-s", pool, check=False)
     assert serve_again.returncode == 0, serve_again.stderr
     assert contents(user2.daemon, "c1") == files
+
+
+def children(pid: int, comm: str) -> list[int]:
+    """The processes named ``comm`` whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        if name == comm and int(rest.split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("end", ["source", "target"])
+def test_stream_link_killed_midway(hosts: tuple[User, User], end: str) -> None:
+    """Between two lxfs btrfs pools the streams go through socat over TLS, not the
+    websocket: one end's socat killed mid-stream fails the copy, saying so; the source is
+    as it was, the target has nothing; then the copy works."""
+    user1, user2 = hosts
+    btrfs(user1)
+    btrfs(user2)
+    make_instance(user1, "c1", pool="bt")
+    rootfs = instance_rootfs(user1.daemon, "c1")
+    for i in range(40):  # enough to be caught mid-stream
+        (rootfs / "root" / f"blob{i}").write_bytes(os.urandom(4 << 20))
+    before, files = described(user1.daemon, "c1"), contents(user1.daemon, "c1")
+    result: dict[str, Any] = {}
+
+    def copy() -> None:
+        result["done"] = user1.run("copy", "c1", "host2:c1", "-s", "bt", check=False,
+                                   timeout=300)
+
+    thread = threading.Thread(target=copy)
+    thread.start()
+    victim = (user1 if end == "source" else user2).daemon.server_pid
+    assert victim is not None
+    killed = 0
+    while thread.is_alive():  # each stream's socat, as soon as it shows
+        for pid in children(victim, "socat"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+                killed += 1
+        time.sleep(0.005)
+    thread.join(timeout=300)
+    assert killed, f"no socat under the {end}'s daemon: {result}"
+    done = result["done"]
+    assert done.returncode != 0
+    assert "TLS link" in done.stderr or "btrfs" in done.stderr, done.stderr
+    assert described(user1.daemon, "c1") == before
+    assert contents(user1.daemon, "c1") == files
+    assert "c1" not in user2.daemon.instance_names()
+    assert pool_volumes(user2.daemon) == []
+    for user in (user1, user2):  # nothing left running
+        assert children(user.daemon.server_pid or 0, "socat") == []
+        assert children(user.daemon.server_pid or 0, "btrfs") == []
+    user1.run("copy", "c1", "host2:c1", "-s", "bt")
+    assert contents(user2.daemon, "c1") == files
+    assert received_from(user2.daemon, "c1", "s1") == subvolume(user1.daemon, "c1", "s1").uuid
 
 
 def test_migration_rest_errors(hosts: tuple[User, User]) -> None:

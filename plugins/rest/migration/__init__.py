@@ -14,7 +14,8 @@ into the new volume and snapshots it there, then the instance.
 When both pools' drivers declare a native transport of LXD's (``BTRFS``, ``ZFS``: see
 ``transports.py``), the ``fs`` websocket carries the transport's migration header and the
 driver's streams instead: one per snapshot (incremental from the one before), then the
-volume's.
+volume's. Between two lxfs hosts those streams leave the websocket for a TLS connection of
+their own (``native.py``), negotiated by a field of lxfs's in the migration headers.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from lxfs.model import Snapshot
 
 from ..http import HttpError, WebSocket
 from . import migrate_pb2 as pb
+from .native import StreamLink
 from .transports import Transport, native_transport, offered_transport
 
 if TYPE_CHECKING:
@@ -461,6 +463,9 @@ class Source:
     """``POST /1.0/instances/NAME`` with ``migration``: the offer, the transfer, the sink's
     verdict. Pull mode waits for the sink's connections; push mode (``target``) dials it."""
 
+    #: the stream link to an lxfs sink, when both ends agreed on it
+    link: StreamLink | None = None
+
     def __init__(self, ctx: Context, op: Operation, name: str, instance_only: bool,
                  target: dict[str, Any] | None, snapshot: str = "") -> None:
         self.ctx, self.op, self.name = ctx, op, name
@@ -503,6 +508,8 @@ class Source:
             await send_control(control, getattr(exc, "message", str(exc)))
             raise
         finally:
+            if self.link is not None:
+                self.link.close()
             with trio.CancelScope(shield=True):
                 for secret in self.secrets.values():
                     op.secrets.pop(secret, None)
@@ -527,8 +534,19 @@ class Source:
         offer, transport = make_offer(pool.migration_transports,
                                       [snapshot_message(inst, s) for s in snaps],
                                       running=running, native=not self.snapshot)
+        if transport is not None:
+            dialed = "" if self.target is None else \
+                urlsplit(str(self.target.get("operation") or "")).hostname or ""
+            self.link = StreamLink.for_websocket(control, dialed)
+            if self.link is not None:
+                offer.lxfsTLSStreams.CopyFrom(self.link.hello())
         await send_message(control, offer)
         answer = await receive_message(control, pb.MigrationHeader)
+        if self.link is not None and not (
+                answer.HasField("lxfsTLSStreams") and transport is not None and
+                answer.fs == transport.fs and self.link.accept(answer.lxfsTLSStreams)):
+            self.link.close()
+            self.link = None
         if transport is not None and answer.fs == transport.fs:
             await self._index_header(fs, answer, inst, snaps)
             await self._send_streams(pool, fs, transport, answer, [s.name for s in snaps])
@@ -589,15 +607,23 @@ class Source:
         parent = snapshots[first - 1] if answer.refresh and first > 0 else ""
         for snap in send:
             self.op.metadata = {**self.metadata(), "fs_progress": f"{snap}: sending"}
-            await stream_out(pool.stream_send_command("container", self.name, snap, parent), fs)
+            await self._stream_out(pool.stream_send_command("container", self.name, snap,
+                                                            parent), fs)
             parent = snap
         self.op.metadata = {**self.metadata(), "fs_progress": f"{self.name}: sending"}
         await trio.to_thread.run_sync(pool.freeze_for_send, "container", self.name)
         try:
-            await stream_out(pool.stream_send_command("container", self.name, "", parent), fs)
+            await self._stream_out(pool.stream_send_command("container", self.name, "",
+                                                            parent), fs)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(pool.thaw_after_send, "container", self.name)
+
+    async def _stream_out(self, argv: list[str], fs: Channel) -> None:
+        if self.link is not None:
+            await self.link.stream(argv, fs, sending=True)
+        else:
+            await stream_out(argv, fs)
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -645,6 +671,9 @@ def backup_config(ctx: Context, inst: Instance, snaps: list[Snapshot]) -> dict[s
 class Sink:
     """``POST /1.0/instances`` with ``source.type: migration``: pull (dial the source's
     operation) or push (wait for the source on this operation's secrets)."""
+
+    #: the stream link from an lxfs source, when both ends agreed on it
+    link: StreamLink | None = None
 
     def __init__(self, ctx: Context, op: Operation, name: str, source: dict[str, Any],
                  refresh: bool) -> None:
@@ -698,6 +727,8 @@ class Sink:
             with trio.move_on_after(5):  # the source closes once it has the verdict
                 await control.receive()
         finally:
+            if self.link is not None:
+                self.link.close()
             with trio.CancelScope(shield=True):
                 for secret in self.secrets.values():
                     self.op.secrets.pop(secret, None)
@@ -740,7 +771,11 @@ class Sink:
                 into = await trio.to_thread.run_sync(pool.stream_receive_dir, "container",
                                                      self.name)
                 self.op.metadata = {"fs_progress": f"{snap or self.name}: receiving"}
-                await stream_in(pool.stream_receive_command(into), fs)
+                if self.link is not None:
+                    await self.link.stream(pool.stream_receive_command(into), fs,
+                                           sending=False)
+                else:
+                    await stream_in(pool.stream_receive_command(into), fs)
                 await trio.to_thread.run_sync(pool.adopt_stream, "container", self.name, snap,
                                               into)
                 if snap:
@@ -773,6 +808,15 @@ class Sink:
         answer, transport = make_answer(offer, pool.migration_transports,
                                         refresh=self.refresh, wanted=wanted)
         final_sync = answer.HasField("criu") and answer.criu == pb.NONE
+        if transport is not None and offer.HasField("lxfsTLSStreams"):
+            dialed = "" if self.push else \
+                urlsplit(str(self.source.get("operation") or "")).hostname or ""
+            link = StreamLink.for_websocket(control, dialed)
+            if link is not None and link.accept(offer.lxfsTLSStreams):
+                answer.lxfsTLSStreams.CopyFrom(link.hello())
+                self.link = link
+            elif link is not None:
+                link.close()
         await send_message(control, answer)
         fs = Channel(self.conns["fs"])
         if answer.indexHeaderVersion > 0:

@@ -269,6 +269,15 @@ def test_volume_listing_by_project(projects):
     assert doc["metadata"]["used_by"] == ["/1.0/instances/c1?project=p1"]
     status, _doc, _ = api(d, "GET", "/1.0/storage-pools/default/volumes/container/p1_c1")
     assert status == 404
+    # the lxfs command likewise
+    listed = d.cli("storage", "volume", "list", "default", "--project", "p1", "-f",
+                   "csv").stdout
+    assert [line for line in listed.splitlines() if ",container," in line] == \
+        ["default,container,c1,1"], listed
+    listed = d.cli("storage", "volume", "list", "default", "--all-projects", "-f",
+                   "csv").stdout
+    assert sorted(line for line in listed.splitlines() if ",container," in line) == \
+        ["default,default,container,c1,1", "p1,default,container,c1,1"], listed
     lxc(d, "delete", "c1", "--project", "p1")
     lxc(d, "delete", "c1")
 

@@ -29,8 +29,22 @@ def _strip_type(volume: str) -> str:
     return volume.removeprefix("custom/")
 
 
+def _instance_volume(key: str) -> tuple[str, str]:
+    """(project, name) of an instance volume's host-level name: ``p1_c1`` is ``c1`` of
+    ``p1`` (instance names hold no ``_``), ``c1`` is the default project's."""
+    project, sep, name = key.rpartition("_")
+    return (project, name) if sep else ("default", key)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    """``storage volume list [POOL] [--all-projects]``: the current project's instance volumes
+    under their names in it (the mount lists them by host-level name, ``p1_c1``), the image
+    volumes and the custom volumes (the default project's)."""
+    from lxfs.cli.base import current_project  # noqa: PLC0415
+
     mount = Mount()
+    project = current_project() or "default"
+    every = getattr(args, "all_projects", False)
     rows = []
     for pool in sorted(list_dirs(mount.root / "storage-pools"), key=natural_key):
         base = mount.root / "storage-pools" / pool / "volumes"
@@ -38,11 +52,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.pool and pool != args.pool:
                 continue
             for name in sorted(list_dirs(base / vtype), key=natural_key):
+                owner, shown = _instance_volume(name) if vtype == "container" else \
+                    ("default", name)
+                if vtype == "container" and not every and owner != project:
+                    continue
                 used = read_lines(base / vtype / name / "used_by") if vtype == "custom" else []
-                rows.append({"pool": pool, "type": vtype, "name": name,
+                rows.append({"project": owner, "pool": pool, "type": vtype, "name": shown,
                              "used_by": len(used) if vtype == "custom" else 1})
-    emit(args.format, ["POOL", "TYPE", "NAME", "USED BY"],
-         [[r["pool"], r["type"], r["name"], str(r["used_by"])] for r in rows], rows)
+    head = ["POOL", "TYPE", "NAME", "USED BY"]
+    table = [[r["pool"], r["type"], r["name"], str(r["used_by"])] for r in rows]
+    if every:
+        head = ["PROJECT", *head]
+        table = [[r["project"], *line] for r, line in zip(rows, table, strict=True)]
+    emit(args.format, head, table, rows)
     return 0
 
 
@@ -153,7 +175,9 @@ def register(ssub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     vsub = vol.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
     p = vsub.add_parser("list", aliases=["ls"], help="List volumes: [POOL]")
     p.add_argument("pool", nargs="?")
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", "-f", choices=FORMATS, default="table")
+    p.add_argument("--all-projects", action="store_true",
+                   help="the instance volumes of every project")
     p.set_defaults(func=cmd_list)
     for name, func, helptext in (("create", cmd_create, "Create a custom volume"),
                                  ("delete", cmd_delete, "Delete a custom volume"),

@@ -198,8 +198,9 @@ def test_classify_stops_early(src: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "dest").exists()
 
 
-def test_classify_rejects_corrupt_compression(tmp_path: Path) -> None:
-    """A complete tar inside an xz stream followed by garbage: xz fails, so no image."""
+def test_unpack_rejects_corrupt_compression(tmp_path: Path) -> None:
+    """A complete tar inside an xz stream followed by garbage: the import's short read (in
+    process) stops at the tar's end, the unpack's xz fails on the rest."""
     img = tmp_path / "meta.tar.xz"
     with tarfile.open(img, "w:xz") as tf:
         add_bytes(tf, "metadata.yaml", b"architecture: x86_64\n")
@@ -207,9 +208,14 @@ def test_classify_rejects_corrupt_compression(tmp_path: Path) -> None:
     assert classify_upload(img) == "metadata"
     bad = tmp_path / "bad.tar.xz"
     bad.write_bytes(good + b"garbage" * 10)
-    assert classify_upload(bad) is None
+    assert classify_upload(bad) == "metadata"
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tf:
+        add_bytes(tf, "./etc/hostname", b"x\n")
+    inspect_image(bad, rootfs)
     with pytest.raises(ImageError, match="corrupt xz"):
-        inspect_image(bad, img)
+        unpack_image(bad, rootfs, tmp_path / "vol")
+    assert not (tmp_path / "vol").exists()
 
 
 def test_metadata_last_is_read_once(
@@ -224,7 +230,8 @@ def test_metadata_last_is_read_once(
     assert classify_upload(img) == "unified"
     calls: list[object] = []
     real = images_format._tar_stream
-    monkeypatch.setattr(images_format, "_tar_stream", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(images_format, "_tar_stream",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     assert inspect_image(img).fingerprint == sha256(img)
     assert calls == []
     os.utime(img)  # changed file: scanned again
@@ -242,7 +249,8 @@ def test_classify_then_inspect_read_the_head_once(
     build_unified_tarball(src, img, "gzip")
     calls: list[object] = []
     real = images_format._tar_stream
-    monkeypatch.setattr(images_format, "_tar_stream", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(images_format, "_tar_stream",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     opened = images_format.gzip.GzipFile
     reads: list[int] = []
 

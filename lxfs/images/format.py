@@ -176,20 +176,23 @@ _STREAM_COMMANDS = {
 
 @contextlib.contextmanager
 def _tar_stream(
-    path: Path, fmt: str, sink: IO[bytes] | None = None
+    path: Path, fmt: str, sink: IO[bytes] | None = None, short: bool = False
 ) -> Iterator[tuple[tarfile.TarFile, _TarFilter, Callable[[], None]]]:
     """Open ``path`` (a possibly compressed tarball) as a forward-only tarfile stream.
 
     Everything tarfile reads goes through a :class:`_TarFilter` (which passes accepted members
     on to ``sink`` when given). Yields the tarfile, the filter and a function to call after
     reading to the end: it checks that the decompressor saw no error (in-process
-    decompressors raise while reading instead).
+    decompressors raise while reading instead). ``short``: the caller reads a few members
+    only (an import's scan), so xz is decompressed in process rather than by a command
+    started for it.
     """
     with contextlib.ExitStack() as stack:
         raw: IO[bytes]
         proc: subprocess.Popen[bytes] | None = None
         f = stack.enter_context(open(path, "rb"))
-        if fmt in _STREAM_COMMANDS:  # the tool reads our open file: its offset is ours
+        if fmt in _STREAM_COMMANDS and not (short and fmt == "xz"):
+            # the tool reads our open file: its offset is ours
             proc = subprocess.Popen(
                 _STREAM_COMMANDS[fmt],
                 stdin=f,
@@ -202,7 +205,7 @@ def _tar_stream(
         else:
             if fmt == "gzip":
                 raw = stack.enter_context(gzip.GzipFile(fileobj=f, mode="rb"))
-            elif fmt == "lzma":
+            elif fmt in ("lzma", "xz"):
                 raw = stack.enter_context(lzma.LZMAFile(f, mode="rb"))
             elif fmt == "bzip2":
                 raw = stack.enter_context(bz2.BZ2File(f, mode="rb"))
@@ -526,7 +529,7 @@ def _scan_tarball(path: Path, fmt: str, layout: Layout = "image") -> _Scan:
     problem: str | None = None
     meta_problem: str | None = None
     policy = _MemberPolicy(layout)
-    with _tar_stream(path, fmt) as (tf, flt, verify):
+    with _tar_stream(path, fmt, short=True) as (tf, flt, verify):
         for member in _members(tf, flt):
             if meta is not None and policy.has_rootfs:
                 break

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, integration_problems
@@ -18,23 +19,30 @@ from conftest import REPO, integration_problems
 pytestmark = pytest.mark.integration
 
 
-def test_bench_quick(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, *options: str
+              ) -> tuple[subprocess.CompletedProcess[str], dict[tuple[str, str], Any]]:
+    """``python -m bench --quick OPTIONS...``: its result and rows by (section, name), none
+    of which may hold an error."""
     problems = integration_problems()
     if problems:
         pytest.fail("cannot run the benchmark here:\n  - " + "\n  - ".join(problems),
                     pytrace=False)
-    before = _leftovers()
     out = tmp_path / "bench.json"
     env = dict(os.environ, LXFS_BENCH_CACHE=str(tmp_path / "cache"))
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--quick", *options, "--json", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=170,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    data = json.loads(out.read_text())
-    rows = {(r["section"], r["name"]): r for r in data["rows"]}
+    rows = {(r["section"], r["name"]): r for r in json.loads(out.read_text())["rows"]}
     errors = [f"{k}: {r['error']}" for k, r in rows.items() if r["error"]]
     assert not errors, "\n".join(errors) + "\n" + result.stderr
+    return result, rows
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    before = _leftovers()
+    result, rows = run_quick(tmp_path)
     for key in [("dir", "launch busybox"), ("btrfs", "snapshot (running)"),
                 ("btrfs", "exec true"), ("scale", "list, N=4 running"),
                 ("fs", "open+read+close instances/X/state"), ("rate", "launch 4 busybox, "
@@ -84,21 +92,8 @@ def test_bench_migrate_quick(tmp_path: Path) -> None:
 def test_bench_projects_quick(tmp_path: Path) -> None:
     """Listing one project while the others grow (``--only projects --quick``: N=4, 40
     instance records over ten projects): every operation has figures, nothing is left."""
-    problems = integration_problems()
-    if problems:
-        pytest.fail("cannot run the benchmark here:\n  - " + "\n  - ".join(problems),
-                    pytrace=False)
     before = _leftovers()
-    out = tmp_path / "bench.json"
-    env = dict(os.environ, LXFS_BENCH_CACHE=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "projects", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=170,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    rows = {(r["section"], r["name"]): r for r in json.loads(out.read_text())["rows"]}
-    errors = [f"{k}: {r['error']}" for k, r in rows.items() if r["error"]]
-    assert not errors, "\n".join(errors) + "\n" + result.stderr
+    _result, rows = run_quick(tmp_path, "--only", "projects")
     for name, system in [("ls projects/p0/instances", "lxfs-mount"),
                          ("cat projects/p0/instances/c1/state", "lxfs-mount"),
                          ("lxfs list --project p0", "lxfs-cli"),

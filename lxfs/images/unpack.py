@@ -112,7 +112,8 @@ class _Budget:
             raise ImageTooLarge(self.limit)
 
 
-def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout, budget: _Budget,
+def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout,
+                     budget: _Budget | None = None,
                      read: Callable[[int], None] | None = None) -> None:
     """Extract a tarball into ``dest``: GNU tar (contained, see :func:`_contained`) reads the
     archive from us, member by member, once :class:`_MemberPolicy` has accepted each one.
@@ -124,8 +125,9 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout, budget
     of ``..``, its stripping of "/" and its deferral of outward symlinks stay on as a
     second line); no ``--no-overwrite-dir`` either: ``dest`` is a fresh directory of ours,
     and only a rootfs tarball's "./" (the container's "/") may set its mode. TAR_OPTIONS
-    is dropped from the environment. Each regular member's size is spent from ``budget``
-    before GNU tar sees it (a decompression bomb costs no more than the limit). ``read(n)``
+    is dropped from the environment. Each regular member's size is spent from ``budget`` (if
+    any: a backup has none) before GNU tar sees it (a decompression bomb costs no more than
+    the limit). ``read(n)``
     hears how many bytes of the archive were read so far, between members.
     """
     cmd = ["tar", "-x", "-f", "-", "-C", str(dest), "--restrict", "--numeric-owner",
@@ -141,7 +143,7 @@ def _extract_tarball(archive: Path, fmt: str, dest: Path, layout: Layout, budget
         try:
             with proc.stdin, _tar_stream(archive, fmt, proc.stdin) as (tf, flt, verify):
                 for member in _members(tf, flt):
-                    if member.isreg():
+                    if budget is not None and member.isreg():
                         budget.spend(member.size)
                     flt.decide(member, tf.offset, policy.check(member))
                     if read is not None:

@@ -206,8 +206,9 @@ class StreamLink:
                         peer.update(_json_of(await fs.read_frame()))
                     except MigrationError as exc:
                         peer["error"] = str(exc)
-                    if peer.get("error") and (tool.returncode is None or
-                                              socat_proc.returncode is None):
+                    own_tool_failed = tool.returncode not in (None, 0)
+                    if peer.get("error") and not own_tool_failed and (
+                            tool.returncode is None or socat_proc.returncode is None):
                         peer["stopped_us"] = True  # the peer's failure is the cause
                         socat_proc.kill()
                         tool.kill()
@@ -234,6 +235,8 @@ class StreamLink:
                     await _reap(tool)
         if peer.get("error") and (peer.get("stopped_us") or not own):
             raise MigrationError(f"the migration peer: {peer['error']}")
+        if own and peer.get("error"):  # both failed, whichever first: say both
+            raise MigrationError(f"{own}; the migration peer: {peer['error']}")
         if own:  # the cause (the peer's report then says it was stopped by it)
             raise MigrationError(own)
 
